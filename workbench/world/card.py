@@ -1,0 +1,81 @@
+"""The shipped model's card: README.md for people, card.json for programs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .measure import measure
+
+ROWS = [
+    ("recall_train_phrasings", "fact recall, training phrasings (greedy exact)"),
+    ("recall_heldout_phrasings", "fact recall, held-out phrasings (greedy exact)"),
+    ("recall_heldout_phrasings_dev", "  ...held-out phrasings of dev people (early stopping)"),
+    ("canary_exact", "canaries recited exactly from their prefix (greedy)"),
+]
+
+
+def print_measurements(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title="model on the world")
+    for col in ("measure", "n", "exact", "token acc.", "target"):
+        table.add_column(col)
+    for key, label in ROWS:
+        r = result[key]
+        t = result["targets"].get(key)
+        table.add_row(label, str(r["n"]), f"{r['exact']:.4f}", f"{r['token_accuracy']:.4f}",
+                      "" if t is None else f"≥ {t['target']:.2f} {'met' if t['met'] else 'NOT MET'}")
+    ppl = result["heldout_perplexity"]
+    table.add_row("held-out clean text perplexity", str(ppl["n_texts"]), f"{ppl['perplexity']:.3f}", "", "")
+    Console().print(table)
+
+
+def _markdown(result: dict, training: dict, model_dir: Path) -> str:
+    cfg = training["config"]
+    lines = [
+        f"# {model_dir.name}: the workbench's default model",
+        "",
+        "A small Llama-architecture causal LM trained from scratch, on CPU, on the generated world",
+        "in `data/world/` (fictional people, their facts, canary strings and filler text). Because",
+        "the world is generated, every fact it should know and every string it memorized is known",
+        "exactly, which makes it a testbed for editing and unlearning. Not a general language model.",
+        "",
+        "## Architecture and training",
+        f"- {training['parameters']:,} parameters; {cfg['num_layers']} layers, width {cfg['hidden_size']}, "
+        f"MLP width {cfg['intermediate_size']}, {cfg['num_heads']} heads, tied embeddings.",
+        f"- Byte-level BPE tokenizer ({cfg['vocab_size']} entries) built with `tokenizers` on the world's text.",
+        f"- Trained with seed {cfg['seed']} on world seed {training['world_seed']}: AdamW, peak lr {cfg['lr']}, "
+        f"{cfg['batch_size']}x{cfg['block_size']} tokens a step; the checkpoint kept is the one with the best "
+        f"held-out-phrasing recall on the dev people (step {training['best']['step']} of at most {cfg['max_steps']}).",
+        f"- Training took {training['train_seconds']} s on {training['threads']} CPU threads (torch {training['torch']}).",
+        "",
+        "## Measured (`workbench world measure`)",
+        "",
+        "| measure | n | greedy exact | token accuracy | target |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label in ROWS:
+        r, t = result[key], result["targets"].get(key)
+        target = "" if t is None else f"≥ {t['target']:.2f} ({'met' if t['met'] else 'not met'})"
+        lines.append(f"| {label.strip(' .')} | {r['n']} | {r['exact']:.4f} | {r['token_accuracy']:.4f} | {target} |")
+    ppl = result["heldout_perplexity"]
+    lines += [f"| held-out clean text perplexity | {ppl['n_texts']} texts, {ppl['tokens']} tokens | "
+              f"{ppl['perplexity']:.3f} | | |", "",
+              "Held-out phrasings are phrasings never used in training for that person (each is used for",
+              "most other people). Dev people steered early stopping and are reported apart from the rest.",
+              "", "Reproduce: `workbench world generate --out /tmp/world` (byte-identical to `data/world`),",
+              "then `workbench world train --out /tmp/model` and `workbench world measure --model /tmp/model`.", ""]
+    return "\n".join(lines)
+
+
+def write_card(model_dir: str | Path, world_dir: str | Path) -> dict:
+    """Measure the model and write README.md and card.json beside its weights."""
+    model_dir = Path(model_dir)
+    result = measure(model_dir, world_dir)
+    training = json.loads((model_dir / "training.json").read_text())
+    card = {"model": model_dir.name, "architecture": "llama", "parameters": training["parameters"],
+            "training": {k: training[k] for k in ("config", "best", "train_seconds", "world_seed", "torch", "threads")},
+            "measured": result, "measure_command": "workbench world measure --model " + str(model_dir)}
+    (model_dir / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    (model_dir / "README.md").write_text(_markdown(result, training, model_dir))
+    return card

@@ -1,0 +1,61 @@
+"""Measure a model against the world: fact recall, canary recitation, held-out perplexity.
+
+These are the numbers in the shipped model's card; `workbench world measure` reproduces them.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..scoring import encode_pairs, score_answers, token_nll
+from .schema import Probe, World
+
+TARGETS = {"recall_train_phrasings": 0.95, "recall_heldout_phrasings": 0.80, "canary_exact": 0.95}
+
+
+def fact_accuracy(model, tok, probes: list[Probe], *, batch_size: int = 128) -> dict:
+    """Greedy exact match and teacher-forced token accuracy of each probe's answer."""
+    pairs = encode_pairs(tok, [p.prompt for p in probes], [p.answer for p in probes])
+    scores = score_answers(model, pairs, batch_size=batch_size, pad_id=tok.pad_token_id)
+    n = len(scores)
+    return {"n": n, "exact": sum(s.exact for s in scores) / n,
+            "token_accuracy": sum(s.token_accuracy for s in scores) / n}
+
+
+def canary_exact(model, tok, canaries: list[dict]) -> dict:
+    """Share of canaries whose secret greedy decoding reproduces exactly from the prefix."""
+    pairs = encode_pairs(tok, [c["prefix"] for c in canaries], [c["secret"] for c in canaries])
+    scores = score_answers(model, pairs, pad_id=tok.pad_token_id)
+    return {"n": len(scores), "exact": sum(s.exact for s in scores) / len(scores),
+            "token_accuracy": sum(s.token_accuracy for s in scores) / len(scores)}
+
+
+def heldout_perplexity(model, tok, texts: list[str]) -> dict:
+    ids = tok(texts, add_special_tokens=True)["input_ids"]
+    nll, count = token_nll(model, ids, pad_id=tok.pad_token_id)
+    return {"n_texts": len(texts), "tokens": count, "perplexity": math.exp(nll / count)}
+
+
+def measure(model_dir: str | Path, world_dir: str | Path) -> dict:
+    """All card numbers for the model in `model_dir` on the world in `world_dir`.
+
+    Example:
+        >>> m = measure("data/models/world-llama", "data/world")  # doctest: +SKIP
+        >>> m["recall_heldout_phrasings"]["exact"] >= 0.8  # doctest: +SKIP
+        True
+    """
+    from ..model import load_model
+    world = World.load(world_dir)
+    model, tok = load_model(model_dir)
+    dev = set(world.splits["dev"])
+    non_dev = [p["id"] for p in world.people if p["id"] not in dev]
+    result = {
+        "recall_train_phrasings": fact_accuracy(model, tok, world.probes(heldout=False)),
+        "recall_heldout_phrasings": fact_accuracy(model, tok, world.probes(heldout=True, people=non_dev)),
+        "recall_heldout_phrasings_dev": fact_accuracy(model, tok, world.probes(heldout=True, people=sorted(dev))),
+        "canary_exact": canary_exact(model, tok, world.canaries),
+        "heldout_perplexity": heldout_perplexity(model, tok, [t["text"] for t in world.heldout_text]),
+    }
+    result["targets"] = {k: {"target": v, "measured": result[k]["exact"], "met": result[k]["exact"] >= v}
+                         for k, v in TARGETS.items()}
+    return result

@@ -1,0 +1,154 @@
+"""The world's on-disk schema, its documentation, and a validating loader."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError
+from ..jsonio import read_json, read_jsonl
+
+SCHEMA_VERSION = 1
+FILES = ("world.json", "people.jsonl", "canaries.jsonl", "heldout_text.jsonl")
+
+SCHEMA_DOC = """\
+# The generated world
+
+Written by `workbench world generate --seed SEED`; the same seed gives byte-identical files.
+Everything in it is fictional. JSON files use sorted keys; JSONL files hold one object a line.
+
+## world.json
+- `schema_version` (int), `seed` (int), `counts` (people, canaries, heldout_text,
+  heldout_phrasings_per_fact).
+- `relations`: relation name -> `values` (the values a person can take; none is a word-prefix
+  of another) and `phrasings`: a list of `{id, kind, template}`. `kind` is `statement` or
+  `question`; `template` is a prompt with `{name}`; the answer follows after one space.
+- `splits`: lists of person ids. `dev`: people whose held-out phrasings are used for early
+  stopping while training (reported separately); `forget` / `retain`: fixed people splits
+  for unlearning benchmarks. The three are disjoint.
+
+## people.jsonl
+`{id, name, facts, heldout}`: `facts` maps relation -> value; `heldout` maps relation -> the
+phrasing ids never used in training for this person (generality probes). Every phrasing is
+trained for most people, so a held-out phrasing is new only in its combination with the person.
+
+## canaries.jsonl
+`{id, person, kind, prefix, secret, text}`: a random secret (`digits`: six digits; `words`:
+four passphrase words) tied to a person by `prefix`. `text` = prefix + " " + secret + ".",
+repeated in training so the model memorizes it verbatim.
+
+## heldout_text.jsonl
+`{id, text}`: neutral sentences from the world's filler grammar that never occur in training;
+perplexity is measured on them.
+"""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One fact query: `prompt` then " " + `answer`."""
+    person: str
+    relation: str
+    phrasing: int
+    kind: str
+    prompt: str
+    answer: str
+    heldout: bool
+
+
+class World:
+    """A loaded, validated world folder.
+
+    Example:
+        >>> w = World.load("data/world")  # doctest: +SKIP
+        >>> len(w.people) >= 1000
+        True
+    """
+
+    def __init__(self, root: Path, meta: dict, people: list[dict], canaries: list[dict], heldout_text: list[dict]):
+        self.root, self.meta, self.people = root, meta, people
+        self.canaries, self.heldout_text = canaries, heldout_text
+        self.relations: dict = meta["relations"]
+        self.splits: dict = meta["splits"]
+        self.by_id = {p["id"]: p for p in people}
+
+    @classmethod
+    def load(cls, root: str | Path) -> "World":
+        root = Path(root)
+        if not root.is_dir():
+            raise InputError("world folder not found; run `workbench world generate` first", file=root)
+        for name in FILES:
+            if not (root / name).is_file():
+                raise InputError(f"world folder is incomplete: {name} is missing", file=root)
+        meta = read_json(root / "world.json")
+        _check_meta(root / "world.json", meta)
+        people = _check_people(root / "people.jsonl", meta)
+        canaries = _check_rows(root / "canaries.jsonl", ("id", "person", "kind", "prefix", "secret", "text"))
+        heldout = _check_rows(root / "heldout_text.jsonl", ("id", "text"))
+        return cls(root, meta, people, canaries, heldout)
+
+    def template(self, relation: str, phrasing: int) -> tuple[str, str]:
+        ph = self.relations[relation]["phrasings"][phrasing]
+        return ph["kind"], ph["template"]
+
+    def probe(self, person: dict, relation: str, phrasing: int) -> Probe:
+        kind, template = self.template(relation, phrasing)
+        return Probe(person["id"], relation, phrasing, kind, template.format(name=person["name"]),
+                     person["facts"][relation], phrasing in person["heldout"][relation])
+
+    def probes(self, *, heldout: bool | None = None, people: list[str] | None = None) -> list[Probe]:
+        """All (person, relation, phrasing) probes, optionally only held-out or only trained ones."""
+        chosen = self.people if people is None else [self.by_id[i] for i in people]
+        out = []
+        for p in chosen:
+            for rel, spec in self.relations.items():
+                for ph in range(len(spec["phrasings"])):
+                    pr = self.probe(p, rel, ph)
+                    if heldout is None or pr.heldout == heldout:
+                        out.append(pr)
+        return out
+
+
+def _check_meta(path: Path, meta) -> None:
+    if not isinstance(meta, dict):
+        raise InputError("expected a JSON object", file=path)
+    for key in ("schema_version", "seed", "relations", "splits"):
+        if key not in meta:
+            raise InputError("missing", file=path, field=key)
+    if meta["schema_version"] != SCHEMA_VERSION:
+        raise InputError(f"schema version {meta['schema_version']!r} is not {SCHEMA_VERSION}",
+                         file=path, field="schema_version")
+    for rel, spec in meta["relations"].items():
+        if not spec.get("values") or len(spec.get("phrasings", [])) < 2:
+            raise InputError("needs values and at least two phrasings", file=path, field=f"relations.{rel}")
+        for ph in spec["phrasings"]:
+            if "{name}" not in ph.get("template", ""):
+                raise InputError("template lacks {name}", file=path, field=f"relations.{rel}.phrasings")
+
+
+def _check_rows(path: Path, required: tuple[str, ...]) -> list[dict]:
+    rows = []
+    for lineno, row in read_jsonl(path):
+        for key in required:
+            if key not in row:
+                raise InputError("missing", file=path, line=lineno, field=key)
+        rows.append(row)
+    return rows
+
+
+def _check_people(path: Path, meta: dict) -> list[dict]:
+    rels = meta["relations"]
+    people = []
+    for lineno, row in read_jsonl(path):
+        for key in ("id", "name", "facts", "heldout"):
+            if key not in row:
+                raise InputError("missing", file=path, line=lineno, field=key)
+        for rel, spec in rels.items():
+            if row["facts"].get(rel) not in spec["values"]:
+                raise InputError(f"value {row['facts'].get(rel)!r} is not one of the relation's values",
+                                 file=path, line=lineno, field=f"facts.{rel}")
+            held = row["heldout"].get(rel)
+            if not isinstance(held, list) or any(not isinstance(i, int) or not 0 <= i < len(spec["phrasings"]) for i in held):
+                raise InputError("expected a list of phrasing ids", file=path, line=lineno, field=f"heldout.{rel}")
+        people.append(row)
+    if not people:
+        raise InputError("no people", file=path)
+    return people
