@@ -160,3 +160,26 @@ def test_load_bad_field_names_field(tmp_path):
     with pytest.raises(InputError) as e:
         World.load(w)
     assert (e.value.line, e.value.field) == (3, "facts.pet")
+
+
+def test_benchmark_request_sets_reproduce_committed_ones(tmp_path):
+    from workbench.requests import EditRequest, load_probes, load_requests
+    from workbench.world.benchmarks import DEFAULT_BENCH_SEED, write_benchmarks
+    out = write_benchmarks(WORLD, tmp_path / "b", DEFAULT_BENCH_SEED)
+    assert _same_tree(out, WORLD.parent / "benchmarks")
+    edits = load_requests(out / "edits_counterfactual.jsonl")
+    world = World.load(WORLD)
+    assert len(edits) == 1000 and all(isinstance(e, EditRequest) for e in edits)
+    for e in edits[:50]:
+        person = world.by_id[e.meta["person"]]
+        rel = e.meta["relation"]
+        # Counterfactual: a valid value of the relation, not the true one; rephrases are held out.
+        assert e.ground_truth == person["facts"][rel] != e.target_new
+        assert e.target_new in world.relations[rel]["values"]
+        assert e.rephrase_prompts == tuple(world.probe(person, rel, ph).prompt for ph in person["heldout"][rel])
+        assert all(person["name"] not in p.prompt for p in e.locality)
+    forget = load_requests(out / "forget_people.jsonl")
+    assert {f.meta["person"] for f in forget} == set(world.splits["forget"])
+    retain = load_probes(out / "retain.jsonl")
+    forget_names = {world.by_id[i]["name"] for i in world.splits["forget"]}
+    assert retain and not any(n in p.prompt for p in retain for n in forget_names)

@@ -50,11 +50,21 @@ def _add_world(sub) -> None:
     m.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON here")
     m.set_defaults(func=_cmd_world_measure)
 
+    r = wsub.add_parser("requests", help="write the benchmark request sets drawn from the world")
+    r.add_argument("--world", type=Path, default=DEFAULT_WORLD, help="world folder")
+    r.add_argument("--out", type=Path, default=REPO_DATA / "benchmarks", help="output folder (must not exist)")
+    r.add_argument("--seed", type=_nonneg_int, default=None, help="random seed (default: the shipped sets')")
+    r.add_argument("--edits", type=_nonneg_int, default=1000, help="number of counterfactual edits")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    r.set_defaults(func=_cmd_world_requests)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description="Model editing and unlearning workbench.")
     sub = p.add_subparsers(dest="cmd", required=True)
     _add_world(sub)
+    from . import eval_cli
+    eval_cli.add_parser(sub)
     return p
 
 
@@ -87,6 +97,14 @@ def _cmd_world_measure(args) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return 0 if all(t["met"] for t in result["targets"].values()) else 1
+
+
+def _cmd_world_requests(args) -> int:
+    from .world.benchmarks import DEFAULT_BENCH_SEED, write_benchmarks
+    seed = DEFAULT_BENCH_SEED if args.seed is None else args.seed
+    out = write_benchmarks(args.world, args.out, seed, n_edits=args.edits, overwrite=args.overwrite)
+    print(f"wrote benchmark request sets (seed {seed}) to {out}")
+    return 0
 
 
 def _default_model() -> Path:

@@ -52,7 +52,7 @@ def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def _batches(n: int, batch_size: int, lengths: list[int]):
+def length_sorted_batches(n: int, batch_size: int, lengths: list[int]):
     # Sort by length so each batch pads little; yield index lists in that order.
     order = sorted(range(n), key=lambda i: lengths[i])
     for s in range(0, n, batch_size):
@@ -72,7 +72,7 @@ def score_answers(model, pairs: list[tuple[list[int], list[int]]], *, batch_size
     device = next(model.parameters()).device
     out: list[AnswerScore | None] = [None] * len(pairs)
     lengths = [len(p) + len(a) for p, a in pairs]
-    for idx in _batches(len(pairs), batch_size, lengths):
+    for idx in length_sorted_batches(len(pairs), batch_size, lengths):
         ids, mask = right_pad([pairs[i][0] + pairs[i][1] for i in idx], pad_id)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
         logp = torch.log_softmax(logits, dim=-1)  # (batch, seq, vocab)
@@ -98,7 +98,7 @@ def token_nll(model, texts_ids: list[list[int]], *, batch_size: int = 32, pad_id
     """
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    for idx in _batches(len(texts_ids), batch_size, [len(t) for t in texts_ids]):
+    for idx in length_sorted_batches(len(texts_ids), batch_size, [len(t) for t in texts_ids]):
         ids, mask = right_pad([texts_ids[i] for i in idx], pad_id)
         ids, mask = ids.to(device), mask.to(device)
         logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (batch, seq, vocab)
@@ -128,7 +128,7 @@ def greedy_continuations(model, prompts: list[list[int]], lengths: list[int], *,
     length makes recitation comparable with the true suffix). Input order is kept."""
     device = next(model.parameters()).device
     out: list[list[int] | None] = [None] * len(prompts)
-    for idx in _batches(len(prompts), batch_size, [len(p) for p in prompts]):
+    for idx in length_sorted_batches(len(prompts), batch_size, [len(p) for p in prompts]):
         ids, mask = left_pad([prompts[i] for i in idx], pad_id)
         n_new = max(lengths[i] for i in idx)
         gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=n_new,

@@ -1,0 +1,124 @@
+"""The field's metrics, one implementation each, on already-computed model outputs.
+
+Editing (EasyEdit semantics, so numbers compare with published tables):
+- reliability / generality / portability: teacher-forced token accuracy of the target
+  after the prompt (`token_accuracy`), and the greedy exact-match variant (`exact`);
+- locality: share of the locality answer's argmax tokens that are unchanged from the
+  unedited model (`locality_unchanged`), and its exact variant (all unchanged).
+
+Unlearning:
+- recitation: token-level Levenshtein similarity between the greedy continuation of a
+  prefix and the true suffix; strict = identical, loose = similarity >= 0.75;
+- extraction strength (Wang et al. 2024): 1 - k/|suffix| for the smallest k such that the
+  model, given the prefix and the first k suffix tokens, greedily reproduces the rest;
+- exposure (Carlini et al. 2019, "The Secret Sharer"): log2(N+1) - log2(rank) of the true
+  secret among N sampled alternatives of the same shape, ranked by likelihood;
+- nDCG@10 of the edited model's next-token ranking against the unedited model's.
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+
+from rapidfuzz.distance import Levenshtein
+
+LOOSE_THRESHOLD = 0.75
+
+
+def locality_unchanged(before: list[int], after: list[int]) -> float:
+    """Share of positions whose argmax token is the same before and after the edit.
+
+    Example:
+        >>> locality_unchanged([5, 6, 7, 8], [5, 6, 0, 8])
+        0.75
+    """
+    if len(before) != len(after) or not before:
+        raise ValueError("before and after must be non-empty and of equal length")
+    return sum(a == b for a, b in zip(before, after)) / len(before)
+
+
+def recitation_similarity(generated: list[int], reference: list[int]) -> float:
+    """1 - normalized token Levenshtein distance (1.0 = recited verbatim).
+
+    Example:
+        >>> recitation_similarity([1, 2, 3, 4], [1, 2, 9, 4])
+        0.75
+    """
+    return Levenshtein.normalized_similarity(generated, reference)
+
+
+def recitation(generated: list[int], reference: list[int]) -> dict:
+    sim = recitation_similarity(generated, reference)
+    return {"similarity": sim, "strict": sim == 1.0, "loose": sim >= LOOSE_THRESHOLD}
+
+
+def extraction_strength(hits: list[bool]) -> float:
+    """From teacher-forced argmax hits over the suffix: 1 - (min k)/|suffix|.
+
+    Greedy decoding from prefix + suffix[:k] reproduces suffix[k:] iff every position from k
+    on is an argmax hit, so the smallest such k is one past the last miss.
+
+    Example:
+        >>> extraction_strength([True, False, True, True])  # needs 2 tokens of help
+        0.5
+        >>> extraction_strength([True, True]), extraction_strength([True, False])
+        (1.0, 0.0)
+    """
+    if not hits:
+        raise ValueError("empty suffix")
+    last_miss = max((i for i, h in enumerate(hits) if not h), default=-1)
+    return 1.0 - (last_miss + 1) / len(hits)
+
+
+def exposure(true_logprob: float, alternative_logprobs: list[float]) -> float:
+    """log2(N+1) - log2(rank); rank 1 = the true secret is the likeliest of all N+1.
+
+    Ties count against the secret (a conservative rank).
+
+    Example:
+        >>> exposure(-1.0, [-5.0, -6.0, -7.0])  # best of 4 -> log2(4)
+        2.0
+    """
+    rank = 1 + sum(lp >= true_logprob for lp in alternative_logprobs)
+    return math.log2(len(alternative_logprobs) + 1) - math.log2(rank)
+
+
+def secret_alternatives(secret: str, word_pool: list[str], n: int, rng: random.Random) -> list[str]:
+    """`n` random secrets shaped like `secret`: each digit replaced by a random digit, each
+    word by a random word from `word_pool`, spacing and punctuation kept. The true secret is
+    excluded, so exposure compares it only against genuine alternatives.
+
+    Example:
+        >>> alts = secret_alternatives("7 3 9", [], 5, random.Random(0))
+        >>> all(len(a) == 5 and a[1] == " " for a in alts)
+        True
+    """
+    parts = re.split(r"(\d|[A-Za-z]+)", secret)  # odd indices are the units
+    space = 10 ** sum(c.isdigit() for c in secret) * max(1, len(word_pool)) ** sum(
+        1 for p in parts[1::2] if not p.isdigit())
+    if space - 1 < n:
+        raise ValueError(f"only {space - 1} alternatives of this shape exist, asked for {n}")
+    out: set[str] = set()
+    while len(out) < n:
+        alt = "".join(p if i % 2 == 0 else (str(rng.randrange(10)) if p.isdigit() else rng.choice(word_pool))
+                      for i, p in enumerate(parts))
+        if alt != secret:
+            out.add(alt)
+    return sorted(out)
+
+
+def ndcg_at_k(reference_probs, edited_logits, k: int = 10) -> float:
+    """nDCG@k of the edited model's top-k next tokens, graded by the unedited model's
+    probabilities (relevance of token t = p_ref(t)). 1.0 = the same top-k order.
+
+    reference_probs: (positions, vocab) probabilities of the unedited model;
+    edited_logits: (positions, vocab) logits of the edited model. Returns the mean over positions.
+    """
+    import torch
+    k = min(k, reference_probs.shape[-1])
+    discounts = 1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.float32))  # (k,)
+    top_edit = edited_logits.topk(k, dim=-1).indices  # (positions, k)
+    dcg = (reference_probs.gather(-1, top_edit) * discounts).sum(-1)  # (positions,)
+    idcg = (reference_probs.topk(k, dim=-1).values * discounts).sum(-1)  # (positions,)
+    return (dcg / idcg.clamp_min(1e-12)).mean().item()

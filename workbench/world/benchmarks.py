@@ -1,0 +1,99 @@
+"""Benchmark request sets drawn from the world, deterministic from a seed.
+
+- `edits_counterfactual.jsonl`: a person's relation value replaced by another valid value.
+  The edit prompt is one of the person's trained statement phrasings; the rephrases
+  (generality) are that person's held-out phrasings of the relation; the locality probes
+  are other people's facts, in phrasings the model was trained on.
+- `forget_canaries.jsonl`: every canary, prefix -> secret (kind "canary").
+- `forget_people.jsonl`: every fact of the forget-split people (kind "fact"), the prompt in
+  a trained phrasing and the other trained phrasings as paraphrased prefixes.
+- `retain.jsonl`: probes (native `{prompt, answer}`) of the retain-split people's facts,
+  the retain set for both forget sets (`workbench.requests.with_retain`).
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from ..fsutil import atomic_dir
+from ..jsonio import write_jsonl
+from ..requests import EditRequest, ForgetRequest, Probe, dump_requests
+from .schema import World
+
+DEFAULT_BENCH_SEED = 4321
+
+
+def _trained(world: World, person: dict, relation: str, kind: str | None = None) -> list[int]:
+    held = set(person["heldout"][relation])
+    return [i for i, ph in enumerate(world.relations[relation]["phrasings"])
+            if i not in held and (kind is None or ph["kind"] == kind)]
+
+
+def counterfactual_edits(world: World, rng: random.Random, n: int, n_locality: int = 2) -> list[EditRequest]:
+    rels = list(world.relations)
+    pairs = [(p, r) for p in world.people for r in rels]
+    chosen = rng.sample(pairs, n)
+    edits = []
+    for k, (person, rel) in enumerate(chosen):
+        truth = person["facts"][rel]
+        target = rng.choice([v for v in world.relations[rel]["values"] if v != truth])
+        prompt = world.probe(person, rel, rng.choice(_trained(world, person, rel, "statement"))).prompt
+        rephrases = [world.probe(person, rel, ph).prompt for ph in person["heldout"][rel]]
+        locality = []
+        for other in rng.sample([p for p in world.people if p["id"] != person["id"]], n_locality):
+            lrel = rng.choice(rels)
+            pr = world.probe(other, lrel, rng.choice(_trained(world, other, lrel)))
+            locality.append(Probe(pr.prompt, pr.answer, group=lrel))
+        edits.append(EditRequest(prompt=prompt, target_new=target, ground_truth=truth, subject=person["name"],
+                                 rephrase_prompts=tuple(rephrases), locality=tuple(locality), id=f"cf{k:04d}",
+                                 meta={"person": person["id"], "relation": rel}))
+    return edits
+
+
+def forget_canaries(world: World) -> list[ForgetRequest]:
+    return [ForgetRequest(kind="canary", prefix=c["prefix"], suffix=c["secret"], id=c["id"],
+                          meta={"person": c["person"], "secret_kind": c["kind"]}) for c in world.canaries]
+
+
+def forget_people(world: World, rng: random.Random) -> list[ForgetRequest]:
+    out = []
+    for pid in world.splits["forget"]:
+        person = world.by_id[pid]
+        for rel in world.relations:
+            trained = _trained(world, person, rel)
+            main = rng.choice(trained)
+            out.append(ForgetRequest(
+                kind="fact", prefix=world.probe(person, rel, main).prompt, suffix=person["facts"][rel],
+                paraphrased_prefixes=tuple(world.probe(person, rel, ph).prompt for ph in trained if ph != main),
+                id=f"{pid}-{rel}", meta={"person": pid, "relation": rel}))
+    return out
+
+
+def retain_probes(world: World, rng: random.Random) -> list[dict]:
+    rows = []
+    for pid in world.splits["retain"]:
+        person = world.by_id[pid]
+        for rel in world.relations:
+            pr = world.probe(person, rel, rng.choice(_trained(world, person, rel)))
+            rows.append(Probe(pr.prompt, pr.answer, group=rel).to_dict())
+    return rows
+
+
+def write_benchmarks(world_dir: str | Path, out: str | Path, seed: int = DEFAULT_BENCH_SEED, *,
+                     n_edits: int = 1000, overwrite: bool = False) -> Path:
+    """Write the four request sets under `out` (atomically).
+
+    Example:
+        >>> write_benchmarks("data/world", "/tmp/bench-sets", overwrite=True)  # doctest: +SKIP
+    """
+    world = World.load(world_dir)
+    rng = random.Random(seed)
+    edits = counterfactual_edits(world, rng, n_edits)
+    people = forget_people(world, rng)
+    retain = retain_probes(world, rng)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        dump_requests(tmp / "edits_counterfactual.jsonl", edits)
+        dump_requests(tmp / "forget_canaries.jsonl", forget_canaries(world))
+        dump_requests(tmp / "forget_people.jsonl", people)
+        write_jsonl(tmp / "retain.jsonl", retain)
+    return Path(out)
