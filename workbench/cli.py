@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_world(sub)
     from . import eval_cli
     eval_cli.add_parser(sub)
+    from . import session_cli
+    session_cli.add_parsers(sub)
     return p
 
 

@@ -1,0 +1,240 @@
+"""Session API and ledger guarantees: exact rollback, reopen, tamper evidence, gates, bundles."""
+import os
+import random
+import signal
+import sqlite3
+import time
+
+import pytest
+import torch
+
+from workbench.errors import InputError
+from workbench.patch import weights_hash
+from workbench.requests import EditRequest, ForgetRequest, load_requests
+from workbench.session import Workbench
+
+from . import session_helpers  # noqa: F401  (registers the test editors)
+from .conftest import REPO
+
+EDITS = load_requests(REPO / "data" / "benchmarks" / "edits_counterfactual.jsonl")[:40]
+
+
+@pytest.fixture
+def wb(tmp_path):
+    w = Workbench(None, tmp_path / "ws", author="tester")
+    yield w
+    w.close()
+
+
+def test_many_edits_then_rollback_to_base_is_bit_exact(wb):
+    base = weights_hash(wb.model)
+    for i in range(6):
+        wb.apply("test-bump", EDITS[i:i + 1], {"layer": str(i % 4)})
+    assert weights_hash(wb.model) != base and len(wb.active()) == 6
+    wb.apply("test-shift", EDITS[:1])
+    ev = wb.revert_to("base")
+    assert weights_hash(wb.model) == base == ev.weights_after and wb.active() == []
+    assert not hasattr(wb.model.model.norm, "inner")  # the attachment is gone too
+    assert wb.verify() == []
+
+
+def test_ledger_records_who_what_and_metrics(wb):
+    ev = wb.apply("test-bump", EDITS[:2], {"scale": "0.1"}, note="why not")
+    assert ev.kind == "edit" and ev.author == "tester" and ev.note == "why not"
+    assert ev.hparams == {"layer": wb.adapter.default_layer(), "scale": 0.1}
+    assert [r["prompt"] for r in ev.requests] == [EDITS[0].prompt, EDITS[1].prompt]
+    assert set(ev.metrics_before) >= {"reliability", "generality", "locality"}
+    assert ev.metrics_before["locality"] == 1.0
+    assert ev.weights_before == wb.base_hash and ev.weights_after == weights_hash(wb.model)
+    assert ev.patch_bytes > 0 and (wb.workspace / ev.patch_file).is_file()
+
+
+def test_reopening_restores_the_edited_state(tmp_path):
+    w = Workbench(None, tmp_path / "ws")
+    w.apply("test-bump", EDITS[:1])
+    w.apply("test-shift", EDITS[:1])
+    w.apply("test-bump", EDITS[1:2], {"layer": "0"})
+    w.undo()
+    h = weights_hash(w.model)
+    w.close()
+    w2 = Workbench(None, tmp_path / "ws")
+    assert weights_hash(w2.model) == h and len(w2.active()) == 2
+    assert hasattr(w2.model.model.norm, "inner")
+
+
+def test_undo_and_revert_out_of_the_middle(wb):
+    e1 = wb.apply("test-bump", EDITS[:1], {"layer": "0"})
+    h1 = weights_hash(wb.model)
+    e2 = wb.apply("test-bump", EDITS[1:2], {"layer": "2"})
+    wb.undo()
+    assert weights_hash(wb.model) == h1
+    e3 = wb.apply("test-bump", EDITS[1:2], {"layer": "2"})
+    wb.revert(e1.id)  # layers differ, the bump editor allows single revert
+    assert wb.active() == [e3.id]
+    # The result equals applying only the later edit to the base model.
+    assert weights_hash(wb.model) != e3.weights_after  # e1's bump is gone from the state
+    e5 = wb.apply("test-bump", EDITS[2:3], {"layer": "2"})
+    with pytest.raises(InputError, match="same weights"):
+        wb.revert(wb.active()[0])
+    assert wb.active()[-1] == e5.id
+
+
+def test_revert_matches_base_plus_later_edit(tmp_path):
+    a = Workbench(None, tmp_path / "a")
+    e1 = a.apply("test-bump", EDITS[:1], {"layer": "0"})
+    a.apply("test-bump", EDITS[1:2], {"layer": "3"})
+    a.revert(e1.id)
+    b = Workbench(None, tmp_path / "b")
+    b.apply("test-bump", EDITS[1:2], {"layer": "3"})
+    assert weights_hash(a.model) == weights_hash(b.model)
+
+
+def test_tampering_with_a_row_or_a_patch_is_named(tmp_path):
+    w = Workbench(None, tmp_path / "ws")
+    e1 = w.apply("test-bump", EDITS[:1])
+    e2 = w.apply("test-bump", EDITS[1:2])
+    assert w.verify() == []
+    w.close()
+    db = sqlite3.connect(tmp_path / "ws" / "ledger.sqlite")
+    db.execute("UPDATE events SET author = 'mallory' WHERE id = ?", (e1.id,))
+    db.commit()
+    db.close()
+    problems = Workbench(None, tmp_path / "ws").verify()
+    assert any(e1.id in p and "record hash" in p for p in problems)
+    db = sqlite3.connect(tmp_path / "ws" / "ledger.sqlite")
+    db.execute("UPDATE events SET author = ? WHERE id = ?", (e1.author, e1.id))
+    db.commit()
+    db.close()
+    w = Workbench(None, tmp_path / "ws")
+    assert w.verify() == []  # restoring the row restores the chain
+    patch = tmp_path / "ws" / e2.patch_file
+    data = bytearray(patch.read_bytes())
+    data[-3] ^= 0xFF
+    patch.write_bytes(bytes(data))
+    problems = w.verify(replay=False)
+    assert any(e2.patch_file in p and "changed" in p for p in problems)
+
+
+def test_deleting_a_row_breaks_the_chain(tmp_path):
+    w = Workbench(None, tmp_path / "ws")
+    e1 = w.apply("test-bump", EDITS[:1])
+    e2 = w.apply("test-bump", EDITS[1:2])
+    w.apply("test-bump", EDITS[2:3])
+    w.close()
+    db = sqlite3.connect(tmp_path / "ws" / "ledger.sqlite")
+    db.execute("DELETE FROM events WHERE id = ?", (e2.id,))
+    db.commit()
+    db.close()
+    from workbench.ledger import LedgerError
+    with pytest.raises(LedgerError):  # replay no longer reaches the recorded head
+        Workbench(None, tmp_path / "ws")
+
+
+def test_bad_request_in_a_batch_changes_nothing(wb):
+    h = weights_hash(wb.model)
+    long = EditRequest(prompt="word " * 400, target_new="x")
+    with pytest.raises(InputError, match="request 3"):
+        wb.apply("test-bump", [EDITS[0], EDITS[1], long])
+    with pytest.raises(InputError, match="request 2 is a ForgetRequest"):
+        wb.apply("test-bump", [EDITS[0], ForgetRequest(kind="text", prefix="a", suffix="b")])
+    with pytest.raises(InputError) as e:
+        wb.apply("test-bump", EDITS[:1], {"scale": "-1"})
+    assert e.value.field == "scale"
+    assert weights_hash(wb.model) == h and wb.history() == []
+
+
+def test_gate_rejects_and_records(wb):
+    h = weights_hash(wb.model)
+    ev = wb.apply("test-bump", EDITS[:1], gates="reliability>=1.01,locality>=0.5")
+    assert ev.kind == "rejected" and "reliability" in ev.note and ev.metrics_after is not None
+    assert weights_hash(wb.model) == h and wb.active() == []
+    ok = wb.apply("test-bump", EDITS[:1], gates="locality>=0.0")
+    assert ok.kind == "edit" and wb.active() == [ok.id]
+    assert wb.verify() == []
+
+
+def test_export_weights_only_and_refuse_attachments(wb, tmp_path):
+    from transformers import AutoModelForCausalLM
+    wb.apply("test-bump", EDITS[:1])
+    out = wb.export(tmp_path / "exp")
+    m = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    assert weights_hash(m) == weights_hash(wb.model)
+    wb.apply("test-shift", EDITS[:1])
+    with pytest.raises(InputError, match="adds modules"):
+        wb.export(tmp_path / "exp2")
+    assert not (tmp_path / "exp2").exists()
+
+
+def test_bundle_replays_on_another_copy_and_refuses_another_base(tmp_path):
+    a = Workbench(None, tmp_path / "a")
+    a.apply("test-bump", EDITS[:1])
+    a.apply("test-shift", EDITS[:1])
+    a.apply("test-bump", EDITS[1:2], {"layer": "1"})
+    path = a.bundle(tmp_path / "h.wbbundle")
+    b = Workbench(None, tmp_path / "b", author="other")
+    events = b.apply_bundle(path)
+    assert len(events) == 3 and weights_hash(b.model) == weights_hash(a.model)
+    assert "replayed from bundle" in events[0].note and b.verify() == []
+    # Another base model: save a perturbed copy and try there.
+    other = tmp_path / "other-model"
+    with torch.no_grad():
+        c = Workbench(None, tmp_path / "c")
+        c.model.lm_head.weight[0, 0] += 1.0
+        c.model.save_pretrained(other)
+        c.tok.save_pretrained(other)
+    d = Workbench(other, tmp_path / "d")
+    with pytest.raises(InputError, match="another base model"):
+        d.apply_bundle(path)
+    assert d.history() == []
+
+
+def test_workspace_refuses_another_base_model(tmp_path):
+    w = Workbench(None, tmp_path / "ws")
+    w.apply("test-bump", EDITS[:1])
+    w.close()
+    other = tmp_path / "other-model"
+    w2 = Workbench(None, tmp_path / "tmpws")
+    with torch.no_grad():
+        w2.model.lm_head.weight[0, 0] += 1.0
+    w2.model.save_pretrained(other)
+    w2.tok.save_pretrained(other)
+    with pytest.raises(InputError, match="another base model"):
+        Workbench(other, tmp_path / "ws")
+
+
+def _child_loop(ws):
+    torch.set_num_threads(1)
+    w = Workbench(None, ws)
+    rng = random.Random(os.getpid())
+    while True:
+        if w.active() and rng.random() < 0.3:
+            w.undo()
+        else:
+            w.apply("test-bump", EDITS[rng.randrange(10):][:1], {"layer": str(rng.randrange(4))})
+
+
+def test_crash_at_any_point_leaves_a_consistent_history(tmp_path):
+    """50 trials: a child process editing in a loop is SIGKILLed at a random moment; the
+    workspace must then verify clean and reopen at the last committed version."""
+    ws = tmp_path / "ws"
+    Workbench(None, ws).close()
+    rng = random.Random(0)
+    committed_events = []
+    for trial in range(50):
+        pid = os.fork()
+        if pid == 0:  # child
+            try:
+                _child_loop(ws)
+            finally:
+                os._exit(1)
+        time.sleep(rng.uniform(0.3, 1.2))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        w = Workbench(None, ws)  # raises if replay does not reach the recorded head
+        assert w.verify(replay=False) == [], f"trial {trial}"
+        assert weights_hash(w.model) == w.ledger.head_hash()
+        committed_events.append(len(w.history()))
+        w.close()
+    assert committed_events[-1] > 10  # the kills did land between many commits
+    w = Workbench(None, ws)
+    assert w.verify() == []  # a full replay of the whole history at the end
