@@ -55,13 +55,13 @@ def read_manifest(path) -> tuple[zipfile.ZipFile, dict]:
 
 def replay_bundle(wb, path) -> list:
     """Apply a bundle's edits to the session `wb` and record each; all or nothing."""
-    from .patch import Patch, weights_hash
+    from .patch import Patch
     z, manifest = read_manifest(path)
     edits = manifest["edits"]
     if manifest["base_hash"] != wb.base_hash:
         raise InputError(f"the bundle was made on another base model (weights sha256 {manifest['base_hash'][:12]}…, "
                          f"this one is {wb.base_hash[:12]}…)", file=path, field="base_hash")
-    if weights_hash(wb.model) != edits[0]["weights_before"]:
+    if wb.weights_hash() != edits[0]["weights_before"]:
         raise InputError("the model is not in the state the bundle starts from; roll back to base first",
                          file=path, field="weights_before")
     applied, staged = [], []
@@ -77,7 +77,7 @@ def replay_bundle(wb, path) -> list:
             patch = Patch.load(tmp)
             patch.apply(wb.model, wb.adapter)
             applied.append(patch)
-            if weights_hash(wb.model) != rec["weights_after"]:
+            if wb.weights_hash(patch) != rec["weights_after"]:
                 raise InputError(f"edit {i + 1} ({rec['id']}): weights after replay do not match the bundle",
                                  file=path)
         events = []
@@ -97,6 +97,7 @@ def replay_bundle(wb, path) -> list:
     except BaseException:
         for patch in reversed(applied):
             patch.revert(wb.model, wb.adapter)
+            wb._forget(patch)
         for tmp in staged:
             tmp.unlink(missing_ok=True)
         raise

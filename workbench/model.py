@@ -15,6 +15,8 @@ def load_model(model_dir: str | Path | None = None, *, trust_remote_code: bool =
         >>> model, tok = load_model()  # doctest: +SKIP
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # our own bars report long work; loading is quick
     path = Path(model_dir) if model_dir is not None else DEFAULT_MODEL
     if not path.is_dir():
         raise InputError("model folder not found", file=path)

@@ -233,11 +233,59 @@ def _smallest_change(name, before, after, diff) -> WeightChange:
     return best
 
 
-def weights_hash(model) -> str:
-    """sha256 over every state_dict entry (name, dtype, shape, bytes) in sorted order."""
+def _tensor_digest(name: str, t: torch.Tensor) -> bytes:
+    t = t.detach().contiguous().cpu()
+    h = hashlib.sha256(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(_bits(t).numpy().tobytes())
+    return h.digest()
+
+
+def weights_hash(model, cache: "HashCache | None" = None) -> str:
+    """sha256 over every state_dict entry (name, dtype, shape, bytes) in sorted order.
+
+    With a `HashCache`, a tensor is re-read only when its storage or version counter moved
+    or it was invalidated, so hashing after a one-layer change costs one layer, not the
+    model. Without one (as `verify` does) every byte is read.
+    """
+    if cache is not None:
+        return cache.model_hash(model)
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
-        t = t.detach().contiguous().cpu()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(_bits(t).numpy().tobytes())
+        h.update(_tensor_digest(name, t))
     return h.hexdigest()
+
+
+class HashCache:
+    """Per-tensor digests keyed by (storage pointer, in-place version counter).
+
+    Writes through `.data` bypass the version counter, so whoever changes weights that way
+    must `invalidate` the names (the session does so for every patch it applies or reverts).
+    """
+
+    def __init__(self):
+        self._entries: dict[str, tuple[int, int, bytes]] = {}
+        self._items: list | None = None  # sorted state_dict items, kept while the modules stay
+
+    def model_hash(self, model) -> str:
+        if self._items is None:
+            self._items = sorted(model.state_dict().items())
+        h = hashlib.sha256()
+        for name, t in self._items:
+            h.update(self.digest(name, t))
+        return h.hexdigest()
+
+    def digest(self, name: str, t: torch.Tensor) -> bytes:
+        key = (t.data_ptr(), t._version)
+        hit = self._entries.get(name)
+        if hit is not None and hit[:2] == key:
+            return hit[2]
+        d = _tensor_digest(name, t)
+        self._entries[name] = (*key, d)
+        return d
+
+    def invalidate(self, names, *, structure: bool = False) -> None:
+        """Forget these tensors' digests; `structure`: modules were added, removed or replaced."""
+        for n in names:
+            self._entries.pop(n, None)
+        if structure:
+            self._items = None

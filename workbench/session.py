@@ -19,7 +19,7 @@ from pathlib import Path
 from .errors import InputError, WorkbenchError
 from .gates import Gate, check_gates
 from .ledger import Event, Ledger, LedgerError, utc_now
-from .patch import Patch, weights_hash
+from .patch import HashCache, Patch, weights_hash
 
 DEFAULT_WORKSPACE = Path(".workbench")
 
@@ -38,7 +38,8 @@ class Workbench:
         self.model, self.tok = load_model(self.model_dir)
         self.adapter = get_adapter(self.model)
         self.author = author or os.environ.get("WORKBENCH_AUTHOR") or _user()
-        self.base_hash = weights_hash(self.model)
+        self._hashes = HashCache()  # per-tensor digests: hashing after an edit reads what it touched
+        self.base_hash = self.weights_hash()
         self.workspace = Path(workspace)
         self.ledger = Ledger.open(self.workspace, base_hash=self.base_hash, base_model=str(self.model_dir))
         self._patches: dict[str, Patch] = {}
@@ -61,11 +62,23 @@ class Workbench:
     def _restore(self) -> None:
         events = {e.id: e for e in self.ledger.events()}
         for eid in self.ledger.active():
-            self._patch(events[eid]).apply(self.model, self.adapter)
-        got, want = weights_hash(self.model), self.ledger.head_hash()
+            patch = self._patch(events[eid])
+            patch.apply(self.model, self.adapter)
+            self._forget(patch)
+        got, want = self.weights_hash(), self.ledger.head_hash()
         if got != want:
             raise LedgerError(f"replaying the workspace {self.workspace} gives weights {got[:12]}…, "
                               f"but the ledger's last event recorded {want[:12]}…; run `workbench verify`")
+
+    def weights_hash(self, touched: Patch | None = None, *, edited: bool = False) -> str:
+        """The current weights' sha256; `touched` names a patch just applied or reverted;
+        `edited`: an editor just ran and may have replaced modules."""
+        if touched is not None:
+            self._forget(touched, structure=edited)
+        return weights_hash(self.model, self._hashes)
+
+    def _forget(self, patch: Patch, *, structure: bool = False) -> None:
+        self._hashes.invalidate((w.name for w in patch.weights), structure=structure or bool(patch.attachments))
 
     def active(self) -> list[str]:
         return self.ledger.active()
@@ -92,19 +105,20 @@ class Workbench:
         gate_list = Gate.parse_all(gates) if isinstance(gates, str) else list(gates or [])
         instance, hp = make_editor(editor, self.adapter, params or {})
         ref, before = self._measure(requests, None)
-        h_before = weights_hash(self.model)
+        h_before = self.weights_hash()
         t0 = time.perf_counter()
         patch = instance.edit(EditContext(self.model, self.tok, self.adapter, seed), list(requests))
         duration = time.perf_counter() - t0
         try:
             _, after = self._measure(requests, ref)
-            h_after = weights_hash(self.model)
+            h_after = self.weights_hash(patch, edited=True)
             failed = check_gates(gate_list, after)
             common = dict(editor=editor, hparams=hp.to_dict(), requests=[r.to_dict() for r in requests],
                           metrics_before=before, metrics_after=after, weights_before=h_before,
                           author=author or self.author, created_at=utc_now(), duration_s=round(duration, 4), note=note)
             if failed:
                 patch.revert(self.model, self.adapter)
+                self._forget(patch, structure=True)
                 self._expect_hash(h_before, "reverting a rejected edit")
                 gate_note = "rejected by gate: " + "; ".join(failed)
                 return self.ledger.append(id=self.ledger.next_id(), kind="rejected", weights_after=h_before,
@@ -119,8 +133,9 @@ class Workbench:
             return event
         except BaseException:
             # Never leave an uncommitted change in the model.
-            if weights_hash(self.model) != h_before:
+            if self.weights_hash(patch, edited=True) != h_before:
                 patch.revert(self.model, self.adapter)
+                self._forget(patch, structure=True)
             raise
 
     def _check_requests(self, cls, requests) -> None:
@@ -219,11 +234,13 @@ class Workbench:
 
     def _revert_many(self, ids: list[str], kind: str, note: str | None, target: str | None = None) -> Event:
         events = {e.id: e for e in self.ledger.events()}
-        h_before = weights_hash(self.model)
+        h_before = self.ledger.head_hash()  # the model is always at the ledger's head
         t0 = time.perf_counter()
         for eid in ids:
-            self._patch(events[eid]).revert(self.model, self.adapter)
-        h_after = weights_hash(self.model)
+            patch = self._patch(events[eid])
+            patch.revert(self.model, self.adapter)
+            self._forget(patch)
+        h_after = self.weights_hash()
         with self._locked():
             return self.ledger.append(id=self.ledger.next_id(), kind=kind, targets=ids, weights_before=h_before,
                                       weights_after=h_after, author=self.author, created_at=utc_now(),
@@ -296,7 +313,7 @@ class Workbench:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def _expect_hash(self, want: str, what: str) -> None:
-        if weights_hash(self.model) != want:
+        if self.weights_hash() != want:
             raise WorkbenchError(f"{what} did not restore the weights exactly")
 
 

@@ -1,0 +1,82 @@
+"""The session CLI end to end with the real `ft` editor on the shipped model."""
+import json
+import subprocess
+import sys
+
+from .conftest import REPO
+
+EDITS = REPO / "data" / "benchmarks" / "edits_counterfactual.jsonl"
+
+
+def _wb(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "workbench.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+def test_edit_log_undo_rollback_verify_export_bundle(tmp_path):
+    one = tmp_path / "one.jsonl"
+    one.write_text(EDITS.read_text().splitlines()[0] + "\n")
+    two = tmp_path / "two.jsonl"
+    two.write_text("\n".join(EDITS.read_text().splitlines()[1:3]) + "\n")
+    ws = ["--workspace", tmp_path / "ws", "--author", "alice"]
+    r = _wb("edit", "--editor", "ft", "--requests", one, "--json", tmp_path / "e1.json", *ws, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    e1 = json.loads((tmp_path / "e1.json").read_text())
+    assert e1["kind"] == "edit" and e1["author"] == "alice" and e1["metrics_after"]["reliability"] >= 0.9
+    assert "reliability" in r.stdout and "before" in r.stdout
+    r = _wb("edit", "--editor", "ft", "--requests", two, "--param", "objective=last", "--param", "steps=30", *ws,
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = _wb("edit", "--editor", "ft", "--requests", two, "--gate", "reliability>=1.5", *ws, cwd=tmp_path)
+    assert r.returncode == 3 and "rejected by gate" in r.stdout
+    r = _wb("log", "--json", tmp_path / "log.json", *ws, cwd=tmp_path)
+    log = json.loads((tmp_path / "log.json").read_text())
+    assert [e["kind"] for e in log] == ["edit", "edit", "rejected"] and "e0002" in r.stdout
+    r = _wb("bundle", tmp_path / "h.wbbundle", *ws, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = _wb("undo", *ws, cwd=tmp_path)
+    assert r.returncode == 0 and "e0002" in r.stdout
+    r = _wb("export", tmp_path / "exported", *ws, cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "exported" / "model.safetensors").is_file()
+    r = _wb("rollback", "base", *ws, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = _wb("verify", *ws, cwd=tmp_path)
+    assert r.returncode == 0 and "ok: 5 events" in r.stdout, r.stdout + r.stderr
+    r = _wb("show", "e0001", *ws, cwd=tmp_path)
+    assert json.loads(r.stdout)["hparams"]["objective"] == "target"
+    other = ["--workspace", tmp_path / "ws2"]
+    r = _wb("apply-bundle", tmp_path / "h.wbbundle", *other, cwd=tmp_path)
+    assert r.returncode == 0 and "replayed 2 edit(s)" in r.stdout, r.stderr
+    r = _wb("verify", *other, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout
+
+
+def test_bad_inputs_change_nothing(tmp_path):
+    ws = ["--workspace", tmp_path / "ws"]
+    lines = EDITS.read_text().splitlines()[:3]
+    bad = json.loads(lines[1])
+    bad["target_new"] = " "
+    f = tmp_path / "batch.jsonl"
+    f.write_text("\n".join([lines[0], json.dumps(bad), lines[2]]) + "\n")
+    r = _wb("edit", "--editor", "ft", "--requests", f, *ws, cwd=tmp_path)
+    assert r.returncode == 2 and "batch.jsonl:2" in r.stderr and "target_new" in r.stderr
+    assert not (tmp_path / "ws").exists()
+    r = _wb("edit", "--editor", "fx", "--requests", f, *ws, cwd=tmp_path)
+    assert r.returncode == 2 and "did you mean 'ft'" in r.stderr
+    good = tmp_path / "good.jsonl"
+    good.write_text(lines[0] + "\n")
+    r = _wb("edit", "--editor", "ft", "--requests", good, "--param", "lr=-1", *ws, cwd=tmp_path)
+    assert r.returncode == 2 and "lr" in r.stderr
+    r = _wb("edit", "--editor", "ft", "--requests", good, "--gate", "reliability=>0.9", *ws, cwd=tmp_path)
+    assert r.returncode == 2 and "gate" in r.stderr
+    r = _wb("log", *ws, cwd=tmp_path)
+    assert r.returncode == 0 and "e0001" not in r.stdout
+    r = _wb("undo", *ws, cwd=tmp_path)
+    assert r.returncode == 2 and "nothing to undo" in r.stderr
+
+
+def test_editors_lists_capabilities_and_hyperparameters(tmp_path):
+    r = _wb("editors", "--json", cwd=tmp_path)
+    info = {e["name"]: e for e in json.loads(r.stdout)}
+    assert info["ft"]["capabilities"]["batch"] is True
+    assert {h["name"] for h in info["ft"]["hyperparameters"]} >= {"layer", "objective", "lr", "norm_constraint"}
