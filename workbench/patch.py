@@ -58,8 +58,11 @@ class WeightChange:
         with torch.no_grad():
             if self.index is None:
                 if target.shape != values.shape:
-                    raise InputError(f"shape {tuple(values.shape)} does not fit {self.name} {tuple(target.shape)}",
-                                     field="weights")
+                    if not self.resizes:
+                        raise InputError(f"shape {tuple(values.shape)} does not fit {self.name} "
+                                         f"{tuple(target.shape)}", field="weights")
+                    _replace(model, self.name, target, values)
+                    return
                 target.copy_(values.to(target.device, target.dtype))
             else:
                 target.index_copy_(self.dim, self.index.to(target.device), values.to(target.device, target.dtype))
@@ -75,8 +78,24 @@ class WeightChange:
         return t if self.index is None else t.index_select(self.dim, self.index.to(t.device))
 
     @property
+    def resizes(self) -> bool:
+        """Before and after differ in shape (a growing codebook): applied by replacing the tensor."""
+        return self.index is None and self.before.shape != self.after.shape
+
+    @property
     def nbytes(self) -> int:
-        return 2 * self.before.numel() * self.before.element_size()
+        return (self.before.numel() + self.after.numel()) * self.before.element_size()
+
+
+def _replace(model, name: str, old: torch.Tensor, values: torch.Tensor) -> None:
+    """Swap in a tensor of another shape, keeping its kind (parameter or buffer)."""
+    mod_name, _, attr = name.rpartition(".")
+    module = model.get_submodule(mod_name) if mod_name else model
+    new = values.detach().clone().to(old.device, old.dtype)
+    if isinstance(old, torch.nn.Parameter):
+        setattr(module, attr, torch.nn.Parameter(new, requires_grad=old.requires_grad))
+    else:
+        module.register_buffer(attr, new, persistent=attr not in module._non_persistent_buffers_set)
 
 
 class Attachment:
@@ -211,6 +230,9 @@ class WeightRecorder:
         changes = []
         for name, before in self.before.items():
             after = _param(self.model, name).detach().clone()
+            if after.shape != before.shape:
+                changes.append(WeightChange(name, before, after))
+                continue
             diff = _bits(before) != _bits(after)
             if not diff.any():
                 continue

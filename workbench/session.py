@@ -78,7 +78,9 @@ class Workbench:
         return weights_hash(self.model, self._hashes)
 
     def _forget(self, patch: Patch, *, structure: bool = False) -> None:
-        self._hashes.invalidate((w.name for w in patch.weights), structure=structure or bool(patch.attachments))
+        resized = any(w.resizes for w in patch.weights)
+        self._hashes.invalidate((w.name for w in patch.weights),
+                                structure=structure or resized or bool(patch.attachments))
 
     def active(self) -> list[str]:
         return self.ledger.active()
