@@ -59,6 +59,42 @@ def _add_world(sub) -> None:
     r.set_defaults(func=_cmd_world_requests)
 
 
+def _add_bench(sub) -> None:
+    b = sub.add_parser("bench", help="benchmarks that print tables")
+    bsub = b.add_subparsers(dest="bench_cmd", required=True)
+    ll = bsub.add_parser("lifelong", help="T sequential edits, scored on the final model (the WISE protocol)")
+    ll.add_argument("--editors", default="ft", help="comma-separated editor names")
+    ll.add_argument("--T", default="1,10,100", help="comma-separated numbers of sequential edits")
+    ll.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
+    ll.add_argument("--requests", type=Path, default=None, help="edit requests (default: the world's counterfactuals)")
+    ll.add_argument("--param", action="append", default=[], metavar="EDITOR:K=V",
+                    help="hyperparameter for one editor, e.g. wise:steps=50 (repeatable)")
+    ll.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
+    ll.set_defaults(func=_cmd_bench_lifelong)
+
+
+def _cmd_bench_lifelong(args) -> int:
+    from .errors import InputError
+    from .lifelong import DEFAULT_REQUESTS, run, table
+    try:
+        Ts = [int(t) for t in args.T.split(",") if t.strip()]
+    except ValueError:
+        raise InputError(f"expected comma-separated integers, got {args.T!r}", field="--T") from None
+    params: dict[str, dict] = {}
+    for item in args.param:
+        editor, sep, kv = item.partition(":")
+        if not sep or "=" not in kv:
+            raise InputError(f"expected EDITOR:K=V, got {item!r}", field="--param")
+        k, v = kv.split("=", 1)
+        params.setdefault(editor.strip(), {})[k.strip()] = v.strip()
+    rows = run([e.strip() for e in args.editors.split(",") if e.strip()], Ts,
+               requests_path=args.requests or DEFAULT_REQUESTS, model_dir=args.model, params=params)
+    print(table(rows))
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="workbench", description="Model editing and unlearning workbench.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -67,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cli.add_parser(sub)
     from . import session_cli
     session_cli.add_parsers(sub)
+    _add_bench(sub)
     return p
 
 

@@ -1,0 +1,44 @@
+"""The lifelong benchmark: sequential edits scored on the final model."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from workbench.errors import InputError
+from workbench.lifelong import METRICS, run, run_one, table
+from workbench.registry import UnknownEditor
+from workbench.requests import load_requests
+
+from .conftest import REPO
+
+REQS = load_requests(REPO / "data" / "benchmarks" / "edits_counterfactual.jsonl")[:5]
+
+
+def test_sequential_edits_are_all_scored_on_the_final_model():
+    row = run_one("ft", 5, REQS)
+    assert row["T"] == 5 and set(METRICS) <= set(row)
+    assert row["reliability"] >= 0.9  # the first edits survive the later ones at this scale
+    assert row["median_edit_s"] > 0 and "inference_overhead" in row
+    assert "| ft | 5 |" in table([row])
+
+
+def test_bad_arguments_fail_before_any_work(tmp_path):
+    with pytest.raises(UnknownEditor):
+        run(["nope"], [1], progress=False)
+    with pytest.raises(InputError, match="T="):
+        run(["ft"], [10**6], progress=False)
+    with pytest.raises(InputError):
+        run(["ft"], [0], progress=False)
+
+
+def test_cli_writes_json(tmp_path):
+    out = tmp_path / "ll.json"
+    r = subprocess.run([sys.executable, "-m", "workbench.cli", "bench", "lifelong", "--editors", "ft", "--T", "1,2",
+                        "--param", "ft:steps=10", "--json", out], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())
+    assert [x["T"] for x in rows] == [1, 2] and rows[0]["hparams"]["steps"] == 10
+    r = subprocess.run([sys.executable, "-m", "workbench.cli", "bench", "lifelong", "--T", "a"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--T" in r.stderr
