@@ -1,0 +1,69 @@
+"""Measure WISE on the shipped model: T sequential single edits, scored on the final model.
+
+    python -m editors.wise.measure --T 100 [--threads 1] [--set steps=40 ...]
+
+Prints reliability / generality / locality (teacher-forced token accuracy, as
+`workbench.evaluate`), the median seconds per edit, and the side memory's inference
+overhead (eval forward time with the memory attached vs detached, same batches).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+
+def run(T: int, params: dict, threads: int = 1) -> dict:
+    from workbench.arch import get_adapter
+    from workbench.editing import EditContext
+    from workbench.evaluate import evaluate_edits, reference
+    from workbench.model import load_model
+    from workbench.requests import load_requests
+
+    from . import WISEEditor, WISEHParams
+    from .memory import ATTR
+
+    torch.set_num_threads(threads)
+    model, tok = load_model()
+    adapter = get_adapter(model)
+    reqs = load_requests("data/benchmarks/edits_counterfactual.jsonl")[:T]
+    ref = reference(model, tok, reqs)
+    times = []
+    for r in reqs:
+        editor = WISEEditor(WISEHParams.from_strings(params).derive(adapter))  # a fresh editor per edit
+        t0 = time.perf_counter()
+        editor.edit(EditContext(model, tok, adapter, seed=0), [r])
+        times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    mean = evaluate_edits(model, tok, reqs, ref)["mean"]
+    t_with = time.perf_counter() - t0
+    first = evaluate_edits(model, tok, reqs[:1], ref)["mean"] if T else {}
+    mem = getattr(model, ATTR)
+    handles, mem._handles = mem._handles, []
+    for h in handles:  # time the same evaluation through the main memory only
+        h.remove()
+    t0 = time.perf_counter()
+    evaluate_edits(model, tok, reqs, ref)
+    t_without = time.perf_counter() - t0
+    return {"T": T, "params": params, "reliability": mean["reliability"], "generality": mean["generality"],
+            "locality": mean["locality"], "first_edit_reliability": first.get("reliability"),
+            "median_s_per_edit": statistics.median(times), "mean_s_per_edit": statistics.mean(times),
+            "inference_overhead_pct": 100 * (t_with - t_without) / t_without,
+            "threshold": float(mem.threshold()), "archived_memories": int(mem.memories.shape[0])}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--T", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", nargs="*", default=[], help="hyperparameters as k=v")
+    args = ap.parse_args(argv)
+    params = dict(kv.split("=", 1) for kv in args.set)
+    print(json.dumps(run(args.T, params, args.threads), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""WISE side memory: the module that lives in the model, its router, and its attachment kind.
+
+The side memory is stored as a *difference* from the main MLP output projection W (out, in):
+the side output is `W a + Δ a`, so the router's activation score (the paper's
+Δ_act(x) = ||A(x)·(W'_v − W_v)||₂) is simply `||Δ a||` per position, one extra matmul.
+
+Everything the method needs between edits is a buffer of `WISEMemory` (a fresh editor is
+made for every edit), so a later edit is a plain list of `WeightChange`s on these buffers and
+the session can revert it bit for bit:
+
+- `delta` (out, in): the live side memory (merged over the shards so far), minus W;
+- `group_base` (out, in): `delta` when the current merge group began (every shard of the
+  group is trained from it, in its own random subspace);
+- `taus` (K, out, in): the task vector of each shard of the group (relative to group_base);
+- `mask` (out, in): the current shard's random gradient mask (ratio ρ);
+- `min_score` (1,): the smallest activation score an edit of the live memory reached;
+  the router's threshold is `act_ratio * min_score`;
+- `memories` (M, out, in), `thresholds` (M,): archived side memories (retrieve mode);
+- `counts` (2,) int64: total edits, edits in the current group.
+
+Routing is per example, as in the paper and EasyEdit: a row's score is the mean of ||Δ a||
+over its real (unpadded) positions, and the whole row reads the side memory iff the score
+exceeds the threshold (retrieve mode: the memory with the highest score / threshold).
+No row sees another row and padding never enters the mean, so a padded batch gives the
+same outputs as one example at a time. Like EasyEdit, the decision uses every token of the
+forward call (with teacher forcing, the answer's tokens too); training reads the side
+memory at every position of the edit rows, which is what a routed row then sees. In cached
+decoding each call decides on its own new tokens.
+
+Example:
+    >>> mem = WISEMemory(layer=2, out_features=4, in_features=8, shards=2)
+    >>> sorted(mem.state_dict())[:3]
+    ['counts', 'delta', 'group_base']
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from workbench.patch import Attachment, register_attachment
+
+ATTR = "wise_memory"  # the memory's name on the model: state_dict keys are "wise_memory.*"
+
+
+class WISEMemory(nn.Module):
+    """Side memory + router for the MLP output projection of one layer (all state in buffers).
+
+    Example:
+        >>> mem = WISEMemory(layer=0, out_features=2, in_features=3, shards=1)
+        >>> float(mem.threshold())
+        inf
+    """
+
+    def __init__(self, layer: int, out_features: int, in_features: int, shards: int,
+                 act_ratio: float = 0.88, retrieve: bool = False, dtype=torch.float32):
+        super().__init__()
+        self.layer, self.act_ratio, self.retrieve = int(layer), float(act_ratio), bool(retrieve)
+        o, i = int(out_features), int(in_features)
+        self.register_buffer("delta", torch.zeros(o, i, dtype=dtype))
+        self.register_buffer("group_base", torch.zeros(o, i, dtype=dtype))
+        self.register_buffer("taus", torch.zeros(int(shards), o, i, dtype=dtype))
+        self.register_buffer("mask", torch.zeros(o, i, dtype=torch.bool))
+        self.register_buffer("min_score", torch.full((1,), math.inf, dtype=torch.float32))
+        self.register_buffer("memories", torch.zeros(0, o, i, dtype=dtype))
+        self.register_buffer("thresholds", torch.zeros(0, dtype=torch.float32))
+        self.register_buffer("counts", torch.zeros(2, dtype=torch.int64))
+        # Not state: set by the trainer to force one side weight on every position (no routing).
+        self.train_delta: torch.Tensor | None = None
+        self._handles: list = []
+        self._lead: tuple[tuple[int, int], torch.Tensor | None] | None = None
+
+    def config(self) -> dict:
+        return {"layer": self.layer, "out_features": self.delta.shape[0], "in_features": self.delta.shape[1],
+                "shards": self.taus.shape[0], "act_ratio": self.act_ratio, "retrieve": self.retrieve,
+                "dtype": str(self.delta.dtype).removeprefix("torch.")}
+
+    def threshold(self) -> torch.Tensor:
+        """(1,) the live memory's routing threshold: act_ratio × the weakest edit's score."""
+        return self.min_score * self.act_ratio
+
+    # -- hooks ---------------------------------------------------------------------------
+    def install(self, model, adapter) -> None:
+        """Put the memory on `model` and hook the layer's MLP output projection."""
+        model.add_module(ATTR, self)
+        self._handles = [model.register_forward_pre_hook(self._see_inputs, with_kwargs=True),
+                         adapter.mlp_out(self.layer).register_forward_hook(self._route)]
+
+    def uninstall(self, model) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if getattr(model, ATTR, None) is self:
+            delattr(model, ATTR)
+
+    def _see_inputs(self, _model, args, kwargs):
+        # The MLP never sees the attention mask; keep it (and the (batch, seq) shape that OPT's
+        # flattened MLP loses) for this forward.
+        x = args[0] if args else kwargs.get("input_ids")
+        if x is None:
+            x = kwargs.get("inputs_embeds")
+        mask = kwargs.get("attention_mask")
+        if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
+            mask = args[1]
+        lead = tuple(x.shape[:2]) if x is not None else None
+        if mask is not None and (mask.dim() != 2 or lead is None or mask.shape[0] != lead[0]):
+            mask = None  # a 4-D or otherwise prepared mask: treat every position as real
+        self._lead = (lead, mask)
+        return None
+
+    def _route(self, _module, args, output):
+        a = args[0]  # (batch, seq, d_ff), or (batch*seq, d_ff) for OPT
+        flat = a.dim() == 2
+        if flat:
+            lead = self._lead[0] if self._lead and self._lead[0] else (1, a.shape[0])
+            a = a.reshape(*lead, a.shape[-1])
+        if self.train_delta is not None:
+            return output + (a @ self.train_delta.T).reshape(output.shape)
+        deltas, thr = self._active()
+        if deltas is None:
+            return None
+        mask = self._mask(a)  # (batch, seq) float, 1 = real token
+        d = torch.einsum("bsi,moi->mbso", a, deltas.to(a.dtype))  # (m, batch, seq, out)
+        score = row_mean(d.float().norm(dim=-1), mask)  # (m, batch): one score per example
+        best, which = (score / thr[:, None]).max(0)  # (batch,) each: best memory per example
+        use = (best > 1.0)[:, None, None].to(a.dtype)  # (batch, 1, 1)
+        chosen = d[which, torch.arange(d.shape[1], device=d.device)]  # (batch, seq, out)
+        return output + (use * chosen).reshape(output.shape)
+
+    def _active(self):
+        """Stacked (m, out, in) side memories in use and their (m,) thresholds, or (None, None)."""
+        live = math.isfinite(float(self.min_score))  # an edit is in the live memory
+        if self.memories.shape[0] == 0 and not live:
+            return None, None
+        ds = [self.memories] + ([self.delta[None]] if live else [])
+        ts = [self.thresholds] + ([self.threshold()] if live else [])
+        return torch.cat(ds), torch.cat(ts).clamp_min(1e-12)
+
+    def _mask(self, a: torch.Tensor) -> torch.Tensor:
+        b, s = a.shape[:2]
+        mask = self._lead[1] if self._lead else None
+        if mask is None or mask.shape[0] != b or mask.shape[1] < s:
+            return torch.ones(b, s, device=a.device)
+        # Cached decoding passes the mask of past + new tokens; the new ones are the last s.
+        return mask[:, -s:].to(a.device, torch.float32)
+
+
+def row_mean(dist: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `dist` (..., batch, seq) over each row's real positions -> (..., batch).
+
+    Example:
+        >>> row_mean(torch.tensor([[2., 4., 9.]]), torch.tensor([[1., 1., 0.]]))
+        tensor([3.])
+    """
+    return (dist * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+
+
+@register_attachment
+class WISEAttachment(Attachment):
+    """The first WISE edit of a model: attaches a `WISEMemory` (state snapshot) to it.
+
+    Later edits change the memory's buffers through ordinary `WeightChange`s; reverting the
+    first edit detaches the memory and removes its hooks, leaving the model as it was.
+
+    Example:
+        >>> att = WISEAttachment.from_saved(WISEMemory(0, 2, 3, 1).config(),
+        ...                                 WISEMemory(0, 2, 3, 1).state_dict())
+        >>> att.kind
+        'wise_memory'
+    """
+    kind = "wise_memory"
+
+    def __init__(self, config: dict, state: dict[str, torch.Tensor]):
+        self._config = dict(config)
+        self._state = {k: v.detach().clone() for k, v in state.items()}
+
+    @classmethod
+    def of(cls, memory: WISEMemory) -> "WISEAttachment":
+        return cls(memory.config(), memory.state_dict())
+
+    def build(self) -> WISEMemory:
+        c = self._config
+        mem = WISEMemory(c["layer"], c["out_features"], c["in_features"], c["shards"], c["act_ratio"],
+                         c["retrieve"], getattr(torch, c["dtype"]))
+        for k, v in self._state.items():  # buffers may have been resized (archived memories)
+            mem.register_buffer(k, v.detach().clone())
+        return mem
+
+    def attach(self, model, adapter) -> None:
+        if getattr(model, ATTR, None) is not None:
+            raise ValueError("the model already has a WISE memory attached")
+        from workbench.arch import get_adapter
+        mem = self.build()
+        ref = next(model.parameters())
+        mem.to(ref.device)
+        mem.install(model, adapter or get_adapter(model))
+
+    def detach(self, model, adapter) -> None:
+        mem = getattr(model, ATTR, None)
+        if isinstance(mem, WISEMemory):
+            mem.uninstall(model)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return self._state
+
+    def config(self) -> dict:
+        return dict(self._config)
+
+    @classmethod
+    def from_saved(cls, config: dict, state: dict[str, torch.Tensor]) -> "WISEAttachment":
+        return cls(config, state)

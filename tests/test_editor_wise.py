@@ -1,0 +1,147 @@
+"""WISE on the shipped model: sequential edits, exact revert, patch files, batched routing.
+
+The contract grid (tests/test_editor_grid.py -k wise) covers the tiny architectures; here
+one module-scoped run of sequential single edits on the shipped 4-layer Llama is shared by
+the tests that read it, so the whole file stays well under a minute on one thread.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editors.wise import WISEEditor, WISEHParams
+from editors.wise.memory import ATTR, WISEMemory
+from workbench.arch import get_adapter
+from workbench.editing import EditContext
+from workbench.errors import InputError
+from workbench.evaluate import evaluate_edits, reference
+from workbench.patch import Patch, weights_hash
+from workbench.requests import load_requests
+from workbench.scoring import right_pad
+
+T = 12
+# The paper's lr 1.0 / ρ 0.2 overshoot on this small model (see the module docs of editors.wise);
+# these are the settings measured to work on it, with fewer steps to keep the test fast.
+PARAMS = dict(lr=0.1, mask_ratio=0.05, steps=50)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def run():
+    from workbench.model import load_model
+    model, tok = load_model()
+    adapter = get_adapter(model)
+    reqs = load_requests("data/benchmarks/edits_counterfactual.jsonl")[:T]
+    ref = reference(model, tok, reqs)
+    base_hash = weights_hash(model)
+    with torch.no_grad():
+        probe = torch.tensor([tok(reqs[0].prompt)["input_ids"]])
+        base_logits = model(probe).logits
+    patches = []
+    for r in reqs:  # a fresh editor per edit, as the session does
+        editor = WISEEditor(WISEHParams(**PARAMS).derive(adapter))
+        patches.append(editor.edit(EditContext(model, tok, adapter, seed=0), [r]))
+    return dict(model=model, tok=tok, adapter=adapter, reqs=reqs, ref=ref, patches=patches,
+                base_hash=base_hash, probe=probe, base_logits=base_logits)
+
+
+def test_sequential_edits_hold_on_final_model(run):
+    m = evaluate_edits(run["model"], run["tok"], run["reqs"], run["ref"])["mean"]
+    print(f"WISE T={T}: reliability {m['reliability']:.3f} generality {m['generality']:.3f} "
+          f"locality {m['locality']:.3f}")
+    assert m["reliability"] >= 0.9
+    # Measured 1.000 at T=12; at T=20 it fell to ~0.90 (see editors/wise/measure.py and the
+    # report): locality is the weak point of this implementation on the shipped model.
+    assert m["locality"] >= 0.98
+    first = evaluate_edits(run["model"], run["tok"], run["reqs"][:1], run["ref"])["mean"]
+    assert first["reliability"] == 1.0  # the first edit survives all later ones
+
+
+def test_first_edit_attaches_memory_later_edits_are_weight_changes(run):
+    first, *later = run["patches"]
+    assert [a.kind for a in first.attachments] == ["wise_memory"] and not first.weights
+    assert all(p.weights and not p.attachments for p in later)
+    assert all(w.name.startswith(ATTR + ".") for p in later for w in p.weights)
+
+
+def test_batched_routing_equals_one_at_a_time(run):
+    model, tok, reqs = run["model"], run["tok"], run["reqs"]
+    # Edited prompts (routed to the side memory) mixed with locality prompts (main memory).
+    texts = [reqs[0].prompt + " " + reqs[0].target_new, reqs[1].locality[0].prompt,
+             reqs[2].rephrase_prompts[0], "The old bridge was praised"]
+    seqs = tok(texts)["input_ids"]
+    ids, mask = right_pad(seqs, tok.pad_token_id)
+    with torch.no_grad():
+        batched = model(input_ids=ids, attention_mask=mask).logits
+        for r, s in enumerate(seqs):
+            alone = model(input_ids=torch.tensor([s])).logits[0]
+            torch.testing.assert_close(batched[r, :len(s)], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_patch_save_load_round_trip(run, tmp_path):
+    model, adapter = run["model"], run["adapter"]
+    with torch.no_grad():
+        before = model(run["probe"]).logits
+    h = weights_hash(model)
+    loaded = []
+    for i, p in enumerate(run["patches"]):
+        p.save(tmp_path / f"{i}.safetensors")
+        loaded.append(Patch.load(tmp_path / f"{i}.safetensors"))
+    for p in reversed(run["patches"]):
+        p.revert(model, adapter)
+    for p in loaded:  # replay the saved history on the base model
+        p.apply(model, adapter)
+    assert weights_hash(model) == h
+    with torch.no_grad():
+        assert torch.equal(model(run["probe"]).logits, before)
+
+
+def test_revert_whole_sequence_is_bit_exact(run):
+    model, adapter = run["model"], run["adapter"]
+    h = weights_hash(model)
+    for p in reversed(run["patches"]):
+        p.revert(model, adapter)
+    assert getattr(model, ATTR, None) is None  # the side memory and its hooks are gone
+    assert weights_hash(model) == run["base_hash"]
+    with torch.no_grad():
+        assert torch.equal(model(run["probe"]).logits, run["base_logits"])
+    for p in run["patches"]:
+        p.apply(model, adapter)
+    assert weights_hash(model) == h
+
+
+@pytest.mark.parametrize("field,value", [("lr", 0), ("mask_ratio", 0.0), ("alpha", -1), ("steps", 0),
+                                          ("shards", 0), ("act_ratio", 2.0), ("retrieve", "yes"),
+                                          ("contrast_subject", -1)])
+def test_bad_hparams_name_the_field(field, value):
+    with pytest.raises(InputError) as e:
+        WISEHParams(**{field: value})
+    assert field in str(e.value)
+
+
+def test_layer_is_derived_and_checked(run):
+    assert WISEHParams().derive(run["adapter"]).layer == run["adapter"].default_layer(0.8)
+    with pytest.raises(InputError, match="layer"):
+        WISEHParams(layer=9).derive(run["adapter"])
+
+
+def test_retrieve_mode_archives_memories_and_routes():
+    from tests.tiny_models import tiny_model, tiny_tokenizer
+    from workbench.requests import EditRequest
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    adapter = get_adapter(model)
+    reqs = [EditRequest(f"P{i} lives in", f"City{i}", subject=f"P{i}") for i in range(4)]
+    patches = [WISEEditor(WISEHParams(retrieve=True, shards=1, shard_size=1, steps=20).derive(adapter))
+               .edit(EditContext(model, tok, adapter), [r]) for r in reqs]
+    mem = getattr(model, ATTR)
+    assert isinstance(mem, WISEMemory) and mem.memories.shape[0] == 4 and mem.thresholds.shape == (4,)
+    for p in reversed(patches):
+        p.revert(model, adapter)
+    assert getattr(model, ATTR, None) is None
