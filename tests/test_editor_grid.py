@@ -46,7 +46,7 @@ def one_thread():
 
 EDIT = EditRequest("Ada lives in", "Rome", subject="Ada", rephrase_prompts=["Ada's home is"],
                    locality=[("Bo lives in", "Oslo")])
-FORGET = ForgetRequest("text", "The secret code is", "tulip 42")
+FORGET = ForgetRequest("text", "The secret code is", "tulip 42", retain=[("Bo lives in", "Oslo")])
 
 
 def _target_logprob(model, tok, prompt: str, answer: str) -> float:

@@ -1,0 +1,156 @@
+"""`grace`: GRACE, a discrete key-value codebook on one layer (Hartvigsen et al. 2023).
+
+"Aging with GRACE: Lifelong Model Editing with Discrete Key-Value Adaptors" (NeurIPS 2023;
+code: thartvigsen/grace, and EasyEdit's `easyeditor/models/grace/GRACE.py`). The model's
+weights never change: a codebook on the MLP output projection of one block (default: the
+block at ~80% depth, as EasyEdit wraps `model.layers[27].mlp.down_proj` of a 32-layer Llama)
+maps keys to values. The algorithm per request, as in EasyEdit's `GRACEAdapter.forward`:
+
+- key = the projection's *input* activation (the MLP neurons, d_ff) at the prompt's last token;
+- no key within `eps_init` + its radius -> add a key with radius `eps_init`;
+- nearest key close enough but a different target -> split: add the key, and set both radii
+  to half their distance (the old one minus 1e-5, as EasyEdit does);
+- same target -> expand: the nearest key's radius grows to the distance (`eps_expand=
+  "coverage"`; "moving_average" also moves the key halfway), and its value is retrained;
+- the chosen entry's value (cold: uniform [0, 1) like EasyEdit; warm: the layer's output at
+  the key) is trained for `n_iter` Adam steps at `lr` on the target's cross-entropy, the
+  model reading prompt + target, with the codebook routing exactly as it will at inference.
+
+Which positions are replaced. EasyEdit's adaptor queries one position per forward,
+`token_to_edit`: while editing, the prompt's last token (`key_id`); in `generate` the last
+prompt token and then, with the KV cache, each generated token; in a teacher-forced forward
+outside `generate`, whatever `key_id` the *last edit* left behind (a quirk: the position
+depends on another request's prompt length). With `replace_last` (its default) only that
+position's output is replaced. Here every position routes on its own activation (see
+`codebook.route`): the value replaces the projection's output wherever that position's
+nearest key is within its radius. On the positions EasyEdit queries this gives the same
+decision; it needs no per-call state, so teacher-forced scoring, KV-cache generation and a
+padded batch all route each row exactly as alone. `replace_all` is a causal version of
+EasyEdit's: from the first hit on, every later position of the row takes the value (for
+full-sequence forwards; a KV-cache step cannot see earlier hits). Targets are compared as
+token ids (EasyEdit compares the mean of the label ids).
+
+Deliberate differences: one entry per request, stored as its own submodule with exact
+before/after of anything it changed, so one edit reverts exactly (`single_revert`); several
+requests in one call are edited one after another (same result as separate calls); editing
+the very same prompt again with another target overwrites that key's value and label (EasyEdit
+would split at distance 0, leaving neither key reachable); `early_stop_loss` (0 = off, as in
+EasyEdit) may end training early. Only Euclidean distance exists, as in EasyEdit.
+
+Example:
+    >>> hp = GraceHParams(n_iter=50).derive(ctx.adapter)                 # doctest: +SKIP
+    >>> patch = GRACEEditor(hp).edit(ctx, [EditRequest("Ada lives in", "Paris")])  # doctest: +SKIP
+    >>> patch.attachments[0].action                                     # doctest: +SKIP
+    'add'
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from workbench.editing import Capabilities, EditContext, HParams
+from workbench.errors import InputError
+from workbench.patch import Patch
+from workbench.registry import register_editor
+
+from .codebook import REPLACEMENTS, GraceCodebook, GraceEdit, GraceEntry, route  # noqa: F401 (re-exported)
+from .train import edit_one
+
+VAL_INITS = ("cold", "warm")
+EXPANDS = ("coverage", "moving_average")
+DISTS = ("euc",)
+
+
+@dataclass
+class GraceHParams(HParams):
+    """Hyperparameters of `grace`; defaults are EasyEdit's (eps 1.0, 100 steps, lr 1.0, cold).
+
+    Example:
+        >>> GraceHParams(val_init="warm").eps_init
+        1.0
+        >>> GraceHParams(eps_init=0)
+        Traceback (most recent call last):
+        ...
+        workbench.errors.InputError: field "eps_init": must be > 0 (initial deferral radius); got 0
+    """
+    layer: int | None = field(default=None, metadata={
+        "help": "block whose MLP output projection gets the codebook; negative counts from the end; "
+                "default: the block at ~80% depth"})
+    eps_init: float = field(default=1.0, metadata={"help": "radius of a new key, Euclidean, in activation units (> 0)"})
+    n_iter: int = field(default=100, metadata={"help": "optimizer steps training each value (1..10000)"})
+    lr: float = field(default=1.0, metadata={"help": "Adam learning rate for the value (> 0)"})
+    dist_fn: str = field(default="euc", metadata={"help": "distance between keys: 'euc' (Euclidean; the only one "
+                                                          "EasyEdit implements)"})
+    val_init: str = field(default="cold", metadata={
+        "help": "'cold': value starts uniform in [0, 1); 'warm': starts at the layer's own output at the key"})
+    replacement: str = field(default="replace_last", metadata={
+        "help": "'replace_last': replace each position whose own key matches; 'replace_all': also every "
+                "later position of that sequence (full-sequence forwards only)"})
+    eps_expand: str = field(default="coverage", metadata={
+        "help": "same target near a key: 'coverage' grows its radius to the distance; 'moving_average' "
+                "also moves the key halfway to the new one"})
+    early_stop_loss: float = field(default=0.0, metadata={
+        "help": "stop training a value once the loss is below this (>= 0; 0 = always n_iter steps, as EasyEdit)"})
+
+    def __post_init__(self):
+        if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int)):
+            raise InputError(f"must be an integer layer index or None; got {self.layer!r}", field="layer")
+        _check(self.eps_init, "eps_init", "> 0 (initial deferral radius)", lambda v: v > 0)
+        _check(self.n_iter, "n_iter", "an integer in 1..10000", lambda v: isinstance(v, int) and 1 <= v <= 10000)
+        _check(self.lr, "lr", "> 0 (Adam learning rate)", lambda v: v > 0)
+        _check(self.early_stop_loss, "early_stop_loss", ">= 0 (0 = off)", lambda v: v >= 0)
+        for name, allowed in (("dist_fn", DISTS), ("val_init", VAL_INITS), ("replacement", REPLACEMENTS),
+                              ("eps_expand", EXPANDS)):
+            if getattr(self, name) not in allowed:
+                raise InputError(f"must be one of {', '.join(allowed)}; got {getattr(self, name)!r}", field=name)
+
+    def derive(self, adapter) -> "GraceHParams":
+        """Fill `layer` from the model (~80% depth) and check it is inside the model."""
+        n = adapter.num_layers
+        layer = adapter.default_layer() if self.layer is None else self.layer
+        if not -n <= layer < n:
+            raise InputError(f"must be in 0..{n - 1} (or -{n}..-1 from the end) for this "
+                             f"{n}-layer model; got {layer}", field="layer")
+        return dataclasses.replace(self, layer=layer % n)
+
+
+def _check(value, name: str, allowed: str, ok) -> None:
+    good = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and ok(value)
+    if not good:
+        raise InputError(f"must be {allowed}; got {value!r}", field=name)
+
+
+@register_editor
+class GRACEEditor:
+    """Add (or split / expand) one GRACE codebook key per request. See the module docstring.
+
+    Example:
+        >>> patch = GRACEEditor(GraceHParams().derive(ctx.adapter)).edit(ctx, requests)  # doctest: +SKIP
+        >>> [a.uid for a in patch.attachments]                                          # doctest: +SKIP
+        ['e0', 'e1']
+    """
+    name = "grace"
+    capabilities = Capabilities(batch=True, sequential=True, forget=False, single_revert=True)
+    hparams_class = GraceHParams
+
+    def __init__(self, hparams: GraceHParams):
+        self.hparams = hparams
+
+    def edit(self, ctx: EditContext, requests: list) -> Patch:
+        hp = self.hparams.derive(ctx.adapter)
+        if not requests:
+            raise InputError("no requests to edit", field="requests")
+        done: list[GraceEdit] = []
+        try:
+            for i, req in enumerate(requests):
+                done.append(edit_one(ctx, req, hp, seed=ctx.seed + i))
+        except BaseException:
+            for att in reversed(done):  # leave the model exactly as it was, then let the caller see why
+                att.detach(ctx.model, ctx.adapter)
+            raise
+        group = [a.uid for a in done]
+        for a in done:
+            a.group = group  # one patch attaches and detaches as a unit
+        return Patch([], done, {"editor": self.name, **hp.to_dict(), "uids": group,
+                                "actions": [a.action for a in done], "train": [a.stats for a in done]})

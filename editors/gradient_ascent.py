@@ -1,0 +1,255 @@
+"""`ga` and `npo`: the unlearning baselines every paper compares against, as in open-unlearning.
+
+Both fine-tune the model on the forget requests with one shared loop (`_unlearn`), following
+locuslab/open-unlearning (`src/trainer/unlearn/grad_ascent.py`, `grad_diff.py`, `npo.py`):
+
+- `ga` (GradAscent / GradDiff): loss = -NLL_forget + alpha * NLL_retain. NLL is the mean
+  token cross-entropy over the answer tokens (the question is masked, as in their TOFU
+  collator). With `retain_weight` (alpha) = 0 -- the default -- it is pure GradAscent;
+  alpha > 0 is GradDiff.
+- `npo` (Zhang et al. 2024, "Negative Preference Optimization"):
+  loss = -(2/beta) * mean log sigmoid(-beta * (log pi_theta(y|x) - log pi_ref(y|x)))
+         + alpha * NLL_retain,
+  where log pi(y|x) is the *summed* log-prob of the answer tokens (their `compute_dpo_loss`)
+  and pi_ref is a frozen deep copy of the model taken when the edit starts (deleted after).
+  beta = 0.1 and alpha = 1 as in their NPO config.
+
+The retain term pairs each forget request of a step with a randomly drawn retain probe (their
+`ForgetRetainDataset` anchors on forget and samples retain); with no retain probes on the
+requests it is left out, and `patch.meta["retain_used"]` says so.
+
+Deliberate differences, for a tiny model and a per-edit tool: full-batch steps (all forget
+requests per optimizer step unless `batch_size`), `steps` optimizer steps instead of epochs,
+AdamW with a larger learning rate than their 1e-5 for 7B models (scaled for a 4-layer model),
+no warm-up/scheduler, and by default only the MLP weights are trained (`params="mlp"`: every
+layer's MLP input and output projections); `params="all"` trains every parameter as they do.
+Every trained parameter is recorded, so the patch holds those whole tensors (large; exact).
+
+Example:
+    >>> hp = NPOHParams(steps=20).derive(ctx.adapter)                     # doctest: +SKIP
+    >>> patch = NPOEditor(hp).edit(ctx, with_retain(forget, retain))      # doctest: +SKIP
+    >>> patch.meta["loss_last"] < patch.meta["loss_first"]                # doctest: +SKIP
+    True
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from workbench.editing import Capabilities, EditContext, HParams
+from workbench.errors import InputError
+from workbench.patch import Patch
+from workbench.registry import register_editor
+from workbench.requests import ForgetRequest
+from workbench.scoring import encode_pairs, right_pad
+
+PARAMS = ("mlp", "all")
+
+
+def _check_number(value, name: str, allowed: str, ok) -> None:
+    good = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and ok(value)
+    if not good:
+        raise InputError(f"must be {allowed}; got {value!r}", field=name)
+
+
+@dataclass
+class GAHParams(HParams):
+    """Hyperparameters of `ga` (GradAscent; GradDiff with retain_weight > 0).
+
+    Example:
+        >>> GAHParams(retain_weight=1.0).retain_weight
+        1.0
+        >>> GAHParams(params="embeddings")
+        Traceback (most recent call last):
+        ...
+        workbench.errors.InputError: field "params": must be one of mlp, all; got 'embeddings'
+    """
+    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate (> 0)"})
+    steps: int = field(default=10, metadata={"help": "optimizer steps, each over all forget batches (1..10000)"})
+    retain_weight: float = field(default=0.0, metadata={
+        "help": "alpha: weight of the retain NLL term (0 = pure gradient ascent; >= 0)"})
+    params: str = field(default="mlp", metadata={
+        "help": "what is trained: 'mlp' (every MLP projection) or 'all' (every parameter)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (>= 0), as open-unlearning"})
+    batch_size: int = field(default=0, metadata={"help": "forget requests per step; 0 = all at once (>= 0)"})
+
+    def __post_init__(self):
+        _check_number(self.lr, "lr", "> 0 (AdamW learning rate)", lambda v: v > 0)
+        _check_number(self.steps, "steps", "an integer in 1..10000", lambda v: isinstance(v, int) and 1 <= v <= 10000)
+        _check_number(self.retain_weight, "retain_weight", ">= 0", lambda v: v >= 0)
+        if self.params not in PARAMS:
+            raise InputError(f"must be one of {', '.join(PARAMS)}; got {self.params!r}", field="params")
+        _check_number(self.weight_decay, "weight_decay", ">= 0", lambda v: v >= 0)
+        _check_number(self.batch_size, "batch_size", "an integer >= 0 (0 = all requests at once)",
+                      lambda v: isinstance(v, int) and v >= 0)
+
+
+@dataclass
+class NPOHParams(GAHParams):
+    """Hyperparameters of `npo`: those of `ga` plus beta; alpha defaults to 1 (their NPO config).
+
+    Example:
+        >>> NPOHParams().beta, NPOHParams().retain_weight
+        (0.1, 1.0)
+        >>> NPOHParams(beta=0)
+        Traceback (most recent call last):
+        ...
+        workbench.errors.InputError: field "beta": must be > 0 (inverse temperature); got 0
+    """
+    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate (> 0)"})
+    steps: int = field(default=20, metadata={"help": "optimizer steps, each over all forget batches (1..10000)"})
+    retain_weight: float = field(default=1.0, metadata={
+        "help": "alpha: weight of the retain NLL term (>= 0; used when the requests carry retain probes)"})
+    beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature beta (> 0)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_number(self.beta, "beta", "> 0 (inverse temperature)", lambda v: v > 0)
+
+
+class _Unlearner:
+    """What `ga` and `npo` share: validation, parameter choice, recording, the training loop."""
+    capabilities = Capabilities(batch=True, sequential=True, forget=True, single_revert=False)
+
+    def __init__(self, hparams: GAHParams):
+        self.hparams = hparams
+
+    def edit(self, ctx: EditContext, requests: list) -> Patch:
+        hp = self.hparams.derive(ctx.adapter)
+        forget, retain = _encode(ctx.tokenizer, requests, self.name)
+        params = _trainable(ctx, hp.params)  # [(state_dict name, parameter)]
+        rec = ctx.recorder([n for n, _ in params])
+        try:
+            stats = _unlearn(ctx, [p for _, p in params], forget, retain, hp, self._forget_loss)
+        except BaseException:
+            rec.restore()  # leave the model exactly as it was, then let the caller see why
+            raise
+        return rec.patch(meta={"editor": self.name, **hp.to_dict(), "params_trained": len(params),
+                               "retain_used": bool(retain) and hp.retain_weight > 0, **stats})
+
+    def _forget_loss(self, model, ref, chunk, hp, pad_id) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@register_editor
+class GAEditor(_Unlearner):
+    """Gradient ascent on the forget answers' NLL (GradAscent; GradDiff with retain_weight > 0).
+
+    Example:
+        >>> patch = GAEditor(GAHParams(steps=5)).edit(ctx, forget_requests)   # doctest: +SKIP
+    """
+    name = "ga"
+    hparams_class = GAHParams
+
+    def _forget_loss(self, model, ref, chunk, hp, pad_id):
+        logp, count = _answer_logprobs(model, chunk, pad_id)  # (b,), (b,)
+        return logp.sum() / count.sum()  # = -(mean token NLL): minimizing it ascends the NLL
+
+
+@register_editor
+class NPOEditor(_Unlearner):
+    """Negative Preference Optimization against a frozen copy of the model (+ retain NLL).
+
+    Example:
+        >>> patch = NPOEditor(NPOHParams(beta=0.1)).edit(ctx, forget_requests)  # doctest: +SKIP
+    """
+    name = "npo"
+    hparams_class = NPOHParams
+
+    def _forget_loss(self, model, ref, chunk, hp, pad_id):
+        logp, _ = _answer_logprobs(model, chunk, pad_id)       # (b,) summed answer log-prob
+        with torch.no_grad():
+            ref_logp, _ = _answer_logprobs(ref, chunk, pad_id)  # (b,) same, frozen model
+        return -(2.0 / hp.beta) * F.logsigmoid(-hp.beta * (logp - ref_logp)).mean()
+
+
+def _encode(tok, requests: list, name: str):
+    """(forget pairs, retain pairs): (prompt ids, answer ids), as the evaluator tokenizes them."""
+    if not requests:
+        raise InputError("no requests to forget", field="requests")
+    for r in requests:
+        if not isinstance(r, ForgetRequest):
+            raise InputError(f"{name} forgets (ForgetRequest); got {type(r).__name__}", field="requests")
+    forget = encode_pairs(tok, [r.prefix for r in requests], [r.suffix for r in requests])
+    for r, (p, a) in zip(requests, forget):
+        if not p or not a:
+            raise r.input_error("tokenizes to nothing", field="suffix" if p else "prefix")
+    unique = sorted({(p.prompt, p.answer) for r in requests for p in r.retain})
+    retain = encode_pairs(tok, [p for p, _ in unique], [a for _, a in unique]) if unique else []
+    return forget, [pa for pa in retain if pa[0] and pa[1]]
+
+
+def _trainable(ctx: EditContext, which: str) -> list[tuple[str, torch.nn.Parameter]]:
+    if which == "all":
+        return [(n, p) for n, p in ctx.model.named_parameters()]  # shared (tied) tensors listed once
+    ad, out = ctx.adapter, []
+    for i in range(ad.num_layers):
+        for m in [*ad.mlp_in(i), ad.mlp_out(i)]:
+            out += [(ad.param_name(m, k), p) for k, p in m.named_parameters(recurse=False)]
+    return out
+
+
+def _pad(tok) -> int:
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+def _answer_logprobs(model, chunk, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(b,) summed log-prob of each answer given its prompt, and (b,) its token count."""
+    device = next(model.parameters()).device
+    ids, mask = right_pad([p + a for p, a in chunk], pad_id)  # (b, seq)
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()  # (b, seq, vocab)
+    # Position t predicts token t+1; the answer's tokens sit at len(p)..len(p)+len(a)-1.
+    labels = torch.full_like(ids, -100)  # (b, seq); -100 = prompt and padding, not scored
+    for r, (p, a) in enumerate(chunk):
+        labels[r, len(p):len(p) + len(a)] = torch.tensor(a)
+    labels = labels[:, 1:].to(device)  # (b, seq-1), aligned with logits[:, :-1]
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels, reduction="none")  # (b, seq-1); 0 where ignored
+    keep = (labels != -100).float()
+    return -(nll * keep).sum(1), keep.sum(1)
+
+
+def _unlearn(ctx: EditContext, params, forget, retain, hp: GAHParams, forget_loss) -> dict:
+    """The shared loop: AdamW on `params`, in place; returns loss statistics for patch.meta."""
+    model, pad = ctx.model, _pad(ctx.tokenizer)
+    trainable = set(map(id, params))
+    flags = {p: p.requires_grad for p in model.parameters()}
+    grads = {p: p.grad for p in params}
+    was_training = model.training
+    size = hp.batch_size or len(forget)
+    batches = [forget[s:s + size] for s in range(0, len(forget), size)]
+    ref = None
+    losses: list[float] = []
+    try:
+        if isinstance(hp, NPOHParams):  # the reference policy: the model as it was when the edit began
+            ref = copy.deepcopy(model).eval().requires_grad_(False)
+        for p in flags:
+            p.requires_grad_(id(p) in trainable)
+        model.eval()  # no dropout: the edit is a deterministic function of weights and seed
+        opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        gen = torch.Generator().manual_seed(ctx.seed)  # local RNG: retain draws; the caller's stream is untouched
+        for _ in range(hp.steps):
+            total = 0.0
+            for chunk in batches:
+                opt.zero_grad(set_to_none=True)
+                loss = forget_loss(model, ref, chunk, hp, pad)
+                if retain and hp.retain_weight > 0:
+                    pick = torch.randint(len(retain), (len(chunk),), generator=gen).tolist()
+                    logp, count = _answer_logprobs(model, [retain[i] for i in pick], pad)  # (b,), (b,)
+                    loss = loss + hp.retain_weight * (-logp.sum() / count.sum())  # retain mean token NLL
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(chunk)
+            losses.append(total / len(forget))
+    finally:
+        del ref  # the frozen copy is freed with the edit
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        for p, g in grads.items():
+            p.grad = g
+        model.train(was_training)
+    return {"loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+            "losses": [round(v, 4) for v in losses]}

@@ -1,0 +1,238 @@
+"""`prune` on the shipped world model (forgetting, exact revert, IoU, validation) and the editor
+grid contract on a few tiny architectures (until its entry point is registered the grid in
+tests/test_editor_grid.py does not see it, so the body is repeated here with the class).
+
+Every shipped-model test leaves the session-wide model as it found it (checked by hash).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from editors.prune import PruneEditor, PruneHParams
+from tests.tiny_models import tiny_model, tiny_tokenizer
+from workbench.arch import get_adapter
+from workbench.editing import EditContext, Editor
+from workbench.errors import InputError
+from workbench.evaluate import evaluate_forgets
+from workbench.patch import Patch, weights_hash
+from workbench.requests import EditRequest, ForgetRequest, load_probes, load_requests, with_retain
+from workbench.scoring import encode_pairs, score_answers
+
+from .conftest import REPO
+
+GRID_ARCHS = ("gpt2", "llama", "opt", "gpt_neox")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Too small a model to gain from a second thread; on a shared 2-core machine a 2-thread
+    # pool stalls whenever another process holds a core.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def world(shipped_model):
+    """The 12 facts of 2 forget-split people, with 60 retain-split probes attached."""
+    model, tok = shipped_model
+    bench = REPO / "data" / "benchmarks"
+    forget = load_requests(bench / "forget_people.jsonl")[:12]
+    assert len({r.meta["person"] for r in forget}) == 2
+    requests = with_retain(forget, load_probes(bench / "retain.jsonl")[:60])
+    return model, tok, get_adapter(model), requests
+
+
+@pytest.fixture
+def base(world):
+    model, tok, adapter, requests = world
+    before = weights_hash(model)
+    yield model, tok, adapter, requests
+    assert weights_hash(model) == before, "the test left the shipped model edited"
+
+
+def _edit(model, tok, adapter, requests, seed=0, **params) -> Patch:
+    return PruneEditor(PruneHParams(**params).derive(adapter)).edit(EditContext(model, tok, adapter, seed), requests)
+
+
+@pytest.mark.parametrize("scoring", ["taylor", "ratio"])
+def test_forgets_the_people_and_keeps_the_retain_set(base, scoring, record_property):
+    model, tok, adapter, requests = base
+    before = evaluate_forgets(model, tok, requests)["mean"]
+    patch = _edit(model, tok, adapter, requests, scoring=scoring)
+    try:
+        after = evaluate_forgets(model, tok, requests)["mean"]
+    finally:
+        patch.revert(model, adapter)
+    record_property(f"prune_{scoring}", {"before": before, "after": after, "iou": patch.meta["iou"],
+                                         "pruned": patch.meta["pruned_total"]})
+    assert before["strict_recitation"] >= 0.9
+    assert 0.0 <= patch.meta["iou"] <= 1.0
+    assert after["retain_acc"] >= 0.9 * before["retain_acc"], after
+    if scoring == "taylor":  # the default reaches the target: at most 10% of the facts still recited
+        assert after["strict_recitation"] <= 0.1 * before["strict_recitation"], (after, patch.meta["history"])
+        assert patch.meta["reached_target"]
+    else:  # the paper's activation ratio does not localize these facts (see editors/prune.py): it only lowers them
+        assert after["strict_recitation"] < before["strict_recitation"], (after, patch.meta["history"])
+
+
+def test_patch_is_zeroed_output_columns_and_reverts_bit_for_bit(base, tmp_path):
+    model, tok, adapter, requests = base
+    h0 = weights_hash(model)
+    patch = _edit(model, tok, adapter, requests, max_steps=2, target=None, guard=False)
+    h1 = weights_hash(model)
+    assert h1 != h0 and not patch.attachments
+    names = {adapter.param_name(adapter.mlp_out(i)): i for i in range(adapter.num_layers)}
+    for w in patch.weights:
+        assert w.name in names and w.index is not None and torch.all(w.after == 0)
+        column = adapter.orientation(adapter.mlp_out(names[w.name])) == "out_in"
+        assert w.dim == (1 if column else 0)  # one neuron = one column of the (out, in) view
+        assert sorted(w.index.tolist()) == patch.meta["pruned"][str(names[w.name])]
+    assert patch.meta["pruned_total"] == sum(len(v) for v in patch.meta["pruned"].values())
+    assert patch.meta["pruned_total"] == 2 * patch.meta["k_per_step"]
+    patch.revert(model, adapter)
+    assert weights_hash(model) == h0
+    patch.save(tmp_path / "p.safetensors")
+    loaded = Patch.load(tmp_path / "p.safetensors")
+    loaded.apply(model, adapter)
+    assert weights_hash(model) == h1
+    loaded.revert(model, adapter)
+    assert weights_hash(model) == h0
+
+
+def test_scores_and_iou_are_exposed_compactly(base):
+    model, tok, adapter, requests = base
+    patch = _edit(model, tok, adapter, requests, max_steps=1, target=None)
+    patch.revert(model, adapter)
+    scores = patch.meta["scores"]
+    assert set(scores) == {str(i) for i in range(adapter.num_layers)}
+    assert all(len(v) == adapter.num_neurons(int(i)) and all(isinstance(x, float) for x in v)
+               for i, v in scores.items())
+    assert 0.0 <= patch.meta["iou"] <= 1.0
+    assert patch.meta["history"][0]["step"] == 1
+
+
+def test_weight_granularity_wxa_zeroes_single_entries(base):
+    model, tok, adapter, requests = base
+    h0 = weights_hash(model)
+    patch = _edit(model, tok, adapter, requests, scoring="wxa", layers=(1,), k=500, max_steps=1, target=None,
+                   guard=False)
+    patch.revert(model, adapter)
+    assert weights_hash(model) == h0
+    (w,) = patch.weights
+    assert w.name == adapter.param_name(adapter.mlp_out(1))
+    zeroed = int(((w.after == 0) & (w.before != 0)).sum())
+    assert 0 < zeroed <= 500 and zeroed == patch.meta["pruned_total"]
+    assert 0.0 <= patch.meta["iou"] <= 1.0
+
+
+def test_only_chosen_layers_change(base):
+    model, tok, adapter, requests = base
+    patch = _edit(model, tok, adapter, requests, layers=(-1,), k=5, max_steps=1, target=None, guard=False)
+    patch.revert(model, adapter)
+    assert [w.name for w in patch.weights] == [adapter.param_name(adapter.mlp_out(adapter.num_layers - 1))]
+    assert patch.meta["layers"] == [adapter.num_layers - 1] and patch.meta["pruned_total"] == 5
+
+
+def test_same_seed_same_patch(base):
+    model, tok, adapter, requests = base
+    a = _edit(model, tok, adapter, requests, k=8, max_steps=1, target=None, seed=3)
+    a.revert(model, adapter)
+    b = _edit(model, tok, adapter, requests, k=8, max_steps=1, target=None, seed=3)
+    b.revert(model, adapter)
+    assert a.meta["pruned"] == b.meta["pruned"] and a.meta["iou"] == b.meta["iou"]
+
+
+def test_failure_mid_edit_restores_the_model(base, monkeypatch):
+    from editors import prune as mod
+    model, tok, adapter, requests = base
+    real, calls = mod._forget_metric, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # after two pruning steps have zeroed columns
+            raise RuntimeError("boom")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mod, "_forget_metric", flaky)
+    with pytest.raises(RuntimeError, match="boom"):
+        _edit(model, tok, adapter, requests, k=4, max_steps=5, target=None)
+    # `base` checks the weights are back
+
+
+def test_needs_a_retain_set_and_forget_requests(base):
+    model, tok, adapter, requests = base
+    bare = [ForgetRequest("fact", r.prefix, r.suffix) for r in requests]
+    with pytest.raises(InputError) as e:
+        _edit(model, tok, adapter, bare)
+    assert e.value.field == "retain" and "retain" in str(e.value)
+    with pytest.raises(InputError) as e:
+        _edit(model, tok, adapter, [EditRequest("Ada lives in", "Rome")])
+    assert e.value.field == "requests"
+    with pytest.raises(InputError):
+        _edit(model, tok, adapter, [])
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"scoring": "magnitude"}, "scoring"), ({"tokens": "some"}, "tokens"), ({"k": 0}, "k"), ({"k": -3}, "k"),
+    ({"k": 1.5}, "k"), ({"fraction": 0.0}, "fraction"), ({"fraction": 1.5}, "fraction"),
+    ({"max_steps": 0}, "max_steps"), ({"target": 2.0}, "target"), ({"eps": 0.0}, "eps"),
+    ({"layers": ()}, "layers"), ({"layers": ("a",)}, "layers"), ({"restat": "yes"}, "restat"),
+])
+def test_bad_hyperparameters_name_the_field(params, field):
+    with pytest.raises(InputError) as e:
+        PruneHParams(**params)
+    assert e.value.field == field
+
+
+def test_layers_out_of_range_and_cli_strings(world):
+    _, _, adapter, _ = world
+    with pytest.raises(InputError) as e:
+        PruneHParams(layers=(0, 99)).derive(adapter)
+    assert e.value.field == "layers"
+    hp = PruneHParams.from_strings({"layers": "0,-1", "k": "7", "target": "0.2", "scoring": "zscore", "guard": "false"})
+    assert hp.derive(adapter).layers == (0, adapter.num_layers - 1) and hp.k == 7 and hp.target == 0.2 and hp.guard is False
+    assert all(d["help"] for d in PruneHParams.describe())
+
+
+# ---------------------------------------------------------------------------- the grid contract
+
+FORGET = ForgetRequest("text", "The secret code is", "tulip 42", retain=[("Bo lives in", "Oslo")])
+
+
+def _target_logprob(model, tok, prompt: str, answer: str) -> float:
+    pairs = encode_pairs(tok, [prompt], [answer])
+    return sum(score_answers(model, pairs, pad_id=tok.pad_token_id)[0].logprobs)
+
+
+@pytest.mark.parametrize("arch", GRID_ARCHS)
+def test_grid_contract(arch):
+    """tests/test_editor_grid.py's body, with a retain probe on the request (prune needs one)."""
+    cls = PruneEditor
+    assert isinstance(cls(cls.hparams_class()), Editor) and cls.capabilities.forget
+    model, tok = tiny_model(arch), tiny_tokenizer()
+    adapter = get_adapter(model)
+    probe = torch.tensor([tok(FORGET.prefix)["input_ids"]])  # (1, seq)
+    with torch.no_grad():
+        logits_before = model(probe).logits
+    lp_before = _target_logprob(model, tok, FORGET.prefix, FORGET.suffix)
+    hash_before = weights_hash(model)
+    patch = cls(cls.hparams_class().derive(adapter)).edit(EditContext(model, tok, adapter, seed=0), [FORGET])
+    assert patch.weights or patch.attachments, "the edit recorded no change"
+    hash_after = weights_hash(model)
+    with torch.no_grad():
+        assert not torch.equal(model(probe).logits, logits_before), "the model's output did not change"
+    assert _target_logprob(model, tok, FORGET.prefix, FORGET.suffix) < lp_before
+    patch.revert(model, adapter)
+    assert weights_hash(model) == hash_before
+    with torch.no_grad():
+        assert torch.equal(model(probe).logits, logits_before)
+    patch.apply(model, adapter)
+    assert weights_hash(model) == hash_after
+
+
+def test_registered_under_its_name():
+    from workbench.registry import get_editor
+    assert get_editor("prune") is PruneEditor
