@@ -22,14 +22,7 @@ from .conftest import REPO
 N_SINGLE = 8  # single edits per objective: enough for a stable mean, ~0.1 s each
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # These models are too small to gain from a second thread, and on a shared 2-core
-    # machine a 2-thread pool stalls whenever another process holds a core (10x slower).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

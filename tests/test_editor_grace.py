@@ -28,13 +28,7 @@ T_SEQ = 50
 FAST = {"early_stop_loss": 1e-2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Small models gain nothing from a second thread; on a shared 2-core machine it stalls.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -34,14 +34,7 @@ def _editor_class(name: str):
     return get_editor(name)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models gain nothing from a second thread, and on a shared 2-core machine a
-    # 2-thread pool stalls whenever another process holds a core.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 EDIT = EditRequest("Ada lives in", "Rome", subject="Ada", rephrase_prompts=["Ada's home is"],

@@ -25,14 +25,7 @@ from .conftest import REPO
 N_SINGLE, N_BATCH = 5, 10
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Too small a model to gain from a second thread; on a shared 2-core machine a 2-thread
-    # pool stalls whenever another process holds a core.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
