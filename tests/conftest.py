@@ -7,6 +7,20 @@ WORLD = REPO / "data" / "world"
 MODEL = REPO / "data" / "models" / "world-llama"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Statistics caches (K-FAC factors, key covariances) go to a temporary folder, never
+    to the user's ~/.cache, and start empty for every test run."""
+    import os
+    old = os.environ.get("WORKBENCH_CACHE")
+    os.environ["WORKBENCH_CACHE"] = str(tmp_path_factory.mktemp("workbench-cache"))
+    yield
+    if old is None:
+        os.environ.pop("WORKBENCH_CACHE", None)
+    else:
+        os.environ["WORKBENCH_CACHE"] = old
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny and small models gain nothing from a second thread, and on a shared 2-core
