@@ -14,18 +14,15 @@ import torch
 
 from editors import gradient_ascent as mod
 from editors.gradient_ascent import GAEditor, GAHParams, NPOEditor, NPOHParams
-from tests.tiny_models import tiny_model, tiny_tokenizer
 from workbench.arch import get_adapter
-from workbench.editing import EditContext, Editor
+from workbench.editing import EditContext
 from workbench.errors import InputError
 from workbench.evaluate import evaluate_forgets
 from workbench.patch import Patch, weights_hash
-from workbench.requests import EditRequest, ForgetRequest, load_probes, load_requests, with_retain
-from workbench.scoring import encode_pairs, score_answers
+from workbench.requests import EditRequest, load_probes, load_requests, with_retain
 
 from .conftest import REPO
 
-GRID_ARCHS = ("gpt2", "llama", "opt", "gpt_neox")
 EDITORS = {"ga": (GAEditor, GAHParams), "npo": (NPOEditor, NPOHParams)}
 
 
@@ -175,41 +172,8 @@ def test_hyperparameters_describe_themselves():
     assert NPOHParams.from_strings({"beta": "0.5", "params": "all"}).beta == 0.5
 
 
-# ---------------------------------------------------------------------------- the grid contract
-
-FORGET = ForgetRequest("text", "The secret code is", "tulip 42")  # as tests/test_editor_grid.py
-
-
-def _target_logprob(model, tok, prompt: str, answer: str) -> float:
-    pairs = encode_pairs(tok, [prompt], [answer])
-    return sum(score_answers(model, pairs, pad_id=tok.pad_token_id)[0].logprobs)
-
-
-@pytest.mark.parametrize("arch", GRID_ARCHS)
-@pytest.mark.parametrize("name", ["ga", "npo"])
-def test_grid_contract(name, arch):
-    """tests/test_editor_grid.py's body for these classes."""
-    cls = EDITORS[name][0]
-    assert isinstance(cls(cls.hparams_class()), Editor) and cls.capabilities.forget
-    model, tok = tiny_model(arch), tiny_tokenizer()
-    adapter = get_adapter(model)
-    probe = torch.tensor([tok(FORGET.prefix)["input_ids"]])  # (1, seq)
-    with torch.no_grad():
-        logits_before = model(probe).logits
-    lp_before = _target_logprob(model, tok, FORGET.prefix, FORGET.suffix)
-    hash_before = weights_hash(model)
-    patch = cls(cls.hparams_class().derive(adapter)).edit(EditContext(model, tok, adapter, seed=0), [FORGET])
-    assert patch.weights or patch.attachments, "the edit recorded no change"
-    hash_after = weights_hash(model)
-    with torch.no_grad():
-        assert not torch.equal(model(probe).logits, logits_before), "the model's output did not change"
-    assert _target_logprob(model, tok, FORGET.prefix, FORGET.suffix) < lp_before
-    patch.revert(model, adapter)
-    assert weights_hash(model) == hash_before
-    with torch.no_grad():
-        assert torch.equal(model(probe).logits, logits_before)
-    patch.apply(model, adapter)
-    assert weights_hash(model) == hash_after
+# The editor contract on every tiny architecture is tests/test_editor_grid.py's job: these
+# editors are registered, so the grid runs them.
 
 
 @pytest.mark.parametrize("name", ["ga", "npo"])

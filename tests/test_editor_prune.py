@@ -10,18 +10,15 @@ import pytest
 import torch
 
 from editors.prune import PruneEditor, PruneHParams
-from tests.tiny_models import tiny_model, tiny_tokenizer
 from workbench.arch import get_adapter
-from workbench.editing import EditContext, Editor
+from workbench.editing import EditContext
 from workbench.errors import InputError
 from workbench.evaluate import evaluate_forgets
 from workbench.patch import Patch, weights_hash
 from workbench.requests import EditRequest, ForgetRequest, load_probes, load_requests, with_retain
-from workbench.scoring import encode_pairs, score_answers
 
 from .conftest import REPO
 
-GRID_ARCHS = ("gpt2", "llama", "opt", "gpt_neox")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -190,40 +187,8 @@ def test_layers_out_of_range_and_cli_strings(world):
     assert all(d["help"] for d in PruneHParams.describe())
 
 
-# ---------------------------------------------------------------------------- the grid contract
-
-FORGET = ForgetRequest("text", "The secret code is", "tulip 42", retain=[("Bo lives in", "Oslo")])
-
-
-def _target_logprob(model, tok, prompt: str, answer: str) -> float:
-    pairs = encode_pairs(tok, [prompt], [answer])
-    return sum(score_answers(model, pairs, pad_id=tok.pad_token_id)[0].logprobs)
-
-
-@pytest.mark.parametrize("arch", GRID_ARCHS)
-def test_grid_contract(arch):
-    """tests/test_editor_grid.py's body, with a retain probe on the request (prune needs one)."""
-    cls = PruneEditor
-    assert isinstance(cls(cls.hparams_class()), Editor) and cls.capabilities.forget
-    model, tok = tiny_model(arch), tiny_tokenizer()
-    adapter = get_adapter(model)
-    probe = torch.tensor([tok(FORGET.prefix)["input_ids"]])  # (1, seq)
-    with torch.no_grad():
-        logits_before = model(probe).logits
-    lp_before = _target_logprob(model, tok, FORGET.prefix, FORGET.suffix)
-    hash_before = weights_hash(model)
-    patch = cls(cls.hparams_class().derive(adapter)).edit(EditContext(model, tok, adapter, seed=0), [FORGET])
-    assert patch.weights or patch.attachments, "the edit recorded no change"
-    hash_after = weights_hash(model)
-    with torch.no_grad():
-        assert not torch.equal(model(probe).logits, logits_before), "the model's output did not change"
-    assert _target_logprob(model, tok, FORGET.prefix, FORGET.suffix) < lp_before
-    patch.revert(model, adapter)
-    assert weights_hash(model) == hash_before
-    with torch.no_grad():
-        assert torch.equal(model(probe).logits, logits_before)
-    patch.apply(model, adapter)
-    assert weights_hash(model) == hash_after
+# The editor contract on every tiny architecture is tests/test_editor_grid.py's job: these
+# editors are registered, so the grid runs them.
 
 
 def test_registered_under_its_name():
