@@ -42,3 +42,17 @@ def shipped_world():
 def shipped_model():
     from workbench.model import load_model
     return load_model(MODEL)
+
+
+def assert_patch_round_trips(model, adapter, patch, h0: str, h1: str, path) -> None:
+    """With the model in the edited state `h1`: reverting gives `h0`, and the patch saved to
+    `path` and loaded back re-applies to `h1` and reverts to `h0`, all bit for bit."""
+    from workbench.patch import Patch, weights_hash
+    patch.revert(model, adapter)
+    assert weights_hash(model) == h0
+    patch.save(path)
+    loaded = Patch.load(path)
+    loaded.apply(model, adapter)
+    assert weights_hash(model) == h1
+    loaded.revert(model, adapter)
+    assert weights_hash(model) == h0

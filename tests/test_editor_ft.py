@@ -17,7 +17,7 @@ from workbench.evaluate import evaluate_edits, reference
 from workbench.patch import Patch, weights_hash
 from workbench.requests import ForgetRequest, load_requests
 
-from .conftest import REPO
+from .conftest import REPO, assert_patch_round_trips
 
 N_SINGLE = 8  # single edits per objective: enough for a stable mean, ~0.1 s each
 
@@ -117,14 +117,7 @@ def test_revert_and_reapply_are_bit_exact_and_survive_save(base, tmp_path):
     patch = _edit(model, tok, adapter, requests[:3])
     h1 = weights_hash(model)
     assert h1 != h0
-    patch.revert(model, adapter)
-    assert weights_hash(model) == h0
-    patch.save(tmp_path / "ft.safetensors")
-    loaded = Patch.load(tmp_path / "ft.safetensors")
-    loaded.apply(model, adapter)
-    assert weights_hash(model) == h1
-    loaded.revert(model, adapter)
-    assert weights_hash(model) == h0
+    assert_patch_round_trips(model, adapter, patch, h0, h1, tmp_path / "ft.safetensors")
 
 
 def test_stacked_edits_revert_in_reverse_order(base):

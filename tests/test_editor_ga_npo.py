@@ -21,7 +21,7 @@ from workbench.evaluate import evaluate_forgets
 from workbench.patch import Patch, weights_hash
 from workbench.requests import EditRequest, load_probes, load_requests, with_retain
 
-from .conftest import REPO
+from .conftest import REPO, assert_patch_round_trips
 
 EDITORS = {"ga": (GAEditor, GAHParams), "npo": (NPOEditor, NPOHParams)}
 
@@ -78,14 +78,7 @@ def test_patch_records_every_trained_parameter_and_reverts_bit_for_bit(base, tmp
     h1 = weights_hash(model)
     mlp = {adapter.param_name(m) for i in range(adapter.num_layers) for m in [*adapter.mlp_in(i), adapter.mlp_out(i)]}
     assert {w.name for w in patch.weights} == mlp and h1 != h0
-    patch.revert(model, adapter)
-    assert weights_hash(model) == h0
-    patch.save(tmp_path / "npo.safetensors")
-    loaded = Patch.load(tmp_path / "npo.safetensors")
-    loaded.apply(model, adapter)
-    assert weights_hash(model) == h1
-    loaded.revert(model, adapter)
-    assert weights_hash(model) == h0
+    assert_patch_round_trips(model, adapter, patch, h0, h1, tmp_path / "npo.safetensors")
 
 
 def test_params_all_trains_beyond_the_mlp(base):

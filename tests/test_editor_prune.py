@@ -17,7 +17,7 @@ from workbench.evaluate import evaluate_forgets
 from workbench.patch import Patch, weights_hash
 from workbench.requests import EditRequest, ForgetRequest, load_probes, load_requests, with_retain
 
-from .conftest import REPO
+from .conftest import REPO, assert_patch_round_trips
 
 
 
@@ -82,14 +82,7 @@ def test_patch_is_zeroed_output_columns_and_reverts_bit_for_bit(base, tmp_path):
         assert sorted(w.index.tolist()) == patch.meta["pruned"][str(names[w.name])]
     assert patch.meta["pruned_total"] == sum(len(v) for v in patch.meta["pruned"].values())
     assert patch.meta["pruned_total"] == 2 * patch.meta["k_per_step"]
-    patch.revert(model, adapter)
-    assert weights_hash(model) == h0
-    patch.save(tmp_path / "p.safetensors")
-    loaded = Patch.load(tmp_path / "p.safetensors")
-    loaded.apply(model, adapter)
-    assert weights_hash(model) == h1
-    loaded.revert(model, adapter)
-    assert weights_hash(model) == h0
+    assert_patch_round_trips(model, adapter, patch, h0, h1, tmp_path / "p.safetensors")
 
 
 def test_scores_and_iou_are_exposed_compactly(base):

@@ -20,7 +20,7 @@ from workbench.evaluate import evaluate_edits, reference
 from workbench.patch import Patch, weights_hash
 from workbench.requests import EditRequest, load_requests
 
-from .conftest import REPO
+from .conftest import REPO, assert_patch_round_trips
 
 N_SINGLE, N_BATCH = 5, 10
 
@@ -111,14 +111,7 @@ def test_patches_touch_only_mlp_out_and_revert_bit_for_bit(base, tmp_path, edito
     expected = sorted(adapter.param_name(adapter.mlp_out(i)) for i in layers)
     changed = sorted(n for n, t in model.state_dict().items() if not torch.equal(before[n], t))
     assert changed == expected and sorted(w.name for w in patch.weights) == expected
-    patch.revert(model, adapter)
-    assert weights_hash(model) == h0
-    patch.save(tmp_path / "p.safetensors")
-    loaded = Patch.load(tmp_path / "p.safetensors")
-    loaded.apply(model, adapter)
-    assert weights_hash(model) == h1
-    loaded.revert(model, adapter)
-    assert weights_hash(model) == h0
+    assert_patch_round_trips(model, adapter, patch, h0, h1, tmp_path / "p.safetensors")
 
 
 def test_default_layers_are_derived_from_depth(base):
