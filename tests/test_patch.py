@@ -82,3 +82,18 @@ def test_hash_cache_matches_full_hash_and_sees_in_place_changes(model):
     model.get_parameter(NAME).data[0, 0] -= 1  # bypasses the version counter ...
     cache.invalidate([NAME])                    # ... so the writer must say so
     assert weights_hash(model, cache) == weights_hash(model)
+
+
+def test_hash_cache_is_not_fooled_by_a_new_tensor_at_a_freed_address():
+    # GRACE names a new entry like a removed one (uids restart in an emptied codebook); the
+    # allocator often hands the new buffer the freed one's address with version 0 again.
+    m = torch.nn.Linear(2, 2)
+    cache, stale = HashCache(), 0
+    for i in range(50):
+        m.register_buffer("r", torch.full((256,), float(i)))
+        cache.invalidate([], structure=True)
+        stale += weights_hash(m, cache) != weights_hash(m)
+        del m.r
+        cache.invalidate([], structure=True)
+        assert weights_hash(m, cache) == weights_hash(m)
+    assert stale == 0

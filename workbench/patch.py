@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -278,31 +279,34 @@ def weights_hash(model, cache: "HashCache | None" = None) -> str:
 
 
 class HashCache:
-    """Per-tensor digests keyed by (storage pointer, in-place version counter).
+    """Per-tensor digests keyed by (tensor object, storage pointer, in-place version counter).
 
+    The tensor object is held by weak reference and compared by identity: a buffer replaced
+    by a fresh tensor (GRACE's `register_buffer`) may be allocated at the freed one's address
+    with version 0, so pointer and version alone would return the old digest.
     Writes through `.data` bypass the version counter, so whoever changes weights that way
     must `invalidate` the names (the session does so for every patch it applies or reverts).
     """
 
     def __init__(self):
-        self._entries: dict[str, tuple[int, int, bytes]] = {}
+        self._entries: dict[str, tuple[weakref.ref, int, int, bytes]] = {}
         self._items: list | None = None  # sorted state_dict items, kept while the modules stay
 
     def model_hash(self, model) -> str:
         if self._items is None:
-            self._items = sorted(model.state_dict().items())
+            # keep_vars: the live Parameter/buffer objects, whose identity lasts between calls
+            self._items = sorted(model.state_dict(keep_vars=True).items())
         h = hashlib.sha256()
         for name, t in self._items:
             h.update(self.digest(name, t))
         return h.hexdigest()
 
     def digest(self, name: str, t: torch.Tensor) -> bytes:
-        key = (t.data_ptr(), t._version)
         hit = self._entries.get(name)
-        if hit is not None and hit[:2] == key:
-            return hit[2]
+        if hit is not None and hit[0]() is t and hit[1:3] == (t.data_ptr(), t._version):
+            return hit[3]
         d = _tensor_digest(name, t)
-        self._entries[name] = (*key, d)
+        self._entries[name] = (weakref.ref(t), t.data_ptr(), t._version, d)
         return d
 
     def invalidate(self, names, *, structure: bool = False) -> None:
