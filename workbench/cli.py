@@ -71,6 +71,34 @@ def _add_bench(sub) -> None:
                     help="hyperparameter for one editor, e.g. wise:steps=50 (repeatable)")
     ll.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
     ll.set_defaults(func=_cmd_bench_lifelong)
+    ul = bsub.add_parser("unlearn", help="forget editors on the canaries and forget-split people, before -> after")
+    ul.add_argument("--editors", default="kfac,prune,ga,npo", help="comma-separated forget editor names")
+    ul.add_argument("--sets", default="canaries,people", help="comma-separated forget sets: canaries, people")
+    ul.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
+    ul.add_argument("--limit", type=int, default=None, help="only the first N requests of each set")
+    ul.add_argument("--heldout", type=int, default=None, help="only the first N held-out texts (perplexity, nDCG)")
+    ul.add_argument("--exposure-samples", type=int, default=100, help="alternative secrets per canary")
+    ul.add_argument("--param", action="append", default=[], metavar="EDITOR:K=V",
+                    help="hyperparameter for one editor, e.g. kfac:rho=0.5 (repeatable)")
+    ul.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
+    ul.set_defaults(func=_cmd_bench_unlearn)
+
+
+def _editor_params(items: list[str]) -> dict[str, dict]:
+    """`EDITOR:K=V` strings -> {editor: {K: V}}."""
+    from .errors import InputError
+    params: dict[str, dict] = {}
+    for item in items:
+        editor, sep, kv = item.partition(":")
+        if not sep or "=" not in kv:
+            raise InputError(f"expected EDITOR:K=V, got {item!r}", field="--param")
+        k, v = kv.split("=", 1)
+        params.setdefault(editor.strip(), {})[k.strip()] = v.strip()
+    return params
+
+
+def _names(csv: str) -> list[str]:
+    return [x.strip() for x in csv.split(",") if x.strip()]
 
 
 def _cmd_bench_lifelong(args) -> int:
@@ -80,18 +108,22 @@ def _cmd_bench_lifelong(args) -> int:
         Ts = [int(t) for t in args.T.split(",") if t.strip()]
     except ValueError:
         raise InputError(f"expected comma-separated integers, got {args.T!r}", field="--T") from None
-    params: dict[str, dict] = {}
-    for item in args.param:
-        editor, sep, kv = item.partition(":")
-        if not sep or "=" not in kv:
-            raise InputError(f"expected EDITOR:K=V, got {item!r}", field="--param")
-        k, v = kv.split("=", 1)
-        params.setdefault(editor.strip(), {})[k.strip()] = v.strip()
-    rows = run([e.strip() for e in args.editors.split(",") if e.strip()], Ts,
-               requests_path=args.requests or DEFAULT_REQUESTS, model_dir=args.model, params=params)
+    rows = run(_names(args.editors), Ts, requests_path=args.requests or DEFAULT_REQUESTS, model_dir=args.model,
+               params=_editor_params(args.param))
+    return _print_rows(rows, table, args.json)
+
+
+def _cmd_bench_unlearn(args) -> int:
+    from .unlearn_bench import run, table
+    rows = run(_names(args.editors), _names(args.sets), model_dir=args.model, params=_editor_params(args.param),
+               limit=args.limit, heldout_limit=args.heldout, exposure_samples=args.exposure_samples)
+    return _print_rows(rows, table, args.json)
+
+
+def _print_rows(rows: list[dict], table, json_path: Path | None) -> int:
     print(table(rows))
-    if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+    if json_path is not None:
+        json_path.write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
     return 0
 
 
