@@ -20,12 +20,12 @@ Example:
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 import torch
 
 from workbench.cache import cache_key, cached_tensors, texts_hash
+from workbench.corpus import default_corpus, read_corpus  # noqa: F401 (default_corpus: tests patch it here)
 from workbench.editing import Capabilities, HParams
 from workbench.errors import InputError
 from workbench.registry import register_editor
@@ -74,32 +74,6 @@ def _layer(adapter, i: int) -> int:
     if not -n <= i < n:
         raise InputError(f"layer {i} does not exist: must be in 0..{n - 1} (or {-n}..-1)", field="layers")
     return i % n
-
-
-def default_corpus() -> list[str]:
-    """The world's clean training text: one epoch of biographies and filler, no canaries."""
-    from workbench.cli import DEFAULT_WORLD
-    from workbench.world import World
-    from workbench.world.corpus import epoch_documents, heldout_sentences
-    world = World.load(DEFAULT_WORLD)
-    return epoch_documents(world, random.Random(0), canary_repeats=0, filler_docs=300,
-                           banned_filler=heldout_sentences(world))
-
-
-def read_corpus(path: str) -> list[str]:
-    from pathlib import Path
-    from workbench.jsonio import read_jsonl
-    p = Path(path)
-    if p.suffix == ".txt":
-        if not p.is_file():
-            raise InputError("corpus file not found", file=p)
-        return [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    texts = []
-    for lineno, row in read_jsonl(p):
-        if not isinstance(row.get("text"), str):
-            raise InputError("expected a string", file=p, line=lineno, field="text")
-        texts.append(row["text"])
-    return texts
 
 
 def corpus_blocks(tok, texts: list[str], block_size: int, max_tokens: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ Many facts at once, spread over a range of early-middle layers R = (l₁ … l_L
    residual at l_L), of which this layer takes the share 1/(L − i); the update is the
    covariance-weighted least squares of the paper (its eq. 14)
        ΔW = R_shareᵀ K (λ C + Kᵀ K)⁻¹      (hidden, d_ff)
-   with C = E[k kᵀ] on a generic corpus (cached, `workbench.kv.second_moments`) and
+   with C = E[k kᵀ] on a generic corpus (cached, `workbench.kv_stats.second_moments`) and
    λ = `mom2_update_weight`; the update is applied before the next layer's keys are read.
 
 Defaults are MEMIT's GPT-J hyperparameters (25 value steps at lr 0.5, weight decay 0.5,
@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 import torch
 
 from editors.rome import ValueHParams, check_layer, check_number, check_requests, solve_psd
-from workbench import kv
+from workbench import kv, kv_stats
 from workbench.editing import Capabilities, EditContext
 from workbench.errors import InputError
 from workbench.patch import Patch
@@ -161,7 +161,7 @@ def spread_update(ctx: EditContext, requests: list, hp: MEMITHParams) -> dict:
         steps.append(z.steps)
     zs = torch.stack(zs)  # (n, hidden)
     own = tuple(adapter.param_name(adapter.mlp_out(layer)) for layer in layers)
-    covs = kv.second_moments(model, tok, adapter, layers, corpus=hp.corpus, n_samples=hp.mom2_n_samples,
+    covs = kv_stats.second_moments(model, tok, adapter, layers, corpus=hp.corpus, n_samples=hp.mom2_n_samples,
                              exclude=own)  # C of the keys before MEMIT's own edits, as in the paper
     first_residual = None
     for i, layer in enumerate(layers):

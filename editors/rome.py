@@ -7,7 +7,7 @@ One fact, one layer, one rank-one update of that layer's MLP output projection W
 1. key k* (`compute_u`): the MLP key at the subject's last token, averaged over the prompt
    placed after each context prefix (`workbench.kv.CONTEXT_TEMPLATES`);
    u = C⁻¹ k* with C = E[k kᵀ] the keys' second moment on a generic corpus
-   (`workbench.kv.second_moments`, cached on disk), so the update leaves W k almost
+   (`workbench.kv_stats.second_moments`, cached on disk), so the update leaves W k almost
    unchanged for keys unlike k*;
 2. value v* (`compute_v`): the MLP output at the subject token that makes the model predict
    the target, found by optimising a delta there (`workbench.kv.compute_z`, site "mlp_out",
@@ -18,8 +18,8 @@ One fact, one layer, one rank-one update of that layer's MLP output projection W
 All defaults are ROME's GPT-2 XL hyperparameters (20 Adam steps at lr 0.5 on the delta,
 weight decay 0.5, clamp 4×, KL factor 0.0625), except: the layer is derived from depth
 (≈30%: ROME used 17/47 in GPT-2 XL, 12/35 in GPT-2 L, 8/23 in GPT-2 M, 5/27 in GPT-J); the
-statistics use `mom2_n_samples` texts of the bundled world instead of 100 000 Wikipedia
-texts; the context prefixes are fixed instead of sampled (see `workbench/kv.py`).
+statistics use up to `mom2_n_samples` documents of the bundled world (`workbench.corpus`)
+instead of 100 000 Wikipedia texts; the context prefixes are fixed instead of sampled (see `workbench/kv.py`).
 
 Editing is one fact per call (`batch=False`); ROME's own `apply_rome_to_model` also applies
 several requests one after another, which is what the session does for sequential edits.
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workbench import kv
+from workbench import kv, kv_stats
 from workbench.editing import Capabilities, EditContext, HParams
 from workbench.errors import InputError
 from workbench.patch import Patch
@@ -69,8 +69,9 @@ class ValueHParams(HParams):
     mom2_n_samples: int = field(default=2000, metadata={
         "help": "corpus texts over whose tokens the key second moment E[k kᵀ] is taken (1..10^7)"})
     corpus: str | None = field(default=None, metadata={
-        "help": "JSONL of {\"text\": ...} lines for the key statistics; None = the bundled world's "
-                "facts and filler (no canaries)"})
+        "help": "corpus file for the key statistics (JSONL of {\"text\": ...} lines, or .txt with one "
+                "text a line); None = the bundled world's clean training text, no canaries "
+                "(workbench.corpus)"})
 
     def __post_init__(self):
         check_number(self.v_num_grad_steps, "v_num_grad_steps", "an integer in 1..1000",
@@ -182,7 +183,7 @@ def rank_one_update(ctx: EditContext, req: EditRequest, hp: ROMEHParams) -> dict
     keys = kv.subject_keys(model, tok, adapter, layer, [req])[0]  # (n_templates, d_ff)
     k_star = keys.mean(0)  # (d_ff,) compute_u: the key averaged over context prefixes
     if hp.mom2_adjustment:
-        C = kv.second_moments(model, tok, adapter, [layer], corpus=hp.corpus,
+        C = kv_stats.second_moments(model, tok, adapter, [layer], corpus=hp.corpus,
                               n_samples=hp.mom2_n_samples)[layer].to(k_star.device)  # (d_ff, d_ff)
         u = solve_psd(C, k_star[:, None])[:, 0]  # (d_ff,) C⁻¹ k*
     else:

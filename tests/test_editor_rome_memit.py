@@ -12,7 +12,8 @@ import torch
 
 from editors.memit import MEMITEditor, MEMITHParams
 from editors.rome import ROMEEditor, ROMEHParams
-from workbench import kv
+from workbench import kv, kv_stats
+from workbench.corpus import default_corpus
 from workbench.arch import get_adapter
 from workbench.editing import EditContext
 from workbench.errors import InputError
@@ -124,36 +125,36 @@ def test_default_layers_are_derived_from_depth(base):
 
 def test_covariance_is_cached_once_and_keyed(base, stats_dir):
     model, tok, adapter, requests = base
-    first = kv.second_moments(model, tok, adapter, [1], n_samples=300)[1]
-    files = set(stats_dir.glob("mom2-*.safetensors"))
-    misses = kv.cache_misses
+    first = kv_stats.second_moments(model, tok, adapter, [1], n_samples=300)[1]
+    files = set(stats_dir.glob("*.safetensors"))
+    misses = kv_stats.cache_misses
     mtimes = {f: f.stat().st_mtime_ns for f in files}
-    again = kv.second_moments(model, tok, adapter, [1], n_samples=300)[1]
-    assert kv.cache_misses == misses and torch.equal(first, again)
-    assert {f: f.stat().st_mtime_ns for f in stats_dir.glob("mom2-*.safetensors")} == mtimes
+    again = kv_stats.second_moments(model, tok, adapter, [1], n_samples=300)[1]
+    assert kv_stats.cache_misses == misses and torch.equal(first, again)
+    assert {f: f.stat().st_mtime_ns for f in stats_dir.glob("*.safetensors")} == mtimes
     d = adapter.num_neurons(1)
     assert first.shape == (d, d) and torch.allclose(first, first.T)
 
     # A ROME edit changes only the projection *above* the keys: its statistics stay valid.
     patch = _rome(model, tok, adapter, requests[:1], mom2_n_samples=300, v_num_grad_steps=2)
     try:
-        kv.second_moments(model, tok, adapter, [1], n_samples=300)
-        assert kv.cache_misses == misses
+        kv_stats.second_moments(model, tok, adapter, [1], n_samples=300)
+        assert kv_stats.cache_misses == misses
     finally:
         patch.revert(model, adapter)
 
     # Another layer, another corpus or another sample count: another file.
-    kv.second_moments(model, tok, adapter, [0], n_samples=300)
+    kv_stats.second_moments(model, tok, adapter, [0], n_samples=300)
     corpus = stats_dir.parent / "corpus.jsonl"
     corpus.write_text("".join(f'{{"text": "Line {i} of a small corpus about nothing."}}\n' for i in range(50)))
-    kv.second_moments(model, tok, adapter, [1], n_samples=300, corpus=str(corpus))
-    kv.second_moments(model, tok, adapter, [1], n_samples=200)
-    assert kv.cache_misses == misses + 3
-    assert len(set(stats_dir.glob("mom2-*.safetensors")) - files) == 3
+    kv_stats.second_moments(model, tok, adapter, [1], n_samples=300, corpus=str(corpus))
+    kv_stats.second_moments(model, tok, adapter, [1], n_samples=200)
+    assert kv_stats.cache_misses == misses + 3
+    assert len(set(stats_dir.glob("*.safetensors")) - files) == 3
 
 
 def test_default_corpus_leaves_out_canaries(shipped_world):
-    texts = set(kv.default_corpus())
+    texts = set(default_corpus())
     assert len(texts) > 1000
     assert not texts & {c["text"] for c in shipped_world.canaries}
 

@@ -32,22 +32,46 @@ def texts_hash(texts: list[str]) -> str:
     return h.hexdigest()
 
 
+def cache_path(kind: str, key: str) -> Path:
+    """Where the tensors of `kind` under `key` are stored: cache_dir()/kind/key.safetensors."""
+    return cache_dir() / kind / f"{key}.safetensors"
+
+
+def load_tensors(kind: str, key: str) -> dict[str, torch.Tensor] | None:
+    """The stored tensors, or None when there are none (or the file is truncated or foreign,
+    which is then removed so that the caller recomputes and overwrites it)."""
+    from safetensors.torch import load_file
+    path = cache_path(kind, key)
+    if not path.is_file():
+        return None
+    try:
+        return load_file(str(path))
+    except Exception:
+        path.unlink(missing_ok=True)
+        return None
+
+
+def store_tensors(kind: str, key: str, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
+    """Store `tensors` under `key`, atomically: a concurrent reader never sees half a file.
+    `meta` (str values) goes into the safetensors header, for a person looking at the file."""
+    from safetensors.torch import save_file
+    path = cache_path(kind, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={k: str(v) for k, v in (meta or {}).items()} or None)
+    os.replace(tmp, path)
+
+
 def cached_tensors(kind: str, key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> tuple[dict, bool]:
     """(tensors, hit): load `kind/key.safetensors` or compute, store (atomically) and return.
 
     Example:
         >>> t, hit = cached_tensors("demo", cache_key(a=1), lambda: {"x": torch.ones(2)})  # doctest: +SKIP
     """
-    from safetensors.torch import load_file, save_file
-    path = cache_dir() / kind / f"{key}.safetensors"
-    if path.is_file():
-        try:
-            return load_file(str(path)), True
-        except Exception:  # a truncated or foreign file: recompute and overwrite
-            path.unlink(missing_ok=True)
+    tensors = load_tensors(kind, key)
+    if tensors is not None:
+        return tensors, True
     tensors = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    store_tensors(kind, key, tensors)
     return tensors, False

@@ -3,15 +3,13 @@
 An MLP output projection W (out = hidden, in = d_ff) is read as a linear associative memory:
 its *keys* k are its inputs (the neuron activations) and its *values* W k are what it writes
 into the residual stream. ROME (Meng et al. 2022) and MEMIT (Meng et al. 2023) need three
-things, all here:
+things:
 
 - `subject_keys`: the key at the subject's last token, for the request prompt placed after
   a few context prefixes (`CONTEXT_TEMPLATES`) so the key is not tied to one exact string;
-- `second_moments`: C = E[k kᵀ] over the tokens of a generic corpus (the papers use
-  Wikipedia; here `default_corpus()`), the statistics of the keys the edit must not
-  disturb. They are CACHED ON DISK as safetensors, keyed by the hash of exactly the weights
-  that produce those keys, the layer, the corpus tokens and the sample count; so a second
-  edit with an unchanged model below the layer reads the file instead of recomputing;
+- `second_moments` (in `workbench.kv_stats`): C = E[k kᵀ] over the tokens of a generic
+  corpus (the papers use Wikipedia; here `workbench.corpus.default_corpus()`), the
+  statistics of the keys the edit must not disturb, cached on disk (`workbench.cache`);
 - `compute_z`: the target value v* (ROME: at the MLP output; MEMIT: "z", on the residual
   stream after a block), found by optimising a delta added at the subject's last token so
   that the target is predicted, with a KL term on "{subject} is a" essence prompts, a weight
@@ -28,24 +26,18 @@ Differences from the papers' code (on purpose, documented):
   recomputing that layer's C (all missing layers in one corpus pass).
 
 Example:
-    >>> C = second_moments(model, tok, adapter, [1])[1]                        # doctest: +SKIP
+    >>> C = kv_stats.second_moments(model, tok, adapter, [1])[1]               # doctest: +SKIP
     >>> k = subject_keys(model, tok, adapter, 1, [req]).mean(1)   # (1, d_ff)  # doctest: +SKIP
     >>> z = compute_z(model, tok, adapter, req, layer=1, site="mlp_out").target  # doctest: +SKIP
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import random
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 
 import torch
 
+from .corpus import default_corpus  # noqa: F401 (re-exported: WISE's irrelevant pool reads kv.default_corpus)
 from .errors import InputError
-from .patch import _tensor_digest
 
 # "{}" is the bare prompt; the others put a short neutral sentence first. ROME samples ten
 # 5- and 10-token continuations of the model here, MEMIT five 10-token ones; a fixed set
@@ -59,9 +51,6 @@ CONTEXT_TEMPLATES: tuple[str, ...] = (
 )
 KL_TEMPLATES: tuple[str, ...] = ("{} is a",)  # ROME/MEMIT's essence prompt, about the subject alone
 SITES = ("mlp_out", "block")
-
-cache_misses = 0  # second-moment computations done by this process (tests read it)
-
 
 # ---------------------------------------------------------------------------- tokens
 
@@ -143,153 +132,6 @@ def mlp_value(adapter, layer: int, keys: torch.Tensor) -> torch.Tensor:
     out = keys @ w.T  # (n, hidden)
     bias = getattr(module, "bias", None)
     return out + bias.detach().float() if bias is not None else out
-
-
-# ---------------------------------------------------------------------------- corpus and statistics
-
-def default_corpus() -> list[str]:
-    """The bundled world's generic text: its fact sentences and filler, not its canaries.
-
-    Canaries are the planted secrets; they are not "pre-existing knowledge" to protect, and
-    an unlearning run should not find them folded into an editor's statistics. The order is
-    shuffled with a fixed seed so that the first n texts mix facts and filler.
-
-    Example:
-        >>> texts = default_corpus(); len(texts) > 1000
-        True
-    """
-    return list(_default_corpus())
-
-
-@lru_cache(maxsize=1)
-def _default_corpus() -> tuple[str, ...]:
-    from .world import World
-    from .world.corpus import tokenizer_texts
-    root = Path(__file__).resolve().parent.parent / "data" / "world"
-    if not (root / "world.json").is_file():
-        raise InputError("the bundled world is missing; give a corpus JSONL of {\"text\": ...} lines",
-                         field="corpus", file=root)
-    world = World.load(root)
-    secret = {c["text"] for c in world.canaries}
-    texts = [t for t in tokenizer_texts(world) if t not in secret]
-    random.Random(0).shuffle(texts)
-    return tuple(texts)
-
-
-def load_corpus(path: str | None) -> list[str]:
-    """`default_corpus()` for None, else the "text" field of each line of a JSONL file."""
-    if path is None:
-        return default_corpus()
-    from .jsonio import read_jsonl
-    rows = read_jsonl(path)  # [(line, object)]
-    texts = [r.get("text") for _, r in rows if isinstance(r, dict)]
-    texts = [t for t in texts if isinstance(t, str) and t.strip()]
-    if not texts:
-        raise InputError("no {\"text\": ...} lines", file=path, field="corpus")
-    return texts
-
-
-def cache_dir() -> Path:
-    """Where statistics are cached: $WORKBENCH_CACHE/kv, else ~/.cache/workbench/kv."""
-    root = os.environ.get("WORKBENCH_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "workbench") / "kv"
-
-
-def key_weights_hash(adapter, layer: int, exclude: tuple[str, ...] = ()) -> str:
-    """sha256 of the weights that produce layer `layer`'s keys, less the names in `exclude`.
-
-    The embeddings, every block below, and block `layer` itself except its MLP output
-    projection (the keys are that projection's *input*). So ROME's own edits, which only
-    touch that projection, leave the hash — and the cached statistics — valid. MEMIT
-    excludes the projections it edits itself: its C is meant to be the statistics of the
-    keys *before* its edits (the paper computes it once, on the unedited model), and its
-    updates are built to leave generic keys' values nearly unchanged.
-    """
-    skip = {adapter.param_name(adapter.mlp_out(layer)), *exclude}
-    h = hashlib.sha256()
-    parts = [("embed", adapter.embeddings())] + [(f"block{j}", adapter.layer(j)) for j in range(layer + 1)]
-    for prefix, module in parts:
-        for name, t in sorted(module.state_dict().items()):
-            full = adapter.param_name(module, name)
-            if full not in skip:
-                h.update(_tensor_digest(full, t))
-    return h.hexdigest()
-
-
-def _corpus_ids(tok, texts: list[str], n_samples: int, max_length: int) -> list[list[int]]:
-    enc = tok(texts[:n_samples], add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
-    return [ids for ids in enc if len(ids) > 0]
-
-
-def second_moments(model, tok, adapter, layers, *, corpus: str | None = None, n_samples: int = 2000,
-                   max_length: int = 128, batch_size: int = 64, cache: Path | None = None,
-                   exclude: tuple[str, ...] = ()) -> dict[int, torch.Tensor]:
-    """{layer: C}, C = E[k kᵀ] (d_ff, d_ff) float32 over every token of the first `n_samples`
-    corpus texts, read from the cache or computed (all missing layers in one corpus pass).
-    `exclude`: parameter names left out of the cache key (see `key_weights_hash`).
-
-    Uncentred, as ROME's `layer_stats(..., to_collect=["mom2"])`: the update's constraint is
-    on W k for the keys themselves, not on their deviations from a mean.
-
-    Example:
-        >>> C = second_moments(model, tok, adapter, [0, 1])[1]   # (d_ff, d_ff)  # doctest: +SKIP
-    """
-    texts = load_corpus(corpus)
-    seqs = _corpus_ids(tok, texts, n_samples, max_length)
-    corpus_hash = hashlib.sha256(json.dumps(seqs).encode()).hexdigest()[:16]
-    folder = Path(cache) if cache is not None else cache_dir()
-    out, paths = {}, {}
-    for layer in sorted(set(layers)):
-        name = f"mom2-{key_weights_hash(adapter, layer, tuple(exclude))[:16]}-L{layer}-{corpus_hash}-n{len(seqs)}.safetensors"
-        paths[layer] = folder / name
-        if paths[layer].is_file():
-            from safetensors.torch import load_file
-            out[layer] = load_file(str(paths[layer]))["mom2"]
-    missing = [layer for layer in paths if layer not in out]
-    if missing:
-        computed = _collect(model, adapter, missing, seqs, pad_id(tok), batch_size)
-        folder.mkdir(parents=True, exist_ok=True)
-        for layer, mom2 in computed.items():
-            _save(paths[layer], mom2, {"layer": layer, "n_texts": len(seqs), "corpus": corpus or "default"})
-            out[layer] = mom2
-    return out
-
-
-@torch.no_grad()
-def _collect(model, adapter, layers, seqs, pad: int, batch_size: int) -> dict[int, torch.Tensor]:
-    global cache_misses
-    cache_misses += 1
-    device = _device(model)
-    sums = {layer: None for layer in layers}
-    count = 0
-    mask_now: list[torch.Tensor] = []
-
-    def grab(layer):
-        def fn(acts):  # (b, seq, d_ff)
-            keep = mask_now[0].bool()
-            k = acts[keep].double()  # (tokens, d_ff): padding excluded
-            s = k.T @ k  # (d_ff, d_ff)
-            sums[layer] = s if sums[layer] is None else sums[layer] + s
-        return fn
-
-    handles = [adapter.hook_mlp_neurons(layer, grab(layer)) for layer in layers]
-    try:
-        for s in range(0, len(seqs), batch_size):
-            ids, mask = _pad_batch(seqs[s:s + batch_size], pad, device)
-            mask_now[:] = [mask]
-            model(input_ids=ids, attention_mask=mask)
-            count += int(mask.sum())
-    finally:
-        for h in handles:
-            h.remove()
-    return {layer: (sums[layer] / count).float().cpu() for layer in layers}
-
-
-def _save(path: Path, mom2: torch.Tensor, meta: dict) -> None:
-    from safetensors.torch import save_file
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # rename: a reader never sees half a file
-    save_file({"mom2": mom2.contiguous()}, str(tmp), metadata={k: str(v) for k, v in meta.items()})
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------- target values (v*, z)
