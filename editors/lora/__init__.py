@@ -1,0 +1,185 @@
+"""`lora`: one peft LoRA adapter trained per edit batch, recorded as an attachment.
+
+The adapter is trained with peft itself: `peft.inject_adapter_in_model` wraps the target
+modules (chosen through the architecture adapter: the MLP output projections of the chosen
+layers by default), only the LoRA factors are trained (Adam on the target tokens'
+cross-entropy, the FT-M objective of `editors.ft`), and then the injection is undone — the
+original modules go back in place, bit for bit, with their `requires_grad` flags. The trained
+factors become a `LoRAAdd` attachment (see `store.py`): hooks apply them, the ledger records
+them in peft's key format with the LoraConfig, reverting removes them exactly, and the
+`merge` editor (`editors/lora/merge.py`) combines recorded adapters with peft's
+`add_weighted_adapter`.
+
+Every adapter trained after others is trained *on top of* them (they stay enabled during
+training), as sequential edits are.
+
+Example:
+    >>> wb.apply("lora", requests, {"r": "8", "layers": "1,2"})           # doctest: +SKIP
+    >>> wb.apply("merge", requests, {"adapters": "lora0,lora1", "combination_type": "ties"})  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from workbench.editing import Capabilities, EditContext, HParams
+from workbench.errors import InputError
+from workbench.patch import Patch
+from workbench.registry import register_editor
+
+from .store import LoRAAdd, adapter_names, next_name
+
+TARGETS = ("mlp_out", "mlp_in", "mlp", "attn_out")
+TRAIN_NAME = "wb_training"  # the adapter's name inside peft while it trains
+
+
+@dataclass
+class LoRAHParams(HParams):
+    name: str | None = field(default=None, metadata={"help": "adapter name (default: lora0, lora1, ...)"})
+    r: int = field(default=8, metadata={"help": "LoRA rank (1..1024)"})
+    alpha: float = field(default=16.0, metadata={"help": "lora_alpha: the update is scaled by alpha / r (> 0)"})
+    targets: str = field(default="mlp_out", metadata={
+        "help": "modules to adapt in each chosen layer: mlp_out, mlp_in, mlp (both) or attn_out"})
+    layers: tuple[int, ...] | None = field(default=None, metadata={"help": "layers to adapt (default: all)"})
+    lr: float = field(default=5e-3, metadata={"help": "Adam learning rate (> 0)"})
+    steps: int = field(default=60, metadata={"help": "passes over the requests (1..10000)"})
+    early_stop_loss: float = field(default=0.02, metadata={"help": "stop once the mean loss is below this (>= 0)"})
+    batch_size: int = field(default=0, metadata={"help": "requests per optimizer step (0 = all)"})
+
+    def __post_init__(self):
+        checks = (("r", isinstance(self.r, int) and 1 <= self.r <= 1024, "an integer in 1..1024"),
+                  ("alpha", self.alpha > 0, "> 0"), ("lr", self.lr > 0, "> 0"),
+                  ("steps", isinstance(self.steps, int) and 1 <= self.steps <= 10000, "an integer in 1..10000"),
+                  ("early_stop_loss", self.early_stop_loss >= 0, ">= 0"),
+                  ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 0, "an integer >= 0"),
+                  ("targets", self.targets in TARGETS, f"one of {', '.join(TARGETS)}"))
+        for name, ok, allowed in checks:
+            if not ok:
+                raise InputError(f"must be {allowed}, got {getattr(self, name)!r}", field=name)
+        if self.name is not None and (not self.name or "." in self.name or not self.name.isprintable()):
+            raise InputError(f"must be a non-empty name without dots, got {self.name!r}", field="name")
+
+    def derive(self, adapter) -> "LoRAHParams":
+        n = adapter.num_layers
+        layers = tuple(range(n)) if self.layers is None else tuple(sorted({int(i) % n for i in self.layers}))
+        bad = [i for i in (self.layers or ()) if not -n <= int(i) < n]
+        if bad:
+            raise InputError(f"layer(s) {bad} do not exist: must be in 0..{n - 1}", field="layers")
+        return LoRAHParams(**{**self.to_dict(), "layers": layers})
+
+
+def target_modules(adapter, targets: str, layers) -> list[str]:
+    """Dotted module names the adapter wraps."""
+    mods = []
+    for i in layers:
+        if targets in ("mlp_in", "mlp"):
+            mods += adapter.mlp_in(i)
+        if targets in ("mlp_out", "mlp"):
+            mods.append(adapter.mlp_out(i))
+        if targets == "attn_out":
+            mods.append(adapter.attn_out(i))
+    return [adapter.module_name(m) for m in mods]
+
+
+def config_json(cfg) -> dict:
+    """The LoraConfig fields a peft adapter_config.json carries, JSON-safe."""
+    return {"peft_type": "LORA", "r": cfg.r, "lora_alpha": cfg.lora_alpha,
+            "target_modules": sorted(cfg.target_modules), "lora_dropout": cfg.lora_dropout, "bias": cfg.bias,
+            "fan_in_fan_out": cfg.fan_in_fan_out, "use_rslora": cfg.use_rslora}
+
+
+def lora_config(d: dict):
+    from peft import LoraConfig
+    return LoraConfig(**{k: v for k, v in d.items() if k != "peft_type"})
+
+
+@register_editor
+class LoRAEditor:
+    """Train one peft LoRA adapter on a batch of edits; recorded as a removable attachment."""
+    name = "lora"
+    capabilities = Capabilities(batch=True, sequential=True, single_revert=False)
+    hparams_class = LoRAHParams
+
+    def __init__(self, hparams: LoRAHParams):
+        self.hparams = hparams
+
+    def edit(self, ctx: EditContext, requests: list) -> Patch:
+        from peft import LoraConfig
+
+        from editors.ft import _encode
+        hp = self.hparams.derive(ctx.adapter)
+        name = hp.name or next_name(ctx.model)
+        if name in adapter_names(ctx.model):
+            raise InputError(f"a LoRA adapter named {name!r} already exists", field="name")
+        batches = _encode(ctx.tokenizer, requests, hp.batch_size)
+        names = target_modules(ctx.adapter, hp.targets, hp.layers)
+        # fan_in_fan_out: GPT-2's Conv1D stores (in, out); peft must be told
+        conv = ctx.adapter.orientation(ctx.model.get_submodule(names[0])) == "in_out"
+        cfg = LoraConfig(r=hp.r, lora_alpha=hp.alpha, target_modules=names, lora_dropout=0.0, bias="none",
+                         fan_in_fan_out=conv)
+        factors, stats = _train_with_peft(ctx, cfg, names, batches, hp)
+        att = LoRAAdd(name, config_json(cfg), factors)
+        att.attach(ctx.model, ctx.adapter)
+        return Patch([], [att], {"editor": self.name, "adapter": name, **hp.to_dict(), **stats})
+
+
+def _train_with_peft(ctx: EditContext, cfg, names: list[str], batches, hp: LoRAHParams):
+    """Inject, train, read out the factors, un-inject. The model ends exactly as it began."""
+    from peft import inject_adapter_in_model
+
+    from editors.ft import _loss, _pad
+    model = ctx.model
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    had_config = "peft_config" in vars(model)
+    old_config = vars(model).get("peft_config")
+    was_training = model.training
+    losses: list[float] = []
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(ctx.seed)  # peft's kaiming init of A draws from torch's RNG
+            inject_adapter_in_model(cfg, model, adapter_name=TRAIN_NAME)
+            model.eval()
+            params = [p for n, p in model.named_parameters() if f".{TRAIN_NAME}." in n]
+            opt = torch.optim.Adam(params, lr=hp.lr)
+            device = params[0].device
+            for _ in range(hp.steps):
+                pass_losses = []
+                for chunk in batches:
+                    opt.zero_grad(set_to_none=True)
+                    loss = _loss(model, chunk, "target", _pad(ctx.tokenizer), device)
+                    pass_losses.append((loss.item(), len(chunk)))
+                    if loss.item() >= hp.early_stop_loss:
+                        loss.backward()
+                        opt.step()
+                mean = sum(v * n for v, n in pass_losses) / sum(n for _, n in pass_losses)
+                losses.append(mean)
+                if mean < hp.early_stop_loss:
+                    break
+        factors = {}
+        for n in names:
+            layer = model.get_submodule(n)
+            factors[n] = (layer.lora_A[TRAIN_NAME].weight.detach().clone(),   # (r, in)
+                          layer.lora_B[TRAIN_NAME].weight.detach().clone(),   # (out, r)
+                          float(layer.scaling[TRAIN_NAME]))
+    finally:
+        _uninject(model, names)
+        if had_config:
+            model.peft_config = old_config
+        elif "peft_config" in vars(model):
+            del model.peft_config
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+        model.train(was_training)
+    return factors, {"passes": len(losses), "loss_first": losses[0] if losses else None,
+                     "loss_last": losses[-1] if losses else None}
+
+
+def _uninject(model, names: list[str]) -> None:
+    """Put each wrapped module's original (base) layer back where peft's wrapper sits."""
+    for n in names:
+        mod = model.get_submodule(n)
+        if hasattr(mod, "get_base_layer"):
+            parent, _, attr = n.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, mod.get_base_layer())
+
