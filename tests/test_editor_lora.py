@@ -156,8 +156,58 @@ def test_adapters_and_merges_go_through_the_ledger_and_roll_back(tmp_path):
         assert wb.verify() == []
         wb.undo()  # the merge: both sources are switched back on
         assert all(bool(get_adapter(wb.model, n).enabled) for n in ("lora0", "lora1"))
+        h_on = wb.weights_hash()
+        off = wb.apply("lora-switch", REQS[3:6], params={"adapters": "lora1", "enabled": "false"})
+        assert off.metrics_after["reliability"] < off.metrics_before["reliability"]  # lora1's edits fade
+        assert not bool(get_adapter(wb.model, "lora1").enabled) and wb.weights_hash() != h_on
+        with pytest.raises(InputError, match="already off"):
+            wb.apply("lora-switch", REQS[3:6], params={"adapters": "lora1", "enabled": "false"})
+        wb.undo()
+        assert wb.weights_hash() == h_on
         wb.revert_to("base")
         assert wb.weights_hash() == base_hash and not hasattr(wb.model, STORE)
         assert wb.verify() == []
     finally:
         wb.close()
+
+
+@pytest.mark.parametrize("arch", __import__("tests.tiny_models", fromlist=["MODEL_TYPES"]).MODEL_TYPES)
+def test_lora_merge_and_switch_on_every_architecture(arch):
+    """On each tiny family: two adapters, a cat merge (= their sum), a folded merge, a switch,
+    each reverting bit for bit; GPT-2's Conv1D goes through peft's fan_in_fan_out."""
+    from tests.tiny_models import tiny_model, tiny_tokenizer
+    from workbench.requests import EditRequest
+    from workbench.scoring import encode_pairs, score_answers
+
+    from editors.lora.switch import LoRASwitchEditor, SwitchHParams
+    model, tok = tiny_model(arch), tiny_tokenizer()
+    adapter = arch_adapter(model)
+    edits = [EditRequest("Ada lives in", "Rome"), EditRequest("Bo works at", "Acme")]
+    probe = torch.tensor([tok("Ada lives in")["input_ids"]])  # (1, seq)
+
+    def out():
+        with torch.no_grad():
+            return model(probe).logits
+
+    def lp():
+        return sum(score_answers(model, encode_pairs(tok, ["Ada lives in"], ["Rome"]), pad_id=tok.pad_token_id)[0]
+                   .logprobs)
+
+    h0, y0, lp0 = weights_hash(model), out(), lp()
+    ctx = EditContext(model, tok, adapter)
+    sources = [LoRAEditor(LoRAHParams(steps=30, lr=2e-2)).edit(ctx, [edits[0]])]
+    assert lp() > lp0 + 1.0
+    sources.append(LoRAEditor(LoRAHParams(steps=5, lr=2e-2)).edit(ctx, [edits[1]]))
+    h2, y2 = weights_hash(model), out()
+    for fold in (False, True):
+        m = MergeEditor(MergeHParams(combination_type="cat", weights=(1.0, 1.0), fold=fold)).edit(ctx, edits)
+        assert bool(m.weights) is fold
+        torch.testing.assert_close(out(), y2, atol=1e-4, rtol=1e-4)
+        m.revert(model, adapter)
+        assert weights_hash(model) == h2 and torch.equal(out(), y2)
+    s = LoRASwitchEditor(SwitchHParams(adapters=("lora0",), enabled=False)).edit(ctx, edits)
+    assert not torch.allclose(out(), y2)
+    s.revert(model, adapter)
+    for p in reversed(sources):
+        p.revert(model, adapter)
+    assert weights_hash(model) == h0 and torch.equal(out(), y0)

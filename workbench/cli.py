@@ -82,6 +82,17 @@ def _add_bench(sub) -> None:
                     help="hyperparameter for one editor, e.g. kfac:rho=0.5 (repeatable)")
     ul.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
     ul.set_defaults(func=_cmd_bench_unlearn)
+    mg = bsub.add_parser("merge", help="LoRA adapters per edit batch, merged with every peft combination type")
+    mg.add_argument("--batches", type=int, default=10, help="number of edit batches = adapters")
+    mg.add_argument("--size", type=int, default=50, help="edits per batch")
+    mg.add_argument("--types", default=None, help="comma-separated combination types (default: all)")
+    mg.add_argument("--weight", type=float, default=1.0, help="every adapter's merge weight")
+    mg.add_argument("--density", type=float, default=0.5, help="density of the pruning combination types")
+    mg.add_argument("--lora", action="append", default=[], metavar="K=V", help="lora hyperparameter (repeatable)")
+    mg.add_argument("--no-wise", action="store_true", help="skip the WISE comparison row")
+    mg.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
+    mg.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
+    mg.set_defaults(func=_cmd_bench_merge)
 
 
 def _editor_params(items: list[str]) -> dict[str, dict]:
@@ -117,6 +128,15 @@ def _cmd_bench_unlearn(args) -> int:
     from .unlearn_bench import run, table
     rows = run(_names(args.editors), _names(args.sets), model_dir=args.model, params=_editor_params(args.param),
                limit=args.limit, heldout_limit=args.heldout, exposure_samples=args.exposure_samples)
+    return _print_rows(rows, table, args.json)
+
+
+def _cmd_bench_merge(args) -> int:
+    from .merge_bench import ALL_TYPES, run, table
+    lora = _editor_params([f"lora:{kv}" for kv in args.lora]).get("lora", {})
+    rows = run(batches=args.batches, size=args.size, types=_names(args.types) if args.types else ALL_TYPES,
+               lora_params=lora, weight=args.weight, density=args.density, wise=not args.no_wise,
+               model_dir=args.model)
     return _print_rows(rows, table, args.json)
 
 

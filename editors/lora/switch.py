@@ -1,0 +1,52 @@
+"""`lora-switch`: turn recorded LoRA adapters on or off, as a recorded, revertible edit.
+
+Removing an adapter is reverting the edit that added it; switching keeps it in the model
+(and in the ledger) but stops (or restarts) its hooks from adding its update.
+
+Example:
+    >>> wb.apply("lora-switch", requests, {"adapters": "lora0", "enabled": "false"})  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from workbench.editing import Capabilities, EditContext, HParams
+from workbench.errors import InputError
+from workbench.patch import Patch
+from workbench.registry import register_editor
+
+from .store import LoRASwitch, get_adapter
+
+
+@dataclass
+class SwitchHParams(HParams):
+    adapters: tuple[str, ...] = field(default=(), metadata={"help": "names of the adapters to switch"})
+    enabled: bool = field(default=False, metadata={"help": "true: switch on; false: switch off"})
+
+    def __post_init__(self):
+        self.adapters = tuple(a.strip() for a in self.adapters if a.strip())
+        if len(set(self.adapters)) != len(self.adapters):
+            raise InputError(f"an adapter is named twice: {list(self.adapters)}", field="adapters")
+
+
+@register_editor
+class LoRASwitchEditor:
+    """Switch recorded LoRA adapters on or off (recorded; revert restores their previous state)."""
+    name = "lora-switch"
+    capabilities = Capabilities(batch=True, sequential=True, single_revert=False)
+    hparams_class = SwitchHParams
+
+    def __init__(self, hparams: SwitchHParams):
+        self.hparams = hparams
+
+    def edit(self, ctx: EditContext, requests: list) -> Patch:
+        """`requests` are what the session measures before and after; the switch does not read them."""
+        hp = self.hparams
+        if not hp.adapters:
+            raise InputError("name the adapters to switch", field="adapters")
+        for n in hp.adapters:
+            if bool(get_adapter(ctx.model, n).enabled) == hp.enabled:
+                raise InputError(f"adapter {n!r} is already {'on' if hp.enabled else 'off'}", field="adapters")
+        att = LoRASwitch(list(hp.adapters), hp.enabled)
+        att.attach(ctx.model, ctx.adapter)
+        return Patch([], [att], {"editor": self.name, **hp.to_dict()})
