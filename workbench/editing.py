@@ -39,11 +39,14 @@ class Capabilities:
     forget: takes `ForgetRequest`s (unlearning) instead of `EditRequest`s.
     single_revert: one of its edits can be reverted out of the middle of a history
         (its patch touches state that later edits do not depend on).
+    composes: it works on what earlier edits left in the model (merging or switching
+        recorded adapters) rather than on the requests, which it only lets the session measure.
     """
     batch: bool = False
     sequential: bool = True
     forget: bool = False
     single_revert: bool = False
+    composes: bool = False
 
 
 @dataclass

@@ -88,7 +88,7 @@ class MergeHParams(HParams):
 class MergeEditor:
     """Merge recorded LoRA adapters with peft (linear, cat, svd, ties, dare, magnitude prune, ...)."""
     name = "merge"
-    capabilities = Capabilities(batch=True, sequential=True, single_revert=False)
+    capabilities = Capabilities(batch=True, sequential=True, single_revert=False, composes=True)
     hparams_class = MergeHParams
 
     def __init__(self, hparams: MergeHParams):

@@ -33,7 +33,7 @@ class SwitchHParams(HParams):
 class LoRASwitchEditor:
     """Switch recorded LoRA adapters on or off (recorded; revert restores their previous state)."""
     name = "lora-switch"
-    capabilities = Capabilities(batch=True, sequential=True, single_revert=False)
+    capabilities = Capabilities(batch=True, sequential=True, single_revert=False, composes=True)
     hparams_class = SwitchHParams
 
     def __init__(self, hparams: SwitchHParams):
