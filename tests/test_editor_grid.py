@@ -37,8 +37,11 @@ def _editor_class(name: str):
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-EDIT = EditRequest("Ada lives in", "Rome", subject="Ada", rephrase_prompts=["Ada's home is"],
-                   locality=[("Bo lives in", "Oslo")])
+# The edit puts its subject last and its answers are single word tokens: see `_memorize` for why
+# a tiny model can host a ROME-style edit only there.
+WORDS = (" Rome", " Paris", " Oslo")
+EDIT = EditRequest("The home city of Ada", "Rome", ground_truth="Paris", subject="Ada",
+                   rephrase_prompts=["Ada's home city"], locality=[("The home city of Bo", "Oslo")])
 FORGET = ForgetRequest("text", "The secret code is", "tulip 42", retain=[("Bo lives in", "Oslo")])
 
 
@@ -47,17 +50,32 @@ def _target_logprob(model, tok, prompt: str, answer: str) -> float:
     return sum(score_answers(model, pairs, pad_id=tok.pad_token_id)[0].logprobs)
 
 
-def _memorize(model, tok, prompt: str, answer: str, steps: int = 60) -> None:
-    """Teach a random tiny model to recite `answer` after `prompt`, so a forget editor has
-    something real to remove (a model that recites nothing is rightly refused by some)."""
-    (p_ids, a_ids), = encode_pairs(tok, [prompt], [answer])
-    ids = torch.tensor([p_ids + a_ids])  # (1, seq)
-    labels = ids.clone()
-    labels[0, :len(p_ids)] = -100
+def _memorize(model, tok, pairs: list[tuple[str, str]], steps: int = 60) -> None:
+    """Teach a random tiny model to say each answer after its prompt, so that an editor has
+    something real to change: a forget editor a text to remove (a model that recites nothing
+    is rightly refused by some), an edit editor a fact to overwrite.
+
+    Why edit editors need it, measured for ROME/MEMIT (which edit the MLP value v at the
+    subject's last token): in a random model that site does not influence the answer at all
+    (an unconstrained delta 50x the residual norm there moves the target's mean NLL by
+    < 0.01), and |v| ≈ 0.005..0.07, so ROME's weight decay |δ|/|v|² has slope 90..17000
+    against an NLL gradient of 0.002..0.14: the minimiser of ROME's own objective is δ = 0.
+    After this warm-up |v| is O(1) as in a trained model. What a few seconds of training do
+    not give a 3-layer model is attention that carries the subject to later positions: with
+    "Ada lives in" a faithful ROME still moved the target by < 0.05 nats, either way. Hence
+    the grid's edit prompt ends with its subject, where the answer is read, and the answers
+    are one token each, as city names are in real tokenizers (`WORDS`).
+    """
+    from workbench.scoring import right_pad
+    enc = encode_pairs(tok, [p for p, _ in pairs], [a for _, a in pairs])
+    ids, mask = right_pad([p + a for p, a in enc], tok.pad_token_id)  # (n, seq) each
+    labels = ids.masked_fill(mask == 0, -100)
+    for r, (p, _) in enumerate(enc):
+        labels[r, :len(p)] = -100  # only the answer is learnt
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     torch.manual_seed(0)
     for _ in range(steps):
-        model(input_ids=ids, labels=labels).loss.backward()
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
         opt.step()
         opt.zero_grad()
 
@@ -71,13 +89,18 @@ def test_tiny_models_cover_every_supported_architecture():
 def test_editor_contract(editor_name, arch):
     cls = _editor_class(editor_name)
     assert isinstance(cls(cls.hparams_class()), Editor)
-    model, tok = tiny_model(arch), tiny_tokenizer()
+    tok = tiny_tokenizer(WORDS)
+    model = tiny_model(arch, vocab_size=len(tok))
     adapter = get_adapter(model)
     request = FORGET if cls.capabilities.forget else EDIT
     prompt, answer = (request.prefix, request.suffix) if cls.capabilities.forget else (request.prompt,
                                                                                        request.target_new)
+    # The model first learns what the request changes: the text to forget, or the fact the
+    # edit overwrites together with its locality fact (so the answer depends on the subject).
     if cls.capabilities.forget:
-        _memorize(model, tok, prompt, answer)
+        _memorize(model, tok, [(prompt, answer)])
+    else:
+        _memorize(model, tok, [(prompt, request.ground_truth)] + [(q.prompt, q.answer) for q in request.locality])
     probe = torch.tensor([tok(prompt)["input_ids"]])  # (1, seq)
     with torch.no_grad():
         logits_before = model(probe).logits

@@ -68,9 +68,12 @@ def tiny_model(model_type: str, seed: int = 0, **overrides) -> torch.nn.Module:
     return model.eval()
 
 
-@lru_cache(maxsize=1)
-def tiny_tokenizer() -> T.PreTrainedTokenizerFast:
+@lru_cache(maxsize=4)
+def tiny_tokenizer(words: tuple[str, ...] = ()) -> T.PreTrainedTokenizerFast:
     """A byte-level tokenizer (one token per UTF-8 byte, no merges) that prepends BOS.
+
+    `words`: strings that become one token each (ids from VOCAB on, in order), as whole
+    words are in a real tokenizer; a model for it needs `vocab_size=len(tok)`.
 
     Built with the `tokenizers` library, like a real checkpoint's tokenizer.json, so code
     under test sees the same `transformers` tokenizer API as with the shipped model.
@@ -80,8 +83,10 @@ def tiny_tokenizer() -> T.PreTrainedTokenizerFast:
         >>> tok = tiny_tokenizer()
         >>> tok.decode(tok(" héllo", add_special_tokens=False)["input_ids"])
         ' héllo'
+        >>> tiny_tokenizer((" Rome",))(" Rome", add_special_tokens=False)["input_ids"]
+        [259]
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # 256 printable stand-ins for bytes
     vocab = {s: i for i, s in enumerate(SPECIALS)}
     vocab.update({c: len(SPECIALS) + i for i, c in enumerate(alphabet)})
@@ -91,4 +96,6 @@ def tiny_tokenizer() -> T.PreTrainedTokenizerFast:
     core.decoder = decoders.ByteLevel()
     core.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
                                                         special_tokens=[("<s>", IDS["bos_token_id"])])
-    return T.PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    tok = T.PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    tok.add_tokens([AddedToken(w, normalized=False) for w in words])
+    return tok
