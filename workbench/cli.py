@@ -95,6 +95,20 @@ def _add_bench(sub) -> None:
     mg.set_defaults(func=_cmd_bench_merge)
 
 
+def _add_ui(sub) -> None:
+    u = sub.add_parser("ui", help="open the browser UI (Streamlit, bound to 127.0.0.1)")
+    u.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
+    u.add_argument("--workspace", type=Path, default=Path(".workbench-ui"),
+                   help="workspace root; each browser session gets its own subfolder (default ./.workbench-ui)")
+    u.add_argument("--port", type=_nonneg_int, default=8501, help="port on 127.0.0.1 (default 8501)")
+    u.set_defaults(func=_cmd_ui)
+
+
+def _cmd_ui(args) -> int:
+    from ui.launch import launch  # streamlit is imported only by the child process
+    return launch(args.model, args.workspace, args.port)
+
+
 def _editor_params(items: list[str]) -> dict[str, dict]:
     """`EDITOR:K=V` strings -> {editor: {K: V}}."""
     from .errors import InputError
@@ -156,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import session_cli
     session_cli.add_parsers(sub)
     _add_bench(sub)
+    _add_ui(sub)
     return p
 
 

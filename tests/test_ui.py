@@ -1,0 +1,190 @@
+"""The Streamlit UI, driven headless with AppTest on the shipped model: every page renders,
+an edit applied through the page shows its metrics, a rollback restores the model's answer,
+two browser sessions never see each other's edits, and bad input leaves a readable message
+with nothing applied. Editor settings are the cheap ones (GRACE trains one value vector)."""
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit.testing.v1")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+APP = str(Path(__file__).resolve().parent.parent / "ui" / "app.py")
+PAGES = ("model", "edit", "unlearn", "merge", "history")
+EDIT_PROMPT = "Wymkeark Holviol is a citizen of"  # the first world counterfactual: ground truth Drovenia
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch, one_thread):
+    """A fresh browser session of the app on the shipped model, workspace root in tmp."""
+    monkeypatch.setenv("WORKBENCH_UI_WORKSPACE", str(tmp_path / "ui"))
+    monkeypatch.delenv("WORKBENCH_UI_MODEL", raising=False)
+
+    def new() -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=180)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+    return new
+
+
+def goto(at: AppTest, page: str) -> AppTest:
+    at.switch_page(f"views/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def ask(at: AppTest, prompt: str) -> str:
+    """The model's greedy answer through the Model page's prompt box."""
+    goto(at, "model")
+    at.text_input(key="model_prompt").set_value(prompt)
+    at.button(key="model_generate").click().run()
+    assert not errors(at)
+    return at.session_state["last_answer"][1]
+
+
+def apply_world_edit(at: AppTest, **hparams) -> object:
+    goto(at, "edit")
+    at.radio(key="edit_source").set_value("world set").run()
+    at.selectbox(key="edit_editor").set_value("grace").run()
+    for name, value in hparams.items():
+        at.text_input(key=f"edit_grace_{name}").set_value(str(value))
+    at.button(key="edit_apply").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_every_page_renders(app):
+    at = app()
+    for page in PAGES:
+        goto(at, page)
+        assert at.title[0].value.lower() == page
+        assert not errors(at), (page, errors(at))
+    goto(at, "model")
+    assert at.metric[0].label == "type" and at.metric[0].value == "llama"
+
+
+def test_edit_shows_metrics_and_rollback_restores_the_answer(app):
+    at = app()
+    answer_before = ask(at, EDIT_PROMPT)
+    assert "Kelmoria" not in answer_before
+
+    apply_world_edit(at, early_stop_loss=0.05)
+    assert not errors(at)
+    event = at.session_state["last_edit"][0]
+    assert event.kind == "edit" and event.editor == "grace"
+    assert event.metrics_before["reliability"] < 0.5 < event.metrics_after["reliability"]
+    chart = at.get("plotly_chart")
+    assert chart, "the before/after chart is on the page"
+    assert '"reliability"' in chart[0].proto.spec
+    assert any("is in force" in s.value for s in at.success)
+    assert ask(at, EDIT_PROMPT).startswith("Kelmoria")
+
+    goto(at, "history")
+    assert len(at.get("plotly_chart")) == 3  # timeline, metrics over edits, per-layer map
+    at.selectbox(key="history_target").set_value("base")
+    at.button(key="history_rollback").click().run()
+    assert not at.exception and not errors(at)
+    assert any("rolled back e0001" in s.value for s in at.success)
+    assert at.session_state["wb"].active() == []
+    assert ask(at, EDIT_PROMPT) == answer_before
+
+    goto(at, "history")
+    at.button(key="history_verify").click().run()
+    assert any(s.value.startswith("intact") for s in at.success), errors(at)
+
+
+def test_sessions_never_see_each_other(app):
+    a, b = app(), app()
+    wa, wb = a.session_state["wb"], b.session_state["wb"]
+    assert wa is not wb and wa.workspace != wb.workspace
+    apply_world_edit(a, early_stop_loss=0.05)
+    assert a.session_state["last_edit"][0].kind == "edit"
+    assert wa.active() == ["e0001"]
+    # b: no history, no edit in force, and its model still gives the old answer
+    goto(b, "history")
+    assert wb.history() == [] and wb.active() == []
+    assert any("No edits yet" in i.value for i in b.info)
+    assert not ask(b, EDIT_PROMPT).startswith("Kelmoria")
+    assert ask(a, EDIT_PROMPT).startswith("Kelmoria")
+
+
+def test_bad_input_is_reported_and_nothing_is_applied(app, tmp_path):
+    at = app()
+    wb = at.session_state["wb"]
+    # a hyperparameter out of range: the dataclass's own message, nothing in the ledger
+    goto(at, "edit")
+    at.radio(key="edit_source").set_value("world set").run()
+    at.selectbox(key="edit_editor").set_value("grace").run()
+    at.number_input(key="edit_grace_n_iter").set_value(0)
+    at.button(key="edit_apply").click().run()
+    assert any("n_iter" in e and "not applied" in e for e in errors(at)), errors(at)
+    assert wb.history() == []
+
+    # an upload that is not a request file
+    at.radio(key="edit_source").set_value("upload").run()
+    at.file_uploader(key="edit_upload").set_value(("notes.jsonl", b'{"hello": "world"}\n', "application/json"))
+    at.run()
+    assert any("notes.jsonl" in e for e in errors(at)), errors(at)
+    assert at.button(key="edit_apply").disabled
+
+    # a model folder that does not load: message, the session keeps its model
+    (tmp_path / "nomodel").mkdir()
+    goto(at, "model")
+    at.text_input(key="model_folder").set_value(str(tmp_path / "nomodel"))
+    at.button(key="load_model").click().run()
+    assert any("did not load" in e for e in errors(at)), errors(at)
+    assert at.session_state["wb"] is wb
+    assert at.metric[0].value == "llama"  # the page still works
+    assert wb.history() == []
+
+
+def test_unlearn_page_prunes_and_shows_scores(app):
+    at = app()
+    goto(at, "unlearn")
+    at.selectbox(key="unlearn_editor").set_value("prune").run()
+    at.number_input(key="unlearn_prune_max_steps").set_value(3)
+    at.button(key="unlearn_apply").click().run()
+    assert not errors(at), errors(at)
+    event = at.session_state["last_unlearn"][0]
+    assert event.editor == "prune" and event.kind == "edit"
+    assert event.metrics_after["strict_recitation"] < event.metrics_before["strict_recitation"]
+    specs = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any('"histogram"' in s for s in specs), "the neuron-score histogram is drawn"
+
+
+def test_unlearn_page_kfac_spectrum(app):
+    at = app()
+    goto(at, "unlearn")
+    at.selectbox(key="unlearn_editor").set_value("kfac").run()
+    at.number_input(key="unlearn_kfac_max_tokens").set_value(2000)
+    at.number_input(key="unlearn_kfac_block_size").set_value(64)
+    at.text_input(key="unlearn_kfac_rho").set_value("0.3")
+    at.button(key="unlearn_apply").click().run()
+    assert not errors(at), errors(at)
+    assert at.session_state["last_unlearn"][0].editor == "kfac"
+    specs = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any("ρ cut" in s for s in specs), "the spectrum with the rho cut is drawn"
+
+
+def test_merge_page_merges_two_adapters(app):
+    at = app()
+    goto(at, "merge")
+    assert any("No LoRA adapter" in i.value for i in at.info)
+    for start in (0, 2):
+        at.number_input(key="merge_start").set_value(start)
+        at.number_input(key="merge_steps").set_value(5)
+        at.button(key="merge_train").click().run()
+        assert not errors(at), errors(at)
+    assert at.multiselect(key="merge_adapters").value == ["lora0", "lora1"]
+    at.selectbox(key="merge_method").set_value("ties").run()
+    at.button(key="merge_apply").click().run()
+    assert not errors(at), errors(at)
+    event = at.session_state["last_merge"]
+    assert event.editor == "merge" and event.kind == "edit" and event.hparams["density"] == 0.5
+    assert len(event.requests) == 4  # measured on both adapters' requests
+    assert at.session_state["wb"].active() == ["e0001", "e0002", "e0003"]

@@ -1,0 +1,223 @@
+"""Widgets and charts shared by the pages. Everything that changes the model goes through
+the session API (`Workbench.apply`, `revert_to`, ...); what is here only reads.
+
+Example:
+    >>> params = hparam_widgets("ft", key="edit")            # inside a page  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+from workbench.errors import WorkbenchError
+
+REPO = Path(__file__).resolve().parent.parent
+BENCHMARKS = REPO / "data" / "benchmarks"
+WORLD = REPO / "data" / "world"
+
+
+@contextlib.contextmanager
+def shown_errors(what: str):
+    """Show a failure of `what` as a readable message on the page instead of a traceback;
+    the session API changes nothing when it raises, so the page simply keeps working."""
+    try:
+        yield
+    except WorkbenchError as e:
+        st.error(f"{what}: {e}")
+    except (ValueError, TypeError, OSError) as e:  # e.g. a malformed upload or a bad folder
+        st.error(f"{what}: {type(e).__name__}: {e}")
+
+
+# ---------------------------------------------------------------------------- hyperparameters
+
+def hparam_widgets(editor: str, *, key: str, overrides: dict | None = None) -> dict:
+    """One widget per field of the editor's hyperparameter dataclass, its help as tooltip.
+
+    Returns only the values the user changed, as strings (the CLI's `K=V` form), so fields
+    left alone keep their defaults — including the ones derived from the model.
+    `overrides` pre-fills some fields (cheap settings a page suggests)."""
+    from workbench.registry import describe_editor
+    overrides = overrides or {}
+    out = {}
+    cols = st.columns(2)
+    for i, f in enumerate(describe_editor(editor)["hyperparameters"]):
+        name, typ, default = f["name"], f["type"], f["default"]
+        start = overrides.get(name, default)
+        wkey = f"{key}_{editor}_{name}"
+        with cols[i % 2]:
+            if typ == "bool":
+                value = st.checkbox(name, value=bool(start), help=f["help"], key=wkey)
+                changed = value != default
+                text = str(value).lower()
+            elif typ == "int" and start is not None:
+                # No min/max here on purpose: the dataclass validates, and its message names
+                # the allowed range, exactly as on the command line.
+                value = st.number_input(name, value=int(start), step=1, help=f["help"], key=wkey)
+                changed, text = value != default, str(int(value))
+            else:
+                shown = "" if start is None else (",".join(map(str, start)) if isinstance(start, tuple) else str(start))
+                value = st.text_input(name, value=shown, help=f["help"], key=wkey,
+                                      placeholder="derived from the model" if default is None else None)
+                was = "" if default is None else (",".join(map(str, default)) if isinstance(default, tuple)
+                                                  else str(default))
+                changed, text = value.strip() != was, value.strip()
+                if changed and not text:
+                    text = "none"
+        if changed or name in overrides:
+            out[name] = text
+    return out
+
+
+# ---------------------------------------------------------------------------- requests
+
+def load_uploaded(upload) -> list:
+    """Requests from an uploaded file, through the same loader (and errors) as the CLI.
+
+    The loader detects the format from the content and the suffix, so the upload is written
+    to a temporary file with its own name."""
+    from workbench.requests import load_requests
+    suffix = Path(upload.name).suffix or ".jsonl"
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"upload{suffix}"
+        path.write_bytes(upload.getvalue())
+        try:
+            return load_requests(path)
+        except WorkbenchError as e:
+            # name the file the user knows, not our temporary copy
+            raise type(e)(str(e).replace(str(path), upload.name)) from None
+
+
+def world_set(name: str, start: int, count: int) -> list:
+    return _cached_set(name)[start:start + count]
+
+
+@st.cache_resource(show_spinner=False)
+def _cached_set(name: str) -> list:
+    # Request sets are read-only (frozen dataclasses), so one copy serves every session.
+    from workbench.requests import load_requests
+    return load_requests(BENCHMARKS / name)
+
+
+@st.cache_resource(show_spinner=False)
+def retain_probes(n: int) -> list:
+    from workbench.requests import load_probes
+    return load_probes(BENCHMARKS / "retain.jsonl")[:n]
+
+
+def requests_table(reqs: list) -> None:
+    import pandas as pd
+    rows = [{k: v for k, v in r.to_dict().items() if isinstance(v, (str, int, float)) or v is None}
+            for r in reqs]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+
+def requests_of(events) -> list:
+    """The requests recorded with ledger events, rebuilt as request objects."""
+    from workbench.requests.types import request_from_dict
+    return [request_from_dict(d) for e in events for d in (e.requests or [])]
+
+
+# ---------------------------------------------------------------------------- generations
+
+def continuations(wb, prompts: list[str], n_tokens: int = 8) -> list[str]:
+    """Greedy continuation of each prompt by the session's current model (read only)."""
+    from workbench.scoring import greedy_continuations
+    if not prompts:
+        return []
+    tok = wb.tok
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    ids = tok(list(prompts), add_special_tokens=True)["input_ids"]
+    gen = greedy_continuations(wb.model, ids, [n_tokens] * len(ids), pad_id=pad)
+    return [tok.decode(g, skip_special_tokens=True).strip() for g in gen]
+
+
+def probe_prompts(reqs: list, limit: int = 12) -> list[tuple[str, str, str]]:
+    """(role, prompt, expected) rows to generate before and after an edit: the edit prompt,
+    its rephrases (generality) and its locality prompts; a forget prefix and its suffix."""
+    rows = []
+    for r in reqs:
+        if hasattr(r, "target_new"):
+            rows.append(("edit", r.prompt, r.target_new))
+            rows += [("rephrase", p, r.target_new) for p in r.rephrase_prompts]
+            rows += [("locality", p.prompt, p.answer) for p in r.locality]
+        else:
+            rows.append(("forget", r.prefix, r.suffix))
+    return rows[:limit]
+
+
+def side_by_side(rows, before: list[str], after: list[str]) -> None:
+    import pandas as pd
+    df = pd.DataFrame([{"role": role, "prompt": p, "expected": want, "before": b, "after": a}
+                       for (role, p, want), b, a in zip(rows, before, after)])
+    st.dataframe(df, hide_index=True, width="stretch")
+
+
+# ---------------------------------------------------------------------------- charts
+
+EDIT_METRICS = ("reliability", "generality", "locality", "portability")
+FORGET_METRICS = ("strict_recitation", "loose_recitation", "extraction_strength", "recitation_similarity",
+                  "retain_acc")
+
+
+def before_after_chart(event, metrics=EDIT_METRICS, key: str = "chart"):
+    """Grouped bars of the event's metrics before and after; returns the figure."""
+    import plotly.graph_objects as go
+    names = [m for m in metrics if (event.metrics_after or {}).get(m) is not None]
+    fig = go.Figure([go.Bar(name=label, x=names, y=[(getattr(event, attr) or {}).get(m) for m in names],
+                            text=[f"{(getattr(event, attr) or {}).get(m):.2f}" for m in names])
+                     for label, attr in (("before", "metrics_before"), ("after", "metrics_after"))])
+    fig.update_layout(barmode="group", yaxis_range=[0, 1.05], height=340, margin=dict(t=30, b=10),
+                      title=f"{event.id}: {event.editor} ({event.kind})")
+    st.plotly_chart(fig, key=key)
+    return fig
+
+
+def metrics_table(event) -> None:
+    import pandas as pd
+    keys = list(event.metrics_after or {})
+    st.dataframe(pd.DataFrame({"metric": keys,
+                               "before": [(event.metrics_before or {}).get(k) for k in keys],
+                               "after": [(event.metrics_after or {}).get(k) for k in keys]}),
+                 hide_index=True)
+
+
+# ---------------------------------------------------------------------------- patches
+
+def patch_of(wb, event):
+    """The saved patch of a ledger edit. Goes through the session's own (cached) loader, which
+    also imports the editor that defines the patch's attachment kinds."""
+    return wb._patch(event)
+
+
+def layer_changes(wb, event) -> dict[int, float]:
+    """{layer: size of the change} for one edit: the Frobenius norm of after − before of the
+    weights it touched, plus the norm of any attachment's state (a side memory, a codebook,
+    a LoRA adapter) in the layer it is attached to."""
+    import torch
+    prefixes = [(i, wb.adapter.module_name(wb.adapter.layer(i)) + ".") for i in range(wb.adapter.num_layers)]
+    out: dict[int, float] = {}
+
+    def layer_of(name: str) -> int | None:
+        for i, p in prefixes:
+            if name.startswith(p):
+                return i
+        m = re.search(r"(?:layers|h|layer|blocks)[._](\d+)[._]", name)  # attachment keys
+        return int(m.group(1)) if m else None
+
+    patch = patch_of(wb, event)
+    for w in patch.weights:
+        li = layer_of(w.name)
+        if li is not None and w.before.shape == w.after.shape:
+            out[li] = out.get(li, 0.0) + float(torch.linalg.vector_norm((w.after - w.before).float()))
+    for a in patch.attachments:
+        cfg = a.config()
+        fixed = cfg.get("layer") if isinstance(cfg.get("layer"), int) else None
+        for k, t in a.state().items():
+            li = fixed if fixed is not None else layer_of(k)
+            if li is not None and t.is_floating_point():
+                out[li] = out.get(li, 0.0) + float(torch.linalg.vector_norm(t.float()))
+    return out

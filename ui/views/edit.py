@@ -1,0 +1,95 @@
+"""Edit page: compose or pick requests, choose an editor and its hyperparameters, apply,
+and compare metrics and generations before and after."""
+import streamlit as st
+
+from ui import common
+from ui.state import get_workbench
+
+st.title("Edit")
+wb = get_workbench()
+if wb is None:
+    st.stop()
+
+from workbench.registry import describe_editor, editor_names  # noqa: E402  (after the early stop)
+from workbench.requests import EditRequest  # noqa: E402
+
+# ------------------------------------------------------------------ requests
+st.subheader("1. Requests")
+source = st.radio("source", ["compose", "world set", "upload"], horizontal=True, key="edit_source")
+reqs: list = []
+with common.shown_errors("these requests cannot be used"):
+    if source == "compose":
+        c = st.columns(2)
+        prompt = c[0].text_input("prompt", value="Wymkeark Holviol is a citizen of", key="edit_prompt")
+        target = c[1].text_input("new target", value="Kelmoria", key="edit_target")
+        rephrases = st.text_area("rephrased prompts (generality), one a line",
+                                 value="The nation that Wymkeark Holviol belongs to is", key="edit_rephrase")
+        locality = st.text_area("locality probes, one a line as `prompt => answer`",
+                                value="Every day Kainio Fethbrai feeds the family => beagle", key="edit_locality")
+        loc = []
+        for i, line in enumerate(locality.splitlines(), 1):
+            if line.strip():
+                if "=>" not in line:
+                    raise ValueError(f"locality line {i}: expected `prompt => answer`, got {line!r}")
+                p, a = line.split("=>", 1)
+                loc.append((p.strip(), a.strip()))
+        reqs = [EditRequest(prompt.strip(), target.strip(), locality=loc,
+                            rephrase_prompts=[r.strip() for r in rephrases.splitlines() if r.strip()])]
+    elif source == "world set":
+        c = st.columns(2)
+        start = c[0].number_input("first request (index)", 0, 999, 0, key="edit_start")
+        count = c[1].number_input("how many", 1, 50, 1, key="edit_count")
+        reqs = common.world_set("edits_counterfactual.jsonl", int(start), int(count))
+    else:
+        up = st.file_uploader("request file (native JSONL, ZsRE, CounterFact, EasyEdit/KnowEdit, WISE)",
+                              key="edit_upload")
+        if up is not None:
+            reqs = common.load_uploaded(up)
+            forgets = [r for r in reqs if not isinstance(r, EditRequest)]
+            if forgets:
+                reqs = []
+                raise ValueError(f"{up.name} holds forget requests; use the Unlearn page")
+if reqs:
+    st.caption(f"{len(reqs)} request(s)")
+    common.requests_table(reqs)
+
+# ------------------------------------------------------------------ editor
+st.subheader("2. Editor")
+names = [n for n in editor_names()
+         if not describe_editor(n)["capabilities"]["forget"] and not describe_editor(n)["capabilities"]["composes"]]
+editor = st.selectbox("editor", names, index=names.index("grace") if "grace" in names else 0, key="edit_editor")
+st.caption(describe_editor(editor)["doc"])
+with st.expander("hyperparameters", expanded=True):
+    params = common.hparam_widgets(editor, key="edit")
+c = st.columns(2)
+gates = c[0].text_input("gates (optional), e.g. reliability>=0.9,locality>=0.98", key="edit_gates")
+note = c[1].text_input("note", key="edit_note")
+
+# ------------------------------------------------------------------ apply
+if st.button("Apply edit", type="primary", key="edit_apply", disabled=not reqs):
+    rows = common.probe_prompts(reqs)
+    with common.shown_errors("the edit was not applied"):
+        with st.status(f"applying {editor} to {len(reqs)} request(s)…", expanded=True) as status:
+            st.write("generating with the model before the edit…")
+            before = common.continuations(wb, [p for _, p, _ in rows])
+            st.write(f"measuring, editing with {editor} and measuring again…")
+            event = wb.apply(editor, reqs, params, gates=gates.strip() or None, note=note.strip() or None)
+            st.write("generating with the model after the edit…")
+            after = common.continuations(wb, [p for _, p, _ in rows])
+            status.update(label=f"{event.id}: {event.kind} in {event.duration_s:.2f} s", state="complete",
+                          expanded=False)
+        st.session_state["last_edit"] = (event, rows, before, after)
+
+if "last_edit" in st.session_state:
+    event, rows, before, after = st.session_state["last_edit"]
+    st.subheader("3. Result")
+    if event.kind == "rejected":
+        st.warning(f"{event.id} was rejected and reverted: {event.note}")
+    else:
+        st.success(f"{event.id} is in force ({event.editor}, {event.duration_s:.2f} s). "
+                   f"Roll it back on the History page.")
+    common.before_after_chart(event, key="edit_chart")
+    with st.expander("all metrics"):
+        common.metrics_table(event)
+    st.caption("generations before and after (greedy, 8 tokens)")
+    common.side_by_side(rows, before, after)

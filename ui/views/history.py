@@ -1,0 +1,110 @@
+"""History page: the ledger as a timeline, metrics over edits, a per-layer map of what
+changed, verify, roll back, and downloads (bundle, JSON report)."""
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from ui import common
+from ui.state import get_workbench
+
+st.title("History")
+wb = get_workbench()
+if wb is None:
+    st.stop()
+
+events = wb.history()
+active = wb.active()
+st.caption(f"workspace `{wb.workspace}` · base `{wb.base_hash[:12]}…` · in force: {', '.join(active) or 'none'}")
+if not events:
+    st.info("No edits yet: apply one on the Edit, Unlearn or Merge page.")
+
+if events:
+    table = pd.DataFrame([{
+        "id": e.id, "kind": e.kind, "editor": e.editor or "", "targets": ",".join(e.targets or []),
+        "in force": e.id in active, "author": e.author, "time": e.created_at,
+        "reliability": (e.metrics_after or {}).get("reliability"),
+        "locality": (e.metrics_after or {}).get("locality"),
+        "strict_recitation": (e.metrics_after or {}).get("strict_recitation"),
+        "note": e.note or ""} for e in events])
+    st.subheader("Timeline")
+    fig = px.scatter(table, x="time", y="kind", color="kind", symbol="in force", hover_data=["id", "editor", "note"],
+                     text="id", height=260)
+    fig.update_traces(textposition="top center", marker_size=12)
+    st.plotly_chart(fig, key="history_timeline")
+    st.dataframe(table, hide_index=True, width="stretch")
+
+    edits = [e for e in events if e.kind in ("edit", "rejected") and e.metrics_after]
+    if edits:
+        st.subheader("Metrics over edits")
+        keys = [k for k in (*common.EDIT_METRICS, *common.FORGET_METRICS)
+                if any((e.metrics_after or {}).get(k) is not None for e in edits)]
+        fig = go.Figure([go.Scatter(x=[e.id for e in edits], y=[(e.metrics_after or {}).get(k) for e in edits],
+                                    mode="lines+markers", name=k) for k in keys])
+        fig.update_layout(yaxis_range=[0, 1.05], height=320, margin=dict(t=20), yaxis_title="after the edit")
+        st.plotly_chart(fig, key="history_metrics")
+
+    applied = [e for e in events if e.kind == "edit"]
+    if applied:
+        st.subheader("What changed, per layer")
+        z = []
+        with common.shown_errors("reading the patch files failed"):
+            for e in applied:
+                ch = common.layer_changes(wb, e)
+                z.append([ch.get(i, 0.0) for i in range(wb.adapter.num_layers)])
+            fig = go.Figure(go.Heatmap(z=z, x=[f"layer {i}" for i in range(wb.adapter.num_layers)],
+                                       y=[f"{e.id} {e.editor}" for e in applied], colorscale="Viridis",
+                                       colorbar_title="‖Δ‖"))
+            fig.update_layout(height=120 + 30 * len(applied), margin=dict(t=20),
+                              yaxis_autorange="reversed")
+            st.plotly_chart(fig, key="history_heatmap")
+            st.caption("‖Δ‖: Frobenius norm of after − before of the weights an edit changed, plus the norm of "
+                       "what it attached (side memory, codebook, adapter) at that layer.")
+
+st.subheader("Audit and roll back")
+c = st.columns(3)
+if c[0].button("Verify (hash chain, patches, replay)", key="history_verify"):
+    with common.shown_errors("verify failed"), st.spinner("replaying the history on a fresh copy of the base…"):
+        problems = wb.verify()
+        st.session_state["last_verify"] = problems
+if "last_verify" in st.session_state:
+    problems = st.session_state["last_verify"]
+    if problems:
+        st.error("verify found problems:\n\n" + "\n".join(f"- {p}" for p in problems))
+    else:
+        st.success(f"intact: {len(events)} events, chain and patch files intact, replay matches")
+
+target = c[1].selectbox("roll back to", ["base", *active], key="history_target")
+if c[1].button("Roll back", key="history_rollback", disabled=not active):
+    with common.shown_errors("roll back refused"), st.spinner(f"rolling back to {target}…"):
+        e = wb.revert_to(target)
+        st.session_state["last_rollback"] = f"{e.id}: rolled back {', '.join(e.targets)}"
+        st.session_state.pop("last_verify", None)
+        st.rerun()  # the timeline above was drawn before the rollback
+if "last_rollback" in st.session_state:
+    st.success(st.session_state["last_rollback"])
+one = c[2].selectbox("revert one edit", active or ["—"], key="history_one")
+if c[2].button("Revert this one", key="history_revert", disabled=not active):
+    with common.shown_errors("revert refused"):
+        e = wb.revert(one)
+        st.session_state["last_rollback"] = f"{e.id}: reverted {', '.join(e.targets)}"
+        st.rerun()
+
+st.subheader("Download")
+c = st.columns(2)
+report = {"workspace": str(wb.workspace), "base_model": str(wb.model_dir), "base_hash": wb.base_hash,
+          "active": active, "events": [e.to_dict() for e in events]}
+c[0].download_button("JSON report", json.dumps(report, indent=2, sort_keys=True), file_name="workbench-report.json",
+                     mime="application/json", key="history_report")
+if active:
+    with common.shown_errors("the bundle could not be written"):
+        with tempfile.TemporaryDirectory() as d:
+            data = Path(wb.bundle(Path(d) / "history.wbbundle")).read_bytes()
+        c[1].download_button("bundle of the edits in force", data, file_name="history.wbbundle",
+                             key="history_bundle")
+else:
+    c[1].caption("no edit in force: nothing to bundle")

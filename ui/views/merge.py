@@ -1,0 +1,84 @@
+"""Merge page: LoRA adapters recorded in this session's history, merged with one of peft's
+combination methods, measured on the requests the adapters were trained on."""
+import pandas as pd
+import streamlit as st
+
+from ui import common
+from ui.state import get_workbench
+
+st.title("Merge")
+wb = get_workbench()
+if wb is None:
+    st.stop()
+
+from editors.lora.merge import COMBINATIONS, NEEDS_DENSITY  # noqa: E402  (the editor's own lists)
+
+# ------------------------------------------------------------------ train adapters
+with st.expander("Train a LoRA adapter on world edits", expanded=False):
+    c = st.columns(3)
+    start = c[0].number_input("first request (index)", 0, 999, 0, key="merge_start")
+    count = c[1].number_input("how many", 1, 50, 2, key="merge_count")
+    steps = c[2].number_input("steps", 1, 1000, 30, key="merge_steps",
+                              help="passes over the requests (the lora editor's `steps`)")
+    if st.button("Train adapter", key="merge_train"):
+        with common.shown_errors("the adapter was not trained"), st.status("training a LoRA adapter…") as status:
+            event = wb.apply("lora", common.world_set("edits_counterfactual.jsonl", int(start), int(count)),
+                             {"steps": str(int(steps))})
+            status.update(label=f"{event.id}: {event.kind}", state="complete")
+            st.session_state.pop("merge_adapters", None)  # re-select all, the new adapter included
+
+# ------------------------------------------------------------------ adapters in force
+events = {e.id: e for e in wb.history()}
+adapters = {}  # adapter name -> the event that added it
+for eid in wb.active():
+    e = events[eid]
+    if e.editor in ("lora", "merge"):
+        name = common.patch_of(wb, e).meta.get("adapter")
+        if name:
+            adapters[name] = e
+st.subheader("Adapters in force")
+if not adapters:
+    st.info("No LoRA adapter is in force. Train some above, or apply the `lora` editor on the Edit page.")
+    st.stop()
+st.dataframe(pd.DataFrame([{"adapter": n, "edit": e.id, "editor": e.editor, "rank": (e.hparams or {}).get("r"),
+                            "requests": len(e.requests or []),
+                            "reliability": (e.metrics_after or {}).get("reliability")}
+                           for n, e in adapters.items()]), hide_index=True)
+
+# ------------------------------------------------------------------ merge
+st.subheader("Merge")
+chosen = st.multiselect("adapters", list(adapters), default=list(adapters), key="merge_adapters")
+c = st.columns(3)
+method = c[0].selectbox("method (peft combination_type)", COMBINATIONS,
+                        index=COMBINATIONS.index("linear"), key="merge_method")
+density = c[1].slider("density (share of entries kept)", 0.05, 1.0, 0.5, 0.05, key="merge_density",
+                      disabled=method not in NEEDS_DENSITY, help="used by ties, dare_* and magnitude_prune*")
+fold = c[2].checkbox("fold into the base weights", key="merge_fold",
+                     help="add the merged update to the base weights instead of keeping an adapter")
+wcols = st.columns(max(1, len(chosen)))
+weights = [wcols[i].number_input(f"weight of {n}", value=round(1.0 / len(chosen), 4), step=0.05,
+                                 format="%.4f", key=f"merge_w_{n}_of_{len(chosen)}") for i, n in enumerate(chosen)]
+if st.button("Merge", type="primary", key="merge_apply", disabled=not chosen):
+    params = {"adapters": ",".join(chosen), "combination_type": method, "weights": ",".join(map(str, weights)),
+              "fold": str(fold).lower()}
+    if method in NEEDS_DENSITY:
+        params["density"] = str(density)
+    # The merge is measured on what the merged adapters were trained for.
+    reqs = common.requests_of([adapters[n] for n in chosen])
+    with common.shown_errors("the merge was not applied"):
+        with st.status(f"merging {len(chosen)} adapter(s) with {method}…", expanded=True) as status:
+            st.write(f"measuring on the adapters' {len(reqs)} request(s), merging with peft, measuring again…")
+            event = wb.apply("merge", reqs, params)
+            status.update(label=f"{event.id}: {event.kind} in {event.duration_s:.2f} s", state="complete")
+        st.session_state["last_merge"] = event
+
+if "last_merge" in st.session_state:
+    event = st.session_state["last_merge"]
+    st.subheader("Result")
+    meta = common.patch_of(wb, event).meta if event.kind == "edit" else {}
+    st.success(f"{event.id}: merged {', '.join(meta.get('merged', []))} → "
+               f"{meta.get('adapter') or 'folded into the base weights'} (rank {meta.get('merged_rank')}); "
+               f"the sources are switched off, and rolling back {event.id} switches them on again")
+    common.before_after_chart(event, key="merge_chart")
+    with st.expander("all metrics"):
+        common.metrics_table(event)
