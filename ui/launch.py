@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,8 @@ def command(port: int) -> list[str]:
     # Loopback only: the app can change a model and read local files, so it must not be
     # reachable from other machines. Usage statistics off: the workbench works offline.
     return [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", "127.0.0.1",
-            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--client.toolbarMode", "viewer"]  # no "Deploy" button: this app is local by design
 
 
 def environment(model: Path | None, workspace: Path) -> dict:
@@ -40,7 +42,14 @@ def launch(model: Path | None, workspace: Path, port: int) -> int:
     Path(workspace).mkdir(parents=True, exist_ok=True)
     print(f"workbench ui: http://127.0.0.1:{port}  (workspace root {Path(workspace).resolve()}; Ctrl-C stops)",
           flush=True)
+    proc = subprocess.Popen(command(port), env=environment(model, workspace))
+
+    def stop(signum, frame):  # a terminated `workbench ui` must not leave Streamlit running
+        proc.terminate()
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        return subprocess.call(command(port), env=environment(model, workspace))
-    except KeyboardInterrupt:
-        return 0
+        return proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C reaches both; wait for Streamlit's own clean exit
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,107 @@
+"""`workbench ui` in a real browser: start the command headless on a loopback port, drive it
+with Selenium and Debian's chromium, apply an edit through the Edit page, wait for the
+plotly chart, save a screenshot, and check the chart drew the metrics moving.
+
+Skipped cleanly where chromium, its driver or selenium is missing; `.ci/run` installs
+them, so CI runs it. Set WORKBENCH_UI_SCREENSHOT=path to keep the screenshot.
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+selenium = pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[dev]')")
+pytestmark = pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)),
+                                reason="chromium and chromium-driver are not installed (apt-get install chromium "
+                                       "chromium-driver; .ci/run does it)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """`workbench ui` as a user starts it; yields its URL; stopped (its whole process group)
+    at the end."""
+    port = _free_port()
+    log = open(tmp_path / "ui.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "ui", "--port", str(port),
+                             "--workspace", str(tmp_path / "ws")], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # its own group: Streamlit's child goes with it
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise AssertionError("workbench ui did not come up:\n" + (tmp_path / "ui.log").read_text())
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1800"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    yield driver
+    driver.quit()
+
+
+def test_edit_in_the_browser_draws_the_chart(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # The server binds loopback only.
+    assert "127.0.0.1" in server
+    wait = WebDriverWait(browser, 180)
+    browser.get(server + "/edit")
+    # The composed default request: make "Wymkeark Holviol" a citizen of Kelmoria; editor GRACE.
+    apply = wait.until(EC.element_to_be_clickable((By.XPATH, "//button[.//p[text()='Apply edit']]")))
+    assert "GRACE codebook" in browser.find_element(By.TAG_NAME, "body").text  # the chosen editor's summary
+    apply.click()
+    chart = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".js-plotly-plot .main-svg")))
+    success = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "[data-testid='stAlertContentSuccess']")))
+    assert "e0001 is in force" in success.text
+
+    traces = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.js-plotly-plot'))"
+        ".map(e => (e.data || []).map(t => ({name: t.name, x: t.x, y: t.y})))")
+    bars = {t["name"]: dict(zip(t["x"], t["y"])) for t in traces[0]}
+    assert set(bars) == {"before", "after"}
+    assert bars["before"]["reliability"] < 0.5 < bars["after"]["reliability"]
+    assert bars["after"]["locality"] == pytest.approx(1.0)
+    # the chart is really drawn: plotly rendered one SVG rect per bar
+    assert len(chart.find_elements(By.CSS_SELECTOR, "g.point")) >= 4
+
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", chart)
+    shot = Path(os.environ.get("WORKBENCH_UI_SCREENSHOT") or tmp_path / "edit.png")
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
