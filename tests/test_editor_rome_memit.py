@@ -225,6 +225,10 @@ def test_hyperparameters_parse_from_cli_strings_and_describe_themselves():
 def test_registered_under_their_names():
     from workbench.registry import describe_editor, get_editor
     assert get_editor("rome") is ROMEEditor and get_editor("memit") is MEMITEditor
-    assert describe_editor("rome")["capabilities"] == {
+    caps = describe_editor("rome")["capabilities"]
+    assert {k: caps[k] for k in ("batch", "sequential", "forget", "single_revert")} == {
         "batch": False, "sequential": True, "forget": False, "single_revert": False}
     assert describe_editor("memit")["capabilities"]["batch"] is True
+    from importlib.metadata import entry_points  # what the editor grid runs
+    eps = {ep.name: ep.value for ep in entry_points(group="workbench.editors")}
+    assert eps["rome"] == "editors.rome:ROMEEditor" and eps["memit"] == "editors.memit:MEMITEditor"
