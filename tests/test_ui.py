@@ -2,6 +2,7 @@
 an edit applied through the page shows its metrics, a rollback restores the model's answer,
 two browser sessions never see each other's edits, and bad input leaves a readable message
 with nothing applied. Editor settings are the cheap ones (GRACE trains one value vector)."""
+import json
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,11 @@ def goto(at: AppTest, page: str) -> AppTest:
 
 def errors(at: AppTest) -> list[str]:
     return [e.value for e in at.error]
+
+
+def traces(at: AppTest) -> list[dict]:
+    """The data traces of every plotly chart on the page."""
+    return [t for c in at.get("plotly_chart") for t in json.loads(c.proto.spec)["data"]]
 
 
 def ask(at: AppTest, prompt: str) -> str:
@@ -82,10 +88,15 @@ def test_edit_shows_metrics_and_rollback_restores_the_answer(app):
     assert chart, "the before/after chart is on the page"
     assert '"reliability"' in chart[0].proto.spec
     assert any("is in force" in s.value for s in at.success)
+    assert at.status and "e0001: edit" in at.status[0].label  # the long work ran under a status element
     assert ask(at, EDIT_PROMPT).startswith("Kelmoria")
 
     goto(at, "history")
     assert len(at.get("plotly_chart")) == 3  # timeline, metrics over edits, per-layer map
+    assert len(at.get("download_button")) == 2  # the JSON report and the bundle
+    heat = [t for t in traces(at) if t["type"] == "heatmap"][0]
+    changed = [i for i, v in enumerate(heat["z"][0]) if v > 0]
+    assert len(changed) == 1  # GRACE attaches its codebook to one layer
     at.selectbox(key="history_target").set_value("base")
     at.button(key="history_rollback").click().run()
     assert not at.exception and not errors(at)
@@ -125,6 +136,14 @@ def test_bad_input_is_reported_and_nothing_is_applied(app, tmp_path):
     assert any("n_iter" in e and "not applied" in e for e in errors(at)), errors(at)
     assert wb.history() == []
 
+    # a real request file in a public format loads through the same loader as the CLI
+    at.radio(key="edit_source").set_value("upload").run()
+    zsre = Path(__file__).parent / "fixtures" / "requests" / "zsre.json"
+    at.file_uploader(key="edit_upload").set_value(("zsre.json", zsre.read_bytes(), "application/json"))
+    at.run()
+    assert not errors(at) and any("2 request(s)" in c.value for c in at.caption)
+    assert not at.button(key="edit_apply").disabled
+
     # an upload that is not a request file
     at.radio(key="edit_source").set_value("upload").run()
     at.file_uploader(key="edit_upload").set_value(("notes.jsonl", b'{"hello": "world"}\n', "application/json"))
@@ -140,7 +159,19 @@ def test_bad_input_is_reported_and_nothing_is_applied(app, tmp_path):
     assert any("did not load" in e for e in errors(at)), errors(at)
     assert at.session_state["wb"] is wb
     assert at.metric[0].value == "llama"  # the page still works
+    assert ask(at, EDIT_PROMPT)
     assert wb.history() == []
+
+
+def test_ui_command_binds_loopback():
+    from ui.launch import command
+    from workbench.cli import build_parser
+    args = build_parser().parse_args(["ui", "--port", "8999", "--workspace", "/tmp/x"])
+    assert args.port == 8999 and args.model is None
+    cmd = command(args.port)
+    assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--server.port") + 1] == "8999"
+    assert cmd[cmd.index("run") + 1].endswith("ui/app.py")
 
 
 def test_unlearn_page_prunes_and_shows_scores(app):
@@ -153,8 +184,8 @@ def test_unlearn_page_prunes_and_shows_scores(app):
     event = at.session_state["last_unlearn"][0]
     assert event.editor == "prune" and event.kind == "edit"
     assert event.metrics_after["strict_recitation"] < event.metrics_before["strict_recitation"]
-    specs = [c.proto.spec for c in at.get("plotly_chart")]
-    assert any('"histogram"' in s for s in specs), "the neuron-score histogram is drawn"
+    hist = [t for t in traces(at) if t["type"] == "histogram"]
+    assert len(hist) >= 2 and sum(len(t["x"]) for t in hist) > 100, "the neuron-score histogram is drawn"
 
 
 def test_unlearn_page_kfac_spectrum(app):
@@ -167,8 +198,10 @@ def test_unlearn_page_kfac_spectrum(app):
     at.button(key="unlearn_apply").click().run()
     assert not errors(at), errors(at)
     assert at.session_state["last_unlearn"][0].editor == "kfac"
-    specs = [c.proto.spec for c in at.get("plotly_chart")]
-    assert any("ρ cut" in s for s in specs), "the spectrum with the rho cut is drawn"
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    spectra = [s for s in specs if any("ρ cut" in a.get("text", "") for a in s["layout"].get("annotations", []))]
+    assert spectra, "the spectrum with the rho cut is drawn"
+    assert len(spectra[0]["data"][0]["y"]) > 100 and spectra[0]["layout"]["yaxis"]["type"] == "log"
 
 
 def test_merge_page_merges_two_adapters(app):

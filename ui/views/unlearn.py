@@ -83,9 +83,13 @@ def spectrum(meta: dict) -> None:
 
 
 def neuron_scores(meta: dict) -> None:
-    """Histogram of the first step's per-neuron forget-vs-retain scores, per layer."""
-    fig = go.Figure([go.Histogram(x=v, name=f"layer {k}", opacity=0.6, nbinsx=60)
-                     for k, v in meta["scores"].items()])
+    """Histogram of the first step's per-neuron forget-vs-retain scores, per layer, and of the
+    neurons finally pruned (the tail the editor cut)."""
+    pruned = [v[i] for k, v in meta["scores"].items() for i in meta.get("pruned", {}).get(k, []) if i < len(v)]
+    fig = go.Figure([go.Histogram(x=v, name=f"layer {k}", opacity=0.5, nbinsx=60)
+                     for k, v in meta["scores"].items()]
+                    + ([go.Histogram(x=pruned, name="pruned", opacity=0.9, nbinsx=60, marker_color="black")]
+                       if pruned and meta.get("scoring") != "wxa" else []))
     fig.update_layout(barmode="overlay", yaxis_type="log", xaxis_title=f"score ({meta.get('scoring')})",
                       yaxis_title="neurons", height=320, margin=dict(t=30),
                       title=f"{meta.get('pruned_total')} unit(s) pruned in {meta.get('steps')} step(s)")
