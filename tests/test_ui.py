@@ -109,6 +109,35 @@ def test_edit_shows_metrics_and_rollback_restores_the_answer(app):
     assert any(s.value.startswith("intact") for s in at.success), errors(at)
 
 
+def test_gate_rejects_and_one_edit_reverts_out_of_the_middle(app):
+    at = app()
+    wb = at.session_state["wb"]
+    goto(at, "edit")
+    at.selectbox(key="edit_editor").set_value("ft").run()
+    at.number_input(key="edit_ft_steps").set_value(1)
+    at.text_input(key="edit_gates").set_value("reliability>=0.9")
+    at.button(key="edit_apply").click().run()
+    assert at.session_state["last_edit"][0].kind == "rejected"
+    assert any("rejected and reverted" in w.value for w in at.warning)
+    assert wb.active() == []
+
+    at.selectbox(key="edit_editor").set_value("grace").run()
+    at.text_input(key="edit_gates").set_value("")
+    at.button(key="edit_apply").click().run()  # the composed request (Kelmoria)
+    apply_world_edit(at, early_stop_loss=0.05)  # request 0 of the world set: same prompt, same target
+    at.radio(key="edit_source").set_value("compose").run()
+    at.text_input(key="edit_prompt").set_value("Q: Where was Lumtrus Vyser born? A:")
+    at.text_input(key="edit_target").set_value("Kelmoria")
+    at.button(key="edit_apply").click().run()
+    assert wb.active() == ["e0002", "e0003", "e0004"]
+    goto(at, "history")
+    at.selectbox(key="history_one").set_value("e0003")
+    at.button(key="history_revert").click().run()
+    assert not errors(at), errors(at)
+    assert any("reverted e0003" in s.value for s in at.success)
+    assert wb.active() == ["e0002", "e0004"]
+
+
 def test_sessions_never_see_each_other(app):
     a, b = app(), app()
     wa, wb = a.session_state["wb"], b.session_state["wb"]
