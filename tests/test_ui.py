@@ -66,10 +66,12 @@ def apply_world_edit(at: AppTest, **hparams) -> object:
 
 def test_every_page_renders(app):
     at = app()
+    wb = at.session_state["wb"]
     for page in PAGES:
         goto(at, page)
         assert at.title[0].value.lower() == page
         assert not errors(at), (page, errors(at))
+    assert at.session_state["wb"] is wb  # loaded once per session, not per page or rerun
     goto(at, "model")
     assert at.metric[0].label == "type" and at.metric[0].value == "llama"
 
@@ -190,6 +192,23 @@ def test_bad_input_is_reported_and_nothing_is_applied(app, tmp_path):
     assert at.metric[0].value == "llama"  # the page still works
     assert ask(at, EDIT_PROMPT)
     assert wb.history() == []
+
+
+def test_a_model_that_does_not_load_at_start(app, tmp_path, monkeypatch):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    monkeypatch.setenv("WORKBENCH_UI_MODEL", str(tmp_path / "broken"))
+    at = app()
+    assert at.session_state["wb"] is None
+    for page in PAGES:  # every page says why and keeps rendering
+        goto(at, page)
+        assert any("could not be loaded" in e for e in errors(at)), page
+    goto(at, "model")
+    at.text_input(key="model_folder").set_value("")  # empty: the shipped model
+    at.button(key="load_model").click().run()
+    assert at.session_state["wb"] is not None
+    assert not errors(at) and any("loaded the shipped model" in s.value for s in at.success)
+    assert ask(at, EDIT_PROMPT)
 
 
 def test_ui_command_binds_loopback():

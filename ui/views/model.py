@@ -16,8 +16,10 @@ with st.expander("Load another model folder", expanded=wb is None):
     if st.button("Load model", key="load_model"):
         with common.shown_errors(f"model folder {folder or '(shipped)'} did not load; the current model is kept"):
             replace_workbench(folder.strip() or None)
-            st.success(f"loaded {folder or 'the shipped model'} in a fresh workspace")
-            wb = st.session_state["wb"]
+            st.session_state["last_loaded"] = f"loaded {folder or 'the shipped model'} in a fresh workspace"
+            st.rerun()  # redraw every part of the page for the new model
+    if "last_loaded" in st.session_state:
+        st.success(st.session_state["last_loaded"])
 
 if wb is not None:
     cfg = wb.model.config
