@@ -22,7 +22,7 @@ from workbench.scoring import right_pad
 T = 12
 # The paper's lr 1.0 / ρ 0.2 overshoot on this small model (see the module docs of editors.wise);
 # these are the settings measured to work on it, with fewer steps to keep the test fast.
-PARAMS = dict(lr=0.1, mask_ratio=0.05, steps=50)
+PARAMS = dict(lr=0.1, mask_ratio=0.05, margin_scale=0.1, shards=1, irrelevant_samples=32, steps=50)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -112,7 +112,34 @@ def test_revert_whole_sequence_is_bit_exact(run):
     assert weights_hash(model) == h
 
 
+def test_irrelevant_rows_come_from_the_corpus_and_avoid_the_request(run):
+    import random
+    from editors.wise.train import build_batch, irrelevant_pool
+    from workbench.kv import default_corpus
+    tok, reqs = run["tok"], run["reqs"]
+    pool = irrelevant_pool(None)
+    assert pool == default_corpus()  # the world's fact sentences and filler, as for ROME/MEMIT
+    # A pool where most texts mention the edited subject or quote its locality probes.
+    r = reqs[0]
+    bad = [f"{r.subject} has a cat.", r.locality[0].prompt + " " + r.locality[0].answer]
+    pool = bad * 50 + ["The old bridge was busy.", "A train left at dawn."]
+    hp = WISEHParams(irrelevant_samples=4, contrast_subject=0)
+    _, (ids, _mask) = build_batch(tok, [r], hp, random.Random(0), pool)
+    texts = tok.batch_decode(ids, skip_special_tokens=True)
+    assert texts and all(r.subject not in t and r.locality[0].prompt not in t for t in texts)
+
+
+def test_packed_scores_equal_padded_scores():
+    from editors.wise.train import Packed, _scores
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 5, 8, generator=g)  # (rows, seq, d_ff)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    delta = torch.randn(4, 8, generator=g)  # (out, in)
+    torch.testing.assert_close(Packed(a, mask).scores(delta), _scores(a, delta, mask))
+
+
 @pytest.mark.parametrize("field,value", [("lr", 0), ("mask_ratio", 0.0), ("alpha", -1), ("steps", 0),
+                                          ("margin_scale", 0),
                                           ("shards", 0), ("act_ratio", 2.0), ("retrieve", "yes"),
                                           ("contrast_subject", -1)])
 def test_bad_hparams_name_the_field(field, value):

@@ -10,10 +10,13 @@ pairs/positions that violate them (as EasyEdit does), so satisfied margins cost 
 Gradients are masked to the shard's random subspace (ratio ρ) and the weights are clamped
 to within `norm_constraint` of the main memory after each SGD step.
 
-Irrelevant rows are (a) generic sentences — `DEFAULT_IRRELEVANT` below, or lines of
-`irrelevant_file` — and (b) the edit prompt with its subject's letters scrambled, a fake
-name of the same shape, which teaches the router that the *subject* (not the template)
-calls for the side memory. Neither is an evaluation probe.
+Irrelevant rows are (a) texts of the workbench's generic corpus (`workbench.kv.default_corpus`:
+the bundled world's fact sentences about other people, in the world's phrasings, and filler;
+or the lines of `irrelevant_file`; `DEFAULT_IRRELEVANT` below without either), never one
+naming the edited subject or quoting one of the request's locality probes, and (b) the edit
+prompt with its subject's letters scrambled, a fake name of the same shape, which teaches the
+router that the *subject* (not the template) calls for the side memory. Other people's facts
+are what the side memory must leave alone, so they are the texts the α margin needs.
 
 Why lower blocks are cached: nothing below the edited layer changes during an edit, so the
 blocks below it run once; in each step they return their cached outputs (their `forward`
@@ -52,9 +55,15 @@ DEFAULT_IRRELEVANT = (
 
 
 def irrelevant_pool(path: str | None) -> list[str]:
-    """Generic texts for Δ_irr: the lines of `path` (one text per line), or the defaults."""
+    """Texts for Δ_irr: the lines of `path` (one text per line), else the workbench's generic
+    corpus (`workbench.kv.default_corpus()`: the bundled world's fact sentences and filler, the
+    text ROME/MEMIT take their statistics from), else the built-in sentences."""
     if not path:
-        return list(DEFAULT_IRRELEVANT)
+        try:
+            from workbench.kv import default_corpus
+            return default_corpus()
+        except Exception:  # no bundled world (an installed wheel without data/): generic sentences
+            return list(DEFAULT_IRRELEVANT)
     lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
     return lines or list(DEFAULT_IRRELEVANT)
 
@@ -92,7 +101,17 @@ def build_batch(tok, requests, hp, rng: random.Random, pool: list[str]):
     labels = torch.full_like(ids, -100)
     for r, (p, a) in enumerate(pairs):  # position t predicts token t+1
         labels[r, len(p) - 1:len(p) - 1 + len(a)] = torch.tensor(a)
-    texts = rng.sample(pool, min(hp.irrelevant_samples, len(pool)))
+    # Never a text about an edited subject or one of the request's own locality probes.
+    banned = [r.subject for r in requests if r.subject] + [x.prompt for r in requests for x in r.locality]
+    texts, seen = [], set()
+    for _ in range(20 * hp.irrelevant_samples):  # draws without replacement, no full shuffle of a large pool
+        if len(texts) == hp.irrelevant_samples or len(seen) == len(pool):
+            break
+        i = rng.randrange(len(pool))
+        if i not in seen:
+            seen.add(i)
+            if not any(b in pool[i] for b in banned):
+                texts.append(pool[i])
     if hp.contrast_subject:
         texts += [r.prompt.replace(r.subject, scramble(r.subject, rng)) for r in requests
                   for _ in range(hp.contrast_subject) if r.subject and r.subject in r.prompt]
@@ -124,14 +143,19 @@ def lower_blocks_cached(adapter, layer: int, run):
 
 
 def margin_loss(edit_s: torch.Tensor, irr_s: torch.Tensor, hp) -> torch.Tensor:
-    """WISE routing loss from (n_e,) edit scores and (n_i,) irrelevant scores."""
+    """WISE routing loss from (n_e,) edit scores and (n_i,) irrelevant scores.
+
+    The margins are the paper's α, β, γ times `margin_scale` (scores are in the units of
+    the MLP output, which differ from model to model).
+    """
+    alpha, beta, gamma = (hp.margin_scale * m for m in (hp.alpha, hp.beta, hp.gamma))
     def hinge_mean(x):  # mean over the violated entries only
         pos = x[x > 0]
         return pos.mean() if pos.numel() else x.new_zeros(())
-    loss = hinge_mean(hp.beta - edit_s)
+    loss = hinge_mean(beta - edit_s)
     if irr_s.numel():
-        loss = loss + hinge_mean(irr_s - hp.alpha)
-        loss = loss + hinge_mean(hp.gamma - (edit_s[:, None] - irr_s[None, :]))  # (n_e, n_i)
+        loss = loss + hinge_mean(irr_s - alpha)
+        loss = loss + hinge_mean(gamma - (edit_s[:, None] - irr_s[None, :]))  # (n_e, n_i)
     return loss
 
 
@@ -148,6 +172,30 @@ def _scores(a: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor) -> torch.T
     return row_mean((a @ delta.T).float().norm(dim=-1), mask.float())  # (rows, seq, out) -> (rows,)
 
 
+class Packed:
+    """The real (unpadded) positions of a right-padded batch of activations, packed.
+
+    Scoring a packed batch skips the padding's matmuls: irrelevant texts vary in length, so a
+    padded batch spends up to half of each step's score matmul on padding.
+
+    Example:
+        >>> p = Packed(torch.ones(2, 3, 4), torch.tensor([[1, 1, 0], [1, 0, 0]]))
+        >>> p.tokens.shape, p.scores(torch.eye(4)).tolist()
+        (torch.Size([3, 4]), [2.0, 2.0])
+    """
+
+    def __init__(self, a: torch.Tensor, mask: torch.Tensor):
+        keep = mask.bool()  # (rows, seq)
+        self.tokens = a[keep]  # (n_tok, d_ff)
+        self.row = torch.arange(a.shape[0], device=a.device)[:, None].expand_as(keep)[keep]  # (n_tok,)
+        self.count = keep.sum(1).clamp_min(1).float()  # (rows,)
+
+    def scores(self, delta: torch.Tensor) -> torch.Tensor:
+        """(rows,) mean of ||delta a|| over each row's real positions (= `_scores`)."""
+        norms = (self.tokens @ delta.T).float().norm(dim=-1)  # (n_tok, out) -> (n_tok,)
+        return norms.new_zeros(self.count.shape).index_add(0, self.row, norms) / self.count
+
+
 def train_shard(model, adapter, mem: WISEMemory, batch, hp, seed: int) -> dict:
     """Train the live shard on one batch in place on `mem`; returns statistics."""
     (ids, mask, labels), irr = batch
@@ -161,8 +209,8 @@ def train_shard(model, adapter, mem: WISEMemory, batch, hp, seed: int) -> dict:
     a_irr = None
     if irr is not None:  # irrelevant rows never need the layers above: only their activations
         irr_mask = irr[1].to(dev)
-        a_irr = _activations(model, adapter, mem.layer, irr[0].to(dev), irr_mask)  # (n_irr, seq_i, d_ff)
-    a_edit = _activations(model, adapter, mem.layer, ids, mask)  # (n_edit, seq, d_ff)
+        a_irr = Packed(_activations(model, adapter, mem.layer, irr[0].to(dev), irr_mask), irr_mask)
+    a_edit = Packed(_activations(model, adapter, mem.layer, ids, mask), mask)
     w = (mem.group_base + mem.taus[shard]).clone().requires_grad_(True)  # (out, in)
     grad_mask = mem.mask.to(w.dtype)
     forward = lambda: model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # noqa: E731
@@ -175,8 +223,8 @@ def train_shard(model, adapter, mem: WISEMemory, batch, hp, seed: int) -> dict:
                 opt.zero_grad(set_to_none=True)
                 logits = forward().float()  # (n_edit, seq, vocab)
                 ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels)
-                edit_s = _scores(a_edit, w, mask)  # (n_e,)
-                irr_s = _scores(a_irr, w, irr_mask) if a_irr is not None else edit_s[:0]  # (n_i,)
+                edit_s = a_edit.scores(w)  # (n_e,)
+                irr_s = a_irr.scores(w) if a_irr is not None else edit_s[:0]  # (n_i,)
                 act = margin_loss(edit_s, irr_s, hp)
                 losses.append((ce.item(), act.item()))
                 if ce.item() < hp.early_stop_loss and act.item() == 0.0:
@@ -192,8 +240,8 @@ def train_shard(model, adapter, mem: WISEMemory, batch, hp, seed: int) -> dict:
     with torch.no_grad():
         mem.taus[shard].copy_(w.detach() - mem.group_base)
         _merge(mem, shard + 1, hp.ties_density)
-        edit_min = float(_scores(a_edit, mem.delta, mask).min())
-        irr_max = float(_scores(a_irr, mem.delta, irr_mask).max()) if a_irr is not None else 0.0
+        edit_min = float(a_edit.scores(mem.delta).min())
+        irr_max = float(a_irr.scores(mem.delta).max()) if a_irr is not None else 0.0
         mem.min_score.copy_(torch.minimum(mem.min_score, torch.tensor([edit_min], device=dev)))
         mem.counts += 1
         if int(mem.counts[1]) == hp.shard_size * mem.taus.shape[0]:
