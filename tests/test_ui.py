@@ -261,7 +261,7 @@ def test_merge_page_merges_two_adapters(app):
         at.number_input(key="merge_steps").set_value(5)
         at.button(key="merge_train").click().run()
         assert not errors(at), errors(at)
-    assert at.multiselect(key="merge_adapters").value == ["lora0", "lora1"]
+    assert at.multiselect[0].value == ["lora0", "lora1"]
     at.selectbox(key="merge_method").set_value("ties").run()
     at.button(key="merge_apply").click().run()
     assert not errors(at), errors(at)
@@ -269,3 +269,6 @@ def test_merge_page_merges_two_adapters(app):
     assert event.editor == "merge" and event.kind == "edit" and event.hparams["density"] == 0.5
     assert len(event.requests) == 4  # measured on both adapters' requests
     assert at.session_state["wb"].active() == ["e0001", "e0002", "e0003"]
+    # after the merge: the sources are switched off, the merged adapter is on and preselected
+    assert at.multiselect[0].options == ["lora0", "lora1", "lora2"] and at.multiselect[0].value == ["lora2"]
+    assert any("merged lora0, lora1 → lora2" in s.value for s in at.success)

@@ -12,6 +12,7 @@ if wb is None:
     st.stop()
 
 from editors.lora.merge import COMBINATIONS, NEEDS_DENSITY  # noqa: E402  (the editor's own lists)
+from editors.lora.store import get_adapter  # noqa: E402  (reads whether an adapter is switched on)
 
 # ------------------------------------------------------------------ train adapters
 with st.expander("Train a LoRA adapter on world edits", expanded=False):
@@ -25,7 +26,6 @@ with st.expander("Train a LoRA adapter on world edits", expanded=False):
             event = wb.apply("lora", common.world_set("edits_counterfactual.jsonl", int(start), int(count)),
                              {"steps": str(int(steps))})
             status.update(label=f"{event.id}: {event.kind}", state="complete")
-            st.session_state.pop("merge_adapters", None)  # re-select all, the new adapter included
 
 # ------------------------------------------------------------------ adapters in force
 events = {e.id: e for e in wb.history()}
@@ -40,14 +40,19 @@ st.subheader("Adapters in force")
 if not adapters:
     st.info("No LoRA adapter is in force. Train some above, or apply the `lora` editor on the Edit page.")
     st.stop()
-st.dataframe(pd.DataFrame([{"adapter": n, "edit": e.id, "editor": e.editor, "rank": (e.hparams or {}).get("r"),
+enabled = {n: bool(get_adapter(wb.model, n).enabled) for n in adapters}
+st.dataframe(pd.DataFrame([{"adapter": n, "enabled": enabled[n], "edit": e.id, "editor": e.editor,
+                            "rank": (e.hparams or {}).get("r") or common.patch_of(wb, e).meta.get("merged_rank"),
                             "requests": len(e.requests or []),
                             "reliability": (e.metrics_after or {}).get("reliability")}
                            for n, e in adapters.items()]), hide_index=True)
 
 # ------------------------------------------------------------------ merge
 st.subheader("Merge")
-chosen = st.multiselect("adapters", list(adapters), default=list(adapters), key="merge_adapters")
+# Keyed by the adapters present, so a newly trained or merged adapter gives a fresh selection
+# (a widget keeps its old value otherwise); preselected: the enabled ones, as the editor's default.
+chosen = st.multiselect("adapters", list(adapters), default=[n for n in adapters if enabled[n]],
+                        key="merge_adapters_" + "+".join(adapters))
 c = st.columns(3)
 method = c[0].selectbox("method (peft combination_type)", COMBINATIONS,
                         index=COMBINATIONS.index("linear"), key="merge_method")
@@ -71,6 +76,7 @@ if st.button("Merge", type="primary", key="merge_apply", disabled=not chosen):
             event = wb.apply("merge", reqs, params)
             status.update(label=f"{event.id}: {event.kind} in {event.duration_s:.2f} s", state="complete")
         st.session_state["last_merge"] = event
+        st.rerun()  # the adapter table above predates the merge (sources now off, a new adapter)
 
 if "last_merge" in st.session_state:
     event = st.session_state["last_merge"]

@@ -63,8 +63,9 @@ if world_json.exists():
         with people.open() as f:
             sample = [json.loads(next(f)) for _ in range(8)]
         st.caption("a few of the fictional people")
-        st.dataframe(pd.DataFrame([{k: (v if isinstance(v, (str, int, float)) else json.dumps(v))
-                                    for k, v in p.items()} for p in sample]), hide_index=True)
+        # one row a person: id, name and each fact (the held-out phrasing ids are for scoring)
+        st.dataframe(pd.DataFrame([{"id": p.get("id"), "name": p.get("name"), **p.get("facts", {})}
+                                   for p in sample]), hide_index=True)
     card = common.REPO / "data" / "models" / "world-llama" / "card.json"
     if card.exists():
         measured = json.loads(card.read_text()).get("measured", {})
