@@ -172,7 +172,7 @@ def test_third_party_entry_point_is_found_and_loaded_lazily(third_party):
     info = describe_editor("thirdparty")
     assert info["name"] == "thirdparty" and info["doc"] == "A third-party editor."
     assert info["capabilities"] == {"batch": True, "sequential": True, "forget": True,
-                                    "single_revert": False}
+                                    "single_revert": False, "composes": False}
     assert info["hyperparameters"] == []
 
 
