@@ -34,40 +34,34 @@ def shown_errors(what: str):
 
 # ---------------------------------------------------------------------------- hyperparameters
 
-def hparam_widgets(editor: str, *, key: str, overrides: dict | None = None) -> dict:
+def hparam_widgets(editor: str, *, key: str) -> dict:
     """One widget per field of the editor's hyperparameter dataclass, its help as tooltip.
 
     Returns only the values the user changed, as strings (the CLI's `K=V` form), so fields
-    left alone keep their defaults — including the ones derived from the model.
-    `overrides` pre-fills some fields (cheap settings a page suggests)."""
+    left alone keep their defaults — including the ones derived from the model."""
     from workbench.registry import describe_editor
-    overrides = overrides or {}
     out = {}
     cols = st.columns(2)
     for i, f in enumerate(describe_editor(editor)["hyperparameters"]):
         name, typ, default = f["name"], f["type"], f["default"]
-        start = overrides.get(name, default)
         wkey = f"{key}_{editor}_{name}"
         with cols[i % 2]:
             if typ == "bool":
-                value = st.checkbox(name, value=bool(start), help=f["help"], key=wkey)
-                changed = value != default
-                text = str(value).lower()
-            elif typ == "int" and start is not None:
+                value = st.checkbox(name, value=bool(default), help=f["help"], key=wkey)
+                changed, text = value != bool(default), str(value).lower()
+            elif typ == "int" and default is not None:
                 # No min/max here on purpose: the dataclass validates, and its message names
                 # the allowed range, exactly as on the command line.
-                value = st.number_input(name, value=int(start), step=1, help=f["help"], key=wkey)
+                value = st.number_input(name, value=int(default), step=1, help=f["help"], key=wkey)
                 changed, text = value != default, str(int(value))
             else:
-                shown = "" if start is None else (",".join(map(str, start)) if isinstance(start, tuple) else str(start))
+                shown = "" if default is None else (",".join(map(str, default)) if isinstance(default, tuple)
+                                                    else str(default))
                 value = st.text_input(name, value=shown, help=f["help"], key=wkey,
                                       placeholder="derived from the model" if default is None else None)
-                was = "" if default is None else (",".join(map(str, default)) if isinstance(default, tuple)
-                                                  else str(default))
-                changed, text = value.strip() != was, value.strip()
-                if changed and not text:
-                    text = "none"
-        if changed or name in overrides:
+                # cleared: passed on as "", which the field's validation reports by name
+                changed, text = value.strip() != shown, value.strip()
+        if changed:
             out[name] = text
     return out
 
