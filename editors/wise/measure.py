@@ -4,7 +4,9 @@
 
 Prints reliability / generality / locality (teacher-forced token accuracy, as
 `workbench.evaluate`), the median seconds per edit, and the side memory's inference
-overhead (eval forward time with the memory attached vs detached, same batches).
+overhead (eval forward time with the memory attached vs detached, same batches), and
+`routed`: the share of edit prompts, rephrasings and locality probes (each with its answer,
+as scored) whose activation score sends them to the side memory.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ def run(T: int, params: dict, threads: int = 1) -> dict:
     t_with = time.perf_counter() - t0
     first = evaluate_edits(model, tok, reqs[:1], ref)["mean"] if T else {}
     mem = getattr(model, ATTR)
+    routed = routed_share(model, tok, adapter, mem, reqs)
     handles, mem._handles = mem._handles, []
     for h in handles:  # time the same evaluation through the main memory only
         h.remove()
@@ -52,7 +55,30 @@ def run(T: int, params: dict, threads: int = 1) -> dict:
             "locality": mean["locality"], "first_edit_reliability": first.get("reliability"),
             "median_s_per_edit": statistics.median(times), "mean_s_per_edit": statistics.mean(times),
             "inference_overhead_pct": 100 * (t_with - t_without) / t_without,
-            "threshold": float(mem.threshold()), "archived_memories": int(mem.memories.shape[0])}
+            "threshold": float(mem.threshold()), "archived_memories": int(mem.memories.shape[0]),
+            "routed": routed}
+
+
+def routed_share(model, tok, adapter, mem, reqs) -> dict:
+    """Share of each probe kind whose best score / threshold exceeds 1 (as `WISEMemory._route`)."""
+    from workbench.scoring import encode_pairs, right_pad
+
+    from .train import Packed, _activations
+    kinds = {"edit": [(r.prompt, r.target_new) for r in reqs],
+             "generality": [(q, r.target_new) for r in reqs for q in r.rephrase_prompts],
+             "locality": [(x.prompt, x.answer) for r in reqs for x in r.locality]}
+    deltas, thr = mem._active()  # (m, out, in), (m,)
+    out = {}
+    with torch.no_grad():
+        for kind, items in kinds.items():
+            if not items or deltas is None:
+                continue
+            pairs = encode_pairs(tok, [p for p, _ in items], [a for _, a in items])
+            ids, mask = right_pad([p + a for p, a in pairs], tok.pad_token_id)  # (rows, seq)
+            packed = Packed(_activations(model, adapter, mem.layer, ids, mask), mask)
+            best = torch.stack([packed.scores(d) / t for d, t in zip(deltas, thr)]).max(0).values  # (rows,)
+            out[kind] = float((best > 1.0).float().mean())
+    return out
 
 
 def main(argv=None) -> None:

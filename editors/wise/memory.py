@@ -121,11 +121,15 @@ class WISEMemory(nn.Module):
         if deltas is None:
             return None
         mask = self._mask(a)  # (batch, seq) float, 1 = real token
-        d = torch.einsum("bsi,moi->mbso", a, deltas.to(a.dtype))  # (m, batch, seq, out)
+        if deltas.shape[0] == 1:  # one memory (the usual case): a plain matmul, no einsum
+            d = (a @ deltas[0].to(a.dtype).T)[None]  # (1, batch, seq, out)
+        else:
+            d = torch.einsum("bsi,moi->mbso", a, deltas.to(a.dtype))  # (m, batch, seq, out)
         score = row_mean(d.float().norm(dim=-1), mask)  # (m, batch): one score per example
         best, which = (score / thr[:, None]).max(0)  # (batch,) each: best memory per example
         use = (best > 1.0)[:, None, None].to(a.dtype)  # (batch, 1, 1)
-        chosen = d[which, torch.arange(d.shape[1], device=d.device)]  # (batch, seq, out)
+        # (batch, seq, out): each example's best memory
+        chosen = d[0] if d.shape[0] == 1 else d[which, torch.arange(d.shape[1], device=d.device)]
         return output + (use * chosen).reshape(output.shape)
 
     def _active(self):
@@ -133,6 +137,8 @@ class WISEMemory(nn.Module):
         live = math.isfinite(float(self.min_score))  # an edit is in the live memory
         if self.memories.shape[0] == 0 and not live:
             return None, None
+        if self.memories.shape[0] == 0:  # only the live memory: a view, no copy per forward
+            return self.delta[None], self.threshold().clamp_min(1e-12)
         ds = [self.memories] + ([self.delta[None]] if live else [])
         ts = [self.thresholds] + ([self.threshold()] if live else [])
         return torch.cat(ds), torch.cat(ts).clamp_min(1e-12)
