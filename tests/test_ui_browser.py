@@ -37,7 +37,9 @@ def server(tmp_path):
     at the end."""
     port = _free_port()
     log = open(tmp_path / "ui.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "workbench.cli", "ui", "--port", str(port),
+    # the installed console script, as in the README; `python -m workbench.cli` is the same main()
+    exe = [shutil.which("workbench")] if shutil.which("workbench") else [sys.executable, "-m", "workbench.cli"]
+    proc = subprocess.Popen([*exe, "ui", "--port", str(port),
                              "--workspace", str(tmp_path / "ws")], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)  # its own group: Streamlit's child goes with it
     url = f"http://127.0.0.1:{port}"
