@@ -204,4 +204,4 @@ def test_registered_under_its_name():
     registry = pytest.importorskip("workbench.registry")
     assert registry.get_editor("ft") is FTEditor
     assert registry.describe_editor("ft")["capabilities"] == {
-        "batch": True, "sequential": True, "forget": False, "single_revert": False}
+        "batch": True, "sequential": True, "forget": False, "single_revert": False, "composes": False}

@@ -269,7 +269,7 @@ def test_registered_under_its_name():
     from workbench.registry import describe_editor, get_editor
     assert get_editor("grace") is GRACEEditor
     assert describe_editor("grace")["capabilities"] == {
-        "batch": True, "sequential": True, "forget": False, "single_revert": True}
+        "batch": True, "sequential": True, "forget": False, "single_revert": True, "composes": False}
 
 
 @pytest.mark.slow

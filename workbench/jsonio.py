@@ -9,11 +9,17 @@ from typing import Any, Iterable
 from .errors import InputError
 
 
+def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise InputError("is a folder, not a file", file=path)
+    if not path.is_file():
+        raise InputError("file not found", file=path)
+
+
 def read_json(path: str | Path) -> Any:
     """Read one JSON document; a syntax error names the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", file=path)
+    _check_file(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -31,8 +37,7 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
         1
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", file=path)
+    _check_file(path)
     rows = []
     try:
         text = path.read_text(encoding="utf-8")
@@ -72,8 +77,7 @@ _JSON_WS = re.compile(r"[ \t\n\r]*")
 
 
 def _read_text(path: Path) -> str:
-    if not path.is_file():
-        raise InputError("file not found", file=path)
+    _check_file(path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:

@@ -26,8 +26,9 @@ def load_model(model_dir: str | Path | None = None, *, trust_remote_code: bool =
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype,
                                                      trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise InputError(f"could not load the model: {e}", file=path) from None
+    except Exception as e:  # noqa: BLE001 - OSError, ValueError, SafetensorError, ...: any unreadable folder
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"could not load the model ({type(e).__name__}: {first})", file=path) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     model.eval()

@@ -35,6 +35,8 @@ def encode_pairs(tokenizer, prompts: list[str], answers: list[str]) -> list[tupl
     The answer is encoded on its own, with a leading space, so its tokens are the same
     whatever the prompt ends with; the caller passes answers without that space.
     """
+    if not prompts:  # fast tokenizers fail on an empty batch (a request without locality probes)
+        return []
     p_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     a_ids = tokenizer([" " + a for a in answers], add_special_tokens=False)["input_ids"]
     return list(zip(p_ids, a_ids))

@@ -107,6 +107,10 @@ class Workbench:
         gate_list = Gate.parse_all(gates) if isinstance(gates, str) else list(gates or [])
         instance, hp = make_editor(editor, self.adapter, params or {})
         ref, before = self._measure(requests, None)
+        unknown = sorted({g.metric for g in gate_list} - set(before))
+        if unknown:  # a misspelt gate would reject every edit: refuse it before editing
+            raise InputError(f"gate metric(s) {', '.join(unknown)} are not metrics of this edit "
+                             f"(known: {', '.join(sorted(before))})", field="gate")
         h_before = self.weights_hash()
         t0 = time.perf_counter()
         patch = instance.edit(EditContext(self.model, self.tok, self.adapter, seed), list(requests))

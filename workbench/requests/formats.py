@@ -202,6 +202,9 @@ def _easyedit(rec: Rec, origin: Origin, required: tuple[str, ...] = ()) -> EditR
                  for t in rec.texts(key)]
     if isinstance(rec.obj.get("locality"), (Mapping, list)):
         locality = rec.grouped_probes("locality")
+    elif rec.obj.get("locality") is not None:  # silently dropping it would lose the locality test
+        raise InputError(f"expected an object of probe groups or a list of probes, got "
+                         f"{type(rec.obj['locality']).__name__}", field=rec.name("locality"))
     else:
         locality = rec.flat_probes("locality_prompt", "locality_ground_truth")
     fields = (("prompt", p_key), ("target_new", t_key), ("subject", s_key), ("ground_truth", "ground_truth"))
