@@ -88,26 +88,28 @@ def run(*, batches: int = 10, size: int = 50, types=ALL_TYPES, lora_params: dict
         for p in reversed(patches):
             p.revert(model, adapter)
         if wise:
-            rows.append(_wise_row(model, tok, adapter, reqs, ref, advance))
+            rows.append(_wise_row(model_dir, reqs, ref, advance))
     return rows
 
 
-def _wise_row(model, tok, adapter, reqs, ref, advance) -> dict:
+def _wise_row(model_dir, reqs, ref, advance) -> dict:
+    """WISE on a fresh copy: its patches are not kept (each holds side-memory snapshots)."""
+    from .arch import get_adapter
     from .editing import EditContext
+    from .model import load_model
     from .registry import make_editor
+    model, tok = load_model(model_dir)
+    adapter = get_adapter(model)
     base_keys = set(model.state_dict())
-    patches, t0 = [], time.perf_counter()
+    t0 = time.perf_counter()
     for i, r in enumerate(reqs):
         editor, _ = make_editor("wise", adapter, {})
-        patches.append(editor.edit(EditContext(model, tok, adapter, seed=i), [r]))
+        editor.edit(EditContext(model, tok, adapter, seed=i), [r])
         advance(1)
     seconds = time.perf_counter() - t0
     added = [t for k, t in model.state_dict().items() if k not in base_keys]  # the side memory's tensors
-    row = {"method": "wise (TIES shards)", **_scores(model, tok, reqs, ref),
-           "bytes": sum(t.numel() * t.element_size() for t in added), "seconds": seconds}
-    for p in reversed(patches):
-        p.revert(model, adapter)
-    return row
+    return {"method": "wise (TIES shards)", **_scores(model, tok, reqs, ref),
+            "bytes": sum(t.numel() * t.element_size() for t in added), "seconds": seconds}
 
 
 def table(rows: list[dict]) -> str:
