@@ -182,9 +182,9 @@ def metrics_table(event) -> None:
 # ---------------------------------------------------------------------------- patches
 
 def patch_of(wb, event):
-    """The saved patch of a ledger edit. Goes through the session's own (cached) loader, which
-    also imports the editor that defines the patch's attachment kinds."""
-    return wb._patch(event)
+    """The saved patch of a ledger edit (the session's cached loader, which also imports the
+    editor that defines the patch's attachment kinds)."""
+    return wb.patch(event.id)
 
 
 def layer_changes(wb, event) -> dict[int, float]:

@@ -91,6 +91,14 @@ class Workbench:
     def show(self, edit_id: str) -> Event:
         return self.ledger.get(edit_id)
 
+    def patch(self, edit_id: str) -> Patch:
+        """The recorded patch of edit `edit_id` (its meta holds what the editor reports, e.g.
+        K-FAC's spectrum or pruning's neuron scores); read it, do not apply it."""
+        event = self.ledger.get(edit_id)
+        if not event.patch_file:
+            raise InputError(f"event {edit_id} ({event.kind}) has no patch", field="edit_id")
+        return self._patch(event)
+
     # ------------------------------------------------------------------ editing
 
     def apply(self, editor: str, requests: list, params: dict | None = None, *, gates: list[Gate] | str | None = None,
