@@ -43,7 +43,9 @@ drawing the irrelevant rows from the world corpus instead of generic sentences, 
 instead of 8 of them, changed nothing measurable at T=100. The router does not separate
 edits from other people's facts on this model: after a few dozen edits their scores overlap
 and every row reads the side memory, so locality rests on the α margin keeping the memory
-small on irrelevant text, and it decays with T. The defaults stay the paper's.
+small on irrelevant text, and it decays with T: at T=1000 `lr=0.1 mask_ratio=0.05
+margin_scale=0.1 shards=1 steps=25` gives 0.32 / 0.26 / 0.40 (0.31 s per edit). The defaults
+stay the paper's.
 
 Example:
     >>> from workbench.editing import EditContext                     # doctest: +SKIP
