@@ -238,3 +238,55 @@ def test_crash_at_any_point_leaves_a_consistent_history(tmp_path):
     assert committed_events[-1] > 10  # the kills did land between many commits
     w = Workbench(None, ws)
     assert w.verify() == []  # a full replay of the whole history at the end
+
+
+def test_two_sessions_on_one_workspace_are_serialized_not_interleaved(tmp_path):
+    """A session whose model is behind the ledger (another session recorded meanwhile) is
+    refused with a clear message and records nothing; reopening brings it to the head."""
+    from workbench.ledger import LedgerError
+    from workbench.requests import EditRequest
+    from workbench.session import Workbench
+    ws = tmp_path / "ws"
+    a, b = Workbench(None, ws), Workbench(None, ws)
+    reqs = [EditRequest("Vahir Thiosteal was born in", "Lorvan")]
+    try:
+        base = a.weights_hash()
+        first = a.apply("ft", reqs, {"steps": "3"})
+        for act in (lambda: b.apply("ft", reqs, {"steps": "3"}), b.undo, lambda: b.revert_to("base")):
+            with pytest.raises(LedgerError, match="changed by another session"):
+                act()
+            assert b.weights_hash() == base and [e.id for e in a.history()] == [first.id]
+        c = Workbench(None, ws)  # reopening replays to the head
+        assert c.weights_hash() == a.weights_hash()
+        c.undo()
+        with pytest.raises(LedgerError, match="changed by another session"):
+            a.apply("ft", reqs, {"steps": "3"})
+        assert a.verify() == [] and len(a.history()) == 2
+        c.close()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_two_processes_editing_one_workspace_leave_a_verifiable_history(tmp_path):
+    """Two CLI processes race on one workspace: each edit either lands or is refused with the
+    message; the history always verifies and replays."""
+    import subprocess
+    import sys
+    from workbench.requests import EditRequest, dump_requests
+    from workbench.session import Workbench
+    ws, req = tmp_path / "ws", tmp_path / "r.jsonl"
+    dump_requests(req, [EditRequest("Vahir Thiosteal was born in", "Lorvan")])
+    cmd = [sys.executable, "-m", "workbench.cli", "edit", "--editor", "ft", "--requests", str(req),
+           "--param", "steps=3", "--workspace", str(ws)]
+    Workbench(None, ws).close()  # create the workspace first, so both processes open the same one
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    assert all(code in (0, 2) for code, _ in results), results
+    assert any(code == 0 for code, _ in results)
+    assert all("changed by another session" in err for code, err in results if code == 2), results
+    wb = Workbench(None, ws)
+    try:
+        assert wb.verify() == [] and len(wb.history()) == sum(code == 0 for code, _ in results)
+    finally:
+        wb.close()

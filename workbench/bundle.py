@@ -56,6 +56,7 @@ def read_manifest(path) -> tuple[zipfile.ZipFile, dict]:
 def replay_bundle(wb, path) -> list:
     """Apply a bundle's edits to the session `wb` and record each; all or nothing."""
     from .patch import Patch
+    wb._check_fresh()
     z, manifest = read_manifest(path)
     edits = manifest["edits"]
     if manifest["base_hash"] != wb.base_hash:
@@ -80,19 +81,9 @@ def replay_bundle(wb, path) -> list:
             if wb.weights_hash(patch) != rec["weights_after"]:
                 raise InputError(f"edit {i + 1} ({rec['id']}): weights after replay do not match the bundle",
                                  file=path)
-        events = []
-        for rec, tmp, patch in zip(edits, staged, applied):
-            eid = wb.ledger.next_id()
-            rel = f"patches/{eid}.safetensors"
-            os.replace(tmp, wb.ledger.root / rel)
-            note = f"replayed from bundle {Path(path).name} (was {rec['id']} by {rec['author']} at {rec['created_at']})"
-            fields = {k: rec[k] for k in ("editor", "hparams", "requests", "metrics_before", "metrics_after",
-                                          "weights_before", "weights_after", "patch_sha256", "patch_bytes",
-                                          "duration_s")}
-            events.append(wb.ledger.append(id=eid, kind="edit", patch_file=rel, author=wb.author,
-                                           created_at=utc_now(), note=note + (f": {rec['note']}" if rec.get("note") else ""),
-                                           **fields))
-            wb._patches[eid] = patch
+        events: list = []
+        with wb._commit():  # serialized with other writers; refused if another recorded meanwhile
+            _record(wb, path, edits, staged, applied, events)
         return events
     except BaseException:
         for patch in reversed(applied):
@@ -103,3 +94,19 @@ def replay_bundle(wb, path) -> list:
         raise
     finally:
         z.close()
+
+
+def _record(wb, path, edits, staged, applied, events: list) -> None:
+    """Move each staged patch into place and append its ledger event (under the caller's lock)."""
+    for rec, tmp, patch in zip(edits, staged, applied):
+        eid = wb.ledger.next_id()
+        rel = f"patches/{eid}.safetensors"
+        os.replace(tmp, wb.ledger.root / rel)
+        note = f"replayed from bundle {Path(path).name} (was {rec['id']} by {rec['author']} at {rec['created_at']})"
+        fields = {k: rec[k] for k in ("editor", "hparams", "requests", "metrics_before", "metrics_after",
+                                      "weights_before", "weights_after", "patch_sha256", "patch_bytes",
+                                      "duration_s")}
+        events.append(wb.ledger.append(id=eid, kind="edit", patch_file=rel, author=wb.author,
+                                       created_at=utc_now(), note=note + (f": {rec['note']}" if rec.get("note") else ""),
+                                       **fields))
+        wb._patches[eid] = patch

@@ -177,9 +177,12 @@ class Ledger:
 
     # ------------------------------------------------------------------ writing
 
+    def last_seq(self) -> int:
+        """The sequence number of the newest event (0 when there is none)."""
+        return self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+
     def next_id(self) -> str:
-        n = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
-        return f"e{n + 1:04d}"
+        return f"e{self.last_seq() + 1:04d}"
 
     def append(self, **values) -> Event:
         """Append one event in one transaction, chained to the previous one."""

@@ -44,6 +44,7 @@ class Workbench:
         self.ledger = Ledger.open(self.workspace, base_hash=self.base_hash, base_model=str(self.model_dir))
         self._patches: dict[str, Patch] = {}
         self._restore()
+        self._seq = self.ledger.last_seq()  # the event the in-memory model is at
 
     # ------------------------------------------------------------------ state
 
@@ -111,6 +112,7 @@ class Workbench:
         from .editing import EditContext
         from .registry import get_editor, make_editor
         cls = get_editor(editor)
+        self._check_fresh()
         self._check_requests(cls, requests)
         gate_list = Gate.parse_all(gates) if isinstance(gates, str) else list(gates or [])
         instance, hp = make_editor(editor, self.adapter, params or {})
@@ -135,9 +137,10 @@ class Workbench:
                 self._forget(patch, structure=True)
                 self._expect_hash(h_before, "reverting a rejected edit")
                 gate_note = "rejected by gate: " + "; ".join(failed)
-                return self.ledger.append(id=self.ledger.next_id(), kind="rejected", weights_after=h_before,
-                                          **{**common, "note": f"{gate_note}. {note}" if note else gate_note})
-            with self._locked():
+                with self._commit():
+                    return self.ledger.append(id=self.ledger.next_id(), kind="rejected", weights_after=h_before,
+                                              **{**common, "note": f"{gate_note}. {note}" if note else gate_note})
+            with self._commit():
                 eid = self.ledger.next_id()
                 rel = f"patches/{eid}.safetensors"
                 digest = patch.save(self.ledger.root / rel)
@@ -247,19 +250,28 @@ class Workbench:
         return self._revert_many([edit_id], "revert", note)
 
     def _revert_many(self, ids: list[str], kind: str, note: str | None, target: str | None = None) -> Event:
+        self._check_fresh()
         events = {e.id: e for e in self.ledger.events()}
         h_before = self.ledger.head_hash()  # the model is always at the ledger's head
         t0 = time.perf_counter()
-        for eid in ids:
-            patch = self._patch(events[eid])
-            patch.revert(self.model, self.adapter)
-            self._forget(patch)
-        h_after = self.weights_hash()
-        with self._locked():
-            return self.ledger.append(id=self.ledger.next_id(), kind=kind, targets=ids, weights_before=h_before,
-                                      weights_after=h_after, author=self.author, created_at=utc_now(),
-                                      duration_s=round(time.perf_counter() - t0, 4),
-                                      note=note if target is None else f"to {target}" + (f": {note}" if note else ""))
+        done = []
+        try:
+            for eid in ids:
+                patch = self._patch(events[eid])
+                patch.revert(self.model, self.adapter)
+                self._forget(patch)
+                done.append(patch)
+            h_after = self.weights_hash()
+            with self._commit():
+                return self.ledger.append(id=self.ledger.next_id(), kind=kind, targets=ids, weights_before=h_before,
+                                          weights_after=h_after, author=self.author, created_at=utc_now(),
+                                          duration_s=round(time.perf_counter() - t0, 4),
+                                          note=note if target is None else f"to {target}" + (f": {note}" if note else ""))
+        except BaseException:
+            for patch in reversed(done):  # nothing was recorded: put the model back where it was
+                patch.apply(self.model, self.adapter)
+                self._forget(patch)
+            raise
 
     # ------------------------------------------------------------------ auditing
 
@@ -314,6 +326,24 @@ class Workbench:
 
     def close(self) -> None:
         self.ledger.close()
+
+    def _check_fresh(self) -> None:
+        """Refuse to work from a stale model: another session or process recorded events since
+        this one last synced, so this model is not at the ledger's head."""
+        last = self.ledger.last_seq()
+        if last != self._seq:
+            raise LedgerError(f"the workspace {self.workspace} was changed by another session or process since this "
+                              f"one opened it (the ledger has {last} event(s), this session is at {self._seq}); "
+                              f"nothing was recorded here; reopen the workspace and try again")
+
+    @contextlib.contextmanager
+    def _commit(self):
+        """The lock, a freshness check under it, then the caller's append(s); the session then
+        stands at the new head. Two writers on one workspace are serialized, never interleaved."""
+        with self._locked():
+            self._check_fresh()
+            yield
+            self._seq = self.ledger.last_seq()
 
     @contextlib.contextmanager
     def _locked(self):
