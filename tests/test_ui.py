@@ -220,6 +220,32 @@ def test_ui_command_binds_loopback():
     assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
     assert cmd[cmd.index("--server.port") + 1] == "8999"
     assert cmd[cmd.index("run") + 1].endswith("ui/app.py")
+    from ui.common import MAX_UPLOAD_MB
+    assert cmd[cmd.index("--server.maxUploadSize") + 1] == str(MAX_UPLOAD_MB)
+
+
+class _Upload:
+    def __init__(self, name: str, data: bytes):
+        self.name, self._data = name, data
+
+    def getvalue(self) -> bytes:
+        return self._data
+
+
+def test_uploads_are_size_limited_and_their_names_cannot_escape(tmp_path, monkeypatch):
+    from ui.common import MAX_UPLOAD_MB, load_uploaded
+    from workbench.errors import InputError
+    good = b'{"type": "edit", "prompt": "Ada lives in", "target_new": "Rome"}\n'
+    import tempfile
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # the upload's copy lands under tmp_path
+    monkeypatch.chdir(tmp_path)
+    for name in ("../../escape.jsonl", "/etc/passwd.jsonl", "a/../../b.jsonl", "x.json/..", "..", "r.jsonl"):
+        assert load_uploaded(_Upload(name, good))[0].target_new == "Rome"
+    left = [p for p in tmp_path.parent.rglob("*") if "escape" in p.name or p.name in ("b.jsonl", "passwd.jsonl")]
+    assert not left and not list((tmp_path / "tmp").iterdir()), "an upload was written outside its temporary folder"
+    with pytest.raises(InputError, match=f"over the {MAX_UPLOAD_MB} MB limit.*big.jsonl|big.jsonl.*over the"):
+        load_uploaded(_Upload("big.jsonl", good * (MAX_UPLOAD_MB * 2**20 // len(good) + 1)))
 
 
 def test_unlearn_page_prunes_and_shows_scores(app):

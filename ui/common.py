@@ -18,6 +18,7 @@ from workbench.errors import WorkbenchError
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "data" / "benchmarks"
 WORLD = REPO / "data" / "world"
+MAX_UPLOAD_MB = 50  # request files are small; the server refuses larger uploads too (ui/launch.py)
 
 
 @contextlib.contextmanager
@@ -73,11 +74,20 @@ def load_uploaded(upload) -> list:
 
     The loader detects the format from the content and the suffix, so the upload is written
     to a temporary file with its own name."""
+    from workbench.errors import InputError
     from workbench.requests import load_requests
+    data = upload.getvalue()
+    if len(data) > MAX_UPLOAD_MB * 2**20:
+        raise InputError(f"{len(data) / 2**20:.1f} MB is over the {MAX_UPLOAD_MB} MB limit for request files",
+                         file=upload.name)
+    # Only the suffix of the user's file name is used (for format detection): the copy lives in
+    # a fresh temporary folder under a fixed name, so no name can point outside it.
     suffix = Path(upload.name).suffix or ".jsonl"
+    if not re.fullmatch(r"\.[A-Za-z0-9]{1,10}", suffix):
+        suffix = ".jsonl"
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / f"upload{suffix}"
-        path.write_bytes(upload.getvalue())
+        path.write_bytes(data)
         try:
             return load_requests(path)
         except WorkbenchError as e:

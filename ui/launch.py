@@ -16,6 +16,8 @@ from pathlib import Path
 
 from .state import ENV_MODEL, ENV_WORKSPACE
 
+MAX_UPLOAD_MB = 50  # = ui.common.MAX_UPLOAD_MB (not imported: common imports streamlit at module level)
+
 APP = Path(__file__).resolve().parent / "app.py"
 
 
@@ -24,7 +26,8 @@ def command(port: int) -> list[str]:
     # reachable from other machines. Usage statistics off: the workbench works offline.
     return [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", "127.0.0.1",
             "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-            "--client.toolbarMode", "viewer"]  # no "Deploy" button: this app is local by design
+            "--client.toolbarMode", "viewer",  # no "Deploy" button: this app is local by design
+            "--server.maxUploadSize", str(MAX_UPLOAD_MB)]
 
 
 def environment(model: Path | None, workspace: Path) -> dict:
