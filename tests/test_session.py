@@ -203,24 +203,49 @@ def test_workspace_refuses_another_base_model(tmp_path):
 
 
 def _child_loop(ws):
+    """Edits, undos, rollbacks, bundle writes and exports, at random, forever."""
     torch.set_num_threads(1)
     w = Workbench(None, ws)
     rng = random.Random(os.getpid())
+    out = ws.parent / "out"
+    n = 0
     while True:
-        if w.active() and rng.random() < 0.3:
+        n += 1
+        r = rng.random()
+        active = w.active()
+        if active and r < 0.2:
             w.undo()
+        elif active and r < 0.35:
+            w.revert_to(rng.choice(["base"] + active[:-1]))
+        elif active and r < 0.45:
+            w.bundle(out / f"b{os.getpid()}-{n}.wbbundle")
+        elif active and r < 0.55:
+            w.export(out / f"x{os.getpid()}-{n}")
         else:
             w.apply("test-bump", EDITS[rng.randrange(10):][:1], {"layer": str(rng.randrange(4))})
 
 
-def test_crash_at_any_point_leaves_a_consistent_history(tmp_path):
-    """50 trials: a child process editing in a loop is SIGKILLed at a random moment; the
-    workspace must then verify clean and reopen at the last committed version."""
+def _check_outputs(out) -> None:
+    """Every bundle or export under its final name is complete (temporaries may remain)."""
+    from safetensors import safe_open
+
+    from workbench.bundle import read_manifest
+    for p in sorted(out.glob("b*.wbbundle")):
+        z, manifest = read_manifest(p)  # raises on a partial zip
+        assert manifest["edits"] and all(z.read(e["bundle_file"]) for e in manifest["edits"]), p
+        z.close()
+    for p in sorted(out.glob("x*")):
+        assert (p / "config.json").is_file(), p
+        with safe_open(p / "model.safetensors", "pt") as f:  # raises on a truncated file
+            assert len(list(f.keys())) > 10, p
+
+
+def _crash_trials(tmp_path, trials: int) -> None:
     ws = tmp_path / "ws"
     Workbench(None, ws).close()
     rng = random.Random(0)
     committed_events = []
-    for trial in range(50):
+    for trial in range(trials):
         pid = os.fork()
         if pid == 0:  # child
             try:
@@ -235,9 +260,25 @@ def test_crash_at_any_point_leaves_a_consistent_history(tmp_path):
         assert weights_hash(w.model) == w.ledger.head_hash()
         committed_events.append(len(w.history()))
         w.close()
-    assert committed_events[-1] > 10  # the kills did land between many commits
+        _check_outputs(ws.parent / "out")
+    assert committed_events[-1] > trials // 5  # the kills did land between many commits
+    kinds = {e.kind for e in Workbench(None, ws).history()}
+    assert {"edit", "undo", "rollback"} <= kinds, kinds
     w = Workbench(None, ws)
     assert w.verify() == []  # a full replay of the whole history at the end
+
+
+def test_crash_at_any_point_leaves_a_consistent_history(tmp_path):
+    """40 trials: a child process editing, undoing, rolling back, bundling and exporting in a
+    loop is SIGKILLed at a random moment; the workspace must then verify clean and reopen at
+    the last committed version, and every bundle or export under its final name is complete."""
+    _crash_trials(tmp_path, 40)
+
+
+@pytest.mark.slow
+def test_crash_at_any_point_many_trials(tmp_path):
+    """The same with 120 trials (`pytest -m slow`)."""
+    _crash_trials(tmp_path, 120)
 
 
 def test_two_sessions_on_one_workspace_are_serialized_not_interleaved(tmp_path):
