@@ -124,7 +124,7 @@ def test_irrelevant_rows_come_from_the_corpus_and_avoid_the_request(run):
     bad = [f"{r.subject} has a cat.", r.locality[0].prompt + " " + r.locality[0].answer]
     pool = bad * 50 + ["The old bridge was busy.", "A train left at dawn."]
     hp = WISEHParams(irrelevant_samples=4, contrast_subject=0)
-    _, (ids, _mask) = build_batch(tok, [r], hp, random.Random(0), pool)
+    _, (ids, _mask), _ = build_batch(tok, [r], hp, random.Random(0), pool)
     texts = tok.batch_decode(ids, skip_special_tokens=True)
     assert texts and all(r.subject not in t and r.locality[0].prompt not in t for t in texts)
 
@@ -136,12 +136,15 @@ def test_packed_scores_equal_padded_scores():
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
     delta = torch.randn(4, 8, generator=g)  # (out, in)
     torch.testing.assert_close(Packed(a, mask).scores(delta), _scores(a, delta, mask))
+    from editors.wise.memory import row_score
+    torch.testing.assert_close(Packed(a, mask).scores(delta, "max"),
+                               row_score((a @ delta.T).norm(dim=-1), mask.float(), "max"))
 
 
 @pytest.mark.parametrize("field,value", [("lr", 0), ("mask_ratio", 0.0), ("alpha", -1), ("steps", 0),
                                           ("margin_scale", 0),
                                           ("shards", 0), ("act_ratio", 2.0), ("retrieve", "yes"),
-                                          ("contrast_subject", -1)])
+                                          ("contrast_subject", -1), ("score_tokens", "max"), ("route", "top")])
 def test_bad_hparams_name_the_field(field, value):
     with pytest.raises(InputError) as e:
         WISEHParams(**{field: value})
@@ -166,4 +169,41 @@ def test_retrieve_mode_archives_memories_and_routes():
     assert isinstance(mem, WISEMemory) and mem.memories.shape[0] == 4 and mem.thresholds.shape == (4,)
     for p in reversed(patches):
         p.revert(model, adapter)
+    assert getattr(model, ATTR, None) is None
+
+
+def test_subject_mask_marks_the_subject_tokens_and_falls_back_to_all(run):
+    from editors.wise.train import subject_mask
+    from workbench.requests import EditRequest
+    tok, r = run["tok"], run["reqs"][2]
+    no_subject = EditRequest("The old bridge was praised by", "Paris")
+    pairs = [tok(x.prompt)["input_ids"] for x in (r, no_subject)]
+    ids, mask = right_pad(pairs, tok.pad_token_id)
+    m = subject_mask(tok, [r, no_subject], mask)
+    assert tok.decode(ids[0][m[0].bool()]).strip() == r.subject
+    assert torch.equal(m[1], mask[1])  # no subject: every real token
+
+
+def test_subject_scores_edit_batch_and_missing_subject():
+    from tests.tiny_models import tiny_model, tiny_tokenizer
+    from workbench.requests import EditRequest
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    adapter = get_adapter(model)
+    reqs = [EditRequest("P1 lives in", "City1", subject="P1"), EditRequest("Q2 lives in", "City2", subject="Q2"),
+            EditRequest("Some town lies in", "City3")]  # the last one without a subject: all tokens
+    hp = WISEHParams(score_tokens="subject", route="max", shards=1, steps=20).derive(adapter)
+    p = WISEEditor(hp).edit(EditContext(model, tok, adapter), reqs)
+    assert p.meta["score_tokens"] == "subject" and p.meta["route"] == "max"
+    mem = getattr(model, ATTR)
+    assert int(mem.counts[0]) == 1 and float(mem.min_score) > 0 and mem.route == "max"
+    assert p.attachments[0].build().route == "max"  # kept in the attachment's config
+    # Max routing is still per example: a padded batch equals one row at a time.
+    seqs = tok([r.prompt + " " + r.target_new for r in reqs] + ["Nothing here at all"])["input_ids"]
+    ids, mask = right_pad(seqs, tok.pad_token_id)
+    with torch.no_grad():
+        batched = model(input_ids=ids, attention_mask=mask).logits
+        for r, s in enumerate(seqs):
+            torch.testing.assert_close(batched[r, :len(s)], model(input_ids=torch.tensor([s])).logits[0],
+                                       rtol=1e-4, atol=1e-4)
+    p.revert(model, adapter)
     assert getattr(model, ATTR, None) is None

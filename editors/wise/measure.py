@@ -76,7 +76,7 @@ def routed_share(model, tok, adapter, mem, reqs) -> dict:
             pairs = encode_pairs(tok, [p for p, _ in items], [a for _, a in items])
             ids, mask = right_pad([p + a for p, a in pairs], tok.pad_token_id)  # (rows, seq)
             packed = Packed(_activations(model, adapter, mem.layer, ids, mask), mask)
-            best = torch.stack([packed.scores(d) / t for d, t in zip(deltas, thr)]).max(0).values  # (rows,)
+            best = torch.stack([packed.scores(d, mem.route) / t for d, t in zip(deltas, thr)]).max(0).values  # (rows,)
             out[kind] = float((best > 1.0).float().mean())
     return out
 

@@ -19,9 +19,9 @@ the session can revert it bit for bit:
 - `counts` (2,) int64: total edits, edits in the current group.
 
 Routing is per example, as in the paper and EasyEdit: a row's score is the mean of ||Δ a||
-over its real (unpadded) positions, and the whole row reads the side memory iff the score
+over its real (unpadded) positions (or, with `route="max"`, their max), and the whole row reads the side memory iff the score
 exceeds the threshold (retrieve mode: the memory with the highest score / threshold).
-No row sees another row and padding never enters the mean, so a padded batch gives the
+No row sees another row and padding never enters the mean (or max), so a padded batch gives the
 same outputs as one example at a time. Like EasyEdit, the decision uses every token of the
 forward call (with teacher forcing, the answer's tokens too); training reads the side
 memory at every position of the edit rows, which is what a routed row then sees. In cached
@@ -54,9 +54,10 @@ class WISEMemory(nn.Module):
     """
 
     def __init__(self, layer: int, out_features: int, in_features: int, shards: int,
-                 act_ratio: float = 0.88, retrieve: bool = False, dtype=torch.float32):
+                 act_ratio: float = 0.88, retrieve: bool = False, dtype=torch.float32, route: str = "mean"):
         super().__init__()
         self.layer, self.act_ratio, self.retrieve = int(layer), float(act_ratio), bool(retrieve)
+        self.route = str(route)  # "mean" (paper / EasyEdit) or "max" over a row's real positions
         o, i = int(out_features), int(in_features)
         self.register_buffer("delta", torch.zeros(o, i, dtype=dtype))
         self.register_buffer("group_base", torch.zeros(o, i, dtype=dtype))
@@ -73,7 +74,7 @@ class WISEMemory(nn.Module):
 
     def config(self) -> dict:
         return {"layer": self.layer, "out_features": self.delta.shape[0], "in_features": self.delta.shape[1],
-                "shards": self.taus.shape[0], "act_ratio": self.act_ratio, "retrieve": self.retrieve,
+                "shards": self.taus.shape[0], "act_ratio": self.act_ratio, "retrieve": self.retrieve, "route": self.route,
                 "dtype": str(self.delta.dtype).removeprefix("torch.")}
 
     def threshold(self) -> torch.Tensor:
@@ -125,7 +126,7 @@ class WISEMemory(nn.Module):
             d = (a @ deltas[0].to(a.dtype).T)[None]  # (1, batch, seq, out)
         else:
             d = torch.einsum("bsi,moi->mbso", a, deltas.to(a.dtype))  # (m, batch, seq, out)
-        score = row_mean(d.float().norm(dim=-1), mask)  # (m, batch): one score per example
+        score = row_score(d.float().norm(dim=-1), mask, self.route)  # (m, batch): one score per example
         best, which = (score / thr[:, None]).max(0)  # (batch,) each: best memory per example
         use = (best > 1.0)[:, None, None].to(a.dtype)  # (batch, 1, 1)
         # (batch, seq, out): each example's best memory
@@ -162,6 +163,18 @@ def row_mean(dist: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (dist * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
 
 
+def row_score(dist: torch.Tensor, mask: torch.Tensor, route: str = "mean") -> torch.Tensor:
+    """`row_mean`, or with route="max" the max of `dist` over each row's real positions.
+
+    Example:
+        >>> row_score(torch.tensor([[2., 4., 9.]]), torch.tensor([[1., 1., 0.]]), "max")
+        tensor([4.])
+    """
+    if route == "max":
+        return dist.masked_fill(mask == 0, 0.0).amax(-1)  # scores are norms (>= 0): padding at 0 never wins
+    return row_mean(dist, mask)
+
+
 @register_attachment
 class WISEAttachment(Attachment):
     """The first WISE edit of a model: attaches a `WISEMemory` (state snapshot) to it.
@@ -188,7 +201,7 @@ class WISEAttachment(Attachment):
     def build(self) -> WISEMemory:
         c = self._config
         mem = WISEMemory(c["layer"], c["out_features"], c["in_features"], c["shards"], c["act_ratio"],
-                         c["retrieve"], getattr(torch, c["dtype"]))
+                         c["retrieve"], getattr(torch, c["dtype"]), c.get("route", "mean"))
         for k, v in self._state.items():  # buffers may have been resized (archived memories)
             mem.register_buffer(k, v.detach().clone())
         return mem

@@ -5,7 +5,9 @@ memory, plus the routing margin loss on the activation scores Δ (see `memory.py
 
     max(0, Δ_irr − α) + max(0, β − Δ_edit) + max(0, γ − (Δ_edit − Δ_irr))
 
-Δ_edit is the score of each edit row (prompt + target), Δ_irr of each irrelevant row. Hinges are averaged over the
+Δ_edit is the score of each edit row (prompt + target; with `score_tokens="subject"` only its
+subject's tokens, and its other tokens join the irrelevant rows, as EasyEdit's act_mask /
+deact_mask), Δ_irr of each irrelevant row. Hinges are averaged over the
 pairs/positions that violate them (as EasyEdit does), so satisfied margins cost nothing.
 Gradients are masked to the shard's random subspace (ratio ρ) and the weights are clamped
 to within `norm_constraint` of the main memory after each SGD step.
@@ -118,7 +120,31 @@ def build_batch(tok, requests, hp, rng: random.Random, pool: list[str]):
     irr = None
     if texts:
         irr = right_pad([t[:hp.max_irrelevant_tokens] for t in tok(texts, add_special_tokens=True)["input_ids"]], pad)
-    return (ids, mask, labels), irr
+    subj = subject_mask(tok, requests, mask) if getattr(hp, "score_tokens", "all") == "subject" else None
+    return (ids, mask, labels), irr, subj
+
+
+def subject_mask(tok, requests, mask: torch.Tensor) -> torch.Tensor:
+    """(rows, seq) 1 at the tokens of each edit row's subject (EasyEdit's `act_mask`).
+
+    A token belongs to the subject if its characters overlap the subject's span in the
+    prompt. A row whose request has no subject in its prompt (or a tokenizer without
+    offsets) keeps every real token, i.e. falls back to the all-token score.
+    """
+    out = mask.clone()
+    for r, req in enumerate(requests):
+        span = req.subject_span() if req.subject else None
+        if span is None:
+            continue
+        try:
+            offs = tok(req.prompt, add_special_tokens=True, return_offsets_mapping=True)["offset_mapping"]
+        except (NotImplementedError, TypeError, KeyError, ValueError):
+            continue  # a slow tokenizer: no offsets, all tokens
+        idx = [i for i, (s, e) in enumerate(offs) if e > s and s < span[1] and e > span[0]]
+        if idx and max(idx) < out.shape[1]:
+            out[r].zero_()
+            out[r, idx] = 1
+    return out
 
 
 @contextlib.contextmanager
@@ -190,15 +216,25 @@ class Packed:
         self.row = torch.arange(a.shape[0], device=a.device)[:, None].expand_as(keep)[keep]  # (n_tok,)
         self.count = keep.sum(1).clamp_min(1).float()  # (rows,)
 
-    def scores(self, delta: torch.Tensor) -> torch.Tensor:
-        """(rows,) mean of ||delta a|| over each row's real positions (= `_scores`)."""
+    def cat(self, other: "Packed") -> "Packed":
+        """The rows of `self` followed by those of `other`."""
+        out = Packed.__new__(Packed)
+        out.tokens = torch.cat([self.tokens, other.tokens])
+        out.row = torch.cat([self.row, other.row + self.count.shape[0]])
+        out.count = torch.cat([self.count, other.count])
+        return out
+
+    def scores(self, delta: torch.Tensor, route: str = "mean") -> torch.Tensor:
+        """(rows,) mean (route="max": max) of ||delta a|| over each row's real positions (= `_scores`)."""
         norms = (self.tokens @ delta.T).float().norm(dim=-1)  # (n_tok, out) -> (n_tok,)
+        if route == "max":  # norms >= 0, so a start of 0 is neutral
+            return norms.new_zeros(self.count.shape).scatter_reduce(0, self.row, norms, "amax")
         return norms.new_zeros(self.count.shape).index_add(0, self.row, norms) / self.count
 
 
 def train_shard(model, adapter, mem: WISEMemory, batch, hp, seed: int) -> dict:
     """Train the live shard on one batch in place on `mem`; returns statistics."""
-    (ids, mask, labels), irr = batch
+    (ids, mask, labels), irr, subj = batch
     dev = mem.delta.device
     ids, mask, labels = ids.to(dev), mask.to(dev), labels.to(dev)
     n_done = int(mem.counts[1])
@@ -210,7 +246,17 @@ def train_shard(model, adapter, mem: WISEMemory, batch, hp, seed: int) -> dict:
     if irr is not None:  # irrelevant rows never need the layers above: only their activations
         irr_mask = irr[1].to(dev)
         a_irr = Packed(_activations(model, adapter, mem.layer, irr[0].to(dev), irr_mask), irr_mask)
-    a_edit = Packed(_activations(model, adapter, mem.layer, ids, mask), mask)
+    acts = _activations(model, adapter, mem.layer, ids, mask)
+    a_edit = Packed(acts, mask)  # all tokens: the router's score (and its threshold)
+    a_act = a_edit  # the tokens whose score the margin loss pushes above β
+    if subj is not None:  # score_tokens="subject" (EasyEdit's act_mask / deact_mask)
+        subj = subj.to(dev)
+        a_act = Packed(acts, subj)
+        rest = mask * (1 - subj)  # the edit rows' own non-subject tokens count as irrelevant
+        keep = rest.sum(1) > 0  # (n_edit,) rows with a subject found (others fell back to all tokens)
+        if bool(keep.any()):
+            a_rest = Packed(acts[keep], rest[keep])
+            a_irr = a_rest if a_irr is None else a_irr.cat(a_rest)
     w = (mem.group_base + mem.taus[shard]).clone().requires_grad_(True)  # (out, in)
     grad_mask = mem.mask.to(w.dtype)
     forward = lambda: model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # noqa: E731
@@ -223,7 +269,7 @@ def train_shard(model, adapter, mem: WISEMemory, batch, hp, seed: int) -> dict:
                 opt.zero_grad(set_to_none=True)
                 logits = forward().float()  # (n_edit, seq, vocab)
                 ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels)
-                edit_s = a_edit.scores(w)  # (n_e,)
+                edit_s = a_act.scores(w)  # (n_e,)
                 irr_s = a_irr.scores(w) if a_irr is not None else edit_s[:0]  # (n_i,)
                 act = margin_loss(edit_s, irr_s, hp)
                 losses.append((ce.item(), act.item()))
@@ -240,7 +286,7 @@ def train_shard(model, adapter, mem: WISEMemory, batch, hp, seed: int) -> dict:
     with torch.no_grad():
         mem.taus[shard].copy_(w.detach() - mem.group_base)
         _merge(mem, shard + 1, hp.ties_density)
-        edit_min = float(a_edit.scores(mem.delta).min())
+        edit_min = float(a_edit.scores(mem.delta, mem.route).min())  # the router's own score
         irr_max = float(a_irr.scores(mem.delta).max()) if a_irr is not None else 0.0
         mem.min_score.copy_(torch.minimum(mem.min_score, torch.tensor([edit_min], device=dev)))
         mem.counts += 1
