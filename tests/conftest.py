@@ -1,3 +1,4 @@
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,18 @@ def shipped_world():
 def shipped_model():
     from workbench.model import load_model
     return load_model(MODEL)
+
+
+@contextlib.contextmanager
+def model_left_unchanged(model):
+    """Around a test: the model's weights (bit for bit) and `requires_grad` flags must be as
+    they were when it ends (the shared shipped model is reused by every test)."""
+    from workbench.patch import weights_hash
+    before = weights_hash(model)
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    yield
+    assert weights_hash(model) == before, "the test left the shipped model edited"
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
 
 
 def assert_patch_round_trips(model, adapter, patch, h0: str, h1: str, path) -> None:

@@ -17,7 +17,7 @@ from workbench.evaluate import evaluate_edits, reference
 from workbench.patch import Patch, weights_hash
 from workbench.requests import ForgetRequest, load_requests
 
-from .conftest import REPO, assert_patch_round_trips
+from .conftest import REPO, assert_patch_round_trips, model_left_unchanged
 
 N_SINGLE = 8  # single edits per objective: enough for a stable mean, ~0.1 s each
 
@@ -36,12 +36,8 @@ def world(shipped_model):
 @pytest.fixture
 def base(world):
     """The shipped model, asserted unchanged (bit for bit) after the test."""
-    model, tok, adapter, requests = world
-    before = weights_hash(model)
-    grads = {n: p.requires_grad for n, p in model.named_parameters()}
-    yield model, tok, adapter, requests
-    assert weights_hash(model) == before, "the test left the shipped model edited"
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
+    with model_left_unchanged(world[0]):
+        yield world
 
 
 def _edit(model, tok, adapter, requests, seed=0, **params) -> Patch:

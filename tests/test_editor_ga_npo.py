@@ -21,7 +21,7 @@ from workbench.evaluate import evaluate_forgets
 from workbench.patch import Patch, weights_hash
 from workbench.requests import EditRequest, load_probes, load_requests, with_retain
 
-from .conftest import REPO, assert_patch_round_trips
+from .conftest import REPO, assert_patch_round_trips, model_left_unchanged
 
 EDITORS = {"ga": (GAEditor, GAHParams), "npo": (NPOEditor, NPOHParams)}
 
@@ -41,12 +41,8 @@ def world(shipped_model):
 
 @pytest.fixture
 def base(world):
-    model, tok, adapter, requests = world
-    before = weights_hash(model)
-    grads = {n: p.requires_grad for n, p in model.named_parameters()}
-    yield model, tok, adapter, requests
-    assert weights_hash(model) == before, "the test left the shipped model edited"
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
+    with model_left_unchanged(world[0]):
+        yield world
 
 
 def _edit(name, model, tok, adapter, requests, seed=0, **params) -> Patch:

@@ -22,7 +22,7 @@ from workbench.patch import Patch, weights_hash
 from workbench.requests import EditRequest, ForgetRequest, load_requests
 from workbench.scoring import right_pad
 
-from .conftest import REPO
+from .conftest import REPO, model_left_unchanged
 
 T_SEQ = 50
 FAST = {"early_stop_loss": 1e-2}
@@ -41,12 +41,9 @@ def world(shipped_model):
 @pytest.fixture
 def base(world):
     """The shipped model, asserted unchanged (bit for bit) after the test."""
-    model, tok, adapter, requests = world
-    before = weights_hash(model)
-    grads = {n: p.requires_grad for n, p in model.named_parameters()}
-    yield model, tok, adapter, requests
-    assert weights_hash(model) == before, "the test left the shipped model edited"
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
+    adapter = world[2]
+    with model_left_unchanged(world[0]):
+        yield world
     assert find_codebook(adapter, adapter.default_layer()) is None
 
 

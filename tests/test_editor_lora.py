@@ -19,7 +19,7 @@ from workbench.patch import weights_hash
 from workbench.requests import load_requests
 from workbench.scoring import right_pad
 
-from .conftest import REPO, assert_patch_round_trips
+from .conftest import REPO, assert_patch_round_trips, model_left_unchanged
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REQS = load_requests(REPO / "data" / "benchmarks" / "edits_counterfactual.jsonl")[:12]
@@ -30,13 +30,10 @@ FAST = dict(layers=(1, 2), steps=40)
 def base(shipped_model):
     model, tok = shipped_model
     adapter = arch_adapter(model)
-    before = weights_hash(model)
     keys = list(model.state_dict())
-    grads = {n: p.requires_grad for n, p in model.named_parameters()}
-    yield model, tok, adapter
-    assert weights_hash(model) == before, "the test left the shipped model edited"
+    with model_left_unchanged(model):
+        yield model, tok, adapter
     assert list(model.state_dict()) == keys and not hasattr(model, STORE)
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
     assert "peft_config" not in vars(model)
 
 

@@ -21,7 +21,7 @@ from workbench.evaluate import evaluate_edits, reference
 from workbench.patch import Patch, weights_hash
 from workbench.requests import EditRequest, load_requests
 
-from .conftest import REPO, assert_patch_round_trips
+from .conftest import REPO, assert_patch_round_trips, model_left_unchanged
 
 N_SINGLE, N_BATCH = 5, 10
 
@@ -49,12 +49,9 @@ def world(shipped_model, stats_dir):
 @pytest.fixture
 def base(world):
     """The shipped model, asserted unchanged (bit for bit) after the test."""
-    model, tok, adapter, requests = world
-    before = weights_hash(model)
-    grads = {n: p.requires_grad for n, p in model.named_parameters()}
-    yield model, tok, adapter, requests
-    assert weights_hash(model) == before, "the test left the shipped model edited"
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
+    model = world[0]
+    with model_left_unchanged(model):
+        yield world
     assert all(p.grad is None for p in model.parameters()), "an edit left gradients on the weights"
 
 
