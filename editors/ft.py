@@ -182,29 +182,49 @@ def _train(ctx: EditContext, weight: torch.nn.Parameter, batches, hp: FTHParams)
             p.requires_grad_(p is weight)
         model.eval()  # no dropout: the edit is a deterministic function of weights and seed
         opt = torch.optim.Adam([weight], lr=hp.lr, weight_decay=hp.weight_decay)
+
+        def project():
+            if eps > 0:
+                with torch.no_grad():  # L-inf projection back onto the ball around the original
+                    weight.copy_(torch.maximum(torch.minimum(weight, original + eps), original - eps))
+
         with torch.random.fork_rng(devices=[]):  # seed locally; the caller's RNG stream is untouched
             torch.manual_seed(ctx.seed)
-            for _ in range(hp.steps):
-                pass_losses = []
-                for chunk in batches:
-                    opt.zero_grad(set_to_none=True)
-                    loss = _loss(model, chunk, hp.objective, _pad(ctx.tokenizer), weight.device)
-                    pass_losses.append((loss.item(), len(chunk)))
-                    if loss.item() >= hp.early_stop_loss:
-                        loss.backward()
-                        opt.step()
-                    if eps > 0:
-                        with torch.no_grad():  # L-inf projection back onto the ball around the original
-                            weight.copy_(torch.maximum(torch.minimum(weight, original + eps), original - eps))
-                mean = sum(v * n for v, n in pass_losses) / sum(n for _, n in pass_losses)
-                losses.append(mean)
-                if mean < hp.early_stop_loss:
-                    break
+            losses = fit(model, opt, batches, hp.objective, _pad(ctx.tokenizer), weight.device, hp.steps,
+                         hp.early_stop_loss, after_step=project)
     finally:
         for p, flag in frozen.items():
             p.requires_grad_(flag)
         weight.grad = old_grad
         model.train(was_training)
+    return loss_stats(losses)
+
+
+def fit(model, opt, batches, objective: str, pad_id: int, device, steps: int, early_stop_loss: float,
+        after_step=None) -> list[float]:
+    """Up to `steps` passes over `batches`, one optimizer step per chunk whose loss is not yet
+    below `early_stop_loss`; stops once a pass's mean loss is below it. Returns pass means.
+    `after_step` runs after every chunk (e.g. a projection back onto a norm ball)."""
+    losses: list[float] = []
+    for _ in range(steps):
+        pass_losses = []
+        for chunk in batches:
+            opt.zero_grad(set_to_none=True)
+            loss = _loss(model, chunk, objective, pad_id, device)
+            pass_losses.append((loss.item(), len(chunk)))
+            if loss.item() >= early_stop_loss:
+                loss.backward()
+                opt.step()
+            if after_step is not None:
+                after_step()
+        mean = sum(v * n for v, n in pass_losses) / sum(n for _, n in pass_losses)
+        losses.append(mean)
+        if mean < early_stop_loss:
+            break
+    return losses
+
+
+def loss_stats(losses: list[float]) -> dict:
     return {"passes": len(losses), "loss_first": losses[0] if losses else None,
             "loss_last": losses[-1] if losses else None}
 

@@ -128,7 +128,7 @@ def _train_with_peft(ctx: EditContext, cfg, names: list[str], batches, hp: LoRAH
     """Inject, train, read out the factors, un-inject. The model ends exactly as it began."""
     from peft import inject_adapter_in_model
 
-    from editors.ft import _loss, _pad
+    from editors.ft import _pad, fit, loss_stats
     model = ctx.model
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     had_config = "peft_config" in vars(model)
@@ -142,20 +142,8 @@ def _train_with_peft(ctx: EditContext, cfg, names: list[str], batches, hp: LoRAH
             model.eval()
             params = [p for n, p in model.named_parameters() if f".{TRAIN_NAME}." in n]
             opt = torch.optim.Adam(params, lr=hp.lr)
-            device = params[0].device
-            for _ in range(hp.steps):
-                pass_losses = []
-                for chunk in batches:
-                    opt.zero_grad(set_to_none=True)
-                    loss = _loss(model, chunk, "target", _pad(ctx.tokenizer), device)
-                    pass_losses.append((loss.item(), len(chunk)))
-                    if loss.item() >= hp.early_stop_loss:
-                        loss.backward()
-                        opt.step()
-                mean = sum(v * n for v, n in pass_losses) / sum(n for _, n in pass_losses)
-                losses.append(mean)
-                if mean < hp.early_stop_loss:
-                    break
+            losses = fit(model, opt, batches, "target", _pad(ctx.tokenizer), params[0].device, hp.steps,
+                         hp.early_stop_loss)
         factors = {}
         for n in names:
             layer = model.get_submodule(n)
@@ -171,8 +159,7 @@ def _train_with_peft(ctx: EditContext, cfg, names: list[str], batches, hp: LoRAH
         for n, p in model.named_parameters():
             p.requires_grad_(flags[n])
         model.train(was_training)
-    return factors, {"passes": len(losses), "loss_first": losses[0] if losses else None,
-                     "loss_last": losses[-1] if losses else None}
+    return factors, loss_stats(losses)
 
 
 def _uninject(model, names: list[str]) -> None:
