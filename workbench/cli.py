@@ -112,13 +112,13 @@ def _cmd_ui(args) -> int:
 def _editor_params(items: list[str]) -> dict[str, dict]:
     """`EDITOR:K=V` strings -> {editor: {K: V}}."""
     from .errors import InputError
+    from .session_cli import parse_params
     params: dict[str, dict] = {}
     for item in items:
         editor, sep, kv = item.partition(":")
         if not sep or "=" not in kv:
             raise InputError(f"expected EDITOR:K=V, got {item!r}", field="--param")
-        k, v = kv.split("=", 1)
-        params.setdefault(editor.strip(), {})[k.strip()] = v.strip()
+        params.setdefault(editor.strip(), {}).update(parse_params([kv]))
     return params
 
 
@@ -147,7 +147,8 @@ def _cmd_bench_unlearn(args) -> int:
 
 def _cmd_bench_merge(args) -> int:
     from .merge_bench import ALL_TYPES, run, table
-    lora = _editor_params([f"lora:{kv}" for kv in args.lora]).get("lora", {})
+    from .session_cli import parse_params
+    lora = parse_params(args.lora, flag="--lora")
     rows = run(batches=args.batches, size=args.size, types=_names(args.types) if args.types else ALL_TYPES,
                lora_params=lora, weight=args.weight, density=args.density, wise=not args.no_wise,
                model_dir=args.model)

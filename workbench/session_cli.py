@@ -72,11 +72,12 @@ def _open(args):
     return Workbench(args.model, args.workspace, author=args.author)
 
 
-def _parse_params(items: list[str]) -> dict:
+def parse_params(items: list[str], flag: str = "--param") -> dict:
+    """`K=V` strings -> {K: V} (stripped); anything else names `flag`."""
     out = {}
     for item in items:
         if "=" not in item:
-            raise InputError(f"expected K=V, got {item!r}", field="--param")
+            raise InputError(f"expected K=V, got {item!r}", field=flag)
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
@@ -86,7 +87,7 @@ def _cmd_edit(args) -> int:
     from .gates import Gate
     from .registry import get_editor
     from .requests import load_requests
-    params = _parse_params(args.param)
+    params = parse_params(args.param)
     gates = Gate.parse_all(args.gate) if args.gate else []
     get_editor(args.editor)  # an unknown name fails before the model loads
     reqs = load_requests(args.requests, args.format)
