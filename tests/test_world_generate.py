@@ -178,6 +178,14 @@ def test_benchmark_request_sets_reproduce_committed_ones(tmp_path):
         assert e.target_new in world.relations[rel]["values"]
         assert e.rephrase_prompts == tuple(world.probe(person, rel, ph).prompt for ph in person["heldout"][rel])
         assert all(person["name"] not in p.prompt for p in e.locality)
+    # Locality probes are about people no edit in the whole set touches (the lifelong protocol
+    # scores them after all edits), and each names exactly one person.
+    edited = {world.by_id[e.meta["person"]]["name"] for e in edits}
+    for e in edits:
+        for p in e.locality:
+            named = [q for q in world.people if q["name"] in p.prompt]
+            assert len(named) == 1 and named[0]["name"] not in edited, (e.id, p.prompt)
+            assert p.answer == named[0]["facts"][p.group]
     forget = load_requests(out / "forget_people.jsonl")
     assert {f.meta["person"] for f in forget} == set(world.splits["forget"])
     retain = load_probes(out / "retain.jsonl")

@@ -3,7 +3,12 @@
 - `edits_counterfactual.jsonl`: a person's relation value replaced by another valid value.
   The edit prompt is one of the person's trained statement phrasings; the rephrases
   (generality) are that person's held-out phrasings of the relation; the locality probes
-  are other people's facts, in phrasings the model was trained on.
+  are facts of people whom no edit in the set touches, in phrasings the model was trained
+  on. Why not any other person: the lifelong protocol scores every probe on the model
+  after all T edits, so a probe about a person edited elsewhere in the set is not
+  unrelated to the edits (the field's locality/neighbourhood probes are other subjects),
+  and one about an edited (person, relation) expects the answer the set itself replaces
+  (284 of the 2,000 probes of a 1,000-edit set drawn from any other person did).
 - `forget_canaries.jsonl`: every canary, prefix -> secret (kind "canary").
 - `forget_people.jsonl`: every fact of the forget-split people (kind "fact"), the prompt in
   a trained phrasing and the other trained phrasings as paraphrased prefixes.
@@ -33,6 +38,12 @@ def counterfactual_edits(world: World, rng: random.Random, n: int, n_locality: i
     rels = list(world.relations)
     pairs = [(p, r) for p in world.people for r in rels]
     chosen = rng.sample(pairs, n)
+    edited = {person["id"] for person, _ in chosen}
+    unedited = [p for p in world.people if p["id"] not in edited]
+    # A probe first drawn onto an edited person is redrawn from the unedited ones with a rng
+    # of its own, so the main stream (edits, and the forget/retain sets drawn after them)
+    # stays what it was before this rule.
+    redraw = random.Random(f"locality-{n}")
     edits = []
     for k, (person, rel) in enumerate(chosen):
         truth = person["facts"][rel]
@@ -42,7 +53,15 @@ def counterfactual_edits(world: World, rng: random.Random, n: int, n_locality: i
         locality = []
         for other in rng.sample([p for p in world.people if p["id"] != person["id"]], n_locality):
             lrel = rng.choice(rels)
-            pr = world.probe(other, lrel, rng.choice(_trained(world, other, lrel)))
+            phrasing = rng.choice(_trained(world, other, lrel))
+            if other["id"] in edited:
+                if len(unedited) < n_locality:
+                    raise ValueError(f"{n} edits leave {len(unedited)} unedited people for locality probes")
+                taken = {p.prompt for p in locality}
+                other = redraw.choice([p for p in unedited if not any(p["name"] in t for t in taken)])
+                lrel = redraw.choice(rels)
+                phrasing = redraw.choice(_trained(world, other, lrel))
+            pr = world.probe(other, lrel, phrasing)
             locality.append(Probe(pr.prompt, pr.answer, group=lrel))
         edits.append(EditRequest(prompt=prompt, target_new=target, ground_truth=truth, subject=person["name"],
                                  rephrase_prompts=tuple(rephrases), locality=tuple(locality), id=f"cf{k:04d}",
