@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from workbench.editing import Capabilities, EditContext, HParams
 from workbench.errors import InputError
+from workbench.offload import onload
 from workbench.patch import Patch
 from workbench.registry import register_editor
 from workbench.requests import ForgetRequest
@@ -184,11 +185,16 @@ def _encode(tok, requests: list, name: str):
 
 
 def _trainable(ctx: EditContext, which: str) -> list[tuple[str, torch.nn.Parameter]]:
+    # Modules a device map offloaded are made resident first: the optimizer must hold the
+    # Parameters the forward pass uses, not the meta stand-ins accelerate swaps out.
     if which == "all":
+        for m in ctx.model.modules():
+            onload(m)
         return [(n, p) for n, p in ctx.model.named_parameters()]  # shared (tied) tensors listed once
     ad, out = ctx.adapter, []
     for i in range(ad.num_layers):
         for m in [*ad.mlp_in(i), ad.mlp_out(i)]:
+            onload(m)
             out += [(ad.param_name(m, k), p) for k, p in m.named_parameters(recurse=False)]
     return out
 

@@ -219,7 +219,7 @@ class ArchAdapter:
     @property
     def hidden_size(self) -> int:
         """Width of the residual stream (the MLP output projection's out_features)."""
-        return int(self.weight(self.mlp_out(0)).shape[0])
+        return int(self._shape(self.mlp_out(0))[0])
 
     def layer_index(self, i: int) -> int:
         """`i` as a non-negative index; negative counts from the end, like a list.
@@ -283,7 +283,7 @@ class ArchAdapter:
 
     def num_neurons(self, i: int) -> int:
         """Width of layer `i`'s MLP hidden layer (d_ff): the out-projection's in_features."""
-        return int(self.weight(self.mlp_out(i)).shape[1])
+        return int(self._shape(self.mlp_out(i))[1])
 
     # -- model-level modules -----------------------------------------------------------
     def embeddings(self) -> nn.Embedding:
@@ -318,13 +318,25 @@ class ArchAdapter:
         """`module`'s weight as an (out_features, in_features) view sharing its storage.
 
         In-place writes (under torch.no_grad()) change the model, whatever the orientation.
+        A module that accelerate offloaded (device_map) is made resident first, for good
+        (`workbench.offload.onload`), so the view holds real values and writes reach the
+        forward pass.
 
         Example:
             >>> w = adapter.weight(adapter.mlp_out(3))   # (hidden, d_ff)   # doctest: +SKIP
             >>> with torch.no_grad(): w[:, 17] = 0       # silence neuron 17 # doctest: +SKIP
         """
+        from .offload import onload
+        onload(module)
         w = module.weight
         return w.T if cls.orientation(module) == "in_out" else w
+
+    @classmethod
+    def _shape(cls, module: nn.Module) -> tuple[int, int]:
+        """(out_features, in_features) of `module`'s weight, without loading an offloaded one
+        (a meta stand-in has the shape)."""
+        shape = tuple(module.weight.shape)
+        return shape[::-1] if cls.orientation(module) == "in_out" else shape
 
     @classmethod
     def set_weight(cls, module: nn.Module, value: torch.Tensor) -> None:

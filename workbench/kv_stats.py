@@ -17,6 +17,7 @@ import json
 
 import torch
 
+from . import offload
 from .cache import cache_key, load_tensors, store_tensors
 from .corpus import load_corpus
 from .kv import _device, _pad_batch, pad_id
@@ -43,7 +44,7 @@ def key_weights_hash(adapter, layer: int, exclude: tuple[str, ...] = ()) -> str:
         for name, t in sorted(module.state_dict().items()):
             full = adapter.param_name(module, name)
             if full not in skip:
-                h.update(_tensor_digest(full, t))
+                h.update(_tensor_digest(full, offload.read(adapter.model, full, t)))  # offloaded: real values
     return h.hexdigest()
 
 

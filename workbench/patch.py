@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import torch
 
+from . import offload
 from .errors import InputError
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -32,13 +33,12 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def _param(model, name: str) -> torch.Tensor:
+    """The live, resident tensor `name`: an offloaded module is onloaded first (see offload.py),
+    so what a patch writes is what the next forward pass reads."""
     try:
-        return model.get_parameter(name)
+        return offload.tensor(model, name)
     except AttributeError:
-        try:
-            return model.get_buffer(name)
-        except AttributeError:
-            raise InputError(f"the model has no parameter or buffer {name!r}", field="weights") from None
+        raise InputError(f"the model has no parameter or buffer {name!r}", field="weights") from None
 
 
 @dataclass
@@ -273,7 +273,7 @@ def weights_hash(model, cache: "HashCache | None" = None) -> str:
     if cache is not None:
         return cache.model_hash(model)
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    for name, t in offload.state_values(model):  # offloaded entries by their real values
         h.update(_tensor_digest(name, t))
     return h.hexdigest()
 
@@ -297,15 +297,22 @@ class HashCache:
             # keep_vars: the live Parameter/buffer objects, whose identity lasts between calls
             self._items = sorted(model.state_dict(keep_vars=True).items())
         h = hashlib.sha256()
-        for name, t in self._items:
-            h.update(self.digest(name, t))
+        for i, (name, t) in enumerate(self._items):
+            if t.is_meta:  # offloaded when last seen: onloaded since (by an edit) if no longer meta
+                now = offload.live(model, name)
+                if now is not None and not now.is_meta:
+                    self._items[i] = (name, now)
+                    t = now
+            h.update(self.digest(name, t, model))
         return h.hexdigest()
 
-    def digest(self, name: str, t: torch.Tensor) -> bytes:
+    def digest(self, name: str, t: torch.Tensor, model=None) -> bytes:
+        # A meta stand-in keeps its digest while its module stays offloaded: offloaded storage
+        # is never written (offload.py), so its values cannot have moved.
         hit = self._entries.get(name)
         if hit is not None and hit[0]() is t and hit[1:3] == (t.data_ptr(), t._version):
             return hit[3]
-        d = _tensor_digest(name, t)
+        d = _tensor_digest(name, offload.read(model, name, t) if t.is_meta else t)
         self._entries[name] = (weakref.ref(t), t.data_ptr(), t._version, d)
         return d
 

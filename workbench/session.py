@@ -29,13 +29,20 @@ class Workbench:
 
     Opening an existing workspace replays its active edits on the base model, so the model is
     exactly the last committed version (checked against the recorded weights hash).
+    `device_map`, `max_memory`, `offload_folder`: see `workbench.model.load_model`; e.g.
+    `Workbench(path, ws, device_map="auto", max_memory={"cpu": "200MB"})` for a model that
+    does not fit.
     """
 
-    def __init__(self, model_dir=None, workspace=DEFAULT_WORKSPACE, *, author: str | None = None):
+    def __init__(self, model_dir=None, workspace=DEFAULT_WORKSPACE, *, author: str | None = None,
+                 device_map=None, max_memory: dict | None = None, offload_folder=None):
         from .arch import get_adapter
         from .model import DEFAULT_MODEL, load_model
         self.model_dir = Path(model_dir) if model_dir is not None else DEFAULT_MODEL
-        self.model, self.tok = load_model(self.model_dir)
+        # Placement across devices (accelerate): a split model hashes as the unsplit one, so it
+        # opens the same workspaces; `verify` replays on a copy placed the same way.
+        self._placement = dict(device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
+        self.model, self.tok = load_model(self.model_dir, **self._placement)
         self.adapter = get_adapter(self.model)
         self.author = author or os.environ.get("WORKBENCH_AUTHOR") or _user()
         self._hashes = HashCache()  # per-tensor digests: hashing after an edit reads what it touched
@@ -284,7 +291,7 @@ class Workbench:
         if problems or not replay:
             return problems
         from .model import load_model
-        model, _ = load_model(self.model_dir)
+        model, _ = load_model(self.model_dir, **self._placement)
         if weights_hash(model) != self.ledger.meta()["base_hash"]:
             return [f"the base model at {self.model_dir} no longer matches the workspace's base hash"]
         from .arch import get_adapter

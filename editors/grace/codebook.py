@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from workbench.errors import InputError
+from workbench.offload import execution_device
 from workbench.patch import Attachment, _bits, register_attachment
 
 CHILD = "grace"            # attribute name of the codebook on the wrapped module
@@ -176,8 +177,7 @@ def _ensure_codebook(adapter, layer: int, replacement: str) -> GraceCodebook:
         if hasattr(module, CHILD):
             raise InputError(f"{type(module).__name__} already has an attribute {CHILD!r}", field="layer")
         cb = GraceCodebook(replacement)
-        ref = next(iter(module.parameters()))
-        module.add_module(CHILD, cb.to(ref.device))
+        module.add_module(CHILD, cb.to(execution_device(module)))  # where the module computes, even offloaded
         cb.install(module, adapter.layer(layer) if adapter.spec.flat_tokens else None)
     elif cb.replacement != replacement:
         raise InputError(f"layer {layer}'s GRACE codebook routes with {cb.replacement!r}; an edit with "
@@ -227,8 +227,8 @@ class GraceEdit(Attachment):
             target.load(self.after)
             target.mods.append(self.uid)
         if self.new is not None:
-            ref = next(iter(adapter.mlp_out(self.layer).parameters()))
-            cb.entries[self.uid] = GraceEntry(*(self.new[f] for f in FIELDS)).to(ref.device)
+            device = execution_device(adapter.mlp_out(self.layer))
+            cb.entries[self.uid] = GraceEntry(*(self.new[f] for f in FIELDS)).to(device)
 
     def detach(self, model, adapter=None) -> None:
         adapter = adapter or _adapter(model)

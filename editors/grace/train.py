@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from workbench.errors import InputError
+from workbench.offload import execution_device
 from workbench.requests import EditRequest
 from workbench.scoring import encode_pairs
 
@@ -29,7 +30,7 @@ def edit_one(ctx, req, hp, seed: int) -> GraceEdit:
     if not p or not a:
         raise req.input_error("tokenizes to nothing", field="target_new" if p else "prompt")
     module = ctx.adapter.mlp_out(hp.layer)
-    device = next(module.parameters()).device
+    device = execution_device(module)  # not an offloaded layer's meta stand-in
     query, own_out = _read_key(ctx, module, p)           # (d_in,), (d_out,)
     label = torch.tensor(a, dtype=torch.long)
     gen = torch.Generator().manual_seed(seed)            # cold init without touching the global RNG

@@ -25,6 +25,7 @@ import torch
 
 from workbench.editing import Capabilities, EditContext, HParams
 from workbench.errors import InputError
+from workbench.offload import onload
 from workbench.patch import Patch
 from workbench.registry import register_editor
 
@@ -138,6 +139,8 @@ def _train_with_peft(ctx: EditContext, cfg, names: list[str], batches, hp: LoRAH
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(ctx.seed)  # peft's kaiming init of A draws from torch's RNG
+            for n in names:  # peft puts an adapter on its base layer's device: a real one, not
+                onload(model.get_submodule(n))  # the meta stand-in of an offloaded layer
             inject_adapter_in_model(cfg, model, adapter_name=TRAIN_NAME)
             model.eval()
             params = [p for n, p in model.named_parameters() if f".{TRAIN_NAME}." in n]
