@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workbench.editing import Capabilities, EditContext, HParams
+from workbench.editing import Capabilities, EditContext, HParams, trainable_only
 from workbench.errors import InputError
 from workbench.patch import Patch
 from workbench.registry import register_editor
@@ -172,29 +172,25 @@ def _encode(tok, requests: list, batch_size: int) -> list[list[tuple[list[int], 
 def _train(ctx: EditContext, weight: torch.nn.Parameter, batches, hp: FTHParams) -> dict:
     """Run the fine-tuning loop in place on `weight`; returns loss statistics."""
     model = ctx.model
-    frozen = {p: p.requires_grad for p in model.parameters()}
     was_training = model.training
     original, old_grad = weight.detach().clone(), weight.grad
     eps = hp.norm_constraint or 0.0
     losses: list[float] = []
+
+    def project():
+        if eps > 0:
+            with torch.no_grad():  # L-inf projection back onto the ball around the original
+                weight.copy_(torch.maximum(torch.minimum(weight, original + eps), original - eps))
+
     try:
-        for p in frozen:
-            p.requires_grad_(p is weight)
-        model.eval()  # no dropout: the edit is a deterministic function of weights and seed
-        opt = torch.optim.Adam([weight], lr=hp.lr, weight_decay=hp.weight_decay)
-
-        def project():
-            if eps > 0:
-                with torch.no_grad():  # L-inf projection back onto the ball around the original
-                    weight.copy_(torch.maximum(torch.minimum(weight, original + eps), original - eps))
-
-        with torch.random.fork_rng(devices=[]):  # seed locally; the caller's RNG stream is untouched
-            torch.manual_seed(ctx.seed)
-            losses = fit(model, opt, batches, hp.objective, _pad(ctx.tokenizer), weight.device, hp.steps,
-                         hp.early_stop_loss, after_step=project)
+        with trainable_only(model, [weight]):
+            model.eval()  # no dropout: the edit is a deterministic function of weights and seed
+            opt = torch.optim.Adam([weight], lr=hp.lr, weight_decay=hp.weight_decay)
+            with torch.random.fork_rng(devices=[]):  # seed locally; the caller's RNG stream is untouched
+                torch.manual_seed(ctx.seed)
+                losses = fit(model, opt, batches, hp.objective, _pad(ctx.tokenizer), weight.device, hp.steps,
+                             hp.early_stop_loss, after_step=project)
     finally:
-        for p, flag in frozen.items():
-            p.requires_grad_(flag)
         weight.grad = old_grad
         model.train(was_training)
     return loss_stats(losses)

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from workbench.editing import Capabilities, EditContext, HParams
+from workbench.editing import Capabilities, EditContext, HParams, trainable_only
 from workbench.errors import InputError
 from workbench.offload import onload
 from workbench.patch import Patch
@@ -221,8 +221,6 @@ def _answer_logprobs(model, chunk, pad_id: int) -> tuple[torch.Tensor, torch.Ten
 def _unlearn(ctx: EditContext, params, forget, retain, hp: GAHParams, forget_loss) -> dict:
     """The shared loop: AdamW on `params`, in place; returns loss statistics for patch.meta."""
     model, pad = ctx.model, _pad(ctx.tokenizer)
-    trainable = set(map(id, params))
-    flags = {p: p.requires_grad for p in model.parameters()}
     grads = {p: p.grad for p in params}
     was_training = model.training
     size = hp.batch_size or len(forget)
@@ -232,28 +230,25 @@ def _unlearn(ctx: EditContext, params, forget, retain, hp: GAHParams, forget_los
     try:
         if isinstance(hp, NPOHParams):  # the reference policy: the model as it was when the edit began
             ref = copy.deepcopy(model).eval().requires_grad_(False)
-        for p in flags:
-            p.requires_grad_(id(p) in trainable)
         model.eval()  # no dropout: the edit is a deterministic function of weights and seed
         opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
         gen = torch.Generator().manual_seed(ctx.seed)  # local RNG: retain draws; the caller's stream is untouched
-        for _ in range(hp.steps):
-            total = 0.0
-            for chunk in batches:
-                opt.zero_grad(set_to_none=True)
-                loss = forget_loss(model, ref, chunk, hp, pad)
-                if retain and hp.retain_weight > 0:
-                    pick = torch.randint(len(retain), (len(chunk),), generator=gen).tolist()
-                    logp, count = _answer_logprobs(model, [retain[i] for i in pick], pad)  # (b,), (b,)
-                    loss = loss + hp.retain_weight * (-logp.sum() / count.sum())  # retain mean token NLL
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(chunk)
-            losses.append(total / len(forget))
+        with trainable_only(model, params):
+            for _ in range(hp.steps):
+                total = 0.0
+                for chunk in batches:
+                    opt.zero_grad(set_to_none=True)
+                    loss = forget_loss(model, ref, chunk, hp, pad)
+                    if retain and hp.retain_weight > 0:
+                        pick = torch.randint(len(retain), (len(chunk),), generator=gen).tolist()
+                        logp, count = _answer_logprobs(model, [retain[i] for i in pick], pad)  # (b,), (b,)
+                        loss = loss + hp.retain_weight * (-logp.sum() / count.sum())  # retain mean token NLL
+                    loss.backward()
+                    opt.step()
+                    total += loss.item() * len(chunk)
+                losses.append(total / len(forget))
     finally:
         del ref  # the frozen copy is freed with the edit
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
         for p, g in grads.items():
             p.grad = g
         model.train(was_training)

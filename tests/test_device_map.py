@@ -10,6 +10,7 @@ very same values, so exact equality is the right test, not a tolerance.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -109,7 +110,7 @@ def _run(editor_name, model, tok):
 
 
 @pytest.mark.parametrize("editor_name", _editor_names())
-def test_editor_on_split_model_matches_unsplit(editor_name, saved):
+def test_editor_on_split_model_matches_unsplit(editor_name, saved, tmp_path, monkeypatch):
     cls = _editor_class(editor_name)
     if cls.capabilities.composes:
         pytest.skip("composes: works on earlier edits' adapters; chained in test_merge_on_split_model")
@@ -120,10 +121,16 @@ def test_editor_on_split_model_matches_unsplit(editor_name, saved):
         logits0 = whole(probe).logits
     h0 = weights_hash(split)
 
+    # Each load collects its own statistics (ROME's key covariance, K-FAC's factors) through
+    # its own forward passes: separate caches, so the split run cannot reuse the whole one's.
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache-whole"))
     patch_w, ad_w = _run(editor_name, whole, tok)
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache-split"))
     patch_s, ad_s = _run(editor_name, split, tok)
 
     assert weights_hash(split) != h0, "the edit did not change the split model"
+    assert ({n: p.requires_grad for n, p in split.named_parameters()}
+            == {n: p.requires_grad for n, p in whole.named_parameters()}), "requires_grad flags differ"
     assert offload.offloaded_modules(split), "the edit loaded the whole model; it should load only what it touches"
     _assert_same_weights(whole, split, f"{editor_name} edit")
     assert [w.name for w in patch_w.weights] == [w.name for w in patch_s.weights]
@@ -217,6 +224,9 @@ def test_cli_passes_placement(saved, tmp_path):
     r = subprocess.run([*map(str, base), "--device-map", "auto", "--max-memory", f"cpu={budget}"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([*map(str, base), "--device-map", "auto", "--max-memory", "cpu=lots"],
+    requests = tmp_path / "one.jsonl"
+    requests.write_text(json.dumps(EDIT.to_dict()) + "\n")
+    r = subprocess.run([sys.executable, "-m", "workbench.cli", "eval", "--model", str(path), "--requests",
+                        str(requests), "--device-map", "auto", "--max-memory", "cpu=lots"],
                        capture_output=True, text=True)
-    assert r.returncode != 0 and "error:" in r.stderr and "lots" in r.stderr
+    assert r.returncode != 0 and "error:" in r.stderr and "lots" in r.stderr, r.stderr

@@ -22,6 +22,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import typing
 from dataclasses import dataclass, fields
@@ -154,3 +155,26 @@ class EditContext:
     def recorder(self, param_names: list[str]):
         from .patch import WeightRecorder
         return WeightRecorder(self.model, param_names)
+
+
+@contextlib.contextmanager
+def trainable_only(model, params=()):
+    """Within: only `params` (Parameters of `model`) require grad. After: every parameter's
+    `requires_grad` as it was, restored *by name*: accelerate's offload hooks (device_map)
+    replace an offloaded module's Parameter objects at each forward pass, so flags kept by
+    object would be put back on objects the model no longer holds.
+
+    Example:
+        >>> with trainable_only(model, [weight]):   # doctest: +SKIP
+        ...     loss.backward()                      # only `weight` gets a .grad
+    """
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    keep = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    try:
+        yield
+    finally:
+        for n, p in model.named_parameters():
+            if n in flags:
+                p.requires_grad_(flags[n])

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import InputError
+from .session_cli import add_placement, placement
 
 # (key in the mean dict, label, key of its greedy exact-match variant or None)
 EDIT_COLUMNS = [("reliability", "reliability", "reliability_exact"), ("generality", "generality", "generality_exact"),
@@ -21,6 +22,7 @@ def add_parser(sub) -> None:
     e = sub.add_parser("eval", help="score a model on edit/forget requests (reliability, generality, locality, "
                                     "recitation, extraction, exposure, perplexity)")
     e.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
+    add_placement(e)
     e.add_argument("--requests", type=Path, required=True, help="request file (native JSONL or a public format)")
     e.add_argument("--format", default=None, help="force the request format (default: detected)")
     e.add_argument("--base", type=Path, default=None,
@@ -65,8 +67,8 @@ def evaluate_file(args) -> dict:
     from .model import load_model
     from .progress import progress_bar
     edits, forgets, texts = _load_inputs(args)  # all input checks happen before any model loads
-    base = load_model(args.base) if args.base is not None else None
-    model, tok = load_model(args.model)
+    base = load_model(args.base, **placement(args)) if args.base is not None else None
+    model, tok = load_model(args.model, **placement(args))
     result: dict = {"model": str(args.model or "shipped default"), "requests": str(args.requests)}
     n_items = sum(1 + len(r.rephrase_prompts) + len(r.locality) + len(r.portability) for r in edits)
     n_items += 2 * len(forgets)

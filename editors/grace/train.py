@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from workbench.editing import trainable_only
 from workbench.errors import InputError
 from workbench.offload import execution_device
 from workbench.requests import EditRequest
@@ -108,7 +109,6 @@ def _train(ctx, att: GraceEdit, name: str, p: list[int], a: list[int], hp) -> di
     cb = find_codebook(ctx.adapter, hp.layer)
     entry = cb.entries[name]
     value = torch.nn.Parameter(entry.value.detach().clone())       # (d_out,)
-    frozen = {q: q.requires_grad for q in model.parameters()}
     was_training = model.training
     device = value.device
     ids = torch.tensor([p + a], device=device)                     # (1, L)
@@ -116,24 +116,21 @@ def _train(ctx, att: GraceEdit, name: str, p: list[int], a: list[int], hp) -> di
     tgt = torch.tensor(a, device=device)
     losses = []
     try:
-        for q in frozen:
-            q.requires_grad_(False)                                 # only the value learns; no stray .grad
-        model.eval()
-        cb.train_override = (name, value)
-        opt = torch.optim.Adam([value], lr=hp.lr)
-        for _ in range(hp.n_iter):
-            logits = model(input_ids=ids).logits[0, pos].float()    # (t, vocab)
-            loss = torch.nn.functional.cross_entropy(logits, tgt)
-            losses.append(loss.item())
-            if loss.item() < hp.early_stop_loss:
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        with trainable_only(model):                                 # only the value learns; no stray .grad
+            model.eval()
+            cb.train_override = (name, value)
+            opt = torch.optim.Adam([value], lr=hp.lr)
+            for _ in range(hp.n_iter):
+                logits = model(input_ids=ids).logits[0, pos].float()    # (t, vocab)
+                loss = torch.nn.functional.cross_entropy(logits, tgt)
+                losses.append(loss.item())
+                if loss.item() < hp.early_stop_loss:
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
     finally:
         cb.train_override = None
-        for q, flag in frozen.items():
-            q.requires_grad_(flag)
         model.train(was_training)
     trained = value.detach().clone()
     with torch.no_grad():
