@@ -1,16 +1,17 @@
 """Device-map check: edits on a model split by accelerate equal edits on the whole model.
 
-    python bench/device_map_check.py [--model DIR] [--max-memory 6MB] [--editors ft,rome,wise,kfac]
+    PYTHONPATH=. python bench/device_map_check.py [--model DIR] [--max-memory 6MB] [--editors ft,rome,wise,kfac]
 
 Opens two workspaces on the same checkpoint through the session API: one on the model loaded
 whole, one with `device_map="auto"` and a `max_memory` that leaves most decoder layers
 offloaded (meta tensors, loaded from the checkpoint by accelerate's hooks at each forward).
 For each editor it applies the same request with the same seed to both (`Workbench.apply`,
-so the ledger path runs), compares every state_dict entry (max |Δ| split vs whole), undoes
-both and compares with the base weights, and prints a table with the seconds each took and
-the modules the edit loaded. A last line measures, on the whole model alone, why a matmul
-with a weight in a fresh buffer may round differently (see its text). Each placement has its own statistics cache, so ROME's key
-covariance and K-FAC's factors are collected through each model's own forward passes.
+so the ledger path runs), compares every state_dict entry (max |Δ| split vs whole), rolls
+both back to base (`revert_to("base")`), compares with the base weights, and prints a row:
+the seconds each apply took and the modules the edit loaded. A last line measures, on the
+whole model alone, why a matmul with a weight in a fresh buffer may round differently.
+Each placement has its own statistics cache, so ROME's key covariance and K-FAC's factors
+are collected through each model's own forward passes.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pathlib import Path
 
 EDITS = Path(__file__).resolve().parent.parent / "data" / "benchmarks" / "edits_counterfactual.jsonl"
 FORGETS = Path(__file__).resolve().parent.parent / "data" / "benchmarks" / "forget_canaries.jsonl"
+RETAIN = Path(__file__).resolve().parent.parent / "data" / "benchmarks" / "retain.jsonl"
 # Kept small so the check runs in minutes on 2 cores; the defaults give the same comparison.
 PARAMS = {"kfac": {"max_tokens": "20480"}}  # K-FAC warns below 20000 collected tokens
 
@@ -71,7 +73,7 @@ def main() -> None:
 
     from workbench.offload import offloaded_modules
     from workbench.registry import get_editor
-    from workbench.requests import load_requests
+    from workbench.requests import load_probes, load_requests, with_retain
     from workbench.session import Workbench
     torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="device-map-check-"))
@@ -86,9 +88,11 @@ def main() -> None:
     base = snapshot(whole.model)
     print(f"offloaded at load (max_memory cpu={args.max_memory}): {compact(offloaded_modules(split.model))}")
     print(f"device map: {split.model.hf_device_map}\n")
-    edit, forget = load_requests(EDITS)[0], load_requests(FORGETS)[0]
+    edit = load_requests(EDITS)[0]
+    forget = with_retain(load_requests(FORGETS)[:1], load_probes(RETAIN)[:20])[0]  # prune needs a retain set
 
-    rows = []
+    print(f"{'editor':<7} {'max|Δw| edit':>13} {'hash =':>7} {'max|Δw| rollbk':>13} {'= base':>7} "
+          f"{'s whole':>8} {'s split':>8}  modules the edit loaded (kept resident)")
     for ed in [e.strip() for e in args.editors.split(",") if e.strip()]:
         request = forget if get_editor(ed).capabilities.forget else edit
         secs, before_off = {}, set(offloaded_modules(split.model))
@@ -100,17 +104,14 @@ def main() -> None:
         d_edit = max_abs_diff(snapshot(whole.model), snapshot(split.model))
         same_hash = whole.weights_hash() == split.weights_hash() != whole.base_hash
         for wb in wbs.values():
-            wb.undo()
+            wb.revert_to("base")
         after = snapshot(split.model)
         d_back = max(max_abs_diff(after, base), max_abs_diff(snapshot(whole.model), base))
         back_hash = split.weights_hash() == whole.weights_hash() == whole.base_hash
         loaded = sorted(before_off - set(offloaded_modules(split.model)))
-        rows.append((ed, d_edit, same_hash, d_back, back_hash, secs["whole"], secs["split"],
-                     (", ".join(loaded) if len(loaded) <= 2 else compact(loaded)) if loaded else "-"))
-    print(f"{'editor':<7} {'max|Δw| edit':>13} {'hash =':>7} {'max|Δw| undo':>13} {'= base':>7} "
-          f"{'s whole':>8} {'s split':>8}  modules the edit loaded (kept resident)")
-    for ed, de, sh, db, bh, sw, ss, loaded in rows:
-        print(f"{ed:<7} {de:13.3g} {str(sh):>7} {db:13.3g} {str(bh):>7} {sw:8.2f} {ss:8.2f}  {loaded}")
+        shown = (", ".join(loaded) if len(loaded) <= 2 else compact(loaded)) if loaded else "-"
+        print(f"{ed:<7} {d_edit:13.3g} {str(same_hash):>7} {d_back:13.3g} {str(back_hash):>7} "
+              f"{secs['whole']:8.2f} {secs['split']:8.2f}  {shown}", flush=True)
     problems = [s.verify() for s in wbs.values()]
     print(f"\nverify (replay on a fresh copy, split replayed split): "
           f"{'ok' if not any(problems) else problems}; still offloaded: {compact(offloaded_modules(split.model))}")
