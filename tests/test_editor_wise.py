@@ -55,7 +55,7 @@ def test_sequential_edits_hold_on_final_model(run):
     # Measured 0.979 at T=12 (locality probes about people no edit touches; 1.000 on the
     # earlier probe set); it falls with T (see editors/wise/measure.py and the README):
     # locality is the weak point of WISE's router on the shipped model.
-    assert m["locality"] >= 0.95
+    assert m["locality"] >= 0.97
     first = evaluate_edits(run["model"], run["tok"], run["reqs"][:1], run["ref"])["mean"]
     assert first["reliability"] == 1.0  # the first edit survives all later ones
 
