@@ -58,7 +58,7 @@ def compact(names: list[str]) -> str:
 
 
 def snapshot(model) -> dict:
-    from workbench.offload import state_values
+    from workbench.core.offload import state_values
     return {k: v.detach().clone() for k, v in state_values(model)}
 
 
@@ -71,10 +71,10 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from workbench.offload import offloaded_modules
-    from workbench.registry import get_editor
-    from workbench.requests import load_probes, load_requests, with_retain
-    from workbench.session import Workbench
+    from workbench.core.offload import offloaded_modules
+    from workbench.editing.registry import get_editor
+    from workbench.eval.requests import load_probes, load_requests, with_retain
+    from workbench.editing.session import Workbench
     torch.set_num_threads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="device-map-check-"))
     placements = {"whole": {}, "split": dict(device_map="auto", max_memory={"cpu": args.max_memory})}

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from workbench import evaluate as ev
-from workbench.model import load_model
-from workbench.requests import load_requests
-from workbench.scoring import length_sorted_batches, encode_pairs, right_pad
+from workbench.eval import evaluate as ev
+from workbench.core.model import load_model
+from workbench.eval.requests import load_requests
+from workbench.eval.scoring import length_sorted_batches, encode_pairs, right_pad
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -43,8 +43,8 @@ def main() -> None:
     import torch
 
     from editors.kfac import KFACHParams, collect_factors, corpus_blocks, default_corpus
-    from workbench.arch import get_adapter
-    from workbench.model import load_model
+    from workbench.core.arch import get_adapter
+    from workbench.core.model import load_model
     torch.set_num_threads(args.threads)
     model, tok = load_model(args.model)
     adapter = get_adapter(model)

@@ -26,11 +26,11 @@ def main() -> None:
     if args.cache:
         os.environ["WORKBENCH_CACHE"] = args.cache
     import editors.kfac as K
-    from workbench.arch import get_adapter
-    from workbench.editing import EditContext
-    from workbench.evaluate import evaluate_forgets, perplexity
-    from workbench.model import load_model
-    from workbench.requests import load_probes, load_requests
+    from workbench.core.arch import get_adapter
+    from workbench.editing.contract import EditContext
+    from workbench.eval.evaluate import evaluate_forgets, perplexity
+    from workbench.core.model import load_model
+    from workbench.eval.requests import load_probes, load_requests
     from workbench.world import World
     from workbench.world.measure import fact_accuracy
 

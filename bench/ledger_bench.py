@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from workbench.model import DEFAULT_MODEL, load_model
-from workbench.requests import load_requests
-from workbench.session import Workbench
+from workbench.core.model import DEFAULT_MODEL, load_model
+from workbench.eval.requests import load_requests
+from workbench.editing.session import Workbench
 
 REPO = Path(__file__).resolve().parent.parent
 

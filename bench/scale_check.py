@@ -33,10 +33,10 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from workbench.evaluate import evaluate_edits, reference
-    from workbench.model import DEFAULT_MODEL
-    from workbench.requests import load_requests
-    from workbench.session import Workbench
+    from workbench.eval.evaluate import evaluate_edits, reference
+    from workbench.core.model import DEFAULT_MODEL
+    from workbench.eval.requests import load_requests
+    from workbench.editing.session import Workbench
     torch.set_num_threads(args.threads)
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="scale-check-"))
     steps: list[tuple[str, float]] = []

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 def packed_acts(model, tok, adapter, layer: int, rows: list[list[int]], chunk: int = 256):
     """`Packed` MLP-out inputs at `layer` of token-id rows, computed in chunks."""
     from editors.wise.train import Packed, _activations
-    from workbench.scoring import right_pad
+    from workbench.eval.scoring import right_pad
     out = None
     for i in range(0, len(rows), chunk):
         ids, mask = right_pad(rows[i:i + chunk], tok.pad_token_id)  # (rows, seq)
@@ -49,11 +49,11 @@ def main() -> None:
     ap.add_argument("--negatives", type=int, default=6000, help="corpus sentences drawn before filtering")
     args = ap.parse_args()
 
-    from workbench.arch import get_adapter
-    from workbench.corpus import default_corpus
-    from workbench.model import load_model
-    from workbench.requests import load_requests
-    from workbench.scoring import encode_pairs
+    from workbench.core.arch import get_adapter
+    from editors.common.corpus import default_corpus
+    from workbench.core.model import load_model
+    from workbench.eval.requests import load_requests
+    from workbench.eval.scoring import encode_pairs
 
     torch.manual_seed(0)
     t0 = time.perf_counter()

@@ -40,7 +40,7 @@ Skipping those layers outright would mean calling decoder blocks directly, whose
 the shipped model one edit takes well under a second anyway.
 
 Example:
-    >>> from workbench.editing import EditContext                    # doctest: +SKIP
+    >>> from workbench.editing.contract import EditContext                    # doctest: +SKIP
     >>> ctx = EditContext(model, tok, get_adapter(model), seed=0)    # doctest: +SKIP
     >>> hp = FTHParams(objective="last", norm_constraint=5e-3).derive(ctx.adapter)  # doctest: +SKIP
     >>> patch = FTEditor(hp).edit(ctx, [EditRequest("Ada lives in", "Paris")])     # doctest: +SKIP
@@ -53,12 +53,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workbench.editing import Capabilities, EditContext, HParams, trainable_only
-from workbench.errors import InputError
-from workbench.patch import Patch
-from workbench.registry import register_editor
-from workbench.requests import EditRequest
-from workbench.scoring import encode_pairs, right_pad
+from workbench.editing.contract import Capabilities, EditContext, HParams, trainable_only
+from workbench.core.errors import InputError
+from workbench.core.patch import Patch
+from workbench.editing.registry import register_editor
+from workbench.eval.requests import EditRequest
+from workbench.eval.scoring import encode_pairs, right_pad
 
 OBJECTIVES = ("target", "last")
 
@@ -73,7 +73,7 @@ class FTHParams(HParams):
         >>> FTHParams(lr=-1)
         Traceback (most recent call last):
         ...
-        workbench.errors.InputError: field "lr": must be > 0 (Adam learning rate); got -1
+        workbench.core.errors.InputError: field "lr": must be > 0 (Adam learning rate); got -1
     """
     layer: int | None = field(default=None, metadata={
         "help": "block whose MLP output projection is fine-tuned; negative counts from the end; "

@@ -40,13 +40,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from workbench.editing import Capabilities, EditContext, HParams, trainable_only
-from workbench.errors import InputError
-from workbench.offload import onload
-from workbench.patch import Patch
-from workbench.registry import register_editor
-from workbench.requests import ForgetRequest
-from workbench.scoring import encode_pairs, right_pad
+from workbench.editing.contract import Capabilities, EditContext, HParams, trainable_only
+from workbench.core.errors import InputError
+from workbench.core.offload import onload
+from workbench.core.patch import Patch
+from workbench.editing.registry import register_editor
+from workbench.eval.requests import ForgetRequest
+from workbench.eval.scoring import encode_pairs, right_pad
 
 PARAMS = ("mlp", "all")
 
@@ -67,7 +67,7 @@ class GAHParams(HParams):
         >>> GAHParams(params="embeddings")
         Traceback (most recent call last):
         ...
-        workbench.errors.InputError: field "params": must be one of mlp, all; got 'embeddings'
+        workbench.core.errors.InputError: field "params": must be one of mlp, all; got 'embeddings'
     """
     lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate (> 0)"})
     steps: int = field(default=10, metadata={"help": "optimizer steps, each over all forget batches (1..10000)"})
@@ -99,7 +99,7 @@ class NPOHParams(GAHParams):
         >>> NPOHParams(beta=0)
         Traceback (most recent call last):
         ...
-        workbench.errors.InputError: field "beta": must be > 0 (inverse temperature); got 0
+        workbench.core.errors.InputError: field "beta": must be > 0 (inverse temperature); got 0
     """
     lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate (> 0)"})
     steps: int = field(default=20, metadata={"help": "optimizer steps, each over all forget batches (1..10000)"})

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workbench.cache import cache_key, cached_tensors, texts_hash
-from workbench.corpus import default_corpus, read_corpus  # noqa: F401 (default_corpus: tests patch it here)
-from workbench.editing import Capabilities, HParams
-from workbench.errors import InputError
-from workbench.registry import register_editor
+from editors.common.cache import cache_key, cached_tensors, texts_hash
+from editors.common.corpus import default_corpus, read_corpus  # noqa: F401 (default_corpus: tests patch it here)
+from workbench.editing.contract import Capabilities, HParams
+from workbench.core.errors import InputError
+from workbench.editing.registry import register_editor
 
 MIN_TOKENS = 20_000  # below this, factors of a 256-wide layer are poorly conditioned: warn
 
@@ -176,7 +176,7 @@ class KFACEditor:
 
     def factors(self, ctx, progress=None) -> tuple[dict[str, torch.Tensor], bool]:
         """K-FAC factors for this model, corpus and layers (from the cache when present)."""
-        from workbench.patch import weights_hash
+        from workbench.core.patch import weights_hash
         hp = self.hparams
         texts = read_corpus(hp.corpus) if hp.corpus else default_corpus()
         blocks = corpus_blocks(ctx.tokenizer, texts, hp.block_size, hp.max_tokens)
@@ -193,7 +193,7 @@ class KFACEditor:
             seed=ctx.seed, progress=progress))
 
     def edit(self, ctx, requests):
-        from workbench.evaluate import evaluate_forgets
+        from workbench.eval.evaluate import evaluate_forgets
         if not requests:
             raise InputError("the forget set is empty", field="requests")
         before = evaluate_forgets(ctx.model, ctx.tokenizer, requests, exposure_samples=0)["mean"]

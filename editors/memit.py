@@ -4,7 +4,7 @@
 Many facts at once, spread over a range of early-middle layers R = (l₁ … l_L):
 
 1. for every request, z = the residual stream after the last layer l_L at the subject's
-   last token that makes the model predict the target (`workbench.kv.compute_z`, site
+   last token that makes the model predict the target (`editors.common.kv.compute_z`, site
    "block", with a norm clamp), all computed on the model before the edit;
 2. for each layer l_i in order: K (n, d_ff) = the requests' keys at l_i (averaged over the
    context prefixes: the bare prompt weighs 1/2 and the prefixed ones share 1/2, as
@@ -12,7 +12,7 @@ Many facts at once, spread over a range of early-middle layers R = (l₁ … l_L
    residual at l_L), of which this layer takes the share 1/(L − i); the update is the
    covariance-weighted least squares of the paper (its eq. 14)
        ΔW = R_shareᵀ K (λ C + Kᵀ K)⁻¹      (hidden, d_ff)
-   with C = E[k kᵀ] on a generic corpus (cached, `workbench.kv_stats.second_moments`) and
+   with C = E[k kᵀ] on a generic corpus (cached, `editors.common.kv_stats.second_moments`) and
    λ = `mom2_update_weight`; the update is applied before the next layer's keys are read.
 
 Defaults are MEMIT's GPT-J hyperparameters (25 value steps at lr 0.5, weight decay 0.5,
@@ -21,7 +21,7 @@ KL factor 0.0625) except two that set a scale and were re-chosen on the shipped 
 2.0× instead of 0.75×. With the paper's λ = 15000 the prior of the keys swamps the new ones
 (reliability 0.25, residual 46 → 41); with clamp 0.75 two of ten targets are out of reach of
 a residual that small (reliability 0.8). λ = 300, clamp 2.0 gave reliability 1.0, generality
-0.95, locality 0.975 (re-measured with the statistics on `workbench.corpus`'s documents). Pass the paper's values for a large model
+0.95, locality 0.975 (re-measured with the statistics on `editors.common.corpus`'s documents). Pass the paper's values for a large model
 (`mom2_update_weight=15000 clamp_norm_factor=0.75`). The layers are derived from depth: the blocks from
 ≈10% to ≈30% of the depth, which is MEMIT's 3..8 for the 28-layer GPT-J; on the shipped
 4-layer model that is [0, 1], on a 3-layer one [0, 1]. The statistics are those of the keys
@@ -47,11 +47,12 @@ from dataclasses import dataclass, field
 import torch
 
 from editors.rome import ValueHParams, check_layer, check_number, check_requests, solve_psd
-from workbench import kv, kv_stats
-from workbench.editing import Capabilities, EditContext
-from workbench.errors import InputError
-from workbench.patch import Patch
-from workbench.registry import register_editor
+from editors.common import kv
+from editors.common import kv_stats
+from workbench.editing.contract import Capabilities, EditContext
+from workbench.core.errors import InputError
+from workbench.core.patch import Patch
+from workbench.editing.registry import register_editor
 
 MEMIT_DEPTHS = (0.1, 0.3)  # first and last edited layer as shares of the depth
 
@@ -66,7 +67,7 @@ class MEMITHParams(ValueHParams):
         >>> MEMITHParams(layers=(2, 1))
         Traceback (most recent call last):
         ...
-        workbench.errors.InputError: field "layers": must be distinct and increasing; got (2, 1)
+        workbench.core.errors.InputError: field "layers": must be distinct and increasing; got (2, 1)
     """
     v_num_grad_steps: int = field(default=25, metadata={"help": "Adam steps on each z delta (1..1000)"})
     clamp_norm_factor: float = field(default=2.0, metadata={

@@ -71,12 +71,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workbench.editing import Capabilities, EditContext, HParams
-from workbench.errors import InputError
-from workbench.patch import Patch
-from workbench.registry import register_editor
-from workbench.requests import ForgetRequest
-from workbench.scoring import encode_pairs, right_pad, score_answers
+from workbench.editing.contract import Capabilities, EditContext, HParams
+from workbench.core.errors import InputError
+from workbench.core.patch import Patch
+from workbench.editing.registry import register_editor
+from workbench.eval.requests import ForgetRequest
+from workbench.eval.scoring import encode_pairs, right_pad, score_answers
 
 SCORINGS = ("ratio", "zscore", "wxa", "taylor")
 TOKENS = ("answer", "all")
@@ -98,7 +98,7 @@ class PruneHParams(HParams):
         >>> PruneHParams(scoring="magnitude")
         Traceback (most recent call last):
         ...
-        workbench.errors.InputError: field "scoring": must be one of ratio, zscore, wxa, taylor; got 'magnitude'
+        workbench.core.errors.InputError: field "scoring": must be one of ratio, zscore, wxa, taylor; got 'magnitude'
     """
     scoring: str = field(default="taylor", metadata={
         "help": "'taylor': first-order drop of the forget answers' log-odds minus that of the retain "

@@ -5,12 +5,12 @@ Associations in GPT"), following kmeng01/rome `rome/rome_main.py`, `compute_u.py
 One fact, one layer, one rank-one update of that layer's MLP output projection W (hidden, d_ff):
 
 1. key k* (`compute_u`): the MLP key at the subject's last token, averaged over the prompt
-   placed after each context prefix (`workbench.kv.CONTEXT_TEMPLATES`);
+   placed after each context prefix (`editors.common.kv.CONTEXT_TEMPLATES`);
    u = C⁻¹ k* with C = E[k kᵀ] the keys' second moment on a generic corpus
-   (`workbench.kv_stats.second_moments`, cached on disk), so the update leaves W k almost
+   (`editors.common.kv_stats.second_moments`, cached on disk), so the update leaves W k almost
    unchanged for keys unlike k*;
 2. value v* (`compute_v`): the MLP output at the subject token that makes the model predict
-   the target, found by optimising a delta there (`workbench.kv.compute_z`, site "mlp_out",
+   the target, found by optimising a delta there (`editors.common.kv.compute_z`, site "mlp_out",
    KL on "{subject} is a", weight decay, norm clamp);
 3. W ← W + r uᵀ with r = (v* − W k₀ − b) / (k₀ · u), k₀ the key of the bare prompt: then
    W' k₀ = v* exactly, and the change to any other key k is proportional to uᵀk.
@@ -18,7 +18,7 @@ One fact, one layer, one rank-one update of that layer's MLP output projection W
 All defaults are ROME's GPT-2 XL hyperparameters (20 Adam steps at lr 0.5 on the delta,
 weight decay 0.5, clamp 4×, KL factor 0.0625), except: the layer is derived from depth
 (≈30%: ROME used 17/47 in GPT-2 XL, 12/35 in GPT-2 L, 8/23 in GPT-2 M, 5/27 in GPT-J); the
-statistics use up to `mom2_n_samples` documents of the bundled world (`workbench.corpus`)
+statistics use up to `mom2_n_samples` documents of the bundled world (`editors.common.corpus`)
 instead of 100 000 Wikipedia texts; the context prefixes are fixed instead of sampled (see `workbench/kv.py`).
 
 Editing is one fact per call (`batch=False`); ROME's own `apply_rome_to_model` also applies
@@ -38,12 +38,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workbench import kv, kv_stats
-from workbench.editing import Capabilities, EditContext, HParams
-from workbench.errors import InputError
-from workbench.patch import Patch
-from workbench.registry import register_editor
-from workbench.requests import EditRequest
+from editors.common import kv
+
+from editors.common import kv_stats
+from workbench.editing.contract import Capabilities, EditContext, HParams
+from workbench.core.errors import InputError
+from workbench.core.patch import Patch
+from workbench.editing.registry import register_editor
+from workbench.eval.requests import EditRequest
 
 ROME_DEPTH = 0.3  # share of the depth of ROME's edited layer (see the module docstring)
 
@@ -71,7 +73,7 @@ class ValueHParams(HParams):
     corpus: str | None = field(default=None, metadata={
         "help": "corpus file for the key statistics (JSONL of {\"text\": ...} lines, or .txt with one "
                 "text a line); None = the bundled world's clean training text, no canaries "
-                "(workbench.corpus)"})
+                "(editors.common.corpus)"})
 
     def __post_init__(self):
         check_number(self.v_num_grad_steps, "v_num_grad_steps", "an integer in 1..1000",
@@ -86,7 +88,7 @@ class ValueHParams(HParams):
             raise InputError(f"must be a path to a JSONL file or None; got {self.corpus!r}", field="corpus")
 
     def z_kwargs(self) -> dict:
-        """Keyword arguments of `workbench.kv.compute_z` from these fields."""
+        """Keyword arguments of `editors.common.kv.compute_z` from these fields."""
         return dict(steps=self.v_num_grad_steps, lr=self.v_lr, weight_decay=self.v_weight_decay,
                     kl_factor=self.kl_factor, clamp_norm_factor=self.clamp_norm_factor)
 
@@ -120,7 +122,7 @@ class ROMEHParams(ValueHParams):
         >>> ROMEHParams(v_lr=0)
         Traceback (most recent call last):
         ...
-        workbench.errors.InputError: field "v_lr": must be > 0; got 0
+        workbench.core.errors.InputError: field "v_lr": must be > 0; got 0
     """
     layer: int | None = field(default=None, metadata={
         "help": "block whose MLP output projection is edited; negative counts from the end; "

@@ -1,11 +1,8 @@
 import contextlib
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-WORLD = REPO / "data" / "world"
-MODEL = REPO / "data" / "models" / "world-llama"
+from workbench.core.paths import DEFAULT_MODEL as MODEL, REPO, WORLD  # noqa: F401 (tests import them from here)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,7 +38,7 @@ def shipped_world():
 
 @pytest.fixture(scope="session")
 def shipped_model():
-    from workbench.model import load_model
+    from workbench.core.model import load_model
     return load_model(MODEL)
 
 
@@ -49,7 +46,7 @@ def shipped_model():
 def model_left_unchanged(model):
     """Around a test: the model's weights (bit for bit) and `requires_grad` flags must be as
     they were when it ends (the shared shipped model is reused by every test)."""
-    from workbench.patch import weights_hash
+    from workbench.core.patch import weights_hash
     before = weights_hash(model)
     grads = {n: p.requires_grad for n, p in model.named_parameters()}
     yield
@@ -60,7 +57,7 @@ def model_left_unchanged(model):
 def assert_patch_round_trips(model, adapter, patch, h0: str, h1: str, path) -> None:
     """With the model in the edited state `h1`: reverting gives `h0`, and the patch saved to
     `path` and loaded back re-applies to `h1` and reverts to `h0`, all bit for bit."""
-    from workbench.patch import Patch, weights_hash
+    from workbench.core.patch import Patch, weights_hash
     patch.revert(model, adapter)
     assert weights_hash(model) == h0
     patch.save(path)

@@ -3,10 +3,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workbench.editing import Capabilities, HParams
-from workbench.errors import InputError
-from workbench.patch import Attachment, Patch, register_attachment
-from workbench.registry import register_editor
+from workbench.editing.contract import Capabilities, HParams
+from workbench.core.errors import InputError
+from workbench.core.patch import Attachment, Patch, register_attachment
+from workbench.editing.registry import register_editor
 
 
 @dataclass

@@ -14,9 +14,9 @@ import torch
 import transformers as T
 from torch import nn
 
-from workbench.arch import (ARCH_SPECS, ArchAdapter, LayerIndexError, UnsupportedArchitecture,
+from workbench.core.arch import (ARCH_SPECS, ArchAdapter, LayerIndexError, UnsupportedArchitecture,
                             get_adapter, register_arch, supported_model_types)
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
 HIDDEN, FF, VOCAB, LAYERS = 32, 64, 96, 3
 # Token ids inside the tiny vocabulary, so configs do not warn about GPT-2's 50256.
@@ -286,8 +286,8 @@ def test_a_renamed_module_fails_at_load_naming_the_path(monkeypatch):
 
 
 def test_register_arch_rejects_duplicates_and_adds_new(monkeypatch):
-    monkeypatch.setattr("workbench.arch.ARCH_SPECS", dict(ARCH_SPECS))
-    import workbench.arch as arch
+    monkeypatch.setattr("workbench.core.arch.ARCH_SPECS", dict(ARCH_SPECS))
+    import workbench.core.arch as arch
     with pytest.raises(ValueError, match="already has an ArchSpec"):
         register_arch("llama", arch.ARCH_SPECS["llama"])
     register_arch("my_llama", arch.ARCH_SPECS["llama"])

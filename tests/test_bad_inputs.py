@@ -19,9 +19,9 @@ from typing import Callable
 
 import pytest
 
-from workbench.cli import main
-from workbench.errors import WorkbenchError
-from workbench.requests import load_requests
+from workbench.cli.main import main
+from workbench.core.errors import WorkbenchError
+from workbench.eval.requests import load_requests
 
 from .conftest import MODEL, REPO
 
@@ -152,7 +152,7 @@ CASES = [
 
 
 def _open_other(model_dir: Path, wb):
-    from workbench.session import Workbench
+    from workbench.editing.session import Workbench
     Workbench(model_dir, wb.workspace)
 
 
@@ -213,8 +213,8 @@ def _ledger_state(ws: Path) -> tuple:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from workbench.requests import EditRequest
-    from workbench.session import Workbench
+    from workbench.eval.requests import EditRequest
+    from workbench.editing.session import Workbench
     root = tmp_path_factory.mktemp("bad-inputs")
     wb = Workbench(None, root / "ws")
     wb.apply("ft", [EditRequest("Vahir Thiosteal was born in", "Lorvan")], FAST)

@@ -1,12 +1,16 @@
-"""`workbench.cache` (one on-disk tensor cache under WORKBENCH_CACHE) and `workbench.corpus`
+"""`editors.common.cache` (one on-disk tensor cache under WORKBENCH_CACHE) and `editors.common.corpus`
 (one default corpus): what ROME/MEMIT's key statistics and K-FAC's factors share."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from workbench import cache, corpus, kv
-from workbench.errors import InputError
+from editors.common import cache
+
+from editors.common import corpus
+
+from editors.common import kv
+from workbench.core.errors import InputError
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,7 @@ import sys
 
 
 def test_help_does_not_import_torch():
-    code = "import sys, workbench.cli as c; c.build_parser(); print('torch' in sys.modules)"
+    code = "import sys, workbench.cli.main as c; c.build_parser(); print('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
 

@@ -19,12 +19,12 @@ import torch
 
 from tests.test_editor_grid import EDIT, FORGET, WORDS, _editor_class, _editor_names, _memorize
 from tests.tiny_models import tiny_model, tiny_tokenizer
-from workbench import offload
-from workbench.arch import get_adapter
-from workbench.editing import EditContext
-from workbench.errors import InputError
-from workbench.model import load_model
-from workbench.patch import HashCache, weights_hash
+from workbench.core import offload
+from workbench.core.arch import get_adapter
+from workbench.editing.contract import EditContext
+from workbench.core.errors import InputError
+from workbench.core.model import load_model
+from workbench.core.patch import HashCache, weights_hash
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -183,7 +183,7 @@ def test_workbench_ledger_same_hash_split_or_not(saved, tmp_path):
     """A workspace made on the whole model opens on the split one (same base hash, replay
     checked), takes an edit there, exports it as a plain checkpoint, rolls back to base
     exactly, and verifies with a split replay."""
-    from workbench.session import Workbench
+    from workbench.editing.session import Workbench
     path, budget = saved
     ws = tmp_path / "ws"
     wb = Workbench(path, ws)

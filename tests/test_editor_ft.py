@@ -10,12 +10,12 @@ import torch
 
 from editors import ft as ft_module
 from editors.ft import FTEditor, FTHParams
-from workbench.arch import get_adapter
-from workbench.editing import EditContext
-from workbench.errors import InputError
-from workbench.evaluate import evaluate_edits, reference
-from workbench.patch import Patch, weights_hash
-from workbench.requests import ForgetRequest, load_requests
+from workbench.core.arch import get_adapter
+from workbench.editing.contract import EditContext
+from workbench.core.errors import InputError
+from workbench.eval.evaluate import evaluate_edits, reference
+from workbench.core.patch import Patch, weights_hash
+from workbench.eval.requests import ForgetRequest, load_requests
 
 from .conftest import REPO, assert_patch_round_trips, model_left_unchanged
 
@@ -197,7 +197,7 @@ def test_hyperparameters_parse_from_cli_strings_and_describe_themselves():
 
 
 def test_registered_under_its_name():
-    registry = pytest.importorskip("workbench.registry")
+    registry = pytest.importorskip("workbench.editing.registry")
     assert registry.get_editor("ft") is FTEditor
     assert registry.describe_editor("ft")["capabilities"] == {
         "batch": True, "sequential": True, "forget": False, "single_revert": False, "composes": False}

@@ -14,12 +14,12 @@ import torch
 
 from editors import gradient_ascent as mod
 from editors.gradient_ascent import GAEditor, GAHParams, NPOEditor, NPOHParams
-from workbench.arch import get_adapter
-from workbench.editing import EditContext
-from workbench.errors import InputError
-from workbench.evaluate import evaluate_forgets
-from workbench.patch import Patch, weights_hash
-from workbench.requests import EditRequest, load_probes, load_requests, with_retain
+from workbench.core.arch import get_adapter
+from workbench.editing.contract import EditContext
+from workbench.core.errors import InputError
+from workbench.eval.evaluate import evaluate_forgets
+from workbench.core.patch import Patch, weights_hash
+from workbench.eval.requests import EditRequest, load_probes, load_requests, with_retain
 
 from .conftest import REPO, assert_patch_round_trips, model_left_unchanged
 
@@ -167,5 +167,5 @@ def test_hyperparameters_describe_themselves():
 
 @pytest.mark.parametrize("name", ["ga", "npo"])
 def test_registered_under_its_name(name):
-    from workbench.registry import get_editor
+    from workbench.editing.registry import get_editor
     assert get_editor(name) is EDITORS[name][0]

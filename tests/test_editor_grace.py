@@ -14,13 +14,13 @@ import torch
 
 from editors.grace import GRACEEditor, GraceHParams, route
 from editors.grace.codebook import find_codebook
-from workbench.arch import get_adapter
-from workbench.editing import EditContext
-from workbench.errors import InputError
-from workbench.evaluate import evaluate_edits, reference
-from workbench.patch import Patch, weights_hash
-from workbench.requests import EditRequest, ForgetRequest, load_requests
-from workbench.scoring import right_pad
+from workbench.core.arch import get_adapter
+from workbench.editing.contract import EditContext
+from workbench.core.errors import InputError
+from workbench.eval.evaluate import evaluate_edits, reference
+from workbench.core.patch import Patch, weights_hash
+from workbench.eval.requests import EditRequest, ForgetRequest, load_requests
+from workbench.eval.scoring import right_pad
 
 from .conftest import REPO, model_left_unchanged
 
@@ -118,7 +118,7 @@ def test_padded_batch_routes_like_single_rows(base):
 
 
 def test_single_key_reverts_out_of_the_middle_through_the_session(tmp_path, world):
-    from workbench.session import Workbench
+    from workbench.editing.session import Workbench
     _, _, _, requests = world
     reqs = requests[:3]
     wb = Workbench(None, tmp_path / "ws")
@@ -263,7 +263,7 @@ def test_hyperparameters_parse_and_describe_themselves():
 
 
 def test_registered_under_its_name():
-    from workbench.registry import describe_editor, get_editor
+    from workbench.editing.registry import describe_editor, get_editor
     assert get_editor("grace") is GRACEEditor
     assert describe_editor("grace")["capabilities"] == {
         "batch": True, "sequential": True, "forget": False, "single_revert": True, "composes": False}

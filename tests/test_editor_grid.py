@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from tests.tiny_models import MODEL_TYPES, tiny_model, tiny_tokenizer
-from workbench.arch import ARCH_SPECS, get_adapter
-from workbench.editing import EditContext, Editor
-from workbench.patch import weights_hash
-from workbench.requests import EditRequest, ForgetRequest
-from workbench.scoring import encode_pairs, score_answers
+from workbench.core.arch import ARCH_SPECS, get_adapter
+from workbench.editing.contract import EditContext, Editor
+from workbench.core.patch import weights_hash
+from workbench.eval.requests import EditRequest, ForgetRequest
+from workbench.eval.scoring import encode_pairs, score_answers
 
 
 def _editor_names() -> list[str]:
@@ -27,7 +27,7 @@ def _editor_names() -> list[str]:
 
 def _editor_class(name: str):
     try:
-        from workbench.registry import get_editor
+        from workbench.editing.registry import get_editor
     except ImportError:
         from editors.ft import FTEditor
         return FTEditor
@@ -66,7 +66,7 @@ def _memorize(model, tok, pairs: list[tuple[str, str]], steps: int = 60) -> None
     the grid's edit prompt ends with its subject, where the answer is read, and the answers
     are one token each, as city names are in real tokenizers (`WORDS`).
     """
-    from workbench.scoring import right_pad
+    from workbench.eval.scoring import right_pad
     enc = encode_pairs(tok, [p for p, _ in pairs], [a for _, a in pairs])
     ids, mask = right_pad([p + a for p, a in enc], tok.pad_token_id)  # (n, seq) each
     labels = ids.masked_fill(mask == 0, -100)

@@ -3,11 +3,11 @@ import pytest
 import torch
 
 import editors.kfac as K
-from workbench.arch import get_adapter
-from workbench.editing import EditContext
-from workbench.errors import InputError
-from workbench.patch import weights_hash
-from workbench.requests import ForgetRequest
+from workbench.core.arch import get_adapter
+from workbench.editing.contract import EditContext
+from workbench.core.errors import InputError
+from workbench.core.patch import weights_hash
+from workbench.eval.requests import ForgetRequest
 
 from .tiny_models import tiny_model, tiny_tokenizer
 

@@ -11,13 +11,13 @@ import torch
 from editors.lora import LoRAEditor, LoRAHParams
 from editors.lora.merge import COMBINATIONS, MergeEditor, MergeHParams
 from editors.lora.store import STORE, adapter_names, get_adapter
-from workbench.arch import get_adapter as arch_adapter
-from workbench.editing import EditContext
-from workbench.errors import InputError
-from workbench.evaluate import evaluate_edits, reference
-from workbench.patch import weights_hash
-from workbench.requests import load_requests
-from workbench.scoring import right_pad
+from workbench.core.arch import get_adapter as arch_adapter
+from workbench.editing.contract import EditContext
+from workbench.core.errors import InputError
+from workbench.eval.evaluate import evaluate_edits, reference
+from workbench.core.patch import weights_hash
+from workbench.eval.requests import load_requests
+from workbench.eval.scoring import right_pad
 
 from .conftest import REPO, assert_patch_round_trips, model_left_unchanged
 
@@ -143,7 +143,7 @@ def test_peft_sharp_edges_are_clear_errors_that_change_nothing(base):
 
 
 def test_adapters_and_merges_go_through_the_ledger_and_roll_back(tmp_path):
-    from workbench.session import Workbench
+    from workbench.editing.session import Workbench
     wb = Workbench(None, tmp_path / "ws")
     try:
         base_hash = wb.weights_hash()
@@ -174,8 +174,8 @@ def test_lora_merge_and_switch_on_every_architecture(arch):
     """On each tiny family: two adapters, a cat merge (= their sum), a folded merge, a switch,
     each reverting bit for bit; GPT-2's Conv1D goes through peft's fan_in_fan_out."""
     from tests.tiny_models import tiny_model, tiny_tokenizer
-    from workbench.requests import EditRequest
-    from workbench.scoring import encode_pairs, score_answers
+    from workbench.eval.requests import EditRequest
+    from workbench.eval.scoring import encode_pairs, score_answers
 
     from editors.lora.switch import LoRASwitchEditor, SwitchHParams
     model, tok = tiny_model(arch), tiny_tokenizer()

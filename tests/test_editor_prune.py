@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from editors.prune import PruneEditor, PruneHParams
-from workbench.arch import get_adapter
-from workbench.editing import EditContext
-from workbench.errors import InputError
-from workbench.evaluate import evaluate_forgets
-from workbench.patch import Patch, weights_hash
-from workbench.requests import EditRequest, ForgetRequest, load_probes, load_requests, with_retain
+from workbench.core.arch import get_adapter
+from workbench.editing.contract import EditContext
+from workbench.core.errors import InputError
+from workbench.eval.evaluate import evaluate_forgets
+from workbench.core.patch import Patch, weights_hash
+from workbench.eval.requests import EditRequest, ForgetRequest, load_probes, load_requests, with_retain
 
 from .conftest import REPO, assert_patch_round_trips
 
@@ -185,5 +185,5 @@ def test_layers_out_of_range_and_cli_strings(world):
 
 
 def test_registered_under_its_name():
-    from workbench.registry import get_editor
+    from workbench.editing.registry import get_editor
     assert get_editor("prune") is PruneEditor

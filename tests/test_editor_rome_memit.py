@@ -1,5 +1,5 @@
 """`rome` and `memit` on the shipped world model, and the shared key/value math of
-`workbench.kv`: edit quality, exact revert, the on-disk statistics cache, input errors and
+`editors.common.kv`: edit quality, exact revert, the on-disk statistics cache, input errors and
 hyperparameter validation.
 
 Every test uses a temporary statistics cache (WORKBENCH_CACHE) and leaves the session-wide
@@ -12,14 +12,15 @@ import torch
 
 from editors.memit import MEMITEditor, MEMITHParams
 from editors.rome import ROMEEditor, ROMEHParams
-from workbench import kv, kv_stats
-from workbench.corpus import default_corpus
-from workbench.arch import get_adapter
-from workbench.editing import EditContext
-from workbench.errors import InputError
-from workbench.evaluate import evaluate_edits, reference
-from workbench.patch import Patch, weights_hash
-from workbench.requests import EditRequest, load_requests
+from editors.common import kv
+from editors.common import kv_stats
+from editors.common.corpus import default_corpus
+from workbench.core.arch import get_adapter
+from workbench.editing.contract import EditContext
+from workbench.core.errors import InputError
+from workbench.eval.evaluate import evaluate_edits, reference
+from workbench.core.patch import Patch, weights_hash
+from workbench.eval.requests import EditRequest, load_requests
 
 from .conftest import REPO, assert_patch_round_trips, model_left_unchanged
 
@@ -220,7 +221,7 @@ def test_hyperparameters_parse_from_cli_strings_and_describe_themselves():
 
 
 def test_registered_under_their_names():
-    from workbench.registry import describe_editor, get_editor
+    from workbench.editing.registry import describe_editor, get_editor
     assert get_editor("rome") is ROMEEditor and get_editor("memit") is MEMITEditor
     caps = describe_editor("rome")["capabilities"]
     assert {k: caps[k] for k in ("batch", "sequential", "forget", "single_revert")} == {

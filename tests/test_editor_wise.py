@@ -11,13 +11,13 @@ import torch
 
 from editors.wise import WISEEditor, WISEHParams
 from editors.wise.memory import ATTR, WISEMemory
-from workbench.arch import get_adapter
-from workbench.editing import EditContext
-from workbench.errors import InputError
-from workbench.evaluate import evaluate_edits, reference
-from workbench.patch import Patch, weights_hash
-from workbench.requests import load_requests
-from workbench.scoring import right_pad
+from workbench.core.arch import get_adapter
+from workbench.editing.contract import EditContext
+from workbench.core.errors import InputError
+from workbench.eval.evaluate import evaluate_edits, reference
+from workbench.core.patch import Patch, weights_hash
+from workbench.eval.requests import load_requests
+from workbench.eval.scoring import right_pad
 
 T = 12
 # The paper's lr 1.0 / ρ 0.2 overshoot on this small model (see the module docs of editors.wise);
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def run():
-    from workbench.model import load_model
+    from workbench.core.model import load_model
     model, tok = load_model()
     adapter = get_adapter(model)
     reqs = load_requests("data/benchmarks/edits_counterfactual.jsonl")[:T]
@@ -116,7 +116,7 @@ def test_revert_whole_sequence_is_bit_exact(run):
 def test_irrelevant_rows_come_from_the_corpus_and_avoid_the_request(run):
     import random
     from editors.wise.train import build_batch, irrelevant_pool
-    from workbench.kv import default_corpus
+    from editors.common.kv import default_corpus
     tok, reqs = run["tok"], run["reqs"]
     pool = irrelevant_pool(None)
     assert pool == default_corpus()  # the world's fact sentences and filler, as for ROME/MEMIT
@@ -160,7 +160,7 @@ def test_layer_is_derived_and_checked(run):
 
 def test_retrieve_mode_archives_memories_and_routes():
     from tests.tiny_models import tiny_model, tiny_tokenizer
-    from workbench.requests import EditRequest
+    from workbench.eval.requests import EditRequest
     model, tok = tiny_model("llama"), tiny_tokenizer()
     adapter = get_adapter(model)
     reqs = [EditRequest(f"P{i} lives in", f"City{i}", subject=f"P{i}") for i in range(4)]
@@ -175,7 +175,7 @@ def test_retrieve_mode_archives_memories_and_routes():
 
 def test_subject_mask_marks_the_subject_tokens_and_falls_back_to_all(run):
     from editors.wise.train import subject_mask
-    from workbench.requests import EditRequest
+    from workbench.eval.requests import EditRequest
     tok, r = run["tok"], run["reqs"][2]
     no_subject = EditRequest("The old bridge was praised by", "Paris")
     pairs = [tok(x.prompt)["input_ids"] for x in (r, no_subject)]
@@ -187,7 +187,7 @@ def test_subject_mask_marks_the_subject_tokens_and_falls_back_to_all(run):
 
 def test_subject_scores_edit_batch_and_missing_subject():
     from tests.tiny_models import tiny_model, tiny_tokenizer
-    from workbench.requests import EditRequest
+    from workbench.eval.requests import EditRequest
     model, tok = tiny_model("llama"), tiny_tokenizer()
     adapter = get_adapter(model)
     reqs = [EditRequest("P1 lives in", "City1", subject="P1"), EditRequest("Q2 lives in", "City2", subject="Q2"),

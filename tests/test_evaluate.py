@@ -6,10 +6,10 @@ import sys
 import pytest
 import torch
 
-from workbench import evaluate as ev
-from workbench import metrics
-from workbench.errors import InputError
-from workbench.requests import EditRequest, ForgetRequest, Probe
+from workbench.eval import evaluate as ev
+from workbench.eval import metrics
+from workbench.core.errors import InputError
+from workbench.eval.requests import EditRequest, ForgetRequest, Probe
 
 from .conftest import MODEL, REPO
 

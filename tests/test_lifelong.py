@@ -5,10 +5,10 @@ import sys
 
 import pytest
 
-from workbench.errors import InputError
-from workbench.lifelong import METRICS, run, run_one, table
-from workbench.registry import UnknownEditor
-from workbench.requests import load_requests
+from workbench.core.errors import InputError
+from workbench.bench.lifelong import METRICS, run, run_one, table
+from workbench.editing.registry import UnknownEditor
+from workbench.eval.requests import load_requests
 
 from .conftest import REPO
 

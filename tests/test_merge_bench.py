@@ -1,8 +1,8 @@
 """The adapter-merging benchmark: adapters per batch, merged by every chosen peft type, vs WISE."""
 import pytest
 
-from workbench.errors import InputError
-from workbench.merge_bench import run, table
+from workbench.core.errors import InputError
+from workbench.bench.merge import run, table
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from workbench.patch import HashCache, Patch, WeightChange, WeightRecorder, weights_hash
+from workbench.core.patch import HashCache, Patch, WeightChange, WeightRecorder, weights_hash
 
 from .tiny_models import tiny_model
 

@@ -12,10 +12,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from workbench import registry
-from workbench.editing import Capabilities, HParams
-from workbench.errors import InputError, WorkbenchError
-from workbench.registry import (DuplicateEditor, InvalidEditor, UnknownEditor, describe_editor,
+from workbench.editing import registry
+from workbench.editing.contract import Capabilities, HParams
+from workbench.core.errors import InputError, WorkbenchError
+from workbench.editing.registry import (DuplicateEditor, InvalidEditor, UnknownEditor, describe_editor,
                                 editor_names, get_editor, make_editor, register_editor,
                                 register_lazy)
 
@@ -117,7 +117,7 @@ def test_a_miss_suggests_the_closest_names_and_lists_all():
 # -- lazy entries and entry points -------------------------------------------------------------
 
 TP_MODULE = '''
-from workbench.editing import Capabilities, HParams
+from workbench.editing.contract import Capabilities, HParams
 
 class TPEditor:
     """A third-party
@@ -182,7 +182,7 @@ def test_builtin_editors_come_from_the_entry_point_group():
 
 
 def test_importing_the_registry_imports_no_editor():
-    code = ("import sys, workbench.registry as r; r.editor_names(); "
+    code = ("import sys, workbench.editing.registry as r; r.editor_names(); "
             "bad = [m for m in sys.modules if m == 'editors' or m.startswith('editors.')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from workbench.errors import InputError
-from workbench.jsonio import read_json_array, read_records
-from workbench.requests import (KNOWN_FORMATS, EditRequest, ForgetRequest, Probe, detect_format, dump_requests,
+from workbench.core.errors import InputError
+from workbench.core.jsonio import read_json_array, read_records
+from workbench.eval.requests import (KNOWN_FORMATS, EditRequest, ForgetRequest, Probe, detect_format, dump_requests,
                                 load_probes, load_requests, read_requests, request_from_dict, with_retain)
 
 FIX = Path(__file__).parent / "fixtures" / "requests"

@@ -63,15 +63,15 @@ def test_remote_code_only_when_asked():
                     isinstance(node.value, ast.Constant) and node.value.value is True:
                 bad.append(f"{path.relative_to(REPO)}:{node.value.lineno}")
     assert not bad, f"trust_remote_code=True hard-coded at {bad}"
-    from workbench.model import load_model
+    from workbench.core.model import load_model
     assert inspect.signature(load_model).parameters["trust_remote_code"].default is False
 
 
 def test_patch_and_cache_files_are_safetensors(tmp_path, monkeypatch):
     import torch
 
-    from workbench.cache import cached_tensors
-    from workbench.patch import Patch, WeightChange
+    from editors.common.cache import cached_tensors
+    from workbench.core.patch import Patch, WeightChange
     p = Patch([WeightChange("w", torch.zeros(2), torch.ones(2))], [], {"why": "test"})
     p.save(tmp_path / "p.safetensors")
     from safetensors import safe_open

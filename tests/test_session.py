@@ -8,10 +8,10 @@ import time
 import pytest
 import torch
 
-from workbench.errors import InputError
-from workbench.patch import weights_hash
-from workbench.requests import EditRequest, ForgetRequest, load_requests
-from workbench.session import Workbench
+from workbench.core.errors import InputError
+from workbench.core.patch import weights_hash
+from workbench.eval.requests import EditRequest, ForgetRequest, load_requests
+from workbench.editing.session import Workbench
 
 from . import session_helpers  # noqa: F401  (registers the test editors)
 from .conftest import REPO
@@ -125,7 +125,7 @@ def test_deleting_a_row_breaks_the_chain(tmp_path):
     db.execute("DELETE FROM events WHERE id = ?", (e2.id,))
     db.commit()
     db.close()
-    from workbench.ledger import LedgerError
+    from workbench.core.ledger import LedgerError
     with pytest.raises(LedgerError):  # replay no longer reaches the recorded head
         Workbench(None, tmp_path / "ws")
 
@@ -229,7 +229,7 @@ def _check_outputs(out) -> None:
     """Every bundle or export under its final name is complete (temporaries may remain)."""
     from safetensors import safe_open
 
-    from workbench.bundle import read_manifest
+    from workbench.editing.bundle import read_manifest
     for p in sorted(out.glob("b*.wbbundle")):
         z, manifest = read_manifest(p)  # raises on a partial zip
         assert manifest["edits"] and all(z.read(e["bundle_file"]) for e in manifest["edits"]), p
@@ -284,9 +284,9 @@ def test_crash_at_any_point_many_trials(tmp_path):
 def test_two_sessions_on_one_workspace_are_serialized_not_interleaved(tmp_path):
     """A session whose model is behind the ledger (another session recorded meanwhile) is
     refused with a clear message and records nothing; reopening brings it to the head."""
-    from workbench.ledger import LedgerError
-    from workbench.requests import EditRequest
-    from workbench.session import Workbench
+    from workbench.core.ledger import LedgerError
+    from workbench.eval.requests import EditRequest
+    from workbench.editing.session import Workbench
     ws = tmp_path / "ws"
     a, b = Workbench(None, ws), Workbench(None, ws)
     reqs = [EditRequest("Vahir Thiosteal was born in", "Lorvan")]
@@ -314,8 +314,8 @@ def test_two_processes_editing_one_workspace_leave_a_verifiable_history(tmp_path
     message; the history always verifies and replays."""
     import subprocess
     import sys
-    from workbench.requests import EditRequest, dump_requests
-    from workbench.session import Workbench
+    from workbench.eval.requests import EditRequest, dump_requests
+    from workbench.editing.session import Workbench
     ws, req = tmp_path / "ws", tmp_path / "r.jsonl"
     dump_requests(req, [EditRequest("Vahir Thiosteal was born in", "Lorvan")])
     cmd = [sys.executable, "-m", "workbench.cli", "edit", "--editor", "ft", "--requests", str(req),

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from workbench.scoring import encode_pairs, score_answers
+from workbench.eval.scoring import encode_pairs, score_answers
 from workbench.world.measure import TARGETS, fact_accuracy
 
 from .conftest import MODEL

@@ -213,7 +213,7 @@ def test_a_model_that_does_not_load_at_start(app, tmp_path, monkeypatch):
 
 def test_ui_command_binds_loopback():
     from ui.launch import command
-    from workbench.cli import build_parser
+    from workbench.cli.main import build_parser
     args = build_parser().parse_args(["ui", "--port", "8999", "--workspace", "/tmp/x"])
     assert args.port == 8999 and args.model is None
     cmd = command(args.port)
@@ -234,7 +234,7 @@ class _Upload:
 
 def test_uploads_are_size_limited_and_their_names_cannot_escape(tmp_path, monkeypatch):
     from ui.common import MAX_UPLOAD_MB, load_uploaded
-    from workbench.errors import InputError
+    from workbench.core.errors import InputError
     good = b'{"type": "edit", "prompt": "Ada lives in", "target_new": "Rome"}\n'
     import tempfile
     (tmp_path / "tmp").mkdir()

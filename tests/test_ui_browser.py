@@ -37,7 +37,7 @@ def server(tmp_path):
     at the end."""
     port = _free_port()
     log = open(tmp_path / "ui.log", "w")
-    # the installed console script, as in the README; `python -m workbench.cli` is the same main()
+    # the installed console script, as in the README; `python -m workbench.cli.main` is the same main()
     exe = [shutil.which("workbench")] if shutil.which("workbench") else [sys.executable, "-m", "workbench.cli"]
     proc = subprocess.Popen([*exe, "ui", "--port", str(port),
                              "--workspace", str(tmp_path / "ws")], stdout=log, stderr=subprocess.STDOUT,

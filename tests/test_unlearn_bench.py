@@ -3,11 +3,11 @@ import json
 
 import pytest
 
-from workbench.cli import main
-from workbench.errors import InputError
-from workbench.registry import UnknownEditor
-from workbench.requests import load_probes
-from workbench.unlearn_bench import COLUMNS, RETAIN, WORLD, run, split_retain, table
+from workbench.cli.main import main
+from workbench.core.errors import InputError
+from workbench.editing.registry import UnknownEditor
+from workbench.eval.requests import load_probes
+from workbench.bench.unlearn import COLUMNS, RETAIN, WORLD, run, split_retain, table
 from workbench.world import World
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from workbench.errors import InputError
+from workbench.core.errors import InputError
 from workbench.world import World
 from workbench.world import generate as gen_mod
 from workbench.world.corpus import heldout_sentences, tokenizer_texts
@@ -163,7 +163,7 @@ def test_load_bad_field_names_field(tmp_path):
 
 
 def test_benchmark_request_sets_reproduce_committed_ones(tmp_path):
-    from workbench.requests import EditRequest, load_probes, load_requests
+    from workbench.eval.requests import EditRequest, load_probes, load_requests
     from workbench.world.benchmarks import DEFAULT_BENCH_SEED, write_benchmarks
     out = write_benchmarks(WORLD, tmp_path / "b", DEFAULT_BENCH_SEED)
     assert _same_tree(out, WORLD.parent / "benchmarks")

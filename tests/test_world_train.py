@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from workbench.errors import InputError
+from workbench.core.errors import InputError
 from workbench.world.generate import generate
 from workbench.world.train import TrainConfig, train
 

@@ -26,7 +26,7 @@ _LLAMA_LIKE = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_h
                    num_key_value_heads=2, intermediate_size=FF, vocab_size=VOCAB,
                    max_position_embeddings=128, **IDS)
 
-# model_type -> config factory. Kept in step with workbench.arch.ARCH_SPECS (tested below in
+# model_type -> config factory. Kept in step with workbench.core.arch.ARCH_SPECS (tested below in
 # tests/test_editor_grid.py), so a family added to the adapter gets grid coverage.
 CONFIGS = {
     "gpt2": lambda: T.GPT2Config(n_embd=HIDDEN, n_layer=LAYERS, n_head=2, n_inner=FF,

@@ -13,11 +13,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from workbench.errors import WorkbenchError
+from workbench.core.errors import WorkbenchError
 
-REPO = Path(__file__).resolve().parent.parent
-BENCHMARKS = REPO / "data" / "benchmarks"
-WORLD = REPO / "data" / "world"
+from workbench.core.paths import BENCHMARKS, DEFAULT_MODEL, WORLD  # noqa: F401 (pages read them here)
 MAX_UPLOAD_MB = 50  # request files are small; the server refuses larger uploads too (ui/launch.py)
 
 
@@ -40,7 +38,7 @@ def hparam_widgets(editor: str, *, key: str) -> dict:
 
     Returns only the values the user changed, as strings (the CLI's `K=V` form), so fields
     left alone keep their defaults — including the ones derived from the model."""
-    from workbench.registry import describe_editor
+    from workbench.editing.registry import describe_editor
     out = {}
     cols = st.columns(2)
     for i, f in enumerate(describe_editor(editor)["hyperparameters"]):
@@ -74,8 +72,8 @@ def load_uploaded(upload) -> list:
 
     The loader detects the format from the content and the suffix, so the upload is written
     to a temporary file with its own name."""
-    from workbench.errors import InputError
-    from workbench.requests import load_requests
+    from workbench.core.errors import InputError
+    from workbench.eval.requests import load_requests
     data = upload.getvalue()
     if len(data) > MAX_UPLOAD_MB * 2**20:
         raise InputError(f"{len(data) / 2**20:.1f} MB is over the {MAX_UPLOAD_MB} MB limit for request files",
@@ -102,13 +100,13 @@ def world_set(name: str, start: int, count: int) -> list:
 @st.cache_resource(show_spinner=False)
 def _cached_set(name: str) -> list:
     # Request sets are read-only (frozen dataclasses), so one copy serves every session.
-    from workbench.requests import load_requests
+    from workbench.eval.requests import load_requests
     return load_requests(BENCHMARKS / name)
 
 
 @st.cache_resource(show_spinner=False)
 def retain_probes(n: int) -> list:
-    from workbench.requests import load_probes
+    from workbench.eval.requests import load_probes
     return load_probes(BENCHMARKS / "retain.jsonl")[:n]
 
 
@@ -121,7 +119,7 @@ def requests_table(reqs: list) -> None:
 
 def requests_of(events) -> list:
     """The requests recorded with ledger events, rebuilt as request objects."""
-    from workbench.requests.types import request_from_dict
+    from workbench.eval.requests.types import request_from_dict
     return [request_from_dict(d) for e in events for d in (e.requests or [])]
 
 
@@ -129,7 +127,7 @@ def requests_of(events) -> list:
 
 def continuations(wb, prompts: list[str], n_tokens: int = 8) -> list[str]:
     """Greedy continuation of each prompt by the session's current model (read only)."""
-    from workbench.scoring import greedy_continuations
+    from workbench.eval.scoring import greedy_continuations
     if not prompts:
         return []
     tok = wb.tok

@@ -47,7 +47,7 @@ class SessionWorkbench:
     def __init__(self, model_dir, workspace):
         from concurrent.futures import ThreadPoolExecutor
 
-        from workbench.session import Workbench
+        from workbench.editing.session import Workbench
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="workbench-session")
         try:
             self._wb = self._pool.submit(Workbench, model_dir, workspace).result()

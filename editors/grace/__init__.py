@@ -49,10 +49,10 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from workbench.editing import Capabilities, EditContext, HParams
-from workbench.errors import InputError
-from workbench.patch import Patch
-from workbench.registry import register_editor
+from workbench.editing.contract import Capabilities, EditContext, HParams
+from workbench.core.errors import InputError
+from workbench.core.patch import Patch
+from workbench.editing.registry import register_editor
 
 from .codebook import REPLACEMENTS, GraceCodebook, GraceEdit, GraceEntry, route  # noqa: F401 (re-exported)
 from .train import edit_one
@@ -72,7 +72,7 @@ class GraceHParams(HParams):
         >>> GraceHParams(eps_init=0)
         Traceback (most recent call last):
         ...
-        workbench.errors.InputError: field "eps_init": must be > 0 (initial deferral radius); got 0
+        workbench.core.errors.InputError: field "eps_init": must be > 0 (initial deferral radius); got 0
     """
     layer: int | None = field(default=None, metadata={
         "help": "block whose MLP output projection gets the codebook; negative counts from the end; "

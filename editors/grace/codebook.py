@@ -28,9 +28,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workbench.errors import InputError
-from workbench.offload import execution_device
-from workbench.patch import Attachment, _bits, register_attachment
+from workbench.core.errors import InputError
+from workbench.core.offload import execution_device
+from workbench.core.patch import Attachment, _bits, register_attachment
 
 CHILD = "grace"            # attribute name of the codebook on the wrapped module
 FIELDS = ("key", "value", "radius", "label")
@@ -276,5 +276,5 @@ def _check_detachable(cb: GraceCodebook, group: set[str], uid: str) -> None:
 
 
 def _adapter(model):
-    from workbench.arch import get_adapter
+    from workbench.core.arch import get_adapter
     return get_adapter(model)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from workbench.editing import trainable_only
-from workbench.errors import InputError
-from workbench.offload import execution_device
-from workbench.requests import EditRequest
-from workbench.scoring import encode_pairs
+from workbench.editing.contract import trainable_only
+from workbench.core.errors import InputError
+from workbench.core.offload import execution_device
+from workbench.eval.requests import EditRequest
+from workbench.eval.scoring import encode_pairs
 
 from .codebook import FIELDS, GraceEdit, find_codebook
 

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workbench.editing import Capabilities, EditContext, HParams
-from workbench.errors import InputError
-from workbench.offload import onload
-from workbench.patch import Patch
-from workbench.registry import register_editor
+from workbench.editing.contract import Capabilities, EditContext, HParams
+from workbench.core.errors import InputError
+from workbench.core.offload import onload
+from workbench.core.patch import Patch
+from workbench.editing.registry import register_editor
 
 from .store import LoRAAdd, adapter_names, next_name
 

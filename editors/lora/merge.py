@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from workbench.editing import Capabilities, EditContext, HParams
-from workbench.errors import InputError
-from workbench.patch import Patch
-from workbench.registry import register_editor
+from workbench.editing.contract import Capabilities, EditContext, HParams
+from workbench.core.errors import InputError
+from workbench.core.patch import Patch
+from workbench.editing.registry import register_editor
 
 from . import config_json, lora_config
 from .store import LoRAAdd, LoRASwitch, adapter_names, find_store, get_adapter, next_name

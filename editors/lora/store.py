@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workbench.errors import InputError
-from workbench.patch import Attachment, register_attachment
+from workbench.core.errors import InputError
+from workbench.core.patch import Attachment, register_attachment
 
 STORE = "workbench_lora"
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from workbench.editing import Capabilities, EditContext, HParams
-from workbench.errors import InputError
-from workbench.patch import Patch
-from workbench.registry import register_editor
+from workbench.editing.contract import Capabilities, EditContext, HParams
+from workbench.core.errors import InputError
+from workbench.core.patch import Patch
+from workbench.editing.registry import register_editor
 
 from .store import LoRASwitch, get_adapter
 

@@ -67,7 +67,7 @@ input's score grows with the memory (T=30, subject mode: median edit 5.6, locali
 weakest early edit lets everything through whichever tokens train the score.
 
 Example:
-    >>> from workbench.editing import EditContext                     # doctest: +SKIP
+    >>> from workbench.editing.contract import EditContext                     # doctest: +SKIP
     >>> ed = WISEEditor(WISEHParams().derive(adapter))                 # doctest: +SKIP
     >>> patch = ed.edit(EditContext(model, tok, adapter), [request])   # doctest: +SKIP
     >>> patch.attachments[0].kind                                      # doctest: +SKIP
@@ -81,11 +81,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workbench.editing import Capabilities, EditContext, HParams
-from workbench.errors import InputError
-from workbench.patch import Patch
-from workbench.registry import register_editor
-from workbench.requests import EditRequest
+from workbench.editing.contract import Capabilities, EditContext, HParams
+from workbench.core.errors import InputError
+from workbench.core.patch import Patch
+from workbench.editing.registry import register_editor
+from workbench.eval.requests import EditRequest
 
 from .memory import ATTR, WISEAttachment, WISEMemory
 from .train import build_batch, irrelevant_pool, train_shard
@@ -111,7 +111,7 @@ class WISEHParams(HParams):
         >>> WISEHParams(mask_ratio=1.5)
         Traceback (most recent call last):
         ...
-        workbench.errors.InputError: field "mask_ratio": must be in (0, 1] (share of weights a shard trains); got 1.5
+        workbench.core.errors.InputError: field "mask_ratio": must be in (0, 1] (share of weights a shard trains); got 1.5
     """
     layer: int | None = field(default=None, metadata={
         "help": "block whose MLP output projection gets the side memory; default: ~80% depth"})

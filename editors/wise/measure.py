@@ -3,7 +3,7 @@
     python -m editors.wise.measure --T 100 [--threads 1] [--set steps=40 ...]
 
 Prints reliability / generality / locality (teacher-forced token accuracy, as
-`workbench.evaluate`), the median seconds per edit, and the side memory's inference
+`workbench.eval.evaluate`), the median seconds per edit, and the side memory's inference
 overhead (eval forward time with the memory attached vs detached, same batches), and
 `routed`: the share of edit prompts, rephrasings and locality probes (each with its answer,
 as scored) whose activation score sends them to the side memory.
@@ -19,11 +19,11 @@ import torch
 
 
 def run(T: int, params: dict, threads: int = 1) -> dict:
-    from workbench.arch import get_adapter
-    from workbench.editing import EditContext
-    from workbench.evaluate import evaluate_edits, reference
-    from workbench.model import load_model
-    from workbench.requests import load_requests
+    from workbench.core.arch import get_adapter
+    from workbench.editing.contract import EditContext
+    from workbench.eval.evaluate import evaluate_edits, reference
+    from workbench.core.model import load_model
+    from workbench.eval.requests import load_requests
 
     from . import WISEEditor, WISEHParams
     from .memory import ATTR
@@ -61,7 +61,7 @@ def run(T: int, params: dict, threads: int = 1) -> dict:
 
 def routed_share(model, tok, adapter, mem, reqs) -> dict:
     """Share of each probe kind whose best score / threshold exceeds 1 (as `WISEMemory._route`)."""
-    from workbench.scoring import encode_pairs, right_pad
+    from workbench.eval.scoring import encode_pairs, right_pad
 
     from .train import Packed, _activations
     kinds = {"edit": [(r.prompt, r.target_new) for r in reqs],

@@ -39,7 +39,7 @@ import math
 import torch
 from torch import nn
 
-from workbench.patch import Attachment, register_attachment
+from workbench.core.patch import Attachment, register_attachment
 
 ATTR = "wise_memory"  # the memory's name on the model: state_dict keys are "wise_memory.*"
 
@@ -209,7 +209,7 @@ class WISEAttachment(Attachment):
     def attach(self, model, adapter) -> None:
         if getattr(model, ATTR, None) is not None:
             raise ValueError("the model already has a WISE memory attached")
-        from workbench.arch import get_adapter
+        from workbench.core.arch import get_adapter
         mem = self.build()
         ref = next(model.parameters())
         mem.to(ref.device)

@@ -12,7 +12,7 @@ pairs/positions that violate them (as EasyEdit does), so satisfied margins cost 
 Gradients are masked to the shard's random subspace (ratio ρ) and the weights are clamped
 to within `norm_constraint` of the main memory after each SGD step.
 
-Irrelevant rows are (a) texts of the workbench's generic corpus (`workbench.kv.default_corpus`:
+Irrelevant rows are (a) texts of the workbench's generic corpus (`editors.common.kv.default_corpus`:
 the bundled world's fact sentences about other people, in the world's phrasings, and filler;
 or the lines of `irrelevant_file`; `DEFAULT_IRRELEVANT` below without either), never one
 naming the edited subject or quoting one of the request's locality probes, and (b) the edit
@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from peft.utils.merge_utils import ties
 
-from workbench.scoring import encode_pairs, right_pad
+from workbench.eval.scoring import encode_pairs, right_pad
 
 from .memory import WISEMemory, row_mean
 
@@ -58,11 +58,11 @@ DEFAULT_IRRELEVANT = (
 
 def irrelevant_pool(path: str | None) -> list[str]:
     """Texts for Δ_irr: the lines of `path` (one text per line), else the workbench's generic
-    corpus (`workbench.kv.default_corpus()`: the bundled world's fact sentences and filler, the
+    corpus (`editors.common.kv.default_corpus()`: the bundled world's fact sentences and filler, the
     text ROME/MEMIT take their statistics from), else the built-in sentences."""
     if not path:
         try:
-            from workbench.kv import default_corpus
+            from editors.common.kv import default_corpus
             return default_corpus()
         except Exception:  # no bundled world (an installed wheel without data/): generic sentences
             return list(DEFAULT_IRRELEVANT)

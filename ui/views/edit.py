@@ -10,8 +10,8 @@ wb = get_workbench()
 if wb is None:
     st.stop()
 
-from workbench.registry import describe_editor, editor_names  # noqa: E402  (after the early stop)
-from workbench.requests import EditRequest  # noqa: E402
+from workbench.editing.registry import describe_editor, editor_names  # noqa: E402  (after the early stop)
+from workbench.eval.requests import EditRequest  # noqa: E402
 
 # ------------------------------------------------------------------ requests
 st.subheader("1. Requests")

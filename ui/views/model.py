@@ -66,7 +66,7 @@ if world_json.exists():
         # one row a person: id, name and each fact (the held-out phrasing ids are for scoring)
         st.dataframe(pd.DataFrame([{"id": p.get("id"), "name": p.get("name"), **p.get("facts", {})}
                                    for p in sample]), hide_index=True)
-    card = common.REPO / "data" / "models" / "world-llama" / "card.json"
+    card = common.DEFAULT_MODEL / "card.json"
     if card.exists():
         measured = json.loads(card.read_text()).get("measured", {})
         rows = [{"measurement": k, **{m: v for m, v in d.items() if isinstance(v, (int, float))}}

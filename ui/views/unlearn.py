@@ -11,9 +11,9 @@ wb = get_workbench()
 if wb is None:
     st.stop()
 
-from workbench.registry import describe_editor, editor_names  # noqa: E402
-from workbench.requests import ForgetRequest  # noqa: E402
-from workbench.requests.types import with_retain  # noqa: E402
+from workbench.editing.registry import describe_editor, editor_names  # noqa: E402
+from workbench.eval.requests import ForgetRequest  # noqa: E402
+from workbench.eval.requests.types import with_retain  # noqa: E402
 
 SETS = {"canaries (memorized secrets)": "forget_canaries.jsonl", "people (forget-split facts)": "forget_people.jsonl"}
 

@@ -13,17 +13,17 @@
 - `forget_people.jsonl`: every fact of the forget-split people (kind "fact"), the prompt in
   a trained phrasing and the other trained phrasings as paraphrased prefixes.
 - `retain.jsonl`: probes (native `{prompt, answer}`) of the retain-split people's facts,
-  the retain set for both forget sets (`workbench.requests.with_retain`).
+  the retain set for both forget sets (`workbench.eval.requests.with_retain`).
 """
 from __future__ import annotations
 
 import random
 from pathlib import Path
 
-from ..fsutil import atomic_dir
-from ..jsonio import write_jsonl
-from ..requests import EditRequest, ForgetRequest, Probe, dump_requests
-from .schema import World
+from workbench.core.fsutil import atomic_dir
+from workbench.core.jsonio import write_jsonl
+from workbench.eval.requests import EditRequest, ForgetRequest, Probe, dump_requests
+from workbench.world.schema import World
 
 DEFAULT_BENCH_SEED = 4321
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .measure import measure
+from workbench.world.measure import measure
 
 ROWS = [
     ("recall_train_phrasings", "fact recall, training phrasings (greedy exact)"),

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import random
 
-from .generate import filler_sentence
-from .schema import World
+from workbench.world.generate import filler_sentence
+from workbench.world.schema import World
 
 
 def fact_sentence(world: World, person: dict, relation: str, phrasing: int) -> str:

@@ -8,11 +8,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from ..errors import InputError
-from ..fsutil import atomic_dir
-from ..jsonio import write_json, write_jsonl
-from . import vocab
-from .schema import SCHEMA_DOC, SCHEMA_VERSION
+from workbench.core.errors import InputError
+from workbench.core.fsutil import atomic_dir
+from workbench.core.jsonio import write_json, write_jsonl
+from workbench.world import vocab
+from workbench.world.schema import SCHEMA_DOC, SCHEMA_VERSION
 
 DEFAULT_SEED = 1234
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..scoring import encode_pairs, score_answers, token_nll
-from .schema import Probe, World
+from workbench.eval.scoring import encode_pairs, score_answers, token_nll
+from workbench.world.schema import Probe, World
 
 TARGETS = {"recall_train_phrasings": 0.95, "recall_heldout_phrasings": 0.80, "canary_exact": 0.95}
 
@@ -44,7 +44,7 @@ def measure(model_dir: str | Path, world_dir: str | Path) -> dict:
         >>> m["recall_heldout_phrasings"]["exact"] >= 0.8  # doctest: +SKIP
         True
     """
-    from ..model import load_model
+    from workbench.core.model import load_model
     world = World.load(world_dir)
     model, tok = load_model(model_dir)
     dev = set(world.splits["dev"])

@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
-from ..jsonio import read_json, read_jsonl
+from workbench.core.errors import InputError
+from workbench.core.jsonio import read_json, read_jsonl
 
 SCHEMA_VERSION = 1
 FILES = ("world.json", "people.jsonl", "canaries.jsonl", "heldout_text.jsonl")

@@ -9,10 +9,10 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from ..errors import InputError
-from ..fsutil import atomic_dir
-from .corpus import epoch_documents, heldout_sentences, tokenizer_texts
-from .schema import World
+from workbench.core.errors import InputError
+from workbench.core.fsutil import atomic_dir
+from workbench.world.corpus import epoch_documents, heldout_sentences, tokenizer_texts
+from workbench.world.schema import World
 
 
 @dataclass
@@ -116,7 +116,7 @@ def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite
         >>> train("data/world", "/tmp/model", TrainConfig(max_steps=10), overwrite=True)  # doctest: +SKIP
     """
     import torch
-    from .measure import fact_accuracy
+    from workbench.world.measure import fact_accuracy
 
     world = World.load(world_dir)
     out = Path(out)
@@ -171,7 +171,7 @@ def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite
 
 
 def _build_world_tokenizer(world: World, cfg: TrainConfig):
-    from .tokenizer import build_tokenizer
+    from workbench.world.tokenizer import build_tokenizer
     return build_tokenizer(tokenizer_texts(world), cfg.vocab_size)
 
 

@@ -1,0 +1,1 @@
+"""Math shared by several editors: key/value extraction, key statistics, the tensor cache, corpora."""

@@ -1,0 +1,1 @@
+"""Benchmarks: lifelong editing, unlearning and adapter merging, driven through the session API."""

@@ -1,0 +1,105 @@
+"""The lifelong-editing benchmark (the WISE protocol).
+
+T sequential single edits from a request set are applied to a fresh copy of the model, one
+`edit()` call each with a fresh editor instance (as the session does), and then *all T are
+scored on the final model*: reliability, generality and locality, teacher-forced and greedy
+exact. Also reported: the median seconds per edit and the inference overhead of the edited
+model (forward time over a fixed probe batch, after vs before).
+
+    workbench bench lifelong --editors wise,grace,rome,memit,ft --T 1,10,100,1000
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from workbench.core.errors import InputError
+
+from workbench.core.paths import COUNTERFACTUAL as DEFAULT_REQUESTS
+METRICS = ("reliability", "reliability_exact", "generality", "generality_exact", "locality", "locality_exact")
+
+
+def _forward_seconds(model, tok, prompts: list[str], repeats: int = 5) -> float:
+    """Median wall time of one batched forward pass over `prompts` (the inference probe)."""
+    from workbench.eval.scoring import right_pad
+    ids, mask = right_pad(tok(prompts)["input_ids"], tok.pad_token_id)
+    times = []
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)  # warm-up
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(input_ids=ids, attention_mask=mask)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run_one(editor: str, T: int, requests: list, *, model_dir=None, params: dict | None = None,
+            progress=None) -> dict:
+    """Apply `requests[:T]` sequentially with `editor`, score all of them on the final model."""
+    from workbench.core.arch import get_adapter
+    from workbench.editing.contract import EditContext
+    from workbench.eval.evaluate import evaluate_edits, reference
+    from workbench.core.model import load_model
+    from workbench.editing.registry import get_editor, make_editor
+    cls = get_editor(editor)
+    if T > 1 and not cls.capabilities.sequential:
+        return {"editor": editor, "T": T, "skipped": "not a sequential editor"}
+    reqs = requests[:T]
+    model, tok = load_model(model_dir)
+    adapter = get_adapter(model)
+    ref = reference(model, tok, reqs)
+    probe = [p.prompt for r in requests[:256] for p in r.locality][:256]
+    t_before = _forward_seconds(model, tok, probe)
+    times = []
+    for i, r in enumerate(reqs):
+        instance, hp = make_editor(editor, adapter, params or {})
+        t0 = time.perf_counter()
+        instance.edit(EditContext(model, tok, adapter, seed=i), [r])
+        times.append(time.perf_counter() - t0)
+        if progress is not None:
+            progress(1)
+    scores = evaluate_edits(model, tok, reqs, ref)["mean"]
+    t_after = _forward_seconds(model, tok, probe)
+    return {"editor": editor, "T": T, **{m: scores[m] for m in METRICS},
+            "median_edit_s": statistics.median(times), "total_edit_s": sum(times),
+            "inference_overhead": t_after / t_before - 1.0, "hparams": hp.to_dict()}
+
+
+def run(editors: list[str], Ts: list[int], *, requests_path=DEFAULT_REQUESTS, model_dir=None,
+        params: dict[str, dict] | None = None, progress: bool = True) -> list[dict]:
+    """Every (editor, T) pair; `params` maps an editor name to its hyperparameter strings."""
+    from workbench.core.progress import progress_bar
+    from workbench.editing.registry import get_editor
+    from workbench.eval.requests import EditRequest, load_requests
+    for name in editors:
+        get_editor(name)  # unknown names fail before any work
+    if not Ts or min(Ts) < 1:
+        raise InputError(f"T values must be positive integers, got {Ts}", field="--T")
+    reqs = [r for r in load_requests(requests_path) if isinstance(r, EditRequest)]
+    if max(Ts) > len(reqs):
+        raise InputError(f"T={max(Ts)} needs {max(Ts)} edit requests; {requests_path} has {len(reqs)}",
+                         field="--T")
+    rows = []
+    with progress_bar("lifelong editing", sum(Ts) * len(editors), enabled=progress) as advance:
+        for name in editors:
+            for T in Ts:
+                rows.append(run_one(name, T, reqs, model_dir=model_dir, params=(params or {}).get(name),
+                                    progress=advance))
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """A Markdown table of the results (the README's)."""
+    head = ("| editor | T | rel. | rel. exact | gen. | gen. exact | loc. | loc. exact | median s/edit | "
+            "inference overhead |")
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['editor']} | {r['T']} | {r['skipped']} |" + " |" * 8)
+            continue
+        vals = " | ".join("—" if r[m] is None else f"{r[m]:.3f}" for m in METRICS)
+        lines.append(f"| {r['editor']} | {r['T']} | {vals} | {r['median_edit_s']:.3f} | "
+                     f"{100 * r['inference_overhead']:+.1f}% |")
+    return "\n".join(lines)

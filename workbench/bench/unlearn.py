@@ -1,0 +1,134 @@
+"""The unlearning benchmark: forget editors on the world's canaries and forget-split people.
+
+For each (editor, forget set) a fresh copy of the model is measured, edited once with the
+whole forget set (the retain set attached, for editors that use one), and measured again:
+
+- strict / loose recitation and extraction strength of each forget suffix from its prefix,
+  canary exposure (log2 rank among same-shaped alternative secrets; canaries only);
+- forget-set fact recall: greedy exact match of the suffix after the prefix, and (facts)
+  after each of its paraphrased prefixes;
+- held-out perplexity on the world's held-out clean texts, and nDCG@10 of the next-token
+  ranking on them against the unedited model;
+- retain fact recall (greedy exact) on retain-split people the editor never saw: the retain
+  file is split by person, the first half goes to the editor, the second half is scored;
+- seconds the edit took (K-FAC factor collection included when its cache was cold).
+
+    workbench bench unlearn --editors kfac,prune,ga,npo --sets canaries,people
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+from workbench.core.errors import InputError
+
+from workbench.core.paths import FORGET_SETS as SETS, RETAIN, WORLD
+# (metric key, column title) of the table; each cell shows before → after.
+COLUMNS = (("strict_recitation", "strict"), ("loose_recitation", "loose"), ("extraction_strength", "extraction"),
+           ("exposure", "exposure"), ("forget_recall", "forget recall"),
+           ("forget_recall_paraphrased", "paraphrased recall"), ("perplexity", "held-out ppl"),
+           ("retain_recall", "retain recall"))
+
+
+def split_retain(probes: list, world) -> tuple[list, list]:
+    """(given to the editor, scored): the retain probes of the first / second half of the
+    retain-split people, matched by name; probes naming no retain person are scored only."""
+    people = [world.by_id[pid] for pid in world.splits["retain"]]
+    first = {p["name"] for p in people[: len(people) // 2]}
+    # Longest names first, so a name that contains another is matched as itself.
+    names = sorted((p["name"] for p in people), key=len, reverse=True)
+    given, scored = [], []
+    for pr in probes:
+        owner = next((n for n in names if n in pr.prompt), None)
+        (given if owner in first else scored).append(pr)
+    return given, scored
+
+
+def measure(model, tok, base, forgets: list, heldout: list[str], retain: list, *, exposure_samples: int) -> dict:
+    """Every metric of the module docstring for `model` (`base`: the unedited model, for nDCG)."""
+    from workbench.eval.evaluate import evaluate_forgets, next_token_ndcg, perplexity
+    from workbench.eval.requests import Probe
+    from workbench.world.measure import fact_accuracy
+    f = evaluate_forgets(model, tok, forgets, exposure_samples=exposure_samples)["mean"]
+    paraphrased = [Probe(p, r.suffix) for r in forgets if r.kind == "fact" for p in r.paraphrased_prefixes]
+    return {"strict_recitation": f["strict_recitation"], "loose_recitation": f["loose_recitation"],
+            "extraction_strength": f["extraction_strength"], "exposure": f.get("exposure"),
+            "forget_recall": fact_accuracy(model, tok, [Probe(r.prefix, r.suffix) for r in forgets])["exact"],
+            "forget_recall_paraphrased": fact_accuracy(model, tok, paraphrased)["exact"] if paraphrased else None,
+            "perplexity": perplexity(model, tok, heldout),
+            "retain_recall": fact_accuracy(model, tok, retain)["exact"] if retain else None,
+            "ndcg10": 1.0 if model is base else next_token_ndcg(model, base, tok, heldout)}
+
+
+def run_one(editor: str, set_name: str, forgets: list, *, base, tok, heldout, retain_given, retain_scored,
+            before: dict, params: dict | None = None, exposure_samples: int = 100, seed: int = 0) -> dict:
+    """Edit a copy of `base` with `editor` on `forgets`; the row holds before and after."""
+    from workbench.core.arch import get_adapter
+    from workbench.editing.contract import EditContext
+    from workbench.editing.registry import get_editor, make_editor
+    from workbench.eval.requests import with_retain
+    if not get_editor(editor).capabilities.forget:
+        return {"editor": editor, "set": set_name, "skipped": "not a forget editor"}
+    model = copy.deepcopy(base)
+    adapter = get_adapter(model)
+    instance, hp = make_editor(editor, adapter, params or {})
+    t0 = time.perf_counter()
+    instance.edit(EditContext(model, tok, adapter, seed=seed), with_retain(forgets, retain_given))
+    seconds = time.perf_counter() - t0
+    after = measure(model, tok, base, forgets, heldout, retain_scored, exposure_samples=exposure_samples)
+    return {"editor": editor, "set": set_name, "n": len(forgets), "before": before, "after": after,
+            "seconds": seconds, "hparams": hp.to_dict()}
+
+
+def run(editors: list[str], sets: list[str], *, model_dir=None, params: dict[str, dict] | None = None,
+        limit: int | None = None, heldout_limit: int | None = None, exposure_samples: int = 100,
+        progress: bool = True) -> list[dict]:
+    """Every (editor, forget set) pair; `limit` keeps the first N requests of each set,
+    `heldout_limit` the first N held-out texts (for perplexity and nDCG)."""
+    from workbench.core.model import load_model
+    from workbench.core.progress import progress_bar
+    from workbench.editing.registry import get_editor
+    from workbench.eval.requests import ForgetRequest, load_probes, load_requests
+    from workbench.world import World
+    for name in editors:
+        get_editor(name)  # unknown names fail before any work
+    unknown = [s for s in sets if s not in SETS]
+    if unknown or not sets:
+        raise InputError(f"unknown forget set(s) {unknown or sets}; choose from {', '.join(SETS)}", field="--sets")
+    for flag, value in (("--limit", limit), ("--heldout", heldout_limit)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be a positive integer, got {value}", field=flag)
+    world = World.load(WORLD)
+    heldout = [t["text"] for t in world.heldout_text][:heldout_limit]
+    retain_given, retain_scored = split_retain(load_probes(RETAIN), world)
+    base, tok = load_model(model_dir)
+    rows = []
+    with progress_bar("unlearning", len(editors) * len(sets), enabled=progress) as advance:
+        for set_name in sets:
+            forgets = [r for r in load_requests(SETS[set_name]) if isinstance(r, ForgetRequest)][:limit]
+            before = measure(base, tok, base, forgets, heldout, retain_scored, exposure_samples=exposure_samples)
+            for name in editors:
+                rows.append(run_one(name, set_name, forgets, base=base, tok=tok, heldout=heldout,
+                                    retain_given=retain_given, retain_scored=retain_scored, before=before,
+                                    params=(params or {}).get(name), exposure_samples=exposure_samples))
+                advance(1)
+    return rows
+
+
+def _cell(before, after) -> str:
+    if after is None:
+        return "—"
+    return f"{before:.3f} → {after:.3f}"
+
+
+def table(rows: list[dict]) -> str:
+    """A Markdown table (the README's): each cell is before → after."""
+    head = "| editor | set | " + " | ".join(t for _, t in COLUMNS) + " | nDCG@10 | seconds |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 4)]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['editor']} | {r['set']} | {r['skipped']} |" + " |" * (len(COLUMNS) + 1))
+            continue
+        cells = " | ".join(_cell(r["before"][k], r["after"][k]) for k, _ in COLUMNS)
+        lines.append(f"| {r['editor']} | {r['set']} | {cells} | {r['after']['ndcg10']:.3f} | {r['seconds']:.1f} |")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The command line: one module per command group, shared argument helpers in `args`."""

@@ -1,0 +1,224 @@
+"""CLI commands over the session: edit, log, show, undo, rollback, verify, export, bundle,
+apply-bundle, editors. Each opens `Workbench(--model, --workspace)` and calls one method."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from workbench.core.errors import InputError
+
+
+def _common(p) -> None:
+    p.add_argument("--model", type=Path, default=None, help="base model folder (default: the shipped model)")
+    p.add_argument("--workspace", type=Path, default=Path(".workbench"), help="workspace folder (default ./.workbench)")
+    p.add_argument("--author", default=None, help="who makes this change (default: $WORKBENCH_AUTHOR or the login name)")
+    add_placement(p)
+
+
+def add_placement(p) -> None:
+    """--device-map, --max-memory, --offload-folder: a model too big for one device (accelerate)."""
+    p.add_argument("--device-map", default=None, metavar="auto",
+                   help="place a model too big for one device with accelerate (auto, balanced, sequential)")
+    p.add_argument("--max-memory", action="append", default=[], metavar="DEVICE=SIZE",
+                   help="memory cap per device for --device-map, e.g. cpu=200MB or 0=10GiB (repeatable); "
+                        "what does not fit is offloaded")
+    p.add_argument("--offload-folder", type=Path, default=None, help="folder for offloaded weights, if needed")
+
+
+def placement(args) -> dict:
+    """The load_model/Workbench keywords from `add_placement`'s options."""
+    return dict(device_map=args.device_map, max_memory=parse_params(args.max_memory, "--max-memory") or None,
+                offload_folder=args.offload_folder)
+
+
+def add_parsers(sub) -> None:
+    e = sub.add_parser("edit", help="apply an editor to requests, measure before/after, record it")
+    _common(e)
+    e.add_argument("--editor", required=True, help="editor name (see `workbench editors`)")
+    e.add_argument("--requests", type=Path, required=True, help="request file (native JSONL or a public format)")
+    e.add_argument("--format", default=None, help="force the request format")
+    e.add_argument("--param", action="append", default=[], metavar="K=V", help="hyperparameter (repeatable)")
+    e.add_argument("--gate", default=None, help="admission gates, e.g. reliability>=0.9,locality>=0.98")
+    e.add_argument("--note", default=None, help="free text stored with the edit")
+    e.add_argument("--seed", type=int, default=0, help="seed passed to the editor")
+    e.add_argument("--json", type=Path, default=None, help="write the ledger record (with metrics) here")
+    e.set_defaults(func=_cmd_edit)
+
+    for name, helptext, func in (("log", "list the history", _cmd_log), ("verify", "check the history, patches and "
+                                 "replay; non-zero exit names what is wrong", _cmd_verify),
+                                 ("undo", "revert the most recent edit in force", _cmd_undo)):
+        p = sub.add_parser(name, help=helptext)
+        _common(p)
+        if name == "log":
+            p.add_argument("--json", type=Path, default=None, help="write the events as JSON here")
+        if name == "verify":
+            p.add_argument("--no-replay", action="store_true", help="check hashes and files only, no replay")
+        p.set_defaults(func=func)
+
+    s = sub.add_parser("show", help="one event in full")
+    _common(s)
+    s.add_argument("id")
+    s.set_defaults(func=_cmd_show)
+    r = sub.add_parser("rollback", help="roll back to an edit (or 'base'), reverting everything after it")
+    _common(r)
+    r.add_argument("id")
+    r.set_defaults(func=_cmd_rollback)
+    rv = sub.add_parser("revert", help="revert one edit out of the middle, where its editor allows it")
+    _common(rv)
+    rv.add_argument("id")
+    rv.set_defaults(func=_cmd_revert)
+    x = sub.add_parser("export", help="save the edited model as a plain Hugging Face checkpoint")
+    _common(x)
+    x.add_argument("out", type=Path)
+    x.set_defaults(func=_cmd_export)
+    b = sub.add_parser("bundle", help="write the edits in force to one file, to replay elsewhere")
+    _common(b)
+    b.add_argument("out", type=Path)
+    b.set_defaults(func=_cmd_bundle)
+    a = sub.add_parser("apply-bundle", help="replay a bundle on this workspace's model (same base required)")
+    _common(a)
+    a.add_argument("bundle", type=Path)
+    a.set_defaults(func=_cmd_apply_bundle)
+    ed = sub.add_parser("editors", help="list editors with their capabilities and hyperparameters")
+    ed.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    ed.set_defaults(func=_cmd_editors)
+
+
+def _open(args):
+    from workbench.editing.session import Workbench
+    return Workbench(args.model, args.workspace, author=args.author, **placement(args))
+
+
+def parse_params(items: list[str], flag: str = "--param") -> dict:
+    """`K=V` strings -> {K: V} (stripped); anything else names `flag`."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise InputError(f"expected K=V, got {item!r}", field=flag)
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _cmd_edit(args) -> int:
+    from workbench.core.gates import Gate
+    from workbench.editing.registry import get_editor
+    from workbench.eval.requests import load_requests
+    params = parse_params(args.param)
+    gates = Gate.parse_all(args.gate) if args.gate else []
+    get_editor(args.editor)  # an unknown name fails before the model loads
+    reqs = load_requests(args.requests, args.format)
+    wb = _open(args)
+    event = wb.apply(args.editor, reqs, params, gates=gates, note=args.note, seed=args.seed)
+    _print_metrics(event)
+    if args.json is not None:
+        args.json.write_text(json.dumps(event.to_dict(), indent=2, sort_keys=True) + "\n")
+    return 0 if event.kind == "edit" else 3
+
+
+def _print_metrics(event) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=f"{event.id}: {event.kind} ({event.editor}, {event.duration_s:.2f} s)")
+    for col in ("metric", "before", "after"):
+        t.add_column(col)
+    for k in event.metrics_after:
+        b, a = event.metrics_before.get(k), event.metrics_after.get(k)
+        t.add_row(k, "—" if b is None else f"{b:.4f}", "—" if a is None else f"{a:.4f}")
+    Console().print(t)
+    if event.note:
+        print(event.note)
+
+
+def _cmd_log(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    wb = _open(args)
+    events, active = wb.history(), set(wb.active())
+    t = Table(title=f"history of {args.workspace} (base {wb.base_hash[:12]}…)")
+    for col in ("id", "kind", "editor", "author", "time", "in force", "rel.", "loc.", "note"):
+        t.add_column(col)
+    for e in events:
+        m = e.metrics_after or {}
+        t.add_row(e.id, e.kind, e.editor or (",".join(e.targets or [])), e.author, e.created_at,
+                  "yes" if e.id in active else "", _f(m.get("reliability")), _f(m.get("locality")), e.note or "")
+    Console().print(t)
+    if args.json is not None:
+        args.json.write_text(json.dumps([e.to_dict() for e in events], indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+def _f(v) -> str:
+    return "" if v is None else f"{v:.3f}"
+
+
+def _cmd_show(args) -> int:
+    print(json.dumps(_open(args).show(args.id).to_dict(), indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_undo(args) -> int:
+    e = _open(args).undo()
+    print(f"{e.id}: undid {', '.join(e.targets)}")
+    return 0
+
+
+def _cmd_rollback(args) -> int:
+    e = _open(args).revert_to(args.id)
+    print(f"{e.id}: rolled back {', '.join(e.targets)}; weights {e.weights_after[:12]}…")
+    return 0
+
+
+def _cmd_revert(args) -> int:
+    e = _open(args).revert(args.id)
+    print(f"{e.id}: reverted {', '.join(e.targets)}")
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    wb = _open(args)
+    problems = wb.verify(replay=not args.no_replay)
+    for p in problems:
+        print(f"FAIL {p}")
+    if not problems:
+        print(f"ok: {len(wb.history())} events, chain intact, patch files intact"
+              + ("" if args.no_replay else ", replay matches every recorded weights hash"))
+    return 1 if problems else 0
+
+
+def _cmd_export(args) -> int:
+    out = _open(args).export(args.out)
+    print(f"exported to {out}")
+    return 0
+
+
+def _cmd_bundle(args) -> int:
+    out = _open(args).bundle(args.out)
+    print(f"wrote bundle {out}")
+    return 0
+
+
+def _cmd_apply_bundle(args) -> int:
+    events = _open(args).apply_bundle(args.bundle)
+    print(f"replayed {len(events)} edit(s): {', '.join(e.id for e in events)}")
+    return 0
+
+
+def _cmd_editors(args) -> int:
+    from workbench.editing.registry import describe_editor, editor_names
+    infos = [describe_editor(n) for n in editor_names()]
+    if args.json:
+        print(json.dumps(infos, indent=2, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+    console = Console()
+    for info in infos:
+        caps = ", ".join(k for k, v in info["capabilities"].items() if v) or "none"
+        t = Table(title=f"{info['name']}: {info.get('doc', '')} [capabilities: {caps}]")
+        for col in ("hyperparameter", "type", "default", "help"):
+            t.add_column(col)
+        for h in info["hyperparameters"]:
+            t.add_row(h["name"], h["type"], "derived" if h["default"] is None else str(h["default"]), h["help"])
+        console.print(t)
+    return 0

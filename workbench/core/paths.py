@@ -1,0 +1,22 @@
+"""Where the shipped data lives. The one module that computes a data path; everything else
+imports these names (the repository is installed editable, so they point into the checkout).
+
+Example:
+    >>> from workbench.core.paths import DEFAULT_MODEL
+    >>> DEFAULT_MODEL.name
+    'world-llama'
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "data"
+WORLD = DATA / "world"                      # the generated world (world.json, people, canaries)
+MODELS = DATA / "models"
+DEFAULT_MODEL = MODELS / "world-llama"      # the small model trained on the world
+BENCHMARKS = DATA / "benchmarks"            # request sets written by `workbench world requests`
+COUNTERFACTUAL = BENCHMARKS / "edits_counterfactual.jsonl"
+FORGET_SETS = {"canaries": BENCHMARKS / "forget_canaries.jsonl",
+               "people": BENCHMARKS / "forget_people.jsonl"}
+RETAIN = BENCHMARKS / "retain.jsonl"

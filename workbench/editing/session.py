@@ -1,0 +1,381 @@
+"""The session API: `Workbench(model_dir, workspace)` ties model, editors, metrics and ledger.
+
+The UI and the CLI both go through this class; neither touches weights directly.
+
+Example:
+    >>> wb = Workbench(None, "/tmp/ws")                       # the shipped model  # doctest: +SKIP
+    >>> rec = wb.apply("ft", load_requests("edits.jsonl")[:1], params={"steps": "20"})  # doctest: +SKIP
+    >>> wb.undo(); wb.verify()                                # doctest: +SKIP
+    []
+"""
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import time
+from pathlib import Path
+
+from workbench.core.errors import InputError, WorkbenchError
+from workbench.core.gates import Gate, check_gates
+from workbench.core.ledger import Event, Ledger, LedgerError, utc_now
+from workbench.core.patch import HashCache, Patch, weights_hash
+
+DEFAULT_WORKSPACE = Path(".workbench")
+
+
+class Workbench:
+    """A model and the history of its edits in a workspace folder.
+
+    Opening an existing workspace replays its active edits on the base model, so the model is
+    exactly the last committed version (checked against the recorded weights hash).
+    `device_map`, `max_memory`, `offload_folder`: see `workbench.core.model.load_model`; e.g.
+    `Workbench(path, ws, device_map="auto", max_memory={"cpu": "200MB"})` for a model that
+    does not fit.
+    """
+
+    def __init__(self, model_dir=None, workspace=DEFAULT_WORKSPACE, *, author: str | None = None,
+                 device_map=None, max_memory: dict | None = None, offload_folder=None):
+        from workbench.core.arch import get_adapter
+        from workbench.core.model import DEFAULT_MODEL, load_model
+        self.model_dir = Path(model_dir) if model_dir is not None else DEFAULT_MODEL
+        # Placement across devices (accelerate): a split model hashes as the unsplit one, so it
+        # opens the same workspaces; `verify` replays on a copy placed the same way.
+        self._placement = dict(device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
+        self.model, self.tok = load_model(self.model_dir, **self._placement)
+        self.adapter = get_adapter(self.model)
+        self.author = author or os.environ.get("WORKBENCH_AUTHOR") or _user()
+        self._hashes = HashCache()  # per-tensor digests: hashing after an edit reads what it touched
+        self.base_hash = self.weights_hash()
+        self.workspace = Path(workspace)
+        self.ledger = Ledger.open(self.workspace, base_hash=self.base_hash, base_model=str(self.model_dir))
+        self._patches: dict[str, Patch] = {}
+        self._restore()
+        self._seq = self.ledger.last_seq()  # the event the in-memory model is at
+
+    # ------------------------------------------------------------------ state
+
+    def _patch(self, event: Event) -> Patch:
+        if event.id not in self._patches:
+            self._load_editor_module(event.editor)  # registers its attachment kinds, if any
+            self._patches[event.id] = Patch.load(self.ledger.root / event.patch_file)
+        return self._patches[event.id]
+
+    @staticmethod
+    def _load_editor_module(name: str | None) -> None:
+        if name:
+            from workbench.editing.registry import get_editor
+            get_editor(name)
+
+    def _restore(self) -> None:
+        events = {e.id: e for e in self.ledger.events()}
+        for eid in self.ledger.active():
+            patch = self._patch(events[eid])
+            patch.apply(self.model, self.adapter)
+            self._forget(patch)
+        got, want = self.weights_hash(), self.ledger.head_hash()
+        if got != want:
+            raise LedgerError(f"replaying the workspace {self.workspace} gives weights {got[:12]}…, "
+                              f"but the ledger's last event recorded {want[:12]}…; run `workbench verify`")
+
+    def weights_hash(self, touched: Patch | None = None, *, edited: bool = False) -> str:
+        """The current weights' sha256; `touched` names a patch just applied or reverted;
+        `edited`: an editor just ran and may have replaced modules."""
+        if touched is not None:
+            self._forget(touched, structure=edited)
+        return weights_hash(self.model, self._hashes)
+
+    def _forget(self, patch: Patch, *, structure: bool = False) -> None:
+        resized = any(w.resizes for w in patch.weights)
+        self._hashes.invalidate((w.name for w in patch.weights),
+                                structure=structure or resized or bool(patch.attachments))
+
+    def active(self) -> list[str]:
+        return self.ledger.active()
+
+    def history(self) -> list[Event]:
+        return self.ledger.events()
+
+    def show(self, edit_id: str) -> Event:
+        return self.ledger.get(edit_id)
+
+    def patch(self, edit_id: str) -> Patch:
+        """The recorded patch of edit `edit_id` (its meta holds what the editor reports, e.g.
+        K-FAC's spectrum or pruning's neuron scores); read it, do not apply it."""
+        event = self.ledger.get(edit_id)
+        if not event.patch_file:
+            raise InputError(f"event {edit_id} ({event.kind}) has no patch", field="edit_id")
+        return self._patch(event)
+
+    # ------------------------------------------------------------------ editing
+
+    def apply(self, editor: str, requests: list, params: dict | None = None, *, gates: list[Gate] | str | None = None,
+              note: str | None = None, seed: int = 0, author: str | None = None) -> Event:
+        """Validate, measure, edit, measure again, gate, and commit (or record as rejected).
+
+        Anything invalid (requests, hyperparameters, capabilities) raises before the model
+        or the ledger changes. Returns the ledger event (kind "edit" or "rejected").
+        """
+        from workbench.editing.contract import EditContext
+        from workbench.editing.registry import get_editor, make_editor
+        cls = get_editor(editor)
+        self._check_fresh()
+        self._check_requests(cls, requests)
+        gate_list = Gate.parse_all(gates) if isinstance(gates, str) else list(gates or [])
+        instance, hp = make_editor(editor, self.adapter, params or {})
+        ref, before = self._measure(requests, None)
+        unknown = sorted({g.metric for g in gate_list} - set(before))
+        if unknown:  # a misspelt gate would reject every edit: refuse it before editing
+            raise InputError(f"gate metric(s) {', '.join(unknown)} are not metrics of this edit "
+                             f"(known: {', '.join(sorted(before))})", field="gate")
+        h_before = self.weights_hash()
+        t0 = time.perf_counter()
+        patch = instance.edit(EditContext(self.model, self.tok, self.adapter, seed), list(requests))
+        duration = time.perf_counter() - t0
+        try:
+            _, after = self._measure(requests, ref)
+            h_after = self.weights_hash(patch, edited=True)
+            failed = check_gates(gate_list, after)
+            common = dict(editor=editor, hparams=hp.to_dict(), requests=[r.to_dict() for r in requests],
+                          metrics_before=before, metrics_after=after, weights_before=h_before,
+                          author=author or self.author, created_at=utc_now(), duration_s=round(duration, 4), note=note)
+            if failed:
+                patch.revert(self.model, self.adapter)
+                self._forget(patch, structure=True)
+                self._expect_hash(h_before, "reverting a rejected edit")
+                gate_note = "rejected by gate: " + "; ".join(failed)
+                with self._commit():
+                    return self.ledger.append(id=self.ledger.next_id(), kind="rejected", weights_after=h_before,
+                                              **{**common, "note": f"{gate_note}. {note}" if note else gate_note})
+            with self._commit():
+                eid = self.ledger.next_id()
+                rel = f"patches/{eid}.safetensors"
+                digest = patch.save(self.ledger.root / rel)
+                event = self.ledger.append(id=eid, kind="edit", weights_after=h_after, patch_file=rel,
+                                           patch_sha256=digest, patch_bytes=patch.nbytes, **common)
+            self._patches[eid] = patch
+            return event
+        except BaseException:
+            # Never leave an uncommitted change in the model.
+            if self.weights_hash(patch, edited=True) != h_before:
+                patch.revert(self.model, self.adapter)
+                self._forget(patch, structure=True)
+            raise
+
+    def _check_requests(self, cls, requests) -> None:
+        from workbench.eval.requests import EditRequest, ForgetRequest
+        if not requests:
+            raise InputError("no requests given", field="requests")
+        want = ForgetRequest if cls.capabilities.forget else EditRequest
+        for i, r in enumerate(requests):
+            if not isinstance(r, want):
+                raise InputError(f"request {i + 1} is a {type(r).__name__}, but editor {cls.name!r} takes "
+                                 f"{want.__name__}s", field="requests")
+        if len(requests) > 1 and not cls.capabilities.batch:
+            raise InputError(f"editor {cls.name!r} edits one request at a time (no batch capability); "
+                             f"got {len(requests)}", field="requests")
+        if self.active() and not cls.capabilities.sequential:
+            raise InputError(f"editor {cls.name!r} cannot be applied on top of earlier edits (not sequential); "
+                             f"roll back first", field="editor")
+        self._check_lengths(requests)
+
+    def _check_lengths(self, requests) -> None:
+        limit = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)
+        from workbench.eval.scoring import encode_pairs
+        for i, r in enumerate(requests):
+            prompt, answer, fld = (r.prompt, r.target_new, "target_new") if hasattr(r, "target_new") else (r.prefix, r.suffix, "suffix")
+            (p_ids, a_ids), = encode_pairs(self.tok, [prompt], [answer])
+            if not a_ids:
+                raise r.input_error(f"request {i + 1}: tokenizes to nothing", field=fld)
+            if limit and len(p_ids) + len(a_ids) > limit:
+                raise r.input_error(f"request {i + 1}: prompt and target are {len(p_ids) + len(a_ids)} tokens, "
+                                    f"longer than the model's context of {limit}", field=fld)
+
+    def _measure(self, requests, ref):
+        from workbench.eval import evaluate as ev
+        from workbench.eval.requests import EditRequest
+        if isinstance(requests[0], EditRequest):
+            ref = ref or ev.reference(self.model, self.tok, requests)
+            return ref, ev.evaluate_edits(self.model, self.tok, requests, ref)["mean"]
+        return ref, ev.evaluate_forgets(self.model, self.tok, requests, exposure_samples=0)["mean"]
+
+    def evaluate(self, requests, *, reference_model=None) -> dict:
+        """Score the current model on `requests` (locality against `reference_model` if given)."""
+        from workbench.eval import evaluate as ev
+        from workbench.eval.requests import EditRequest
+        edits = [r for r in requests if isinstance(r, EditRequest)]
+        forgets = [r for r in requests if not isinstance(r, EditRequest)]
+        out = {}
+        if edits:
+            ref = ev.reference(reference_model, self.tok, edits) if reference_model is not None else None
+            out["edit"] = ev.evaluate_edits(self.model, self.tok, edits, ref)
+        if forgets:
+            out["forget"] = ev.evaluate_forgets(self.model, self.tok, forgets)
+        return out
+
+    # ------------------------------------------------------------------ undoing
+
+    def undo(self, *, note: str | None = None) -> Event:
+        """Revert the most recent edit in force."""
+        active = self.active()
+        if not active:
+            raise InputError("nothing to undo: no edit is in force", field="undo")
+        return self._revert_many([active[-1]], "undo", note)
+
+    def revert_to(self, edit_id: str, *, note: str | None = None) -> Event:
+        """Roll back every edit after `edit_id` ("base" = all of them), newest first."""
+        active = self.active()
+        if edit_id != "base" and edit_id not in active:
+            raise InputError(f"{edit_id!r} is not an edit in force (in force: {', '.join(active) or 'none'}; "
+                             f"or 'base')", field="edit_id")
+        keep = 0 if edit_id == "base" else active.index(edit_id) + 1
+        if keep == len(active):
+            raise InputError(f"{edit_id!r} is already the latest state", field="edit_id")
+        return self._revert_many(active[keep:][::-1], "rollback", note, target=edit_id)
+
+    def revert(self, edit_id: str, *, note: str | None = None) -> Event:
+        """Revert one edit out of the middle, where its editor allows it and no later edit
+        touched the same weights (otherwise exact revert is impossible and it is refused)."""
+        from workbench.editing.registry import get_editor
+        active = self.active()
+        if edit_id not in active:
+            raise InputError(f"{edit_id!r} is not an edit in force (in force: {', '.join(active) or 'none'})",
+                             field="edit_id")
+        event = self.ledger.get(edit_id)
+        later = active[active.index(edit_id) + 1:]
+        if later and not get_editor(event.editor).capabilities.single_revert:
+            raise InputError(f"editor {event.editor!r} does not allow reverting one edit out of the middle; "
+                             f"use rollback {active[active.index(edit_id) - 1] if active.index(edit_id) else 'base'}",
+                             field="edit_id")
+        events = {e.id: e for e in self.ledger.events()}
+        mine = _touched(self._patch(event))
+        for lid in later:
+            clash = mine & _touched(self._patch(events[lid]))
+            if clash:
+                raise InputError(f"later edit {lid} changed the same weights ({sorted(clash)[0]}); "
+                                 f"reverting {edit_id} alone cannot be exact", field="edit_id")
+        return self._revert_many([edit_id], "revert", note)
+
+    def _revert_many(self, ids: list[str], kind: str, note: str | None, target: str | None = None) -> Event:
+        self._check_fresh()
+        events = {e.id: e for e in self.ledger.events()}
+        h_before = self.ledger.head_hash()  # the model is always at the ledger's head
+        t0 = time.perf_counter()
+        done = []
+        try:
+            for eid in ids:
+                patch = self._patch(events[eid])
+                patch.revert(self.model, self.adapter)
+                self._forget(patch)
+                done.append(patch)
+            h_after = self.weights_hash()
+            with self._commit():
+                return self.ledger.append(id=self.ledger.next_id(), kind=kind, targets=ids, weights_before=h_before,
+                                          weights_after=h_after, author=self.author, created_at=utc_now(),
+                                          duration_s=round(time.perf_counter() - t0, 4),
+                                          note=note if target is None else f"to {target}" + (f": {note}" if note else ""))
+        except BaseException:
+            for patch in reversed(done):  # nothing was recorded: put the model back where it was
+                patch.apply(self.model, self.adapter)
+                self._forget(patch)
+            raise
+
+    # ------------------------------------------------------------------ auditing
+
+    def verify(self, *, replay: bool = True) -> list[str]:
+        """Problems found, each naming the event or file; [] = the history is intact.
+
+        Checks the hash chain and patch files, then (with `replay`) replays every event on a
+        fresh copy of the base model and compares the weights hash after each."""
+        problems = self.ledger.verify_chain()
+        if problems or not replay:
+            return problems
+        from workbench.core.model import load_model
+        model, _ = load_model(self.model_dir, **self._placement)
+        if weights_hash(model) != self.ledger.meta()["base_hash"]:
+            return [f"the base model at {self.model_dir} no longer matches the workspace's base hash"]
+        from workbench.core.arch import get_adapter
+        adapter = get_adapter(model)
+        events = {e.id: e for e in self.ledger.events()}
+        for e in events.values():
+            if e.kind == "edit":
+                self._patch(e).apply(model, adapter)
+            elif e.kind in ("undo", "rollback", "revert"):
+                for t in e.targets:
+                    self._patch(events[t]).revert(model, adapter)
+            if weights_hash(model) != e.weights_after:
+                problems.append(f"event {e.id}: replaying it does not give its recorded weights hash")
+                break
+        return problems
+
+    def export(self, out) -> Path:
+        """Save the edited model as a plain HF checkpoint; refused when an edit is an attachment."""
+        from workbench.core.fsutil import atomic_dir
+        events = {e.id: e for e in self.ledger.events()}
+        for eid in self.active():
+            if not self._patch(events[eid]).weights_only:
+                raise InputError(f"edit {eid} ({events[eid].editor}) adds modules, not only weight changes; "
+                                 f"a plain Hugging Face checkpoint cannot hold it", field="export")
+        with atomic_dir(out) as tmp:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.tok.save_pretrained(tmp)
+        return Path(out)
+
+    def bundle(self, path) -> Path:
+        from workbench.editing.bundle import write_bundle
+        events = {e.id: e for e in self.ledger.events()}
+        return write_bundle(path, self.base_hash, [(events[i], self.ledger.root / events[i].patch_file)
+                                                    for i in self.active()])
+
+    def apply_bundle(self, path) -> list[Event]:
+        from workbench.editing.bundle import replay_bundle
+        return replay_bundle(self, path)
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    def _check_fresh(self) -> None:
+        """Refuse to work from a stale model: another session or process recorded events since
+        this one last synced, so this model is not at the ledger's head."""
+        last = self.ledger.last_seq()
+        if last != self._seq:
+            raise LedgerError(f"the workspace {self.workspace} was changed by another session or process since this "
+                              f"one opened it (the ledger has {last} event(s), this session is at {self._seq}); "
+                              f"nothing was recorded here; reopen the workspace and try again")
+
+    @contextlib.contextmanager
+    def _commit(self):
+        """The lock, a freshness check under it, then the caller's append(s); the session then
+        stands at the new head. Two writers on one workspace are serialized, never interleaved."""
+        with self._locked():
+            self._check_fresh()
+            yield
+            self._seq = self.ledger.last_seq()
+
+    @contextlib.contextmanager
+    def _locked(self):
+        # One writer per workspace: an exclusive advisory lock around each commit.
+        import fcntl
+        with open(self.workspace / ".lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _expect_hash(self, want: str, what: str) -> None:
+        if self.weights_hash() != want:
+            raise WorkbenchError(f"{what} did not restore the weights exactly")
+
+
+def _touched(patch: Patch) -> set[str]:
+    # Attachments are separate modules; whether one edit's attachment depends on another's is
+    # the editor's to declare (single_revert). Weights clash when the same tensor was touched.
+    return {w.name for w in patch.weights}
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name in some containers
+        return "unknown"

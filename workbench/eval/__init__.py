@@ -1,0 +1,1 @@
+"""Evaluation: request formats and loaders, teacher-forced scoring, metrics, batched evaluation."""

@@ -1,0 +1,186 @@
+"""Batched evaluation of edit and forget requests with the field's metrics.
+
+Every (prompt, answer) probe of every request goes into one list, is scored in length-sorted
+batches by `scoring.score_answers` (one forward pass per batch), and the results are mapped
+back to their requests. Locality needs the unedited model's argmax tokens: take a
+`Reference` of the unedited model first (`reference(model, tok, requests)`), then evaluate
+the edited model against it.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from statistics import mean
+
+from workbench.eval import metrics
+from workbench.eval.requests import EditRequest, ForgetRequest
+from workbench.eval.scoring import encode_pairs, greedy_continuations, score_answers, token_nll
+
+EDIT_METRICS = ("reliability", "generality", "locality", "portability")
+
+
+@dataclass
+class Reference:
+    """The unedited model's locality predictions: request index -> one token list per probe."""
+    locality: dict[int, list[list[int]]] = field(default_factory=dict)
+
+
+def _pairs_checked(tok, items: list[tuple[str, str]], owners: list, fields: list[str]):
+    pairs = encode_pairs(tok, [p for p, _ in items], [a for _, a in items])
+    for (_, a_ids), req, fld in zip(pairs, owners, fields):
+        if not a_ids:
+            raise req.input_error("tokenizes to nothing", field=fld)
+    return pairs
+
+
+def _edit_items(requests: list[EditRequest]):
+    """Flatten every probe: (request index, metric, prompt, answer, field name)."""
+    items = []
+    for i, r in enumerate(requests):
+        items.append((i, "reliability", r.prompt, r.target_new, "target_new"))
+        items += [(i, "generality", p, r.target_new, "target_new") for p in r.rephrase_prompts]
+        items += [(i, "locality", p.prompt, p.answer, "locality") for p in r.locality]
+        items += [(i, "portability", p.prompt, p.answer, "portability") for p in r.portability]
+    return items
+
+
+def _score_items(model, tok, requests, items, batch_size, progress):
+    pairs = _pairs_checked(tok, [(p, a) for _, _, p, a, _ in items], [requests[i] for i, *_ in items],
+                           [f for *_, f in items])
+    return score_answers(model, pairs, batch_size=batch_size, pad_id=_pad(tok), progress=progress)
+
+
+def _pad(tok) -> int:
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+def reference(model, tok, requests: list[EditRequest], *, batch_size: int = 64) -> Reference:
+    """The unedited model's argmax tokens on each locality answer (teacher-forced)."""
+    items = [it for it in _edit_items(requests) if it[1] == "locality"]
+    scores = _score_items(model, tok, requests, items, batch_size, None)
+    ref = Reference()
+    for (i, *_), s in zip(items, scores):
+        ref.locality.setdefault(i, []).append(s.predicted)
+    return ref
+
+
+def evaluate_edits(model, tok, requests: list[EditRequest], ref: Reference | None = None, *,
+                   batch_size: int = 64, progress=None) -> dict:
+    """Per-request and mean scores. Without `ref`, locality is reported as the model's
+    accuracy on the locality answers (`locality_answer_acc`) and `locality` is None.
+
+    Example:
+        >>> ref = reference(base, tok, reqs); edit(...)  # doctest: +SKIP
+        >>> evaluate_edits(model, tok, reqs, ref)["mean"]["reliability"]  # doctest: +SKIP
+    """
+    items = _edit_items(requests)
+    scores = _score_items(model, tok, requests, items, batch_size, progress)
+    per = [{"id": r.id, **{m: [] for m in EDIT_METRICS}, "locality_answer": []} for r in requests]
+    loc_seen: dict[int, int] = {}
+    for (i, metric, *_), s in zip(items, scores):
+        if metric == "locality":
+            per[i]["locality_answer"].append((s.token_accuracy, s.exact))
+            if ref is not None:
+                before = ref.locality[i][loc_seen.get(i, 0)]
+                loc_seen[i] = loc_seen.get(i, 0) + 1
+                share = metrics.locality_unchanged(before, s.predicted)
+                per[i]["locality"].append((share, share == 1.0))
+        else:
+            per[i][metric].append((s.token_accuracy, s.exact))
+    rows = [_summarize(p) for p in per]
+    return {"per_request": rows, "mean": _mean_rows(rows), "n": len(rows)}
+
+
+def _summarize(p: dict) -> dict:
+    row = {"id": p["id"]}
+    for m in (*EDIT_METRICS, "locality_answer"):
+        vals = p[m]
+        row[f"{m}_acc" if m == "locality_answer" else m] = mean(v for v, _ in vals) if vals else None
+        row[f"{m}_exact"] = mean(float(e) for _, e in vals) if vals else None
+    return row
+
+
+def _mean_rows(rows: list[dict]) -> dict:
+    keys = [k for k in rows[0] if k != "id"] if rows else []
+    out = {}
+    for k in keys:
+        vals = [r[k] for r in rows if r[k] is not None]
+        out[k] = mean(vals) if vals else None
+    return out
+
+
+def evaluate_forgets(model, tok, requests: list[ForgetRequest], *, exposure_samples: int = 200, seed: int = 0,
+                     batch_size: int = 64, progress=None) -> dict:
+    """Recitation (strict/loose), extraction strength, exposure (canaries) and retain accuracy."""
+    pairs = _pairs_checked(tok, [(r.prefix, r.suffix) for r in requests], requests, ["suffix"] * len(requests))
+    scores = score_answers(model, pairs, batch_size=batch_size, pad_id=_pad(tok), progress=progress)
+    gens = greedy_continuations(model, [p for p, _ in pairs], [len(a) for _, a in pairs], batch_size=batch_size,
+                                pad_id=_pad(tok), progress=progress)
+    rows = []
+    for r, (_, suffix_ids), s, g in zip(requests, pairs, scores, gens):
+        rec = metrics.recitation(g, suffix_ids)
+        rows.append({"id": r.id, "kind": r.kind, "recitation_similarity": rec["similarity"],
+                     "strict_recitation": float(rec["strict"]), "loose_recitation": float(rec["loose"]),
+                     "extraction_strength": metrics.extraction_strength(s.hits),
+                     "suffix_logprob": sum(s.logprobs), "exposure": None, "retain_acc": None})
+    _add_exposure(model, tok, requests, rows, exposure_samples, seed, batch_size)
+    _add_retain(model, tok, requests, rows, batch_size)
+    return {"per_request": rows, "mean": _mean_rows([{k: v for k, v in r.items() if k != "kind"} for r in rows]),
+            "n": len(rows)}
+
+
+def _add_exposure(model, tok, requests, rows, n_samples, seed, batch_size):
+    canaries = [i for i, r in enumerate(requests) if r.kind == "canary"]
+    if not canaries or n_samples <= 0:
+        return
+    rng = random.Random(seed)
+    # Alternative words come from the secrets themselves, so they share the secrets' vocabulary.
+    pool = sorted({w for i in canaries for w in requests[i].suffix.split() if w.isalpha()})
+    alts = {i: metrics.secret_alternatives(requests[i].suffix, pool, n_samples, rng) for i in canaries}
+    flat = [(requests[i].prefix, a) for i in canaries for a in alts[i]]
+    scores = score_answers(model, encode_pairs(tok, [p for p, _ in flat], [a for _, a in flat]),
+                           batch_size=batch_size, pad_id=_pad(tok))
+    for k, i in enumerate(canaries):
+        alt_lp = [sum(s.logprobs) for s in scores[k * n_samples:(k + 1) * n_samples]]
+        rows[i]["exposure"] = metrics.exposure(rows[i]["suffix_logprob"], alt_lp)
+
+
+def _add_retain(model, tok, requests, rows, batch_size):
+    # A retain set is often shared by every request (`with_retain`): score each distinct
+    # probe once, then average per request.
+    unique = sorted({(p.prompt, p.answer) for r in requests for p in r.retain})
+    if not unique:
+        return
+    scores = score_answers(model, encode_pairs(tok, [p for p, _ in unique], [a for _, a in unique]),
+                           batch_size=batch_size, pad_id=_pad(tok))
+    acc = {key: s.token_accuracy for key, s in zip(unique, scores)}
+    for r, row in zip(requests, rows):
+        if r.retain:
+            row["retain_acc"] = mean(acc[(p.prompt, p.answer)] for p in r.retain)
+
+
+def perplexity(model, tok, texts: list[str], *, batch_size: int = 32) -> float:
+    """Perplexity over the tokens of `texts` (each after its first token)."""
+    import math
+    nll, count = token_nll(model, tok(texts, add_special_tokens=True)["input_ids"], batch_size=batch_size,
+                           pad_id=_pad(tok))
+    return math.exp(nll / count)
+
+
+def next_token_ndcg(model, base, tok, texts: list[str], *, k: int = 10, batch_size: int = 32) -> float:
+    """Mean nDCG@k of `model`'s next-token ranking against the unedited `base` model's, over
+    every position of `texts` (1.0 = the edit left these rankings untouched)."""
+    import torch
+    from workbench.eval.scoring import right_pad
+    ids_all = tok(texts, add_special_tokens=True)["input_ids"]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, len(ids_all), batch_size):
+            ids, mask = right_pad(ids_all[s:s + batch_size], _pad(tok))
+            keep = mask.bool()  # (batch, seq)
+            ref = torch.softmax(base(input_ids=ids, attention_mask=mask).logits.float()[keep], -1)  # (n, vocab)
+            new = model(input_ids=ids, attention_mask=mask).logits.float()[keep]  # (n, vocab)
+            n = int(keep.sum())
+            total += metrics.ndcg_at_k(ref, new, k) * n
+            count += n
+    return total / count
