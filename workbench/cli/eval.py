@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from workbench.core.errors import InputError
-from workbench.cli.session import add_placement, placement
+from workbench.cli.args import add_placement, placement
 
 # (key in the mean dict, label, key of its greedy exact-match variant or None)
 EDIT_COLUMNS = [("reliability", "reliability", "reliability_exact"), ("generality", "generality", "generality_exact"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from workbench.core.errors import InputError
+from workbench.cli.args import add_placement, parse_params, placement
 
 
 def _common(p) -> None:
@@ -13,22 +13,6 @@ def _common(p) -> None:
     p.add_argument("--workspace", type=Path, default=Path(".workbench"), help="workspace folder (default ./.workbench)")
     p.add_argument("--author", default=None, help="who makes this change (default: $WORKBENCH_AUTHOR or the login name)")
     add_placement(p)
-
-
-def add_placement(p) -> None:
-    """--device-map, --max-memory, --offload-folder: a model too big for one device (accelerate)."""
-    p.add_argument("--device-map", default=None, metavar="auto",
-                   help="place a model too big for one device with accelerate (auto, balanced, sequential)")
-    p.add_argument("--max-memory", action="append", default=[], metavar="DEVICE=SIZE",
-                   help="memory cap per device for --device-map, e.g. cpu=200MB or 0=10GiB (repeatable); "
-                        "what does not fit is offloaded")
-    p.add_argument("--offload-folder", type=Path, default=None, help="folder for offloaded weights, if needed")
-
-
-def placement(args) -> dict:
-    """The load_model/Workbench keywords from `add_placement`'s options."""
-    return dict(device_map=args.device_map, max_memory=parse_params(args.max_memory, "--max-memory") or None,
-                offload_folder=args.offload_folder)
 
 
 def add_parsers(sub) -> None:
@@ -87,17 +71,6 @@ def add_parsers(sub) -> None:
 def _open(args):
     from workbench.editing.session import Workbench
     return Workbench(args.model, args.workspace, author=args.author, **placement(args))
-
-
-def parse_params(items: list[str], flag: str = "--param") -> dict:
-    """`K=V` strings -> {K: V} (stripped); anything else names `flag`."""
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise InputError(f"expected K=V, got {item!r}", field=flag)
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
 
 
 def _cmd_edit(args) -> int:

@@ -1,0 +1,78 @@
+"""`workbench bench`: the lifelong, unlearning and merge benchmarks, each printing a table."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from workbench.cli.args import editor_params, names, parse_params
+
+
+def add_parser(sub) -> None:
+    b = sub.add_parser("bench", help="benchmarks that print tables")
+    bsub = b.add_subparsers(dest="bench_cmd", required=True)
+    ll = bsub.add_parser("lifelong", help="T sequential edits, scored on the final model (the WISE protocol)")
+    ll.add_argument("--editors", default="ft", help="comma-separated editor names")
+    ll.add_argument("--T", default="1,10,100", help="comma-separated numbers of sequential edits")
+    ll.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
+    ll.add_argument("--requests", type=Path, default=None, help="edit requests (default: the world's counterfactuals)")
+    ll.add_argument("--param", action="append", default=[], metavar="EDITOR:K=V",
+                    help="hyperparameter for one editor, e.g. wise:steps=50 (repeatable)")
+    ll.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
+    ll.set_defaults(func=_cmd_bench_lifelong)
+    ul = bsub.add_parser("unlearn", help="forget editors on the canaries and forget-split people, before -> after")
+    ul.add_argument("--editors", default="kfac,prune,ga,npo", help="comma-separated forget editor names")
+    ul.add_argument("--sets", default="canaries,people", help="comma-separated forget sets: canaries, people")
+    ul.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
+    ul.add_argument("--limit", type=int, default=None, help="only the first N requests of each set")
+    ul.add_argument("--heldout", type=int, default=None, help="only the first N held-out texts (perplexity, nDCG)")
+    ul.add_argument("--exposure-samples", type=int, default=100, help="alternative secrets per canary")
+    ul.add_argument("--param", action="append", default=[], metavar="EDITOR:K=V",
+                    help="hyperparameter for one editor, e.g. kfac:rho=0.5 (repeatable)")
+    ul.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
+    ul.set_defaults(func=_cmd_bench_unlearn)
+    mg = bsub.add_parser("merge", help="LoRA adapters per edit batch, merged with every peft combination type")
+    mg.add_argument("--batches", type=int, default=10, help="number of edit batches = adapters")
+    mg.add_argument("--size", type=int, default=50, help="edits per batch")
+    mg.add_argument("--types", default=None, help="comma-separated combination types (default: all)")
+    mg.add_argument("--weight", type=float, default=1.0, help="every adapter's merge weight")
+    mg.add_argument("--density", type=float, default=0.5, help="density of the pruning combination types")
+    mg.add_argument("--lora", action="append", default=[], metavar="K=V", help="lora hyperparameter (repeatable)")
+    mg.add_argument("--no-wise", action="store_true", help="skip the WISE comparison row")
+    mg.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
+    mg.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
+    mg.set_defaults(func=_cmd_bench_merge)
+
+
+def _cmd_bench_lifelong(args) -> int:
+    from workbench.core.errors import InputError
+    from workbench.bench.lifelong import DEFAULT_REQUESTS, run, table
+    try:
+        Ts = [int(t) for t in args.T.split(",") if t.strip()]
+    except ValueError:
+        raise InputError(f"expected comma-separated integers, got {args.T!r}", field="--T") from None
+    rows = run(names(args.editors), Ts, requests_path=args.requests or DEFAULT_REQUESTS, model_dir=args.model,
+               params=editor_params(args.param))
+    return _print_rows(rows, table, args.json)
+
+
+def _cmd_bench_unlearn(args) -> int:
+    from workbench.bench.unlearn import run, table
+    rows = run(names(args.editors), names(args.sets), model_dir=args.model, params=editor_params(args.param),
+               limit=args.limit, heldout_limit=args.heldout, exposure_samples=args.exposure_samples)
+    return _print_rows(rows, table, args.json)
+
+
+def _cmd_bench_merge(args) -> int:
+    from workbench.bench.merge import ALL_TYPES, run, table
+    lora = parse_params(args.lora, flag="--lora")
+    rows = run(batches=args.batches, size=args.size, types=names(args.types) if args.types else ALL_TYPES,
+               lora_params=lora, weight=args.weight, density=args.density, wise=not args.no_wise,
+               model_dir=args.model)
+    return _print_rows(rows, table, args.json)
+
+
+def _print_rows(rows: list[dict], table, json_path: Path | None) -> int:
+    print(table(rows))
+    if json_path is not None:
+        json_path.write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+    return 0
