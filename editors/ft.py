@@ -42,23 +42,21 @@ the shipped model one edit takes well under a second anyway.
 Example:
     >>> from workbench.editing.contract import EditContext                    # doctest: +SKIP
     >>> ctx = EditContext(model, tok, get_adapter(model), seed=0)    # doctest: +SKIP
-    >>> hp = FTHParams(objective="last", norm_constraint=5e-3).derive(ctx.adapter)  # doctest: +SKIP
-    >>> patch = FTEditor(hp).edit(ctx, [EditRequest("Ada lives in", "Paris")])     # doctest: +SKIP
+    >>> patch = FTEditor(FTHParams(objective="last", norm_constraint=5e-3)).edit(ctx, [EditRequest("Ada lives in", "Paris")])  # doctest: +SKIP
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
 import torch
 
-from workbench.editing.contract import Capabilities, EditContext, HParams, trainable_only
-from workbench.core.errors import InputError
+from editors.common.losses import answer_logprobs
 from workbench.core.patch import Patch
+from workbench.editing.contract import (Batch, Capabilities, EditContext, Editor, HParams, check_choice,
+                                        check_layer_value, check_number, resolve_layer, trainable_only)
 from workbench.editing.registry import register_editor
-from workbench.eval.requests import EditRequest
-from workbench.eval.scoring import encode_pairs, right_pad
+from workbench.eval.scoring import pad_id, right_pad
 
 OBJECTIVES = ("target", "last")
 
@@ -80,7 +78,8 @@ class FTHParams(HParams):
                 "default: the block at ~80% depth"})
     objective: str = field(default="target", metadata={
         "help": "'target': cross-entropy on the target tokens after prompt+target (FT-M); "
-                "'last': every target token scored at the prompt's last position (FT-L, ROME)"})
+                "'last': every target token scored at the prompt's last position (FT-L, ROME)",
+        "choices": OBJECTIVES})
     steps: int = field(default=25, metadata={"help": "passes over the requests (1..10000)"})
     lr: float = field(default=5e-4, metadata={"help": "Adam learning rate (> 0)"})
     norm_constraint: float | None = field(default=None, metadata={
@@ -93,89 +92,55 @@ class FTHParams(HParams):
         "help": "requests per optimizer step; 0 = all requests in one step (>= 0)"})
 
     def __post_init__(self):
-        if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int)):
-            raise InputError(f"must be an integer layer index or None; got {self.layer!r}", field="layer")
-        if self.objective not in OBJECTIVES:
-            raise InputError(f"must be one of {', '.join(OBJECTIVES)}; got {self.objective!r}", field="objective")
-        _check_number(self.steps, "steps", "an integer in 1..10000", lambda v: isinstance(v, int) and 1 <= v <= 10000)
-        _check_number(self.lr, "lr", "> 0 (Adam learning rate)", lambda v: v > 0)
+        check_layer_value(self.layer)
+        check_choice(self.objective, "objective", OBJECTIVES)
+        check_number(self.steps, "steps", "an integer in 1..10000", lambda v: 1 <= v <= 10000, integer=True)
+        check_number(self.lr, "lr", "> 0 (Adam learning rate)", lambda v: v > 0)
         if self.norm_constraint is not None:
-            _check_number(self.norm_constraint, "norm_constraint", ">= 0 (0 or None = unconstrained)",
-                          lambda v: v >= 0)
-        _check_number(self.weight_decay, "weight_decay", ">= 0", lambda v: v >= 0)
-        _check_number(self.early_stop_loss, "early_stop_loss", ">= 0", lambda v: v >= 0)
-        _check_number(self.batch_size, "batch_size", "an integer >= 0 (0 = all requests at once)",
-                      lambda v: isinstance(v, int) and v >= 0)
+            check_number(self.norm_constraint, "norm_constraint", ">= 0 (0 or None = unconstrained)", lambda v: v >= 0)
+        check_number(self.weight_decay, "weight_decay", ">= 0", lambda v: v >= 0)
+        check_number(self.early_stop_loss, "early_stop_loss", ">= 0", lambda v: v >= 0)
+        check_number(self.batch_size, "batch_size", "an integer >= 0 (0 = all requests at once)", lambda v: v >= 0,
+                     integer=True)
 
     def derive(self, adapter) -> "FTHParams":
-        """Fill `layer` from the model (~80% depth) and check it is inside the model."""
-        n = adapter.num_layers
-        layer = adapter.default_layer() if self.layer is None else self.layer
-        if not -n <= layer < n:
-            raise InputError(f"must be in 0..{n - 1} (or -{n}..-1 from the end) for this "
-                             f"{n}-layer model; got {layer}", field="layer")
-        return dataclasses.replace(self, layer=layer % n)  # stored non-negative: the ledger shows the real block
-
-
-def _check_number(value, name: str, allowed: str, ok) -> None:
-    good = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and ok(value)
-    if not good:
-        raise InputError(f"must be {allowed}; got {value!r}", field=name)
+        """Fill `layer` from the model (~80% depth); stored non-negative, so the ledger shows the real block."""
+        return dataclasses.replace(self, layer=resolve_layer(adapter, self.layer))
 
 
 @register_editor
-class FTEditor:
+class FTEditor(Editor):
     """Fine-tune one MLP output projection on the requests (FT-M by default, FT-L with
     `objective="last"` and a `norm_constraint`). See the module docstring.
 
     Example:
-        >>> patch = FTEditor(FTHParams().derive(ctx.adapter)).edit(ctx, requests)  # doctest: +SKIP
-        >>> [w.name for w in patch.weights]                                       # doctest: +SKIP
+        >>> patch = FTEditor().edit(ctx, requests)       # doctest: +SKIP
+        >>> [w.name for w in patch.weights]               # doctest: +SKIP
         ['model.layers.2.mlp.down_proj.weight']
     """
     name = "ft"
     capabilities = Capabilities(batch=True, sequential=True, forget=False, single_revert=False)
     hparams_class = FTHParams
 
-    def __init__(self, hparams: FTHParams):
-        self.hparams = hparams
-
-    def edit(self, ctx: EditContext, requests: list) -> Patch:
-        hp = self.hparams.derive(ctx.adapter)  # fills the layer, or checks an explicit one fits this model
-        batches = _encode(ctx.tokenizer, requests, hp.batch_size)
+    def run(self, ctx: EditContext, batch: Batch, hp: FTHParams) -> Patch:
         module = ctx.adapter.mlp_out(hp.layer)
         name = ctx.adapter.param_name(module)
         rec = ctx.recorder([name])
-        try:
-            stats = _train(ctx, module.weight, batches, hp)
-        except BaseException:
-            rec.restore()  # leave the model exactly as it was, then let the caller see why
-            raise
-        return rec.patch(meta={"editor": self.name, "param": name, **hp.to_dict(), **stats})
+        stats = _train(ctx, module.weight, chunks(batch, hp.batch_size), hp)
+        return rec.patch(meta={"param": name, **stats})
 
 
-def _encode(tok, requests: list, batch_size: int) -> list[list[tuple[list[int], list[int]]]]:
-    """Chunks of (prompt ids, target ids), `batch_size` requests each (0 = one chunk)."""
-    if not requests:
-        raise InputError("no requests to edit", field="requests")
-    for r in requests:
-        if not isinstance(r, EditRequest):
-            raise InputError(f"ft edits facts (EditRequest); got {type(r).__name__}", field="requests")
-    pairs = encode_pairs(tok, [r.prompt for r in requests], [r.target_new for r in requests])
-    for r, (p, a) in zip(requests, pairs):
-        if not p or not a:
-            raise r.input_error("tokenizes to nothing", field="target_new" if p else "prompt")
+def chunks(batch: Batch, batch_size: int) -> list[list[tuple[list[int], list[int]]]]:
+    """The batch's (prompt ids, target ids) pairs in chunks of `batch_size` (0 = one chunk)."""
+    pairs = list(batch.pairs)
     size = batch_size or len(pairs)
     return [pairs[s:s + size] for s in range(0, len(pairs), size)]
 
 
 def _train(ctx: EditContext, weight: torch.nn.Parameter, batches, hp: FTHParams) -> dict:
     """Run the fine-tuning loop in place on `weight`; returns loss statistics."""
-    model = ctx.model
-    was_training = model.training
     original, old_grad = weight.detach().clone(), weight.grad
     eps = hp.norm_constraint or 0.0
-    losses: list[float] = []
 
     def project():
         if eps > 0:
@@ -183,16 +148,12 @@ def _train(ctx: EditContext, weight: torch.nn.Parameter, batches, hp: FTHParams)
                 weight.copy_(torch.maximum(torch.minimum(weight, original + eps), original - eps))
 
     try:
-        with trainable_only(model, [weight]):
-            model.eval()  # no dropout: the edit is a deterministic function of weights and seed
+        with trainable_only(ctx.model, [weight]):
             opt = torch.optim.Adam([weight], lr=hp.lr, weight_decay=hp.weight_decay)
-            with torch.random.fork_rng(devices=[]):  # seed locally; the caller's RNG stream is untouched
-                torch.manual_seed(ctx.seed)
-                losses = fit(model, opt, batches, hp.objective, _pad(ctx.tokenizer), weight.device, hp.steps,
-                             hp.early_stop_loss, after_step=project)
+            losses = fit(ctx.model, opt, batches, hp.objective, pad_id(ctx.tokenizer), weight.device, hp.steps,
+                         hp.early_stop_loss, after_step=project)
     finally:
         weight.grad = old_grad
-        model.train(was_training)
     return loss_stats(losses)
 
 
@@ -225,10 +186,6 @@ def loss_stats(losses: list[float]) -> dict:
             "loss_last": losses[-1] if losses else None}
 
 
-def _pad(tok) -> int:
-    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-
-
 def _loss(model, chunk, objective: str, pad_id: int, device) -> torch.Tensor:
     """Mean over requests of each request's mean target-token negative log-likelihood."""
     return (_nll_last if objective == "last" else _nll_target)(model, chunk, pad_id, device).mean()
@@ -247,13 +204,5 @@ def _nll_last(model, chunk, pad_id: int, device) -> torch.Tensor:
 
 def _nll_target(model, chunk, pad_id: int, device) -> torch.Tensor:
     """(b,) FT-M / EasyEdit `target_new`: teacher-forced cross-entropy on the target tokens only."""
-    ids, mask = right_pad([p + a for p, a in chunk], pad_id)  # (b, seq)
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()  # (b, seq, vocab)
-    # Position t predicts token t+1; the target's tokens sit at len(p)..len(p)+len(a)-1.
-    labels = torch.full_like(ids, -100)  # (b, seq); -100 = ignored: prompt and padding
-    for r, (p, a) in enumerate(chunk):
-        labels[r, len(p):len(p) + len(a)] = torch.tensor(a)
-    labels = labels[:, 1:].to(device)  # (b, seq-1), aligned with logits[:, :-1]
-    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, reduction="none")  # (b, seq-1)
-    keep = (labels != -100).float()
-    return (nll * keep).sum(1) / keep.sum(1)
+    logp, count = answer_logprobs(model, chunk, pad_id, device)  # (b,), (b,)
+    return -logp / count

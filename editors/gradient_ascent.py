@@ -34,27 +34,20 @@ Example:
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from workbench.editing.contract import Capabilities, EditContext, HParams, trainable_only
-from workbench.core.errors import InputError
+from editors.common.losses import answer_logprobs as _answer_logprobs
 from workbench.core.offload import onload
 from workbench.core.patch import Patch
+from workbench.editing.contract import (Batch, Capabilities, EditContext, Editor, HParams, check_choice, check_number,
+                                        trainable_only)
 from workbench.editing.registry import register_editor
-from workbench.eval.requests import ForgetRequest
-from workbench.eval.scoring import encode_pairs, right_pad
+from workbench.eval.scoring import encode_pairs, pad_id
 
 PARAMS = ("mlp", "all")
-
-
-def _check_number(value, name: str, allowed: str, ok) -> None:
-    good = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and ok(value)
-    if not good:
-        raise InputError(f"must be {allowed}; got {value!r}", field=name)
 
 
 @dataclass
@@ -79,14 +72,13 @@ class GAHParams(HParams):
     batch_size: int = field(default=0, metadata={"help": "forget requests per step; 0 = all at once (>= 0)"})
 
     def __post_init__(self):
-        _check_number(self.lr, "lr", "> 0 (AdamW learning rate)", lambda v: v > 0)
-        _check_number(self.steps, "steps", "an integer in 1..10000", lambda v: isinstance(v, int) and 1 <= v <= 10000)
-        _check_number(self.retain_weight, "retain_weight", ">= 0", lambda v: v >= 0)
-        if self.params not in PARAMS:
-            raise InputError(f"must be one of {', '.join(PARAMS)}; got {self.params!r}", field="params")
-        _check_number(self.weight_decay, "weight_decay", ">= 0", lambda v: v >= 0)
-        _check_number(self.batch_size, "batch_size", "an integer >= 0 (0 = all requests at once)",
-                      lambda v: isinstance(v, int) and v >= 0)
+        check_number(self.lr, "lr", "> 0 (AdamW learning rate)", lambda v: v > 0)
+        check_number(self.steps, "steps", "an integer in 1..10000", lambda v: 1 <= v <= 10000, integer=True)
+        check_number(self.retain_weight, "retain_weight", ">= 0", lambda v: v >= 0)
+        check_choice(self.params, "params", PARAMS)
+        check_number(self.weight_decay, "weight_decay", ">= 0", lambda v: v >= 0)
+        check_number(self.batch_size, "batch_size", "an integer >= 0 (0 = all requests at once)", lambda v: v >= 0,
+                     integer=True)
 
 
 @dataclass
@@ -109,28 +101,22 @@ class NPOHParams(GAHParams):
 
     def __post_init__(self):
         super().__post_init__()
-        _check_number(self.beta, "beta", "> 0 (inverse temperature)", lambda v: v > 0)
+        check_number(self.beta, "beta", "> 0 (inverse temperature)", lambda v: v > 0)
 
 
-class _Unlearner:
-    """What `ga` and `npo` share: validation, parameter choice, recording, the training loop."""
+class _Unlearner(Editor):
+    """What `ga` and `npo` share: parameter choice, recording, the training loop."""
     capabilities = Capabilities(batch=True, sequential=True, forget=True, single_revert=False)
 
-    def __init__(self, hparams: GAHParams):
-        self.hparams = hparams
-
-    def edit(self, ctx: EditContext, requests: list) -> Patch:
-        hp = self.hparams.derive(ctx.adapter)
-        forget, retain = _encode(ctx.tokenizer, requests, self.name)
+    def run(self, ctx: EditContext, batch: Batch, hp: GAHParams) -> Patch:
+        unique = sorted({(p.prompt, p.answer) for r in batch for p in r.retain})
+        retain = encode_pairs(ctx.tokenizer, [p for p, _ in unique], [a for _, a in unique]) if unique else []
+        retain = [pa for pa in retain if pa[0] and pa[1]]
         params = _trainable(ctx, hp.params)  # [(state_dict name, parameter)]
         rec = ctx.recorder([n for n, _ in params])
-        try:
-            stats = _unlearn(ctx, [p for _, p in params], forget, retain, hp, self._forget_loss)
-        except BaseException:
-            rec.restore()  # leave the model exactly as it was, then let the caller see why
-            raise
-        return rec.patch(meta={"editor": self.name, **hp.to_dict(), "params_trained": len(params),
-                               "retain_used": bool(retain) and hp.retain_weight > 0, **stats})
+        stats = _unlearn(ctx, [p for _, p in params], list(batch.pairs), retain, hp, self._forget_loss)
+        return rec.patch(meta={"params_trained": len(params), "retain_used": bool(retain) and hp.retain_weight > 0,
+                               **stats})
 
     def _forget_loss(self, model, ref, chunk, hp, pad_id) -> torch.Tensor:
         raise NotImplementedError
@@ -168,22 +154,6 @@ class NPOEditor(_Unlearner):
         return -(2.0 / hp.beta) * F.logsigmoid(-hp.beta * (logp - ref_logp)).mean()
 
 
-def _encode(tok, requests: list, name: str):
-    """(forget pairs, retain pairs): (prompt ids, answer ids), as the evaluator tokenizes them."""
-    if not requests:
-        raise InputError("no requests to forget", field="requests")
-    for r in requests:
-        if not isinstance(r, ForgetRequest):
-            raise InputError(f"{name} forgets (ForgetRequest); got {type(r).__name__}", field="requests")
-    forget = encode_pairs(tok, [r.prefix for r in requests], [r.suffix for r in requests])
-    for r, (p, a) in zip(requests, forget):
-        if not p or not a:
-            raise r.input_error("tokenizes to nothing", field="suffix" if p else "prefix")
-    unique = sorted({(p.prompt, p.answer) for r in requests for p in r.retain})
-    retain = encode_pairs(tok, [p for p, _ in unique], [a for _, a in unique]) if unique else []
-    return forget, [pa for pa in retain if pa[0] and pa[1]]
-
-
 def _trainable(ctx: EditContext, which: str) -> list[tuple[str, torch.nn.Parameter]]:
     # Modules a device map offloaded are made resident first: the optimizer must hold the
     # Parameters the forward pass uses, not the meta stand-ins accelerate swaps out.
@@ -199,30 +169,10 @@ def _trainable(ctx: EditContext, which: str) -> list[tuple[str, torch.nn.Paramet
     return out
 
 
-def _pad(tok) -> int:
-    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-
-
-def _answer_logprobs(model, chunk, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(b,) summed log-prob of each answer given its prompt, and (b,) its token count."""
-    device = next(model.parameters()).device
-    ids, mask = right_pad([p + a for p, a in chunk], pad_id)  # (b, seq)
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()  # (b, seq, vocab)
-    # Position t predicts token t+1; the answer's tokens sit at len(p)..len(p)+len(a)-1.
-    labels = torch.full_like(ids, -100)  # (b, seq); -100 = prompt and padding, not scored
-    for r, (p, a) in enumerate(chunk):
-        labels[r, len(p):len(p) + len(a)] = torch.tensor(a)
-    labels = labels[:, 1:].to(device)  # (b, seq-1), aligned with logits[:, :-1]
-    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels, reduction="none")  # (b, seq-1); 0 where ignored
-    keep = (labels != -100).float()
-    return -(nll * keep).sum(1), keep.sum(1)
-
-
 def _unlearn(ctx: EditContext, params, forget, retain, hp: GAHParams, forget_loss) -> dict:
     """The shared loop: AdamW on `params`, in place; returns loss statistics for patch.meta."""
-    model, pad = ctx.model, _pad(ctx.tokenizer)
+    model, pad = ctx.model, pad_id(ctx.tokenizer)
     grads = {p: p.grad for p in params}
-    was_training = model.training
     size = hp.batch_size or len(forget)
     batches = [forget[s:s + size] for s in range(0, len(forget), size)]
     ref = None
@@ -230,7 +180,6 @@ def _unlearn(ctx: EditContext, params, forget, retain, hp: GAHParams, forget_los
     try:
         if isinstance(hp, NPOHParams):  # the reference policy: the model as it was when the edit began
             ref = copy.deepcopy(model).eval().requires_grad_(False)
-        model.eval()  # no dropout: the edit is a deterministic function of weights and seed
         opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
         gen = torch.Generator().manual_seed(ctx.seed)  # local RNG: retain draws; the caller's stream is untouched
         with trainable_only(model, params):
@@ -251,6 +200,5 @@ def _unlearn(ctx: EditContext, params, forget, retain, hp: GAHParams, forget_los
         del ref  # the frozen copy is freed with the edit
         for p, g in grads.items():
             p.grad = g
-        model.train(was_training)
     return {"loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
             "losses": [round(v, 4) for v in losses]}

@@ -20,16 +20,20 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 
 from editors.common.cache import cache_key, cached_tensors, texts_hash
 from editors.common.corpus import default_corpus, read_corpus  # noqa: F401 (default_corpus: tests patch it here)
-from workbench.editing.contract import Capabilities, HParams
 from workbench.core.errors import InputError
+from workbench.core.patch import Patch
+from workbench.editing.contract import (Batch, Capabilities, EditContext, Editor, HParams, check_choice, check_number,
+                                        resolve_layers)
 from workbench.editing.registry import register_editor
 
+FISHERS = ("sampled", "empirical")
 MIN_TOKENS = 20_000  # below this, factors of a 256-wide layer are poorly conditioned: warn
 
 
@@ -39,7 +43,8 @@ class KFACHParams(HParams):
         "help": "MLP layers whose input projections are edited (default: late-middle, ~55-80% depth)"})
     rho: float = field(default=0.6, metadata={"help": "share of curvature mass kept, in (0, 1]"})
     fisher: str = field(default="sampled", metadata={
-        "help": "gradient labels: 'sampled' from the model (true Fisher) or 'empirical' (real next tokens)"})
+        "help": "gradient labels: 'sampled' from the model (true Fisher) or 'empirical' (real next tokens)",
+        "choices": FISHERS})
     corpus: str | None = field(default=None, metadata={
         "help": "JSONL of {text} or a .txt file to collect factors on (default: the world's clean text)"})
     max_tokens: int = field(default=120_000, metadata={"help": "corpus tokens to collect factors on (>= 1000)"})
@@ -47,33 +52,16 @@ class KFACHParams(HParams):
     batch_size: int = field(default=16, metadata={"help": "sequences per collection step"})
 
     def __post_init__(self):
-        if not 0 < self.rho <= 1:
-            raise InputError(f"must be in (0, 1], got {self.rho}", field="rho")
-        if self.fisher not in ("sampled", "empirical"):
-            raise InputError(f"must be 'sampled' or 'empirical', got {self.fisher!r}", field="fisher")
-        for name in ("max_tokens", "block_size", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise InputError(f"must be a positive integer, got {getattr(self, name)}", field=name)
-        if self.max_tokens < 1000:
-            raise InputError(f"must be at least 1000, got {self.max_tokens}", field="max_tokens")
+        check_number(self.rho, "rho", "in (0, 1]", lambda v: 0 < v <= 1)
+        check_choice(self.fisher, "fisher", FISHERS)
+        for name in ("block_size", "batch_size"):
+            check_number(getattr(self, name), name, "a positive integer", lambda v: v > 0, integer=True)
+        check_number(self.max_tokens, "max_tokens", "an integer >= 1000", lambda v: v >= 1000, integer=True)
 
     def derive(self, adapter) -> "KFACHParams":
         n = adapter.num_layers
-        if self.layers is None:
-            lo, hi = round(0.55 * (n - 1)), round(0.8 * (n - 1))
-            layers = tuple(range(lo, hi + 1))
-        else:
-            layers = tuple(sorted({_layer(adapter, i) for i in self.layers}))
-        if not layers:
-            raise InputError("no layers chosen", field="layers")
-        return KFACHParams(**{**self.to_dict(), "layers": layers})
-
-
-def _layer(adapter, i: int) -> int:
-    n = adapter.num_layers
-    if not -n <= i < n:
-        raise InputError(f"layer {i} does not exist: must be in 0..{n - 1} (or {-n}..-1)", field="layers")
-    return i % n
+        default = range(round(0.55 * (n - 1)), round(0.8 * (n - 1)) + 1)
+        return dataclasses.replace(self, layers=resolve_layers(adapter, self.layers, default=default))
 
 
 def corpus_blocks(tok, texts: list[str], block_size: int, max_tokens: int) -> torch.Tensor:
@@ -165,14 +153,11 @@ def keep_top_curvature(W: torch.Tensor, A: torch.Tensor, G: torch.Tensor, rho: f
 
 
 @register_editor
-class KFACEditor:
+class KFACEditor(Editor):
     """Remove memorized strings by keeping only high-curvature weight components (K-FAC, Merullo et al. 2025)."""
     name = "kfac"
     capabilities = Capabilities(batch=True, sequential=True, forget=True, single_revert=False)
     hparams_class = KFACHParams
-
-    def __init__(self, hparams: KFACHParams):
-        self.hparams = hparams
 
     def factors(self, ctx, progress=None) -> tuple[dict[str, torch.Tensor], bool]:
         """K-FAC factors for this model, corpus and layers (from the cache when present)."""
@@ -192,29 +177,22 @@ class KFACEditor:
             ctx.model, ctx.adapter, blocks, all_layers, fisher=hp.fisher, batch_size=hp.batch_size,
             seed=ctx.seed, progress=progress))
 
-    def edit(self, ctx, requests):
+    def run(self, ctx: EditContext, batch: Batch, hp: KFACHParams) -> Patch:
         from workbench.eval.evaluate import evaluate_forgets
-        if not requests:
-            raise InputError("the forget set is empty", field="requests")
-        before = evaluate_forgets(ctx.model, ctx.tokenizer, requests, exposure_samples=0)["mean"]
+        before = evaluate_forgets(ctx.model, ctx.tokenizer, list(batch), exposure_samples=0)["mean"]
         if before["loose_recitation"] == 0 and before["extraction_strength"] == 0:
             raise InputError(f"the model does not reproduce this forget set (strict recitation "
                              f"{before['strict_recitation']:.2f}, loose {before['loose_recitation']:.2f}); "
                              f"nothing to remove", field="requests")
         factors, _ = self.factors(ctx)
-        names = [ctx.adapter.param_name(m) for layer in self.hparams.layers for m in ctx.adapter.mlp_in(layer)]
+        names = [ctx.adapter.param_name(m) for layer in hp.layers for m in ctx.adapter.mlp_in(layer)]
         rec = ctx.recorder(names)
         spectra = {}
-        try:
-            with torch.no_grad():
-                for layer in self.hparams.layers:
-                    for k, mod in enumerate(ctx.adapter.mlp_in(layer)):
-                        W = ctx.adapter.weight(mod)  # (out, in) view
-                        W_new, info = keep_top_curvature(W, factors[f"A.{layer}"], factors[f"G.{layer}.{k}"],
-                                                         self.hparams.rho)
-                        W.copy_(W_new)
-                        spectra[ctx.adapter.param_name(mod)] = info
-        except BaseException:
-            rec.restore()
-            raise
+        with torch.no_grad():
+            for layer in hp.layers:
+                for k, mod in enumerate(ctx.adapter.mlp_in(layer)):
+                    W = ctx.adapter.weight(mod)  # (out, in) view
+                    W_new, info = keep_top_curvature(W, factors[f"A.{layer}"], factors[f"G.{layer}.{k}"], hp.rho)
+                    W.copy_(W_new)
+                    spectra[ctx.adapter.param_name(mod)] = info
         return rec.patch(meta={"spectra": spectra, "recitation_before": before})

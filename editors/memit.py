@@ -34,8 +34,7 @@ does not hold; the edit then falls back to MEMIT's one-layer case (target at the
 layer's MLP output, written there only) and says so in `patch.meta["site"]`.
 
 Example:
-    >>> hp = MEMITHParams().derive(ctx.adapter)                 # doctest: +SKIP
-    >>> patch = MEMITEditor(hp).edit(ctx, requests)             # doctest: +SKIP
+    >>> patch = MEMITEditor().edit(ctx, requests)               # doctest: +SKIP
     >>> patch.meta["layers"]                                    # doctest: +SKIP
     [0, 1]
 """
@@ -46,12 +45,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from editors.rome import ValueHParams, check_layer, check_number, check_requests, solve_psd
-from editors.common import kv
-from editors.common import kv_stats
-from workbench.editing.contract import Capabilities, EditContext
+from editors.common import kv, kv_stats
+from editors.rome import SubjectEditor, ValueHParams, solve_psd
 from workbench.core.errors import InputError
 from workbench.core.patch import Patch
+from workbench.editing.contract import Batch, Capabilities, EditContext, check_number, resolve_layer
 from workbench.editing.registry import register_editor
 
 MEMIT_DEPTHS = (0.1, 0.3)  # first and last edited layer as shares of the depth
@@ -97,7 +95,7 @@ class MEMITHParams(ValueHParams):
             lo, hi = (adapter.default_layer(f) for f in MEMIT_DEPTHS)
             layers = tuple(range(lo, hi + 1))
         else:
-            layers = tuple(check_layer(adapter, x, "layers") for x in self.layers)
+            layers = tuple(resolve_layer(adapter, x, name="layers") for x in self.layers)
             if list(layers) != sorted(set(layers)):
                 raise InputError(f"must be distinct and increasing in this model; got {self.layers!r}",
                                  field="layers")
@@ -105,36 +103,21 @@ class MEMITHParams(ValueHParams):
 
 
 @register_editor
-class MEMITEditor:
+class MEMITEditor(SubjectEditor):
     """Batch edit spread over several MLP output projections. See the module docstring.
 
     Example:
-        >>> patch = MEMITEditor(MEMITHParams().derive(ctx.adapter)).edit(ctx, requests)  # doctest: +SKIP
+        >>> patch = MEMITEditor().edit(ctx, requests)      # doctest: +SKIP
     """
     name = "memit"
     capabilities = Capabilities(batch=True, sequential=True, forget=False, single_revert=False)
     hparams_class = MEMITHParams
 
-    def __init__(self, hparams: MEMITHParams):
-        self.hparams = hparams
-
-    def edit(self, ctx: EditContext, requests: list) -> Patch:
-        hp = self.hparams.derive(ctx.adapter)
-        check_requests(requests, self.name)
+    def run(self, ctx: EditContext, batch: Batch, hp: MEMITHParams) -> Patch:
         names = [ctx.adapter.param_name(ctx.adapter.mlp_out(layer)) for layer in hp.layers]
         rec = ctx.recorder(names)
-        was_training = ctx.model.training
-        ctx.model.eval()
-        try:
-            stats = spread_update(ctx, requests, hp)
-        except BaseException:
-            rec.restore()
-            raise
-        finally:
-            ctx.model.train(was_training)
-        meta = {"editor": self.name, "params": names, **hp.to_dict(), **stats}
-        meta["layers"] = list(hp.layers)  # JSON-friendly
-        patch = rec.patch(meta=meta)
+        stats = spread_update(ctx, list(batch), hp)
+        patch = rec.patch(meta={"params": names, **stats})
         patch.meta["params"] = [w.name for w in patch.weights]  # those really written (see "site")
         return patch
 

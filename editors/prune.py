@@ -58,8 +58,7 @@ pruned in all, halves drawn with the edit's seed).
 Example:
     >>> reqs = with_retain(load_requests("data/benchmarks/forget_people.jsonl"),
     ...                    load_probes("data/benchmarks/retain.jsonl"))           # doctest: +SKIP
-    >>> hp = PruneHParams(scoring="ratio", fraction=0.005).derive(ctx.adapter)     # doctest: +SKIP
-    >>> patch = PruneEditor(hp).edit(ctx, reqs)                                    # doctest: +SKIP
+    >>> patch = PruneEditor(PruneHParams(scoring="ratio", fraction=0.005)).edit(ctx, reqs)  # doctest: +SKIP
     >>> patch.meta["pruned_total"], patch.meta["iou"]  # neurons zeroed, IoU in [0, 1]  # doctest: +SKIP
 """
 from __future__ import annotations
@@ -71,21 +70,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workbench.editing.contract import Capabilities, EditContext, HParams
 from workbench.core.errors import InputError
 from workbench.core.patch import Patch
+from workbench.editing.contract import (Batch, Capabilities, EditContext, Editor, HParams, check_bool, check_choice,
+                                        check_number, resolve_layers)
 from workbench.editing.registry import register_editor
-from workbench.eval.requests import ForgetRequest
-from workbench.eval.scoring import encode_pairs, right_pad, score_answers
+from workbench.eval.scoring import encode_pairs, pad_id, right_pad, score_answers
 
 SCORINGS = ("ratio", "zscore", "wxa", "taylor")
 TOKENS = ("answer", "all")
-
-
-def _check_number(value, name: str, allowed: str, ok) -> None:
-    good = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and ok(value)
-    if not good:
-        raise InputError(f"must be {allowed}; got {value!r}", field=name)
 
 
 @dataclass
@@ -127,10 +120,8 @@ class PruneHParams(HParams):
                 "(its units are not tried again)"})
 
     def __post_init__(self):
-        if self.scoring not in SCORINGS:
-            raise InputError(f"must be one of {', '.join(SCORINGS)}; got {self.scoring!r}", field="scoring")
-        if self.tokens not in TOKENS:
-            raise InputError(f"must be one of {', '.join(TOKENS)}; got {self.tokens!r}", field="tokens")
+        check_choice(self.scoring, "scoring", SCORINGS)
+        check_choice(self.tokens, "tokens", TOKENS)
         if self.layers is not None:
             if isinstance(self.layers, int) and not isinstance(self.layers, bool):
                 self.layers = (self.layers,)
@@ -140,27 +131,18 @@ class PruneHParams(HParams):
                                  field="layers")
             self.layers = tuple(self.layers)
         if self.k is not None:
-            _check_number(self.k, "k", "an integer >= 1 (or None to use fraction)",
-                          lambda v: isinstance(v, int) and v >= 1)
-        _check_number(self.fraction, "fraction", "in (0, 1]", lambda v: 0 < v <= 1)
-        _check_number(self.max_steps, "max_steps", "an integer in 1..10000",
-                      lambda v: isinstance(v, int) and 1 <= v <= 10000)
+            check_number(self.k, "k", "an integer >= 1 (or None to use fraction)", lambda v: v >= 1, integer=True)
+        check_number(self.fraction, "fraction", "in (0, 1]", lambda v: 0 < v <= 1)
+        check_number(self.max_steps, "max_steps", "an integer in 1..10000", lambda v: 1 <= v <= 10000, integer=True)
         if self.target is not None:
-            _check_number(self.target, "target", "in [0, 1] or None", lambda v: 0 <= v <= 1)
-        _check_number(self.eps, "eps", "> 0", lambda v: v > 0)
+            check_number(self.target, "target", "in [0, 1] or None", lambda v: 0 <= v <= 1)
+        check_number(self.eps, "eps", "> 0", lambda v: v > 0)
         for name in ("restat", "guard"):
-            if not isinstance(getattr(self, name), bool):
-                raise InputError(f"must be true or false; got {getattr(self, name)!r}", field=name)
+            check_bool(getattr(self, name), name)
 
     def derive(self, adapter) -> "PruneHParams":
         """Fill `layers` (all MLP layers) and check explicit ones fit the model."""
-        n = adapter.num_layers
-        layers = tuple(range(n)) if self.layers is None else self.layers
-        for i in layers:
-            if not -n <= i < n:
-                raise InputError(f"must be in 0..{n - 1} (or -{n}..-1 from the end) for this {n}-layer "
-                                 f"model; got {i}", field="layers")
-        return dataclasses.replace(self, layers=tuple(sorted({i % n for i in layers})))
+        return dataclasses.replace(self, layers=resolve_layers(adapter, self.layers))
 
 
 # ---------------------------------------------------------------------------- statistics
@@ -301,52 +283,33 @@ def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------- editor
 
 @register_editor
-class PruneEditor:
+class PruneEditor(Editor):
     """Zero the MLP neurons (or weights) most specific to the forget set against a retain set.
     See the module docstring for the scoring, the iteration and what is recorded.
 
     Example:
-        >>> patch = PruneEditor(PruneHParams().derive(ctx.adapter)).edit(ctx, forget_requests)  # doctest: +SKIP
-        >>> patch.meta["steps"], len(patch.meta["scores"])                                     # doctest: +SKIP
+        >>> patch = PruneEditor().edit(ctx, forget_requests)                 # doctest: +SKIP
+        >>> patch.meta["steps"], len(patch.meta["scores"])                   # doctest: +SKIP
         (3, 4)
     """
     name = "prune"
     capabilities = Capabilities(batch=True, sequential=True, forget=True, single_revert=False)
     hparams_class = PruneHParams
 
-    def __init__(self, hparams: PruneHParams):
-        self.hparams = hparams
+    @classmethod
+    def check_requests(cls, requests: list, adapter) -> None:
+        if not any(r.retain for r in requests):
+            raise InputError("prune contrasts the forget set with a retain set, and none was given: attach "
+                             "retain probes (e.g. `with_retain(requests, load_probes(...))` or --retain)",
+                             field="retain")
 
-    def edit(self, ctx: EditContext, requests: list) -> Patch:
-        hp = self.hparams.derive(ctx.adapter)
-        forget_pairs, retain_pairs = _encode(ctx.tokenizer, requests)
+    def run(self, ctx: EditContext, batch: Batch, hp: PruneHParams) -> Patch:
+        retain = sorted({(p.prompt, p.answer) for r in batch for p in r.retain})
+        retain_pairs = [pa for pa in encode_pairs(ctx.tokenizer, [p for p, _ in retain], [a for _, a in retain])
+                        if pa[0] and pa[1]]
         modules = [ctx.adapter.mlp_out(i) for i in hp.layers]
         rec = ctx.recorder([ctx.adapter.param_name(m) for m in modules])
-        try:
-            meta = _prune(ctx, hp, modules, forget_pairs, retain_pairs)
-        except BaseException:
-            rec.restore()  # leave the model exactly as it was, then let the caller see why
-            raise
-        return rec.patch(meta={"editor": self.name, **hp.to_dict(), **meta})
-
-
-def _encode(tok, requests: list):
-    if not requests:
-        raise InputError("no requests to forget", field="requests")
-    for r in requests:
-        if not isinstance(r, ForgetRequest):
-            raise InputError(f"prune forgets (ForgetRequest); got {type(r).__name__}", field="requests")
-    retain = sorted({(p.prompt, p.answer) for r in requests for p in r.retain})
-    if not retain:
-        raise InputError("prune contrasts the forget set with a retain set, and none was given: attach "
-                         "retain probes (e.g. `with_retain(requests, load_probes(...))` or --retain)",
-                         field="retain")
-    forget_pairs = encode_pairs(tok, [r.prefix for r in requests], [r.suffix for r in requests])
-    for r, (p, a) in zip(requests, forget_pairs):
-        if not p or not a:
-            raise r.input_error("tokenizes to nothing", field="suffix" if p else "prefix")
-    retain_pairs = encode_pairs(tok, [p for p, _ in retain], [a for _, a in retain])
-    return forget_pairs, [pa for pa in retain_pairs if pa[0] and pa[1]]
+        return rec.patch(meta=_prune(ctx, hp, modules, list(batch.pairs), retain_pairs))
 
 
 def _forget_metric(model, pairs, pad_id) -> tuple[float, float]:
@@ -359,7 +322,7 @@ def _forget_metric(model, pairs, pad_id) -> tuple[float, float]:
 def _prune(ctx: EditContext, hp: PruneHParams, modules, forget_pairs, retain_pairs) -> dict:
     """The pruning loop, in place on `modules`' weights; returns what goes into patch.meta."""
     model, adapter = ctx.model, ctx.adapter
-    pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else ctx.tokenizer.eos_token_id
+    pad = pad_id(ctx.tokenizer)
     weights = [adapter.weight(m) for m in modules]  # (hidden, d_ff) views sharing storage
     width = max(w.shape[1] for w in weights)
     # Padding columns of narrower layers count as already pruned so they are never chosen.
@@ -373,53 +336,48 @@ def _prune(ctx: EditContext, hp: PruneHParams, modules, forget_pairs, retain_pai
     units = sum(w.shape[1] for w in weights) if hp.scoring != "wxa" else min(w.numel() for w in weights)
     k = hp.k or max(1, round(hp.fraction * units))
 
-    was_training = model.training
-    model.eval()
-    try:
-        acc0, lp0 = _forget_metric(model, forget_pairs, pad)
-        collect = lambda pairs: _collect(model, adapter, hp.layers, pairs, hp.tokens, pad,  # noqa: E731
-                                         hp.scoring == "taylor")
-        forget, retain = collect(forget_pairs), collect(retain_pairs)
-        first = (forget, retain)
-        originals = [w.detach().clone() for w in weights]  # the IoU check scores the unpruned weights
-        acc, lp, steps, history = acc0, lp0, 0, []
-        for steps in range(1, hp.max_steps + 1):
-            if steps > 1 and hp.restat:
-                forget, retain = collect(forget_pairs), collect(retain_pairs)
-            saved = [w.detach().clone() for w in weights] if hp.guard else None
+    acc0, lp0 = _forget_metric(model, forget_pairs, pad)
+    collect = lambda pairs: _collect(model, adapter, hp.layers, pairs, hp.tokens, pad,  # noqa: E731
+                                     hp.scoring == "taylor")
+    forget, retain = collect(forget_pairs), collect(retain_pairs)
+    first = (forget, retain)
+    originals = [w.detach().clone() for w in weights]  # the IoU check scores the unpruned weights
+    acc, lp, steps, history = acc0, lp0, 0, []
+    for steps in range(1, hp.max_steps + 1):
+        if steps > 1 and hp.restat:
+            forget, retain = collect(forget_pairs), collect(retain_pairs)
+        saved = [w.detach().clone() for w in weights] if hp.guard else None
+        with torch.no_grad():
+            if hp.scoring == "wxa":
+                chosen = _pick_weights(weights, forget, retain, wpruned, k)
+                for w, c, tried in zip(weights, chosen, wpruned):
+                    w[c.to(w.device)] = 0
+                    tried |= c
+            else:
+                chosen = _pick_neurons(_neuron_scores(hp.scoring, forget, retain, hp.eps), pruned, k)
+                for li, w in enumerate(weights):
+                    cols = chosen[li, :w.shape[1]].nonzero().flatten()
+                    w[:, cols.to(w.device)] = 0  # the neuron's output column: silent for any activation
+                pruned |= chosen
+        new_acc, new_lp = _forget_metric(model, forget_pairs, pad)
+        kept = not hp.guard or new_acc < acc or new_lp < lp  # worse on neither count -> undo
+        if kept:
+            acc, lp = new_acc, new_lp
+            if hp.scoring == "wxa":
+                for z, c in zip(wzeroed, chosen):
+                    z |= c
+            else:
+                zeroed |= chosen
+        else:  # the step recalled no less and made the answers *more* likely: undo, never retry these
             with torch.no_grad():
-                if hp.scoring == "wxa":
-                    chosen = _pick_weights(weights, forget, retain, wpruned, k)
-                    for w, c, tried in zip(weights, chosen, wpruned):
-                        w[c.to(w.device)] = 0
-                        tried |= c
-                else:
-                    chosen = _pick_neurons(_neuron_scores(hp.scoring, forget, retain, hp.eps), pruned, k)
-                    for li, w in enumerate(weights):
-                        cols = chosen[li, :w.shape[1]].nonzero().flatten()
-                        w[:, cols.to(w.device)] = 0  # the neuron's output column: silent for any activation
-                    pruned |= chosen
-            new_acc, new_lp = _forget_metric(model, forget_pairs, pad)
-            kept = not hp.guard or new_acc < acc or new_lp < lp  # worse on neither count -> undo
-            if kept:
-                acc, lp = new_acc, new_lp
-                if hp.scoring == "wxa":
-                    for z, c in zip(wzeroed, chosen):
-                        z |= c
-                else:
-                    zeroed |= chosen
-            else:  # the step recalled no less and made the answers *more* likely: undo, never retry these
-                with torch.no_grad():
-                    for w, before in zip(weights, saved):
-                        w.copy_(before)
-            history.append({"step": steps, "kept": kept, "forget_acc": round(new_acc, 4),
-                            "forget_logprob": round(new_lp, 4)})
-            done = hp.target is not None and acc <= hp.target * acc0 and lp < lp0
-            exhausted = bool(pruned.all()) if pruned is not None else not any(c.any() for c in chosen)
-            if done or exhausted:
-                break
-    finally:
-        model.train(was_training)
+                for w, before in zip(weights, saved):
+                    w.copy_(before)
+        history.append({"step": steps, "kept": kept, "forget_acc": round(new_acc, 4),
+                        "forget_logprob": round(new_lp, 4)})
+        done = hp.target is not None and acc <= hp.target * acc0 and lp < lp0
+        exhausted = bool(pruned.all()) if pruned is not None else not any(c.any() for c in chosen)
+        if done or exhausted:
+            break
     if hp.scoring == "wxa":
         selected = wzeroed
         total = sum(int(c.sum()) for c in wzeroed)

@@ -25,15 +25,13 @@ Editing is one fact per call (`batch=False`); ROME's own `apply_rome_to_model` a
 several requests one after another, which is what the session does for sequential edits.
 
 Example:
-    >>> hp = ROMEHParams().derive(ctx.adapter)                                # doctest: +SKIP
-    >>> patch = ROMEEditor(hp).edit(ctx, [EditRequest("Ada lives in", "Rome", subject="Ada")])  # doctest: +SKIP
+    >>> patch = ROMEEditor().edit(ctx, [EditRequest("Ada lives in", "Rome", subject="Ada")])  # doctest: +SKIP
     >>> patch.meta["layer"], [w.name for w in patch.weights]                  # doctest: +SKIP
     (1, ['model.layers.1.mlp.down_proj.weight'])
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -41,20 +39,14 @@ import torch
 from editors.common import kv
 
 from editors.common import kv_stats
-from workbench.editing.contract import Capabilities, EditContext, HParams
 from workbench.core.errors import InputError
 from workbench.core.patch import Patch
+from workbench.editing.contract import (Batch, Capabilities, EditContext, Editor, HParams, check_bool,
+                                        check_layer_value, check_number, resolve_layer)
 from workbench.editing.registry import register_editor
 from workbench.eval.requests import EditRequest
 
 ROME_DEPTH = 0.3  # share of the depth of ROME's edited layer (see the module docstring)
-
-
-def check_number(value, name: str, allowed: str, ok) -> None:
-    """Raise InputError naming `name` unless `value` is a finite real number with `ok(value)`."""
-    good = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and ok(value)
-    if not good:
-        raise InputError(f"must be {allowed}; got {value!r}", field=name)
 
 
 @dataclass
@@ -77,13 +69,13 @@ class ValueHParams(HParams):
 
     def __post_init__(self):
         check_number(self.v_num_grad_steps, "v_num_grad_steps", "an integer in 1..1000",
-                     lambda v: isinstance(v, int) and 1 <= v <= 1000)
+                     lambda v: 1 <= v <= 1000, integer=True)
         check_number(self.v_lr, "v_lr", "> 0", lambda v: v > 0)
         check_number(self.v_weight_decay, "v_weight_decay", ">= 0", lambda v: v >= 0)
         check_number(self.kl_factor, "kl_factor", ">= 0", lambda v: v >= 0)
         check_number(self.clamp_norm_factor, "clamp_norm_factor", "> 0", lambda v: v > 0)
         check_number(self.mom2_n_samples, "mom2_n_samples", "an integer in 1..10000000",
-                     lambda v: isinstance(v, int) and 1 <= v <= 10_000_000)
+                     lambda v: 1 <= v <= 10_000_000, integer=True)
         if self.corpus is not None and (not isinstance(self.corpus, str) or not self.corpus.strip()):
             raise InputError(f"must be a path to a JSONL file or None; got {self.corpus!r}", field="corpus")
 
@@ -93,23 +85,14 @@ class ValueHParams(HParams):
                     kl_factor=self.kl_factor, clamp_norm_factor=self.clamp_norm_factor)
 
 
-def check_layer(adapter, layer: int, name: str = "layer") -> int:
-    """`layer` as a non-negative index of this model, or an InputError naming the field."""
-    n = adapter.num_layers
-    if not -n <= layer < n:
-        raise InputError(f"must be in 0..{n - 1} (or -{n}..-1 from the end) for this {n}-layer model; "
-                         f"got {layer}", field=name)
-    return layer % n
+class SubjectEditor(Editor):
+    """ROME-family editors read the fact at the subject's last token: every request must name a
+    subject that occurs in its prompt (checked in the session's one validation pass)."""
 
-
-def check_requests(requests: list, editor: str) -> None:
-    """Edit requests with a subject that occurs in the prompt, or an InputError saying which."""
-    if not requests:
-        raise InputError("no requests to edit", field="requests")
-    for r in requests:
-        if not isinstance(r, EditRequest):
-            raise InputError(f"{editor} edits facts (EditRequest); got {type(r).__name__}", field="requests")
-        kv.check_subject(r)
+    @classmethod
+    def check_requests(cls, requests: list, adapter) -> None:
+        for r in requests:
+            kv.check_subject(r)
 
 
 @dataclass
@@ -132,51 +115,32 @@ class ROMEHParams(ValueHParams):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int)):
-            raise InputError(f"must be an integer layer index or None; got {self.layer!r}", field="layer")
-        if not isinstance(self.mom2_adjustment, bool):
-            raise InputError(f"must be true or false; got {self.mom2_adjustment!r}", field="mom2_adjustment")
+        check_layer_value(self.layer)
+        check_bool(self.mom2_adjustment, "mom2_adjustment")
 
     def derive(self, adapter) -> "ROMEHParams":
         """Fill `layer` (~30% depth) and check it fits the model."""
-        layer = adapter.default_layer(ROME_DEPTH) if self.layer is None else self.layer
-        return dataclasses.replace(self, layer=check_layer(adapter, layer))
+        return dataclasses.replace(self, layer=resolve_layer(adapter, self.layer, depth=ROME_DEPTH))
 
 
 @register_editor
-class ROMEEditor:
+class ROMEEditor(SubjectEditor):
     """Rank-one edit of one MLP output projection per fact. See the module docstring.
 
     Example:
-        >>> patch = ROMEEditor(ROMEHParams().derive(ctx.adapter)).edit(ctx, [request])  # doctest: +SKIP
+        >>> patch = ROMEEditor().edit(ctx, [request])      # doctest: +SKIP
     """
     name = "rome"
     capabilities = Capabilities(batch=False, sequential=True, forget=False, single_revert=False)
     hparams_class = ROMEHParams
 
-    def __init__(self, hparams: ROMEHParams):
-        self.hparams = hparams
-
-    def edit(self, ctx: EditContext, requests: list) -> Patch:
-        hp = self.hparams.derive(ctx.adapter)
-        check_requests(requests, self.name)
-        if len(requests) != 1:
-            raise InputError(f"rome edits one fact per call; got {len(requests)} (apply them one by one, "
-                             f"or use memit for a batch)", field="requests")
-        (req,) = requests
+    def run(self, ctx: EditContext, batch: Batch, hp: ROMEHParams) -> Patch:
+        (req,) = batch  # one fact per call: no batch capability (use memit for a batch)
         module = ctx.adapter.mlp_out(hp.layer)
         name = ctx.adapter.param_name(module)
         rec = ctx.recorder([name])
-        was_training = ctx.model.training
-        ctx.model.eval()  # no dropout: the edit is a deterministic function of model and request
-        try:
-            stats = rank_one_update(ctx, req, hp)
-        except BaseException:
-            rec.restore()  # nothing half-done stays in the model
-            raise
-        finally:
-            ctx.model.train(was_training)
-        return rec.patch(meta={"editor": self.name, "param": name, **hp.to_dict(), **stats})
+        stats = rank_one_update(ctx, req, hp)
+        return rec.patch(meta={"param": name, **stats})
 
 
 def rank_one_update(ctx: EditContext, req: EditRequest, hp: ROMEHParams) -> dict:

@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workbench.editing.contract import Capabilities, HParams
+from workbench.editing.contract import Capabilities, Editor, HParams
 from workbench.core.errors import InputError
 from workbench.core.patch import Attachment, Patch, register_attachment
 from workbench.editing.registry import register_editor
@@ -26,25 +26,22 @@ class BumpHParams(HParams):
 
 
 @register_editor
-class BumpEditor:
+class BumpEditor(Editor):
     """Adds a deterministic, request-dependent bump to a few rows of one MLP out-projection."""
     name = "test-bump"
     capabilities = Capabilities(batch=True, sequential=True, single_revert=True)
     hparams_class = BumpHParams
 
-    def __init__(self, hparams):
-        self.hparams = hparams
-
-    def edit(self, ctx, requests):
-        module = ctx.adapter.mlp_out(self.hparams.layer)
+    def run(self, ctx, batch, hp):
+        module = ctx.adapter.mlp_out(hp.layer)
         name = ctx.adapter.param_name(module)
         rec = ctx.recorder([name])
-        seed = sum(ord(c) for r in requests for c in r.prompt + r.target_new) + ctx.seed
+        seed = sum(ord(c) for r in batch for c in r.prompt + r.target_new) + ctx.seed
         g = torch.Generator().manual_seed(seed)
         w = ctx.adapter.weight(module)  # (hidden, d_ff)
         rows = torch.randperm(w.shape[0], generator=g)[:4]
         with torch.no_grad():
-            w[rows] += self.hparams.scale * torch.randn(4, w.shape[1], generator=g)
+            w[rows] += hp.scale * torch.randn(4, w.shape[1], generator=g)
         return rec.patch(meta={"rows": rows.tolist()})
 
 
@@ -88,16 +85,13 @@ class NoHParams(HParams):
 
 
 @register_editor
-class ShiftEditor:
+class ShiftEditor(Editor):
     """Adds a ShiftAttachment (tests export refusal and attachment rollback)."""
     name = "test-shift"
     capabilities = Capabilities(batch=True, sequential=True)
     hparams_class = NoHParams
 
-    def __init__(self, hparams):
-        self.hparams = hparams
-
-    def edit(self, ctx, requests):
+    def run(self, ctx, batch, hp):
         att = ShiftAttachment(torch.full((ctx.model.config.hidden_size,), 0.01))
         att.attach(ctx.model, ctx.adapter)
         return Patch([], [att], {})

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from workbench.editing import registry
-from workbench.editing.contract import Capabilities, HParams
+from workbench.editing.contract import Capabilities, Editor, HParams
 from workbench.core.errors import InputError, WorkbenchError
 from workbench.editing.registry import (DuplicateEditor, InvalidEditor, UnknownEditor, describe_editor,
                                 editor_names, get_editor, make_editor, register_editor,
@@ -32,10 +32,10 @@ def clean_registry(monkeypatch):
 def _editor(name, /, **overrides):
     """A minimal valid editor class; `overrides` replace or (with None) drop attributes."""
     attrs = {"name": name, "capabilities": Capabilities(batch=True), "hparams_class": HParams,
-             "__init__": lambda self, hp: setattr(self, "hparams", hp),
-             "edit": lambda self, ctx, requests: None}
+             "run": lambda self, ctx, batch, hp: None}
     attrs.update(overrides)
-    return type(f"Editor_{name}", (), {k: v for k, v in attrs.items() if v is not None})
+    bases = attrs.pop("__bases__", (Editor,))
+    return type(f"Editor_{name}", bases, {k: v for k, v in attrs.items() if v is not None})
 
 
 # -- decorator registration -----------------------------------------------------------------
@@ -57,11 +57,11 @@ def test_decorator_registers_and_rejects_a_duplicate_name():
 
 def test_decorator_with_name_argument():
     @register_editor(name="t_named")
-    class Named:
+    class Named(Editor):
         capabilities = Capabilities()
         hparams_class = HParams
 
-        def edit(self, ctx, requests):
+        def run(self, ctx, batch, hp):
             return None
 
     assert Named.name == "t_named" and get_editor("t_named") is Named
@@ -82,8 +82,8 @@ class NotADataclassHParams(HParams):  # subclass, but its own fields are not a d
     ({"hparams_class": None}, "`hparams_class`"),
     ({"hparams_class": dict}, "`hparams_class`"),
     ({"hparams_class": dataclass(type("Loose", (), {}))}, "`hparams_class`"),
-    ({"edit": None}, "`edit"),
-    ({"edit": "not callable"}, "`edit"),
+    ({"run": None}, "`run"),
+    ({"__bases__": ()}, "must subclass workbench.editing.contract.Editor"),
 ])
 def test_missing_or_wrong_attributes_are_rejected(overrides, complaint):
     cls = _editor("t_bad", **overrides)
@@ -117,9 +117,9 @@ def test_a_miss_suggests_the_closest_names_and_lists_all():
 # -- lazy entries and entry points -------------------------------------------------------------
 
 TP_MODULE = '''
-from workbench.editing.contract import Capabilities, HParams
+from workbench.editing.contract import Capabilities, Editor, HParams
 
-class TPEditor:
+class TPEditor(Editor):
     """A third-party
     editor.
 
@@ -129,10 +129,7 @@ class TPEditor:
     capabilities = Capabilities(batch=True, forget=True)
     hparams_class = HParams
 
-    def __init__(self, hparams):
-        self.hparams = hparams
-
-    def edit(self, ctx, requests):
+    def run(self, ctx, batch, hp):
         return None
 '''
 
@@ -244,7 +241,7 @@ class TinyHParams(HParams):
         return self
 
 
-class TinyEditor:  # registered by the `tiny` fixture, so no name outlives a test
+class TinyEditor(Editor):  # registered by the `tiny` fixture, so no name outlives a test
     """Tiny test editor.
 
     Not shown.
@@ -253,10 +250,7 @@ class TinyEditor:  # registered by the `tiny` fixture, so no name outlives a tes
     capabilities = Capabilities(sequential=True, single_revert=True)
     hparams_class = TinyHParams
 
-    def __init__(self, hparams):
-        self.hparams = hparams
-
-    def edit(self, ctx, requests):
+    def run(self, ctx, batch, hp):
         return None
 
 

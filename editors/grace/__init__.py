@@ -38,20 +38,18 @@ would split at distance 0, leaving neither key reachable); `early_stop_loss` (0 
 EasyEdit) may end training early. Only Euclidean distance exists, as in EasyEdit.
 
 Example:
-    >>> hp = GraceHParams(n_iter=50).derive(ctx.adapter)                 # doctest: +SKIP
-    >>> patch = GRACEEditor(hp).edit(ctx, [EditRequest("Ada lives in", "Paris")])  # doctest: +SKIP
+    >>> patch = GRACEEditor(GraceHParams(n_iter=50)).edit(ctx, [EditRequest("Ada lives in", "Paris")])  # doctest: +SKIP
     >>> patch.attachments[0].action                                     # doctest: +SKIP
     'add'
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
-from workbench.editing.contract import Capabilities, EditContext, HParams
-from workbench.core.errors import InputError
 from workbench.core.patch import Patch
+from workbench.editing.contract import (Batch, Capabilities, EditContext, Editor, HParams, check_choice,
+                                        check_layer_value, check_number, resolve_layer)
 from workbench.editing.registry import register_editor
 
 from .codebook import REPLACEMENTS, GraceCodebook, GraceEdit, GraceEntry, route  # noqa: F401 (re-exported)
@@ -94,63 +92,37 @@ class GraceHParams(HParams):
         "help": "stop training a value once the loss is below this (>= 0; 0 = always n_iter steps, as EasyEdit)"})
 
     def __post_init__(self):
-        if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int)):
-            raise InputError(f"must be an integer layer index or None; got {self.layer!r}", field="layer")
-        _check(self.eps_init, "eps_init", "> 0 (initial deferral radius)", lambda v: v > 0)
-        _check(self.n_iter, "n_iter", "an integer in 1..10000", lambda v: isinstance(v, int) and 1 <= v <= 10000)
-        _check(self.lr, "lr", "> 0 (Adam learning rate)", lambda v: v > 0)
-        _check(self.early_stop_loss, "early_stop_loss", ">= 0 (0 = off)", lambda v: v >= 0)
+        check_layer_value(self.layer)
+        check_number(self.eps_init, "eps_init", "> 0 (initial deferral radius)", lambda v: v > 0)
+        check_number(self.n_iter, "n_iter", "an integer in 1..10000", lambda v: 1 <= v <= 10000, integer=True)
+        check_number(self.lr, "lr", "> 0 (Adam learning rate)", lambda v: v > 0)
+        check_number(self.early_stop_loss, "early_stop_loss", ">= 0 (0 = off)", lambda v: v >= 0)
         for name, allowed in (("dist_fn", DISTS), ("val_init", VAL_INITS), ("replacement", REPLACEMENTS),
                               ("eps_expand", EXPANDS)):
-            if getattr(self, name) not in allowed:
-                raise InputError(f"must be one of {', '.join(allowed)}; got {getattr(self, name)!r}", field=name)
+            check_choice(getattr(self, name), name, allowed)
 
     def derive(self, adapter) -> "GraceHParams":
         """Fill `layer` from the model (~80% depth) and check it is inside the model."""
-        n = adapter.num_layers
-        layer = adapter.default_layer() if self.layer is None else self.layer
-        if not -n <= layer < n:
-            raise InputError(f"must be in 0..{n - 1} (or -{n}..-1 from the end) for this "
-                             f"{n}-layer model; got {layer}", field="layer")
-        return dataclasses.replace(self, layer=layer % n)
-
-
-def _check(value, name: str, allowed: str, ok) -> None:
-    good = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and ok(value)
-    if not good:
-        raise InputError(f"must be {allowed}; got {value!r}", field=name)
+        return dataclasses.replace(self, layer=resolve_layer(adapter, self.layer))
 
 
 @register_editor
-class GRACEEditor:
+class GRACEEditor(Editor):
     """Add (or split / expand) one GRACE codebook key per request. See the module docstring.
 
     Example:
-        >>> patch = GRACEEditor(GraceHParams().derive(ctx.adapter)).edit(ctx, requests)  # doctest: +SKIP
-        >>> [a.uid for a in patch.attachments]                                          # doctest: +SKIP
+        >>> patch = GRACEEditor().edit(ctx, requests)       # doctest: +SKIP
+        >>> [a.uid for a in patch.attachments]               # doctest: +SKIP
         ['e0', 'e1']
     """
     name = "grace"
     capabilities = Capabilities(batch=True, sequential=True, forget=False, single_revert=True)
     hparams_class = GraceHParams
 
-    def __init__(self, hparams: GraceHParams):
-        self.hparams = hparams
-
-    def edit(self, ctx: EditContext, requests: list) -> Patch:
-        hp = self.hparams.derive(ctx.adapter)
-        if not requests:
-            raise InputError("no requests to edit", field="requests")
-        done: list[GraceEdit] = []
-        try:
-            for i, req in enumerate(requests):
-                done.append(edit_one(ctx, req, hp, seed=ctx.seed + i))
-        except BaseException:
-            for att in reversed(done):  # leave the model exactly as it was, then let the caller see why
-                att.detach(ctx.model, ctx.adapter)
-            raise
+    def run(self, ctx: EditContext, batch: Batch, hp: GraceHParams) -> Patch:
+        # One request after another (same result as separate calls), each with its own seed.
+        done = [edit_one(ctx, pair, hp, seed=ctx.seed + i) for i, pair in enumerate(batch.pairs)]
         group = [a.uid for a in done]
         for a in done:
             a.group = group  # one patch attaches and detaches as a unit
-        return Patch([], done, {"editor": self.name, **hp.to_dict(), "uids": group,
-                                "actions": [a.action for a in done], "train": [a.stats for a in done]})
+        return Patch([], done, {"uids": group, "actions": [a.action for a in done], "train": [a.stats for a in done]})

@@ -4,7 +4,7 @@ Kept apart from the codebook (`codebook.py`, the data structure and its routing)
 editor (`__init__.py`, hyperparameters and the contract), so each stays small.
 
 Example:
-    >>> att = edit_one(ctx, EditRequest("Ada lives in", "Paris"), hp, seed=0)  # doctest: +SKIP
+    >>> att = edit_one(ctx, batch.pairs[0], hp, seed=0)  # doctest: +SKIP
     >>> att.action, att.uid                                                   # doctest: +SKIP
     ('add', 'e0')
 """
@@ -13,23 +13,18 @@ from __future__ import annotations
 import torch
 
 from workbench.editing.contract import trainable_only
-from workbench.core.errors import InputError
 from workbench.core.offload import execution_device
-from workbench.eval.requests import EditRequest
-from workbench.eval.scoring import encode_pairs
 
 from .codebook import FIELDS, GraceEdit, find_codebook
 
 SPLIT_MARGIN = 1e-5  # EasyEdit shrinks the old key's radius to d/2 - 1e-5 so the two never tie
+EXPAND_MARGIN = 1e-3  # relative: an expanded radius covers its query despite rounding (see _plan)
 
 
-def edit_one(ctx, req, hp, seed: int) -> GraceEdit:
-    """Attach one request's edit to `ctx.model` (trained) and return it; on failure nothing stays."""
-    if not isinstance(req, EditRequest):
-        raise InputError(f"grace edits facts (EditRequest); got {type(req).__name__}", field="requests")
-    (p, a), = encode_pairs(ctx.tokenizer, [req.prompt], [req.target_new])
-    if not p or not a:
-        raise req.input_error("tokenizes to nothing", field="target_new" if p else "prompt")
+def edit_one(ctx, pair: tuple[list[int], list[int]], hp, seed: int) -> GraceEdit:
+    """Attach one checked request's edit, given as its (prompt ids, target ids), to `ctx.model`
+    (trained) and return it; `ctx` detaches it again if anything fails."""
+    p, a = pair
     module = ctx.adapter.mlp_out(hp.layer)
     device = execution_device(module)  # not an offloaded layer's meta stand-in
     query, own_out = _read_key(ctx, module, p)           # (d_in,), (d_out,)
@@ -38,12 +33,8 @@ def edit_one(ctx, req, hp, seed: int) -> GraceEdit:
     fresh = (torch.rand(own_out.shape[0], generator=gen).to(device) if hp.val_init == "cold" else own_out.clone())
     att, trained = _plan(find_codebook(ctx.adapter, hp.layer), query, fresh, label, hp)
     att.attach(ctx.model, ctx.adapter)
-    try:
-        stats = _train(ctx, att, trained, p, a, hp)
-    except BaseException:
-        att.detach(ctx.model, ctx.adapter)
-        raise
-    att.stats = stats
+    ctx.on_error(lambda: att.detach(ctx.model, ctx.adapter))
+    att.stats = _train(ctx, att, trained, p, a, hp)
     return att
 
 
@@ -90,7 +81,10 @@ def _plan(cb, query, fresh, label, hp):
         after["label"], after["value"] = label, fresh
         return GraceEdit(**common, modifies=names[i], before=before, after=after, action="overwrite"), names[i]
     if d_val > near.radius:                                                 # same target: expand
-        after["radius"] = d_val.reshape(())
+        # A hair beyond the query: routing recomputes distances by a matrix product (and reads the
+        # activation inside a longer sequence), whose rounding can put the query just outside a
+        # radius set to exactly `d`; then the new prompt would miss the key it was expanded for.
+        after["radius"] = (d_val * (1 + EXPAND_MARGIN)).reshape(())
         if hp.eps_expand == "moving_average":
             after["key"] = 0.5 * near.key + 0.5 * query.to(near.key.dtype)
     return GraceEdit(**common, modifies=names[i], before=before, after=after, action="expand"), names[i]
@@ -109,7 +103,6 @@ def _train(ctx, att: GraceEdit, name: str, p: list[int], a: list[int], hp) -> di
     cb = find_codebook(ctx.adapter, hp.layer)
     entry = cb.entries[name]
     value = torch.nn.Parameter(entry.value.detach().clone())       # (d_out,)
-    was_training = model.training
     device = value.device
     ids = torch.tensor([p + a], device=device)                     # (1, L)
     pos = torch.arange(len(p) - 1, len(p) + len(a) - 1, device=device)  # positions predicting the target
@@ -117,7 +110,6 @@ def _train(ctx, att: GraceEdit, name: str, p: list[int], a: list[int], hp) -> di
     losses = []
     try:
         with trainable_only(model):                                 # only the value learns; no stray .grad
-            model.eval()
             cb.train_override = (name, value)
             opt = torch.optim.Adam([value], lr=hp.lr)
             for _ in range(hp.n_iter):
@@ -131,7 +123,6 @@ def _train(ctx, att: GraceEdit, name: str, p: list[int], a: list[int], hp) -> di
                 opt.step()
     finally:
         cb.train_override = None
-        model.train(was_training)
     trained = value.detach().clone()
     with torch.no_grad():
         entry.value.copy_(trained)

@@ -19,15 +19,19 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 
-from workbench.editing.contract import Capabilities, EditContext, HParams
+from editors.ft import chunks, fit, loss_stats
 from workbench.core.errors import InputError
 from workbench.core.offload import onload
 from workbench.core.patch import Patch
+from workbench.editing.contract import (Batch, Capabilities, EditContext, Editor, HParams, check_choice,
+                                        check_number, resolve_layers)
 from workbench.editing.registry import register_editor
+from workbench.eval.scoring import pad_id
 
 from .store import LoRAAdd, adapter_names, next_name
 
@@ -41,7 +45,8 @@ class LoRAHParams(HParams):
     r: int = field(default=8, metadata={"help": "LoRA rank (1..1024)"})
     alpha: float = field(default=16.0, metadata={"help": "lora_alpha: the update is scaled by alpha / r (> 0)"})
     targets: str = field(default="mlp_out", metadata={
-        "help": "modules to adapt in each chosen layer: mlp_out, mlp_in, mlp (both) or attn_out"})
+        "help": "modules to adapt in each chosen layer: mlp_out, mlp_in, mlp (both) or attn_out",
+        "choices": TARGETS})
     layers: tuple[int, ...] | None = field(default=None, metadata={"help": "layers to adapt (default: all)"})
     lr: float = field(default=5e-3, metadata={"help": "Adam learning rate (> 0)"})
     steps: int = field(default=60, metadata={"help": "passes over the requests (1..10000)"})
@@ -49,25 +54,18 @@ class LoRAHParams(HParams):
     batch_size: int = field(default=0, metadata={"help": "requests per optimizer step (0 = all)"})
 
     def __post_init__(self):
-        checks = (("r", isinstance(self.r, int) and 1 <= self.r <= 1024, "an integer in 1..1024"),
-                  ("alpha", self.alpha > 0, "> 0"), ("lr", self.lr > 0, "> 0"),
-                  ("steps", isinstance(self.steps, int) and 1 <= self.steps <= 10000, "an integer in 1..10000"),
-                  ("early_stop_loss", self.early_stop_loss >= 0, ">= 0"),
-                  ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 0, "an integer >= 0"),
-                  ("targets", self.targets in TARGETS, f"one of {', '.join(TARGETS)}"))
-        for name, ok, allowed in checks:
-            if not ok:
-                raise InputError(f"must be {allowed}, got {getattr(self, name)!r}", field=name)
+        check_number(self.r, "r", "an integer in 1..1024", lambda v: 1 <= v <= 1024, integer=True)
+        check_number(self.alpha, "alpha", "> 0", lambda v: v > 0)
+        check_number(self.lr, "lr", "> 0", lambda v: v > 0)
+        check_number(self.steps, "steps", "an integer in 1..10000", lambda v: 1 <= v <= 10000, integer=True)
+        check_number(self.early_stop_loss, "early_stop_loss", ">= 0", lambda v: v >= 0)
+        check_number(self.batch_size, "batch_size", "an integer >= 0", lambda v: v >= 0, integer=True)
+        check_choice(self.targets, "targets", TARGETS)
         if self.name is not None and (not self.name or "." in self.name or not self.name.isprintable()):
             raise InputError(f"must be a non-empty name without dots, got {self.name!r}", field="name")
 
     def derive(self, adapter) -> "LoRAHParams":
-        n = adapter.num_layers
-        layers = tuple(range(n)) if self.layers is None else tuple(sorted({int(i) % n for i in self.layers}))
-        bad = [i for i in (self.layers or ()) if not -n <= int(i) < n]
-        if bad:
-            raise InputError(f"layer(s) {bad} do not exist: must be in 0..{n - 1}", field="layers")
-        return LoRAHParams(**{**self.to_dict(), "layers": layers})
+        return dataclasses.replace(self, layers=resolve_layers(adapter, self.layers))
 
 
 def target_modules(adapter, targets: str, layers) -> list[str]:
@@ -96,57 +94,43 @@ def lora_config(d: dict):
 
 
 @register_editor
-class LoRAEditor:
+class LoRAEditor(Editor):
     """Train one peft LoRA adapter on a batch of edits; recorded as a removable attachment."""
     name = "lora"
     capabilities = Capabilities(batch=True, sequential=True, single_revert=False)
     hparams_class = LoRAHParams
 
-    def __init__(self, hparams: LoRAHParams):
-        self.hparams = hparams
-
-    def edit(self, ctx: EditContext, requests: list) -> Patch:
+    def run(self, ctx: EditContext, batch: Batch, hp: LoRAHParams) -> Patch:
         from peft import LoraConfig
-
-        from editors.ft import _encode
-        hp = self.hparams.derive(ctx.adapter)
         name = hp.name or next_name(ctx.model)
         if name in adapter_names(ctx.model):
             raise InputError(f"a LoRA adapter named {name!r} already exists", field="name")
-        batches = _encode(ctx.tokenizer, requests, hp.batch_size)
         names = target_modules(ctx.adapter, hp.targets, hp.layers)
         # fan_in_fan_out: GPT-2's Conv1D stores (in, out); peft must be told
         conv = ctx.adapter.orientation(ctx.model.get_submodule(names[0])) == "in_out"
         cfg = LoraConfig(r=hp.r, lora_alpha=hp.alpha, target_modules=names, lora_dropout=0.0, bias="none",
                          fan_in_fan_out=conv)
-        factors, stats = _train_with_peft(ctx, cfg, names, batches, hp)
+        factors, stats = _train_with_peft(ctx, cfg, names, chunks(batch, hp.batch_size), hp)
         att = LoRAAdd(name, config_json(cfg), factors)
         att.attach(ctx.model, ctx.adapter)
-        return Patch([], [att], {"editor": self.name, "adapter": name, **hp.to_dict(), **stats})
+        return Patch([], [att], {"adapter": name, **stats})
 
 
 def _train_with_peft(ctx: EditContext, cfg, names: list[str], batches, hp: LoRAHParams):
-    """Inject, train, read out the factors, un-inject. The model ends exactly as it began."""
+    """Inject, train, read out the factors, un-inject. The model ends exactly as it began
+    (the template puts back `requires_grad` flags and the training mode)."""
     from peft import inject_adapter_in_model
-
-    from editors.ft import _pad, fit, loss_stats
     model = ctx.model
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
     had_config = "peft_config" in vars(model)
     old_config = vars(model).get("peft_config")
-    was_training = model.training
-    losses: list[float] = []
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(ctx.seed)  # peft's kaiming init of A draws from torch's RNG
-            for n in names:  # peft puts an adapter on its base layer's device: a real one, not
-                onload(model.get_submodule(n))  # the meta stand-in of an offloaded layer
-            inject_adapter_in_model(cfg, model, adapter_name=TRAIN_NAME)
-            model.eval()
-            params = [p for n, p in model.named_parameters() if f".{TRAIN_NAME}." in n]
-            opt = torch.optim.Adam(params, lr=hp.lr)
-            losses = fit(model, opt, batches, "target", _pad(ctx.tokenizer), params[0].device, hp.steps,
-                         hp.early_stop_loss)
+        for n in names:  # peft puts an adapter on its base layer's device: a real one, not
+            onload(model.get_submodule(n))  # the meta stand-in of an offloaded layer
+        inject_adapter_in_model(cfg, model, adapter_name=TRAIN_NAME)  # kaiming init of A: the template's seeded RNG
+        params = [p for n, p in model.named_parameters() if f".{TRAIN_NAME}." in n]
+        opt = torch.optim.Adam(params, lr=hp.lr)
+        losses = fit(model, opt, batches, "target", pad_id(ctx.tokenizer), params[0].device, hp.steps,
+                     hp.early_stop_loss)
         factors = {}
         for n in names:
             layer = model.get_submodule(n)
@@ -159,9 +143,6 @@ def _train_with_peft(ctx: EditContext, cfg, names: list[str], batches, hp: LoRAH
             model.peft_config = old_config
         elif "peft_config" in vars(model):
             del model.peft_config
-        for n, p in model.named_parameters():
-            p.requires_grad_(flags[n])
-        model.train(was_training)
     return factors, loss_stats(losses)
 
 

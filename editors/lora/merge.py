@@ -19,12 +19,13 @@ unknown or repeated adapter names.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from workbench.editing.contract import Capabilities, EditContext, HParams
+from workbench.editing.contract import Batch, Capabilities, EditContext, Editor, HParams, check_choice
 from workbench.core.errors import InputError
 from workbench.core.patch import Patch
 from workbench.editing.registry import register_editor
@@ -35,6 +36,7 @@ from .store import LoRAAdd, LoRASwitch, adapter_names, find_store, get_adapter, 
 COMBINATIONS = ("linear", "cat", "svd", "ties", "ties_svd", "dare_ties", "dare_linear", "dare_ties_svd",
                 "dare_linear_svd", "magnitude_prune", "magnitude_prune_svd")
 EQUAL_RANKS = ("linear", "ties", "dare_ties", "dare_linear", "magnitude_prune")
+SIGN_METHODS = ("total", "frequency")
 NEEDS_DENSITY = ("ties", "ties_svd", "dare_ties", "dare_linear", "dare_ties_svd", "dare_linear_svd",
                  "magnitude_prune", "magnitude_prune_svd")
 
@@ -43,13 +45,15 @@ NEEDS_DENSITY = ("ties", "ties_svd", "dare_ties", "dare_linear", "dare_ties_svd"
 class MergeHParams(HParams):
     adapters: tuple[str, ...] = field(default=(), metadata={
         "help": "names of the recorded adapters to merge (default: every enabled adapter)"})
-    combination_type: str = field(default="svd", metadata={"help": f"peft combination: {', '.join(COMBINATIONS)}"})
+    combination_type: str = field(default="svd", metadata={"help": f"peft combination: {', '.join(COMBINATIONS)}",
+                                                          "choices": COMBINATIONS})
     weights: tuple[float, ...] | None = field(default=None, metadata={
         "help": "one weight per adapter (default: 1 / number of adapters each)"})
     density: float | None = field(default=None, metadata={
         "help": "share of entries kept, in (0, 1]; required by ties, dare_* and magnitude_prune*"})
     svd_rank: int | None = field(default=None, metadata={"help": "rank of an *_svd result (default: the largest)"})
-    majority_sign_method: str = field(default="total", metadata={"help": "ties sign election: total or frequency"})
+    majority_sign_method: str = field(default="total", metadata={"help": "ties sign election: total or frequency",
+                                                                "choices": SIGN_METHODS})
     name: str | None = field(default=None, metadata={"help": "name of the merged adapter (default: next loraN)"})
     fold: bool = field(default=False, metadata={"help": "add the merged update to the base weights instead"})
     seed: int = field(default=0, metadata={"help": "random seed of the dare_* drops"})
@@ -60,16 +64,12 @@ class MergeHParams(HParams):
         self.adapters = tuple(a.strip() for a in self.adapters if a.strip())
         if len(set(self.adapters)) != len(self.adapters):
             raise InputError(f"an adapter is named twice: {list(self.adapters)}", field="adapters")
-        if self.combination_type not in COMBINATIONS:
-            raise InputError(f"must be one of {', '.join(COMBINATIONS)}; got {self.combination_type!r}",
-                             field="combination_type")
+        check_choice(self.combination_type, "combination_type", COMBINATIONS)
         if self.density is not None and not 0 < self.density <= 1:
             raise InputError(f"must be in (0, 1], got {self.density}", field="density")
         if self.svd_rank is not None and self.svd_rank < 1:
             raise InputError(f"must be a positive integer, got {self.svd_rank}", field="svd_rank")
-        if self.majority_sign_method not in ("total", "frequency"):
-            raise InputError(f"must be total or frequency, got {self.majority_sign_method!r}",
-                             field="majority_sign_method")
+        check_choice(self.majority_sign_method, "majority_sign_method", SIGN_METHODS)
 
     def check_selection(self, names: list[str]) -> list[float]:
         """The weights for `names` (the resolved selection); errors for what peft would take silently."""
@@ -85,21 +85,24 @@ class MergeHParams(HParams):
 
 
 @register_editor
-class MergeEditor:
-    """Merge recorded LoRA adapters with peft (linear, cat, svd, ties, dare, magnitude prune, ...)."""
+class MergeEditor(Editor):
+    """Merge recorded LoRA adapters with peft (linear, cat, svd, ties, dare, magnitude prune, ...).
+
+    The batch's requests are what the session measures before and after; the merge does not read them.
+    """
     name = "merge"
     capabilities = Capabilities(batch=True, sequential=True, single_revert=False, composes=True)
     hparams_class = MergeHParams
 
-    def __init__(self, hparams: MergeHParams):
-        self.hparams = hparams
-
-    def edit(self, ctx: EditContext, requests: list) -> Patch:
-        """`requests` are what the session measures before and after; the merge does not read them."""
-        hp = self.hparams
-        model = ctx.model
-        names = list(hp.adapters) or [n for n in adapter_names(model) if bool(get_adapter(model, n).enabled)]
+    def effective_hparams(self, ctx: EditContext, hp: MergeHParams) -> MergeHParams:
+        """The adapters and weights that will be merged: by default every enabled adapter, equal weights."""
+        names = list(hp.adapters) or [n for n in adapter_names(ctx.model) if bool(get_adapter(ctx.model, n).enabled)]
         weights = hp.check_selection(names)
+        return dataclasses.replace(hp, adapters=tuple(names), weights=tuple(weights))
+
+    def run(self, ctx: EditContext, batch: Batch, hp: MergeHParams) -> Patch:
+        model = ctx.model
+        names, weights = list(hp.adapters), list(hp.weights)
         sources = [get_adapter(model, n) for n in names]  # unknown names fail here
         new = hp.name or next_name(model)
         if new in adapter_names(model):
@@ -112,18 +115,14 @@ class MergeEditor:
         store = find_store(model)
         factors, cfg = _peft_merge(sources, [store.configs[n] for n in names], names, weights, hp)
         switch = LoRASwitch(names, enabled=False)
-        meta = {"editor": self.name, "adapter": None if hp.fold else new, **hp.to_dict(), "merged": names,
-                "weights": weights,
-                "ranks": ranks, "merged_rank": int(next(iter(factors.values()))[0].shape[0])}
+        meta = {"adapter": None if hp.fold else new, "merged": names, "ranks": ranks,
+                "merged_rank": int(next(iter(factors.values()))[0].shape[0])}
         if hp.fold:
             return _fold(ctx, factors, switch, meta)
         att = LoRAAdd(new, cfg, factors)
         att.attach(model, ctx.adapter)
-        try:
-            switch.attach(model, ctx.adapter)
-        except BaseException:
-            att.detach(model, ctx.adapter)
-            raise
+        ctx.on_error(lambda: att.detach(model, ctx.adapter))
+        switch.attach(model, ctx.adapter)
         return Patch([], [att, switch], meta)
 
 
@@ -180,16 +179,12 @@ def _fold(ctx: EditContext, factors, switch: LoRASwitch, meta: dict) -> Patch:
     """Add scaling · B A to each target's weight (recorded), and switch the sources off."""
     names = [f"{path}.weight" for path in factors]
     rec = ctx.recorder(names)
-    try:
-        with torch.no_grad():
-            for path, (a, b, s) in factors.items():
-                mod = ctx.model.get_submodule(path)
-                w = ctx.adapter.weight(mod)  # (out, in) view
-                w.add_((s * (b.double() @ a.double())).to(w.dtype))  # (out, r) @ (r, in)
-        switch.attach(ctx.model, ctx.adapter)
-    except BaseException:
-        rec.restore()
-        raise
+    with torch.no_grad():
+        for path, (a, b, s) in factors.items():
+            mod = ctx.model.get_submodule(path)
+            w = ctx.adapter.weight(mod)  # (out, in) view
+            w.add_((s * (b.double() @ a.double())).to(w.dtype))  # (out, r) @ (r, in)
+    switch.attach(ctx.model, ctx.adapter)
     patch = rec.patch(meta=meta)
     patch.attachments.append(switch)
     return patch

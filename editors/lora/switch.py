@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from workbench.editing.contract import Capabilities, EditContext, HParams
+from workbench.editing.contract import Batch, Capabilities, EditContext, Editor, HParams
 from workbench.core.errors import InputError
 from workbench.core.patch import Patch
 from workbench.editing.registry import register_editor
@@ -30,18 +30,16 @@ class SwitchHParams(HParams):
 
 
 @register_editor
-class LoRASwitchEditor:
-    """Switch recorded LoRA adapters on or off (recorded; revert restores their previous state)."""
+class LoRASwitchEditor(Editor):
+    """Switch recorded LoRA adapters on or off (recorded; revert restores their previous state).
+
+    The batch's requests are what the session measures before and after; the switch does not read them.
+    """
     name = "lora-switch"
     capabilities = Capabilities(batch=True, sequential=True, single_revert=False, composes=True)
     hparams_class = SwitchHParams
 
-    def __init__(self, hparams: SwitchHParams):
-        self.hparams = hparams
-
-    def edit(self, ctx: EditContext, requests: list) -> Patch:
-        """`requests` are what the session measures before and after; the switch does not read them."""
-        hp = self.hparams
+    def run(self, ctx: EditContext, batch: Batch, hp: SwitchHParams) -> Patch:
         if not hp.adapters:
             raise InputError("name the adapters to switch", field="adapters")
         for n in hp.adapters:
@@ -49,4 +47,4 @@ class LoRASwitchEditor:
                 raise InputError(f"adapter {n!r} is already {'on' if hp.enabled else 'off'}", field="adapters")
         att = LoRASwitch(list(hp.adapters), hp.enabled)
         att.attach(ctx.model, ctx.adapter)
-        return Patch([], [att], {"editor": self.name, **hp.to_dict()})
+        return Patch([], [att], {})

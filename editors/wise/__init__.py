@@ -79,24 +79,18 @@ import dataclasses
 import random
 from dataclasses import dataclass, field
 
-import torch
-
-from workbench.editing.contract import Capabilities, EditContext, HParams
-from workbench.core.errors import InputError
 from workbench.core.patch import Patch
+from workbench.editing.contract import (Batch, Capabilities, EditContext, Editor, HParams, check_bool, check_choice,
+                                        check_layer_value, check_number, resolve_layer)
 from workbench.editing.registry import register_editor
-from workbench.eval.requests import EditRequest
 
 from .memory import ATTR, WISEAttachment, WISEMemory
 from .train import build_batch, irrelevant_pool, train_shard
 
+ROUTES = ("mean", "max")
+SCORE_TOKENS = ("all", "subject")
+
 __all__ = ["WISEEditor", "WISEHParams", "WISEMemory", "WISEAttachment"]
-
-
-def _num(v, name, allowed, ok, integer=False):
-    good = isinstance(v, int if integer else (int, float)) and not isinstance(v, bool) and ok(v)
-    if not good or (not integer and v != v):
-        raise InputError(f"must be {allowed}; got {v!r}", field=name)
 
 
 @dataclass
@@ -155,46 +149,37 @@ class WISEHParams(HParams):
                 "world's fact sentences and filler, as for ROME/MEMIT statistics), else built-in sentences"})
 
     def __post_init__(self):
-        if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int)):
-            raise InputError(f"must be an integer layer index or None; got {self.layer!r}", field="layer")
-        _num(self.steps, "steps", "an integer in 1..10000", lambda v: 1 <= v <= 10000, integer=True)
-        _num(self.lr, "lr", "> 0 (SGD learning rate)", lambda v: v > 0)
+        check_layer_value(self.layer)
+        check_number(self.steps, "steps", "an integer in 1..10000", lambda v: 1 <= v <= 10000, integer=True)
+        check_number(self.lr, "lr", "> 0 (SGD learning rate)", lambda v: v > 0)
         for name in ("alpha", "beta", "gamma", "early_stop_loss"):
-            _num(getattr(self, name), name, ">= 0", lambda v: v >= 0)
-        _num(self.margin_scale, "margin_scale", "> 0", lambda v: v > 0)
-        _num(self.mask_ratio, "mask_ratio", "in (0, 1] (share of weights a shard trains)", lambda v: 0 < v <= 1)
-        _num(self.shard_size, "shard_size", "an integer >= 1", lambda v: v >= 1, integer=True)
-        _num(self.shards, "shards", "an integer in 1..64", lambda v: 1 <= v <= 64, integer=True)
-        _num(self.ties_density, "ties_density", "in (0, 1]", lambda v: 0 < v <= 1)
+            check_number(getattr(self, name), name, ">= 0", lambda v: v >= 0)
+        check_number(self.margin_scale, "margin_scale", "> 0", lambda v: v > 0)
+        check_number(self.mask_ratio, "mask_ratio", "in (0, 1] (share of weights a shard trains)", lambda v: 0 < v <= 1)
+        check_number(self.shard_size, "shard_size", "an integer >= 1", lambda v: v >= 1, integer=True)
+        check_number(self.shards, "shards", "an integer in 1..64", lambda v: 1 <= v <= 64, integer=True)
+        check_number(self.ties_density, "ties_density", "in (0, 1]", lambda v: 0 < v <= 1)
         if self.norm_constraint is not None:
-            _num(self.norm_constraint, "norm_constraint", ">= 0 (0 or None = no clamp)", lambda v: v >= 0)
-        _num(self.act_ratio, "act_ratio", "in (0, 1]", lambda v: 0 < v <= 1)
-        if not isinstance(self.retrieve, bool):
-            raise InputError(f"must be true or false; got {self.retrieve!r}", field="retrieve")
-        if self.score_tokens not in ("all", "subject"):
-            raise InputError(f"must be 'all' or 'subject'; got {self.score_tokens!r}", field="score_tokens")
-        if self.route not in ("mean", "max"):
-            raise InputError(f"must be 'mean' or 'max'; got {self.route!r}", field="route")
-        _num(self.contrast_subject, "contrast_subject", "an integer >= 0", lambda v: v >= 0, integer=True)
-        _num(self.irrelevant_samples, "irrelevant_samples", "an integer >= 0", lambda v: v >= 0, integer=True)
-        _num(self.max_irrelevant_tokens, "max_irrelevant_tokens", "an integer >= 2", lambda v: v >= 2, integer=True)
+            check_number(self.norm_constraint, "norm_constraint", ">= 0 (0 or None = no clamp)", lambda v: v >= 0)
+        check_number(self.act_ratio, "act_ratio", "in (0, 1]", lambda v: 0 < v <= 1)
+        check_bool(self.retrieve, "retrieve")
+        check_choice(self.score_tokens, "score_tokens", SCORE_TOKENS)
+        check_choice(self.route, "route", ROUTES)
+        check_number(self.contrast_subject, "contrast_subject", "an integer >= 0", lambda v: v >= 0, integer=True)
+        check_number(self.irrelevant_samples, "irrelevant_samples", "an integer >= 0", lambda v: v >= 0, integer=True)
+        check_number(self.max_irrelevant_tokens, "max_irrelevant_tokens", "an integer >= 2", lambda v: v >= 2, integer=True)
 
     def derive(self, adapter) -> "WISEHParams":
         """Fill `layer` from the model (~80% depth) and check it is inside the model."""
-        n = adapter.num_layers
-        layer = adapter.default_layer(0.8) if self.layer is None else self.layer
-        if not -n <= layer < n:
-            raise InputError(f"must be in 0..{n - 1} (or -{n}..-1 from the end) for this {n}-layer model; "
-                             f"got {layer}", field="layer")
-        return dataclasses.replace(self, layer=layer % n)
+        return dataclasses.replace(self, layer=resolve_layer(adapter, self.layer))
 
 
 @register_editor
-class WISEEditor:
+class WISEEditor(Editor):
     """WISE: side memory + activation router + knowledge sharding with TIES merging.
 
     Example:
-        >>> ed = WISEEditor(WISEHParams(steps=30).derive(adapter))           # doctest: +SKIP
+        >>> ed = WISEEditor(WISEHParams(steps=30))                           # doctest: +SKIP
         >>> for r in requests: ed.edit(EditContext(model, tok, adapter), [r]) # doctest: +SKIP
     """
     name = "wise"
@@ -203,12 +188,15 @@ class WISEEditor:
     capabilities = Capabilities(batch=True, sequential=True, forget=False, single_revert=False)
     hparams_class = WISEHParams
 
-    def __init__(self, hparams: WISEHParams):
-        self.hparams = hparams
+    def effective_hparams(self, ctx: EditContext, hp: WISEHParams) -> WISEHParams:
+        """A memory already in place fixed its layer, shards, routing and threshold rule: those run."""
+        mem = getattr(ctx.model, ATTR, None)
+        if mem is None:
+            return hp
+        return dataclasses.replace(hp, layer=mem.layer, shards=mem.taus.shape[0], route=mem.route,
+                                   act_ratio=mem.act_ratio, retrieve=mem.retrieve)
 
-    def edit(self, ctx: EditContext, requests: list) -> Patch:
-        hp = self.hparams.derive(ctx.adapter)
-        _check_requests(requests)
+    def run(self, ctx: EditContext, batch: Batch, hp: WISEHParams) -> Patch:
         mem = getattr(ctx.model, ATTR, None)
         first = mem is None
         if first:
@@ -217,35 +205,14 @@ class WISEEditor:
                              hp.route)
             mem.to(w.device)
             mem.install(ctx.model, ctx.adapter)
-            rec = None
+            ctx.on_error(lambda: mem.uninstall(ctx.model))
         else:
-            hp = dataclasses.replace(hp, layer=mem.layer, shards=mem.taus.shape[0], route=mem.route)
             rec = ctx.recorder([f"{ATTR}.{k}" for k, _ in mem.named_buffers()])
         rng = random.Random(ctx.seed * 7919 + int(mem.counts[0]))
-        batch = build_batch(ctx.tokenizer, requests, hp, rng, irrelevant_pool(hp.irrelevant_file))
-        was_training = ctx.model.training
-        try:
-            ctx.model.eval()
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(ctx.seed)
-                stats = train_shard(ctx.model, ctx.adapter, mem, batch, hp, ctx.seed)
-        except BaseException:
-            if first:
-                mem.uninstall(ctx.model)
-            else:
-                rec.restore()
-            raise
-        finally:
-            ctx.model.train(was_training)
-        meta = {"editor": self.name, **hp.to_dict(), **stats, "edits_total": int(mem.counts[0])}
+        data = build_batch(ctx.tokenizer, list(batch), hp, rng, irrelevant_pool(hp.irrelevant_file))
+        # The template seeded torch's RNG from ctx.seed just before run; nothing above draws from it.
+        stats = train_shard(ctx.model, ctx.adapter, mem, data, hp, ctx.seed)
+        meta = {**stats, "edits_total": int(mem.counts[0])}
         if first:
             return Patch([], [WISEAttachment.of(mem)], meta)
         return rec.patch(meta=meta)
-
-
-def _check_requests(requests) -> None:
-    if not requests:
-        raise InputError("no requests to edit", field="requests")
-    for r in requests:
-        if not isinstance(r, EditRequest):
-            raise InputError(f"wise edits facts (EditRequest); got {type(r).__name__}", field="requests")

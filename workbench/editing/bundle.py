@@ -8,6 +8,7 @@ restored.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,7 +16,6 @@ import zipfile
 from pathlib import Path
 
 from workbench.core.errors import InputError
-from workbench.core.ledger import utc_now
 
 FORMAT = "workbench-bundle"
 VERSION = 1
@@ -40,6 +40,7 @@ def write_bundle(path, base_hash: str, edits: list) -> Path:
 
 
 def read_manifest(path) -> tuple[zipfile.ZipFile, dict]:
+    """The open zip and its manifest; InputError naming the file when it is not a bundle."""
     path = Path(path)
     if not path.is_file():
         raise InputError("bundle not found", file=path)
@@ -53,60 +54,36 @@ def read_manifest(path) -> tuple[zipfile.ZipFile, dict]:
     return z, manifest
 
 
-def replay_bundle(wb, path) -> list:
-    """Apply a bundle's edits to the session `wb` and record each; all or nothing."""
-    from workbench.core.patch import Patch
-    wb._check_fresh()
+class Bundle:
+    """An open bundle checked against a base model: its edit records, oldest first, and
+    `extract(i, dest)` writing edit i's patch file after checking its sha256."""
+
+    def __init__(self, path, z: zipfile.ZipFile, manifest: dict):
+        self.path, self._zip, self.edits = Path(path), z, manifest["edits"]
+        self.weights_before = self.edits[0]["weights_before"]
+
+    def extract(self, i: int, dest: Path) -> None:
+        rec = self.edits[i]
+        data = self._zip.read(rec["bundle_file"])
+        if hashlib.sha256(data).hexdigest() != rec["patch_sha256"]:
+            raise InputError(f"edit {i + 1} ({rec['id']}): patch file was changed (sha256 mismatch)", file=self.path)
+        dest.write_bytes(data)
+
+
+@contextlib.contextmanager
+def read_bundle(path, base_hash: str):
+    """Open a bundle for replay on a model whose base weights hash is `base_hash`.
+
+    Example:
+        >>> with read_bundle("h.wbbundle", wb.base_hash) as b: len(b.edits)   # doctest: +SKIP
+        2
+    """
     z, manifest = read_manifest(path)
-    edits = manifest["edits"]
-    if manifest["base_hash"] != wb.base_hash:
-        raise InputError(f"the bundle was made on another base model (weights sha256 {manifest['base_hash'][:12]}…, "
-                         f"this one is {wb.base_hash[:12]}…)", file=path, field="base_hash")
-    if wb.weights_hash() != edits[0]["weights_before"]:
-        raise InputError("the model is not in the state the bundle starts from; roll back to base first",
-                         file=path, field="weights_before")
-    applied, staged = [], []
     try:
-        for i, rec in enumerate(edits):
-            data = z.read(rec["bundle_file"])
-            if hashlib.sha256(data).hexdigest() != rec["patch_sha256"]:
-                raise InputError(f"edit {i + 1} ({rec['id']}): patch file was changed (sha256 mismatch)", file=path)
-            tmp = wb.ledger.patch_dir / f".bundle-{i:04d}.tmp"
-            tmp.write_bytes(data)
-            staged.append(tmp)
-            wb._load_editor_module(rec["editor"])
-            patch = Patch.load(tmp)
-            patch.apply(wb.model, wb.adapter)
-            applied.append(patch)
-            if wb.weights_hash(patch) != rec["weights_after"]:
-                raise InputError(f"edit {i + 1} ({rec['id']}): weights after replay do not match the bundle",
-                                 file=path)
-        events: list = []
-        with wb._commit():  # serialized with other writers; refused if another recorded meanwhile
-            _record(wb, path, edits, staged, applied, events)
-        return events
-    except BaseException:
-        for patch in reversed(applied):
-            patch.revert(wb.model, wb.adapter)
-            wb._forget(patch)
-        for tmp in staged:
-            tmp.unlink(missing_ok=True)
-        raise
+        if manifest["base_hash"] != base_hash:
+            raise InputError(f"the bundle was made on another base model (weights sha256 "
+                             f"{manifest['base_hash'][:12]}…, this one is {base_hash[:12]}…)",
+                             file=path, field="base_hash")
+        yield Bundle(path, z, manifest)
     finally:
         z.close()
-
-
-def _record(wb, path, edits, staged, applied, events: list) -> None:
-    """Move each staged patch into place and append its ledger event (under the caller's lock)."""
-    for rec, tmp, patch in zip(edits, staged, applied):
-        eid = wb.ledger.next_id()
-        rel = f"patches/{eid}.safetensors"
-        os.replace(tmp, wb.ledger.root / rel)
-        note = f"replayed from bundle {Path(path).name} (was {rec['id']} by {rec['author']} at {rec['created_at']})"
-        fields = {k: rec[k] for k in ("editor", "hparams", "requests", "metrics_before", "metrics_after",
-                                      "weights_before", "weights_after", "patch_sha256", "patch_bytes",
-                                      "duration_s")}
-        events.append(wb.ledger.append(id=eid, kind="edit", patch_file=rel, author=wb.author,
-                                       created_at=utc_now(), note=note + (f": {rec['note']}" if rec.get("note") else ""),
-                                       **fields))
-        wb._patches[eid] = patch

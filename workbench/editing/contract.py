@@ -1,34 +1,44 @@
-"""The editor contract: what an editor declares, what it is given, and what it returns.
+"""The editor contract and template: what an editor declares, what it is given, what it returns.
 
-An editor is a class with three class attributes and one method:
+An editor subclasses `Editor` and writes only its method:
 
 - `name`: the registry name ("ft", "wise", ...);
 - `capabilities`: a `Capabilities` (what the session may ask of it; the session reads these
   flags and never checks editor names);
 - `hparams_class`: a dataclass subclassing `HParams` (fields with `metadata={"help": ...}`,
-  validation in `__post_init__`, `None` defaults derived from the model in `derive`);
-- `edit(ctx, requests) -> Patch`: change `ctx.model` so that it satisfies `requests`, and
-  return the change as a `workbench.core.patch.Patch` (use `ctx.recorder(...)` to capture the
-  before/after of the weights it touches). The session owns everything else: validation,
-  metrics, the ledger, gates, rollback. If `edit` raises, the session restores the model.
+  validation in `__post_init__` with the `check_*` helpers below, model-dependent `None`
+  defaults filled in `derive`, layers resolved through the architecture adapter);
+- `run(ctx, batch, hp) -> Patch`: change `ctx.model` so that it satisfies the checked requests
+  in `batch`, and return the change as a `Patch` (use `ctx.recorder(...)` to capture the
+  before/after of the weights it touches, `ctx.on_error(...)` to undo anything else it adds).
+
+`Editor` owns the ritual every method shares (peft's `BaseTuner` is the model): one
+validation pass of the requests (`Editor.check`, which the session runs once before it
+measures), model-derived hyper-parameters (`prepare`), eval mode and `requires_grad` flags
+put back afterwards, a local RNG seeded from `ctx.seed`, everything restored if the method
+raises, and the standard patch meta. `apply` returns the patch with the **effective**
+hyper-parameters (`effective_hparams`: what really ran, e.g. WISE's layer when a memory is
+already in place) — the ledger records those.
 
 Example:
     >>> @register_editor                                    # doctest: +SKIP
-    ... class Noop:
-    ...     name = "noop"; capabilities = Capabilities(batch=True, sequential=True)
+    ... class Noop(Editor):
+    ...     name = "noop"; capabilities = Capabilities(batch=True)
     ...     hparams_class = HParams
-    ...     def __init__(self, hparams): self.hparams = hparams
-    ...     def edit(self, ctx, requests): return Patch()
+    ...     def run(self, ctx, batch, hp): return Patch()
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar
 
-from workbench.core.errors import InputError
+import torch
+
+from workbench.core.errors import InputError, WorkbenchError
 
 
 @dataclass(frozen=True)
@@ -50,13 +60,77 @@ class Capabilities:
     composes: bool = False
 
 
+# ---------------------------------------------------------------------------- checks
+
+def check_number(value, name: str, allowed: str, ok: Callable[[Any], bool] = lambda v: True, *,
+                 integer: bool = False) -> None:
+    """Raise InputError naming `name` unless `value` is a finite real number (an int when
+    `integer`) with `ok(value)`; `allowed` says what is allowed, e.g. "> 0 (learning rate)".
+
+    Example:
+        >>> check_number(0.5, "lr", "> 0", lambda v: v > 0)
+        >>> check_number(0, "lr", "> 0", lambda v: v > 0)
+        Traceback (most recent call last):
+        ...
+        workbench.core.errors.InputError: field "lr": must be > 0; got 0
+    """
+    good = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and (not integer or isinstance(value, int)) and ok(value))
+    if not good:
+        raise InputError(f"must be {allowed}; got {value!r}", field=name)
+
+
+def check_choice(value, name: str, choices) -> None:
+    """Raise InputError naming `name` unless `value` is one of `choices`."""
+    if value not in choices:
+        raise InputError(f"must be one of {', '.join(map(str, choices))}; got {value!r}", field=name)
+
+
+def check_bool(value, name: str) -> None:
+    if not isinstance(value, bool):
+        raise InputError(f"must be true or false; got {value!r}", field=name)
+
+
+def check_layer_value(value, name: str = "layer") -> None:
+    """A layer field holds an int or None (the model decides in `derive`)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise InputError(f"must be an integer layer index or None; got {value!r}", field=name)
+
+
+def resolve_layer(adapter, layer: int | None, *, depth: float = 0.8, name: str = "layer") -> int:
+    """`layer` as a non-negative block index of this model (None: the block at `depth` of it);
+    out of range -> InputError naming `name` (the adapter's own range check, reworded for a field)."""
+    from workbench.core.arch import LayerIndexError
+    if layer is None:
+        return adapter.default_layer(depth)
+    check_layer_value(layer, name)
+    try:
+        return adapter.layer_index(layer)
+    except LayerIndexError:
+        n = adapter.num_layers
+        raise InputError(f"must be in 0..{n - 1} (or -{n}..-1 from the end) for this {n}-layer model; "
+                         f"got {layer}", field=name) from None
+
+
+def resolve_layers(adapter, layers, *, default=None, name: str = "layers") -> tuple[int, ...]:
+    """A sorted tuple of distinct non-negative block indices; `default` (indices) when None."""
+    if layers is None:
+        return tuple(default if default is not None else range(adapter.num_layers))
+    out = tuple(sorted({resolve_layer(adapter, i, name=name) for i in layers}))
+    if not out:
+        raise InputError("no layers chosen", field=name)
+    return out
+
+
+# ---------------------------------------------------------------------------- hyper-parameters
+
 @dataclass
 class HParams:
     """Base for hyperparameter dataclasses.
 
-    Fields carry `metadata={"help": "..."}`; validation goes in `__post_init__` and raises
-    `InputError(..., field=name)` naming the allowed range. A field whose default is `None`
-    may be filled from the model in `derive` (e.g. the layer at ~80% depth).
+    Fields carry `metadata={"help": "..."}`; validation goes in `__post_init__` (the `check_*`
+    helpers raise `InputError(..., field=name)` naming the allowed range). A field whose
+    default is `None` may be filled from the model in `derive` (e.g. the layer at ~80% depth).
     """
 
     def derive(self, adapter) -> "HParams":
@@ -84,11 +158,13 @@ class HParams:
 
     @classmethod
     def describe(cls) -> list[dict]:
-        """[{name, type, default, help}] for the CLI and UI to build their options from."""
+        """[{name, type, default, help, choices}] for the CLI and UI to build their options from;
+        `choices` comes from a field's `metadata={"choices": (...)}`, else None."""
         out = []
         for f in fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else None
-            out.append({"name": f.name, "type": _type_name(f), "default": default, "help": f.metadata.get("help", "")})
+            out.append({"name": f.name, "type": _type_name(f), "default": default,
+                        "help": f.metadata.get("help", ""), "choices": f.metadata.get("choices")})
         return out
 
 
@@ -127,34 +203,182 @@ def _convert(raw, f, key):
     return raw
 
 
-@runtime_checkable
-class Editor(Protocol):
-    name: ClassVar[str]
-    capabilities: ClassVar[Capabilities]
-    hparams_class: ClassVar[type[HParams]]
+# ---------------------------------------------------------------------------- what an editor is given
 
-    def __init__(self, hparams: HParams) -> None: ...
+@dataclass(frozen=True)
+class Batch:
+    """Requests that passed the one validation pass (`Editor.check`), with their token ids.
 
-    def edit(self, ctx: "EditContext", requests: list) -> Any:
-        """Apply the change to `ctx.model` and return it as a `Patch`."""
-        ...
+    `pairs[i]` = (prompt ids, answer ids) of `requests[i]`, tokenized exactly as the
+    evaluator scores them (`scoring.encode_pairs`), so an editor trains the tokens measured.
+    Iterating, `len` and indexing go to the requests.
+    """
+    requests: tuple
+    pairs: tuple
+
+    def __iter__(self):
+        return iter(self.requests)
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def __getitem__(self, i):
+        return self.requests[i]
 
 
-@dataclass
 class EditContext:
     """What an editor gets: the model, its tokenizer and architecture adapter, and a seed.
 
     `recorder(param_names)` snapshots those parameters so the editor can return
-    `rec.patch()` with their exact before/after values.
+    `rec.patch()` with their exact before/after values; `on_error(fn)` registers an undo step
+    for anything else it changes (an attachment installed). If the method raises, the
+    template runs every undo step, newest first, so the model is left exactly as it was.
     """
-    model: Any
-    tokenizer: Any
-    adapter: Any
-    seed: int = 0
+
+    def __init__(self, model, tokenizer, adapter, seed: int = 0):
+        self.model, self.tokenizer, self.adapter, self.seed = model, tokenizer, adapter, seed
+        self._undo: list[Callable[[], None]] = []
 
     def recorder(self, param_names: list[str]):
         from workbench.core.patch import WeightRecorder
-        return WeightRecorder(self.model, param_names)
+        rec = WeightRecorder(self.model, param_names)
+        self._undo.append(rec.restore)
+        return rec
+
+    def on_error(self, undo: Callable[[], None]) -> None:
+        self._undo.append(undo)
+
+    def _rollback(self) -> None:
+        for step in reversed(self._undo):
+            step()
+        self._undo.clear()
+
+
+# ---------------------------------------------------------------------------- the template
+
+class Editor:
+    """Base class of every editor; see the module docstring for the contract.
+
+    Example:
+        >>> editor = get_editor("ft")(FTHParams())                   # doctest: +SKIP
+        >>> patch = editor.edit(EditContext(model, tok, adapter), requests)  # doctest: +SKIP
+    """
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    hparams_class: ClassVar[type[HParams]]
+
+    def __init__(self, hparams: HParams | None = None):
+        self.hparams = hparams if hparams is not None else self.hparams_class()
+
+    # -- what a method writes ----------------------------------------------------------
+    def run(self, ctx: EditContext, batch: Batch, hp: HParams):
+        """Change `ctx.model` for the checked requests in `batch`; return a `Patch`."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_requests(cls, requests: list, adapter) -> None:
+        """Editor-specific checks beyond kind, count and tokens (e.g. a subject that occurs in
+        each prompt, a retain set given); raise `InputError` naming the field. Default: none."""
+
+    def effective_hparams(self, ctx: EditContext, hp: HParams) -> HParams:
+        """The hyper-parameters that will really run, given the model's state (e.g. settings
+        fixed by an earlier edit); default: `hp` as given."""
+        return hp
+
+    # -- the ritual --------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, adapter, params: dict | None = None) -> HParams:
+        """Parse `params` ("k" -> "v" strings or values) and fill model-derived defaults.
+        Bad names or values raise `InputError` naming the field."""
+        try:
+            hp = cls.hparams_class.from_strings(dict(params or {}))
+            return hp.derive(adapter) if adapter is not None else hp
+        except InputError:
+            raise
+        except (TypeError, ValueError) as e:
+            # __post_init__ should raise InputError; a plain ValueError/TypeError (e.g. a missing
+            # required field) is still the user's input problem, so report it as one.
+            raise InputError(f"editor {cls.name!r}: {e}", field="hparams") from e
+
+    @classmethod
+    def check(cls, requests, tokenizer, adapter=None, *, context: int | None = None) -> Batch:
+        """The one validation pass: not empty, the request kind the editor takes, one request
+        unless it batches, answers that tokenize to something, prompt + answer within the
+        model's `context`, then the editor's own `check_requests`. Returns the checked `Batch`."""
+        from workbench.eval.requests import EditRequest, ForgetRequest
+        from workbench.eval.scoring import encode_pairs
+        requests = list(requests)
+        if not requests:
+            raise InputError("no requests given", field="requests")
+        want = ForgetRequest if cls.capabilities.forget else EditRequest
+        for i, r in enumerate(requests):
+            if not isinstance(r, want):
+                raise InputError(f"request {i + 1} is a {type(r).__name__}, but editor {cls.name!r} takes "
+                                 f"{want.__name__}s", field="requests")
+        if len(requests) > 1 and not cls.capabilities.batch:
+            raise InputError(f"editor {cls.name!r} edits one request at a time (no batch capability); "
+                             f"got {len(requests)}", field="requests")
+        texts = [r.pair() for r in requests]
+        pairs = encode_pairs(tokenizer, [p for p, _ in texts], [a for _, a in texts])
+        for i, (r, (p_ids, a_ids)) in enumerate(zip(requests, pairs)):
+            if not p_ids or not a_ids:
+                raise r.input_error(f"request {i + 1}: tokenizes to nothing",
+                                    field=r.answer_field if p_ids else r.prompt_field)
+            if context and len(p_ids) + len(a_ids) > context:
+                longer = r.prompt_field if len(p_ids) >= len(a_ids) else r.answer_field
+                raise r.input_error(f"request {i + 1}: prompt and answer are {len(p_ids) + len(a_ids)} tokens, "
+                                    f"longer than the model's context of {context}", field=longer)
+        cls.check_requests(requests, adapter)
+        return Batch(tuple(requests), tuple(pairs))
+
+    def apply(self, ctx: EditContext, batch: Batch) -> "Applied":
+        """Run the method on checked requests inside the ritual; see the module docstring."""
+        if not isinstance(batch, Batch):
+            raise WorkbenchError("Editor.apply takes the Batch returned by Editor.check; use edit() for raw requests")
+        hp = self.effective_hparams(ctx, self.hparams)
+        model = ctx.model
+        flags = {n: p.requires_grad for n, p in model.named_parameters()}
+        was_training = model.training
+        try:
+            model.eval()  # no dropout: an edit is a deterministic function of weights, requests and seed
+            with torch.random.fork_rng(devices=[]):  # seeded locally; the caller's RNG stream is untouched
+                torch.manual_seed(ctx.seed)
+                patch = self.run(ctx, batch, hp)
+        except BaseException:
+            ctx._rollback()  # leave the model exactly as it was, then let the caller see why
+            raise
+        finally:
+            model.train(was_training)
+            # By name: accelerate's offload hooks replace Parameter objects at each forward.
+            for n, p in model.named_parameters():
+                if n in flags and p.requires_grad != flags[n]:
+                    p.requires_grad_(flags[n])
+        ctx._undo.clear()
+        patch.meta = {"editor": self.name, **hp.to_dict(), **patch.meta}
+        return Applied(patch, hp)
+
+    def edit(self, ctx: EditContext, requests) -> Any:
+        """Check, derive and apply in one call (scripts and tests); returns the `Patch`.
+        The session calls `check` and `apply` itself, so it can measure in between."""
+        limit = context_length(ctx.model)
+        batch = requests if isinstance(requests, Batch) else self.check(requests, ctx.tokenizer, ctx.adapter,
+                                                                         context=limit)
+        if ctx.adapter is not None:
+            self.hparams = self.hparams.derive(ctx.adapter)
+        return self.apply(ctx, batch).patch
+
+
+@dataclass
+class Applied:
+    """What `Editor.apply` returns: the change, and the hyper-parameters that produced it."""
+    patch: Any
+    hparams: HParams
+
+
+def context_length(model) -> int | None:
+    """The model's context window, where its config states one."""
+    cfg = model.config
+    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
 
 
 @contextlib.contextmanager

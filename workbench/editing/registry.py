@@ -25,8 +25,8 @@ import threading
 from importlib.metadata import entry_points
 from typing import Any, Mapping
 
-from workbench.editing.contract import Capabilities, HParams
-from workbench.core.errors import InputError, WorkbenchError
+from workbench.core.errors import WorkbenchError
+from workbench.editing.contract import Capabilities, Editor, HParams
 
 GROUP = "workbench.editors"
 
@@ -58,6 +58,8 @@ def _check(cls: Any) -> None:
     if not isinstance(cls, type):
         raise InvalidEditor(f"{label}: an editor must be a class, got {type(cls).__name__}")
     problems = []
+    if not issubclass(cls, Editor):
+        problems.append("it must subclass workbench.editing.contract.Editor")
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         problems.append("`name` must be a non-empty str")
@@ -66,8 +68,8 @@ def _check(cls: Any) -> None:
     hp = getattr(cls, "hparams_class", None)
     if not (isinstance(hp, type) and issubclass(hp, HParams) and dataclasses.is_dataclass(hp)):
         problems.append("`hparams_class` must be a dataclass subclassing workbench.editing.contract.HParams")
-    if not callable(getattr(cls, "edit", None)):
-        problems.append("`edit(ctx, requests)` must be a method")
+    if isinstance(cls, type) and issubclass(cls, Editor) and getattr(cls, "run", None) is Editor.run:
+        problems.append("`run(ctx, batch, hp)` must be implemented")
     if problems:
         raise InvalidEditor(f"editor class {label} is not a valid editor: " + "; ".join(problems))
 
@@ -86,11 +88,10 @@ def register_editor(cls: type | None = None, *, name: str | None = None):
 
     Example:
         >>> @register_editor                                          # doctest: +SKIP
-        ... class Noop:
+        ... class Noop(Editor):
         ...     name = "noop"; capabilities = Capabilities(batch=True)
         ...     hparams_class = HParams
-        ...     def __init__(self, hparams): self.hparams = hparams
-        ...     def edit(self, ctx, requests): return Patch()
+        ...     def run(self, ctx, batch, hp): return Patch()
     """
     def wrap(c: type) -> type:
         if name is not None:
@@ -234,14 +235,5 @@ def make_editor(name: str, adapter: Any = None, params: Mapping[str, Any] | None
         >>> editor, hp = make_editor("ft", adapter, {"layers": "1,2"})  # doctest: +SKIP
     """
     cls = get_editor(name)
-    try:
-        hp = cls.hparams_class.from_strings(dict(params or {}))
-        if adapter is not None:
-            hp = hp.derive(adapter)
-    except InputError:
-        raise
-    except (TypeError, ValueError) as e:
-        # __post_init__ should raise InputError; a plain ValueError/TypeError (e.g. a missing
-        # required field) is still the user's input problem, so report it as one.
-        raise InputError(f"editor {name!r}: {e}", field="hparams") from e
+    hp = cls.prepare(adapter, params)
     return cls(hp), hp

@@ -19,7 +19,8 @@ from pathlib import Path
 from workbench.core.errors import InputError, WorkbenchError
 from workbench.core.gates import Gate, check_gates
 from workbench.core.ledger import Event, Ledger, LedgerError, utc_now
-from workbench.core.patch import HashCache, Patch, weights_hash
+from workbench.core.patch import Patch, weights_hash
+from workbench.editing.live import LiveModel
 
 DEFAULT_WORKSPACE = Path(".workbench")
 
@@ -36,59 +37,52 @@ class Workbench:
 
     def __init__(self, model_dir=None, workspace=DEFAULT_WORKSPACE, *, author: str | None = None,
                  device_map=None, max_memory: dict | None = None, offload_folder=None):
-        from workbench.core.arch import get_adapter
-        from workbench.core.model import DEFAULT_MODEL, load_model
+        from workbench.core.paths import DEFAULT_MODEL
         self.model_dir = Path(model_dir) if model_dir is not None else DEFAULT_MODEL
         # Placement across devices (accelerate): a split model hashes as the unsplit one, so it
         # opens the same workspaces; `verify` replays on a copy placed the same way.
         self._placement = dict(device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
-        self.model, self.tok = load_model(self.model_dir, **self._placement)
-        self.adapter = get_adapter(self.model)
+        self.live = LiveModel.load(self.model_dir, **self._placement)
         self.author = author or os.environ.get("WORKBENCH_AUTHOR") or _user()
-        self._hashes = HashCache()  # per-tensor digests: hashing after an edit reads what it touched
-        self.base_hash = self.weights_hash()
+        self.base_hash = self.live.hash()
         self.workspace = Path(workspace)
         self.ledger = Ledger.open(self.workspace, base_hash=self.base_hash, base_model=str(self.model_dir))
         self._patches: dict[str, Patch] = {}
         self._restore()
         self._seq = self.ledger.last_seq()  # the event the in-memory model is at
 
+    # The live model's parts, for readers (the UI generates with them); changes go through `live`.
+    @property
+    def model(self):
+        return self.live.model
+
+    @property
+    def tok(self):
+        return self.live.tok
+
+    @property
+    def adapter(self):
+        return self.live.adapter
+
     # ------------------------------------------------------------------ state
 
     def _patch(self, event: Event) -> Patch:
         if event.id not in self._patches:
-            self._load_editor_module(event.editor)  # registers its attachment kinds, if any
-            self._patches[event.id] = Patch.load(self.ledger.root / event.patch_file)
+            self._patches[event.id] = _load_patch(self.ledger.root / event.patch_file, event.editor)
         return self._patches[event.id]
-
-    @staticmethod
-    def _load_editor_module(name: str | None) -> None:
-        if name:
-            from workbench.editing.registry import get_editor
-            get_editor(name)
 
     def _restore(self) -> None:
         events = {e.id: e for e in self.ledger.events()}
         for eid in self.ledger.active():
-            patch = self._patch(events[eid])
-            patch.apply(self.model, self.adapter)
-            self._forget(patch)
-        got, want = self.weights_hash(), self.ledger.head_hash()
+            self.live.apply(self._patch(events[eid]))
+        got, want = self.live.hash(), self.ledger.head_hash()
         if got != want:
             raise LedgerError(f"replaying the workspace {self.workspace} gives weights {got[:12]}…, "
                               f"but the ledger's last event recorded {want[:12]}…; run `workbench verify`")
 
-    def weights_hash(self, touched: Patch | None = None, *, edited: bool = False) -> str:
-        """The current weights' sha256; `touched` names a patch just applied or reverted;
-        `edited`: an editor just ran and may have replaced modules."""
-        if touched is not None:
-            self._forget(touched, structure=edited)
-        return weights_hash(self.model, self._hashes)
-
-    def _forget(self, patch: Patch, *, structure: bool = False) -> None:
-        resized = any(w.resizes for w in patch.weights)
-        self._hashes.invalidate((w.name for w in patch.weights),
-                                structure=structure or resized or bool(patch.attachments))
+    def weights_hash(self) -> str:
+        """The current weights' sha256."""
+        return self.live.hash()
 
     def active(self) -> list[str]:
         return self.ledger.active()
@@ -114,34 +108,39 @@ class Workbench:
         """Validate, measure, edit, measure again, gate, and commit (or record as rejected).
 
         Anything invalid (requests, hyperparameters, capabilities) raises before the model
-        or the ledger changes. Returns the ledger event (kind "edit" or "rejected").
+        or the ledger changes. Returns the ledger event (kind "edit" or "rejected"); its
+        `hparams` are the ones that ran (`Editor.effective_hparams`).
         """
-        from workbench.editing.contract import EditContext
-        from workbench.editing.registry import get_editor, make_editor
+        from workbench.editing.contract import EditContext, context_length
+        from workbench.editing.registry import get_editor
         cls = get_editor(editor)
         self._check_fresh()
-        self._check_requests(cls, requests)
+        if self.active() and not cls.capabilities.sequential:
+            raise InputError(f"editor {cls.name!r} cannot be applied on top of earlier edits (not sequential); "
+                             f"roll back first", field="editor")
+        batch = cls.check(requests, self.tok, self.adapter, context=context_length(self.model))  # the one check
         gate_list = Gate.parse_all(gates) if isinstance(gates, str) else list(gates or [])
-        instance, hp = make_editor(editor, self.adapter, params or {})
-        ref, before = self._measure(requests, None)
+        instance = cls(cls.prepare(self.adapter, params))
+        ref, before = self._measure(batch.requests, None)
         unknown = sorted({g.metric for g in gate_list} - set(before))
         if unknown:  # a misspelt gate would reject every edit: refuse it before editing
             raise InputError(f"gate metric(s) {', '.join(unknown)} are not metrics of this edit "
                              f"(known: {', '.join(sorted(before))})", field="gate")
-        h_before = self.weights_hash()
+        h_before = self.live.hash()
         t0 = time.perf_counter()
-        patch = instance.edit(EditContext(self.model, self.tok, self.adapter, seed), list(requests))
+        applied = instance.apply(EditContext(self.model, self.tok, self.adapter, seed), batch)
         duration = time.perf_counter() - t0
+        patch = applied.patch
+        self.live.edited(patch)
         try:
-            _, after = self._measure(requests, ref)
-            h_after = self.weights_hash(patch, edited=True)
+            _, after = self._measure(batch.requests, ref)
+            h_after = self.live.hash()
             failed = check_gates(gate_list, after)
-            common = dict(editor=editor, hparams=hp.to_dict(), requests=[r.to_dict() for r in requests],
+            common = dict(editor=editor, hparams=applied.hparams.to_dict(), requests=[r.to_dict() for r in batch],
                           metrics_before=before, metrics_after=after, weights_before=h_before,
                           author=author or self.author, created_at=utc_now(), duration_s=round(duration, 4), note=note)
             if failed:
-                patch.revert(self.model, self.adapter)
-                self._forget(patch, structure=True)
+                self.live.revert(patch)
                 self._expect_hash(h_before, "reverting a rejected edit")
                 gate_note = "rejected by gate: " + "; ".join(failed)
                 with self._commit():
@@ -157,39 +156,9 @@ class Workbench:
             return event
         except BaseException:
             # Never leave an uncommitted change in the model.
-            if self.weights_hash(patch, edited=True) != h_before:
-                patch.revert(self.model, self.adapter)
-                self._forget(patch, structure=True)
+            if self.live.hash() != h_before:
+                self.live.revert(patch)
             raise
-
-    def _check_requests(self, cls, requests) -> None:
-        from workbench.eval.requests import EditRequest, ForgetRequest
-        if not requests:
-            raise InputError("no requests given", field="requests")
-        want = ForgetRequest if cls.capabilities.forget else EditRequest
-        for i, r in enumerate(requests):
-            if not isinstance(r, want):
-                raise InputError(f"request {i + 1} is a {type(r).__name__}, but editor {cls.name!r} takes "
-                                 f"{want.__name__}s", field="requests")
-        if len(requests) > 1 and not cls.capabilities.batch:
-            raise InputError(f"editor {cls.name!r} edits one request at a time (no batch capability); "
-                             f"got {len(requests)}", field="requests")
-        if self.active() and not cls.capabilities.sequential:
-            raise InputError(f"editor {cls.name!r} cannot be applied on top of earlier edits (not sequential); "
-                             f"roll back first", field="editor")
-        self._check_lengths(requests)
-
-    def _check_lengths(self, requests) -> None:
-        limit = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)
-        from workbench.eval.scoring import encode_pairs
-        for i, r in enumerate(requests):
-            prompt, answer, fld = (r.prompt, r.target_new, "target_new") if hasattr(r, "target_new") else (r.prefix, r.suffix, "suffix")
-            (p_ids, a_ids), = encode_pairs(self.tok, [prompt], [answer])
-            if not a_ids:
-                raise r.input_error(f"request {i + 1}: tokenizes to nothing", field=fld)
-            if limit and len(p_ids) + len(a_ids) > limit:
-                raise r.input_error(f"request {i + 1}: prompt and target are {len(p_ids) + len(a_ids)} tokens, "
-                                    f"longer than the model's context of {limit}", field=fld)
 
     def _measure(self, requests, ref):
         from workbench.eval import evaluate as ev
@@ -265,10 +234,9 @@ class Workbench:
         try:
             for eid in ids:
                 patch = self._patch(events[eid])
-                patch.revert(self.model, self.adapter)
-                self._forget(patch)
+                self.live.revert(patch)
                 done.append(patch)
-            h_after = self.weights_hash()
+            h_after = self.live.hash()
             with self._commit():
                 return self.ledger.append(id=self.ledger.next_id(), kind=kind, targets=ids, weights_before=h_before,
                                           weights_after=h_after, author=self.author, created_at=utc_now(),
@@ -276,8 +244,7 @@ class Workbench:
                                           note=note if target is None else f"to {target}" + (f": {note}" if note else ""))
         except BaseException:
             for patch in reversed(done):  # nothing was recorded: put the model back where it was
-                patch.apply(self.model, self.adapter)
-                self._forget(patch)
+                self.live.apply(patch)
             raise
 
     # ------------------------------------------------------------------ auditing
@@ -290,20 +257,17 @@ class Workbench:
         problems = self.ledger.verify_chain()
         if problems or not replay:
             return problems
-        from workbench.core.model import load_model
-        model, _ = load_model(self.model_dir, **self._placement)
-        if weights_hash(model) != self.ledger.meta()["base_hash"]:
+        copy = LiveModel.load(self.model_dir, **self._placement)
+        if weights_hash(copy.model) != self.ledger.meta()["base_hash"]:
             return [f"the base model at {self.model_dir} no longer matches the workspace's base hash"]
-        from workbench.core.arch import get_adapter
-        adapter = get_adapter(model)
         events = {e.id: e for e in self.ledger.events()}
         for e in events.values():
             if e.kind == "edit":
-                self._patch(e).apply(model, adapter)
+                self._patch(e).apply(copy.model, copy.adapter)
             elif e.kind in ("undo", "rollback", "revert"):
                 for t in e.targets:
-                    self._patch(events[t]).revert(model, adapter)
-            if weights_hash(model) != e.weights_after:
+                    self._patch(events[t]).revert(copy.model, copy.adapter)
+            if weights_hash(copy.model) != e.weights_after:
                 problems.append(f"event {e.id}: replaying it does not give its recorded weights hash")
                 break
         return problems
@@ -328,8 +292,52 @@ class Workbench:
                                                     for i in self.active()])
 
     def apply_bundle(self, path) -> list[Event]:
-        from workbench.editing.bundle import replay_bundle
-        return replay_bundle(self, path)
+        """Replay a bundle's edits (`bundle`) on this model and record each; all or nothing.
+
+        The bundle must be from the same base model and start where this model is now; every
+        patch file is checked against its sha256 and the weights after every edit against the
+        recorded hash. If anything fails nothing is recorded and the model is restored."""
+        from workbench.editing.bundle import read_bundle
+        self._check_fresh()
+        with read_bundle(path, self.base_hash) as bundle:
+            if self.live.hash() != bundle.weights_before:
+                raise InputError("the model is not in the state the bundle starts from; roll back to base first",
+                                 file=path, field="weights_before")
+            applied, staged = [], []
+            try:
+                for i, rec in enumerate(bundle.edits):
+                    tmp = self.ledger.patch_dir / f".bundle-{i:04d}.tmp"
+                    bundle.extract(i, tmp)
+                    staged.append(tmp)
+                    patch = _load_patch(tmp, rec["editor"])
+                    self.live.apply(patch)
+                    applied.append(patch)
+                    if self.live.hash() != rec["weights_after"]:
+                        raise InputError(f"edit {i + 1} ({rec['id']}): weights after replay do not match the bundle",
+                                         file=path)
+                events = []
+                with self._commit():  # serialized with other writers; refused if another recorded meanwhile
+                    for rec, tmp, patch in zip(bundle.edits, staged, applied):
+                        events.append(self._record_replayed(path, rec, tmp))
+                        self._patches[events[-1].id] = patch
+                return events
+            except BaseException:
+                for patch in reversed(applied):
+                    self.live.revert(patch)
+                for tmp in staged:
+                    tmp.unlink(missing_ok=True)
+                raise
+
+    def _record_replayed(self, path, rec: dict, staged: Path) -> Event:
+        """Move a staged bundle patch into place and append its event (under the commit lock)."""
+        eid = self.ledger.next_id()
+        rel = f"patches/{eid}.safetensors"
+        os.replace(staged, self.ledger.root / rel)
+        note = f"replayed from bundle {Path(path).name} (was {rec['id']} by {rec['author']} at {rec['created_at']})"
+        fields = {k: rec[k] for k in ("editor", "hparams", "requests", "metrics_before", "metrics_after",
+                                      "weights_before", "weights_after", "patch_sha256", "patch_bytes", "duration_s")}
+        return self.ledger.append(id=eid, kind="edit", patch_file=rel, author=self.author, created_at=utc_now(),
+                                  note=note + (f": {rec['note']}" if rec.get("note") else ""), **fields)
 
     def close(self) -> None:
         self.ledger.close()
@@ -364,8 +372,16 @@ class Workbench:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def _expect_hash(self, want: str, what: str) -> None:
-        if self.weights_hash() != want:
+        if self.live.hash() != want:
             raise WorkbenchError(f"{what} did not restore the weights exactly")
+
+
+def _load_patch(path: Path, editor: str | None) -> Patch:
+    # The editor's module registers the attachment kinds its patches hold; load it first.
+    if editor:
+        from workbench.editing.registry import get_editor
+        get_editor(editor)
+    return Patch.load(path)
 
 
 def _touched(patch: Patch) -> set[str]:

@@ -42,6 +42,14 @@ def encode_pairs(tokenizer, prompts: list[str], answers: list[str]) -> list[tupl
     return list(zip(p_ids, a_ids))
 
 
+def pad_id(tokenizer) -> int:
+    """The id that fills padded positions: the tokenizer's pad token, else its end of text, else 0.
+    Which one does not change a score: padding sits after real tokens and is masked."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+
 def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, attention_mask), each (batch, max_len). Right padding keeps real tokens at
     positions 0..n-1, so a padded row scores exactly as it would alone."""

@@ -37,7 +37,7 @@ was read from.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from workbench.core.errors import InputError
 
@@ -236,6 +236,13 @@ class EditRequest(_Located):
         set_(self, "id", _id(self.id))
         set_(self, "meta", _meta(self.meta))
 
+    prompt_field: ClassVar[str] = "prompt"      # the fields `pair()` reads, for error messages
+    answer_field: ClassVar[str] = "target_new"
+
+    def pair(self) -> tuple[str, str]:
+        """(prompt, answer) of the change itself: after `prompt` the model should say `target_new`."""
+        return self.prompt, self.target_new
+
     def subject_span(self) -> tuple[int, int] | None:
         """Character span of the subject in the prompt (exact match first, then ignoring case)."""
         if not self.subject:
@@ -309,6 +316,13 @@ class ForgetRequest(_Located):
         set_(self, "retain", _probes(self.retain, "retain"))
         set_(self, "id", _id(self.id))
         set_(self, "meta", _meta(self.meta))
+
+    prompt_field: ClassVar[str] = "prefix"
+    answer_field: ClassVar[str] = "suffix"
+
+    def pair(self) -> tuple[str, str]:
+        """(prompt, answer) of the change itself: after `prefix` the model should stop saying `suffix`."""
+        return self.prefix, self.suffix
 
     @property
     def question(self) -> str:
