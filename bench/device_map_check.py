@@ -5,9 +5,9 @@
 Opens two workspaces on the same checkpoint through the session API: one on the model loaded
 whole, one with `device_map="auto"` and a `max_memory` that leaves most decoder layers
 offloaded (meta tensors, loaded from the checkpoint by accelerate's hooks at each forward).
-For each editor it applies the same request with the same seed to both (`Workbench.apply`,
+For each editor it applies the same request with the same seed to both (`Workbench.edit`,
 so the ledger path runs), compares every state_dict entry (max |Δ| split vs whole), rolls
-both back to base (`revert_to("base")`), compares with the base weights, and prints a row:
+both back to base (`rollback("base")`), compares with the base weights, and prints a row:
 the seconds each apply took and the modules the edit loaded. A last line measures, on the
 whole model alone, why a matmul with a weight in a fresh buffer may round differently.
 Each placement has its own statistics cache, so ROME's key covariance and K-FAC's factors
@@ -99,12 +99,12 @@ def main() -> None:
         for name, wb in wbs.items():
             os.environ["WORKBENCH_CACHE"] = str(root / f"cache-{name}")  # each collects its own statistics
             t0 = time.perf_counter()
-            wb.apply(ed, [request], params=PARAMS.get(ed, {}), seed=0)
+            wb.edit(ed, [request], params=PARAMS.get(ed, {}), seed=0)
             secs[name] = time.perf_counter() - t0
         d_edit = max_abs_diff(snapshot(whole.model), snapshot(split.model))
         same_hash = whole.weights_hash() == split.weights_hash() != whole.base_hash
         for wb in wbs.values():
-            wb.revert_to("base")
+            wb.rollback("base")
         after = snapshot(split.model)
         d_back = max(max_abs_diff(after, base), max_abs_diff(snapshot(whole.model), base))
         back_hash = split.weights_hash() == whole.weights_hash() == whole.base_hash
@@ -115,7 +115,7 @@ def main() -> None:
     problems = [s.verify() for s in wbs.values()]
     print(f"\nverify (replay on a fresh copy, split replayed split): "
           f"{'ok' if not any(problems) else problems}; still offloaded: {compact(offloaded_modules(split.model))}")
-    print("seconds: Workbench.apply (edit + before/after metrics + ledger commit)")
+    print("seconds: Workbench.edit (edit + before/after metrics + ledger commit)")
     print(f"control, whole model only: x @ W.T vs x @ W.clone().T (same values, another buffer) differ by "
           f"{alignment_control(whole):.3g}: CPU BLAS results depend on a buffer's memory alignment, and an "
           f"onloaded weight is a fresh buffer, so a matmul with it (ROME's W k) may round differently")

@@ -42,9 +42,9 @@ def measure(n_layers: int, repeats: int, tmp: Path) -> dict:
     req = load_requests(REPO / "data" / "benchmarks" / "edits_counterfactual.jsonl")[:1]
     times, event = [], None
     for _ in range(repeats):
-        event = wb.apply("ft", req, {"layer": "1", "steps": "5"})
+        event = wb.edit("ft", req, {"layer": "1", "steps": "5"})
         t0 = time.perf_counter()
-        wb.revert_to("base")
+        wb.rollback("base")
         times.append(time.perf_counter() - t0)
     patch_file = wb.workspace / event.patch_file
     n_params = sum(p.numel() for p in wb.model.parameters())

@@ -68,11 +68,11 @@ def main() -> None:
     before = evaluate_edits(wb.model, wb.tok, reqs, ref)["mean"]
     step("evaluate before", t0)
     t0 = time.perf_counter()
-    event = wb.apply("wise", reqs)
+    event = wb.edit("wise", reqs)
     step(f"wise edit ({event.kind})", t0)
     after = event.metrics_after
     t0 = time.perf_counter()
-    wb.revert_to("base")
+    wb.rollback("base")
     assert wb.weights_hash() == wb.base_hash, "rollback did not restore the base weights"
     step("rollback to base (exact)", t0)
     t0 = time.perf_counter()

@@ -16,7 +16,7 @@ without its canaries), gradients from labels sampled from the model's own distri
 used to choose what to remove — only to check first that the model reproduces it at all.
 
 Example:
-    >>> wb.apply("kfac", load_requests("data/benchmarks/forget_canaries.jsonl"), {"rho": "0.6"})  # doctest: +SKIP
+    >>> wb.edit("kfac", load_requests("data/benchmarks/forget_canaries.jsonl"), {"rho": "0.6"})  # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from editors.common.cache import cache_key, cached_tensors, texts_hash
 from editors.common.corpus import default_corpus, read_corpus  # noqa: F401 (default_corpus: tests patch it here)
 from workbench.core.errors import InputError
 from workbench.core.patch import Patch
-from workbench.editing.contract import (Batch, Capabilities, EditContext, Editor, HParams, check_choice, check_number,
+from workbench.editing.contract import (Batch, Capabilities, Chart, EditContext, Editor, HParams, check_choice, check_number,
                                         resolve_layers)
 from workbench.editing.registry import register_editor
 
@@ -176,6 +176,15 @@ class KFACEditor(Editor):
         return cached_tensors("kfac", key, lambda: collect_factors(
             ctx.model, ctx.adapter, blocks, all_layers, fisher=hp.fisher, batch_size=hp.batch_size,
             seed=ctx.seed, progress=progress))
+
+    @classmethod
+    def charts(cls, patch) -> list[Chart]:
+        """The sorted curvature mass λ_G·λ_A of each edited weight, with the ρ cut: everything
+        right of the line (low curvature, where memorized strings live) was removed."""
+        return [Chart(title=name, kind="line", series={"mass": s["mass_sorted"]}, x_stride=s.get("mass_sorted_stride", 1),
+                      x_label="component (by curvature mass)", y_label="λ_G·λ_A", log_y=True,
+                      marker=(s["kept"], f"ρ cut: {s['kept']:,} of {s['components']:,} kept"))
+                for name, s in patch.meta.get("spectra", {}).items()]
 
     def run(self, ctx: EditContext, batch: Batch, hp: KFACHParams) -> Patch:
         from workbench.eval.evaluate import evaluate_forgets

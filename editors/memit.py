@@ -26,7 +26,7 @@ a residual that small (reliability 0.8). λ = 300, clamp 2.0 gave reliability 1.
 ≈10% to ≈30% of the depth, which is MEMIT's 3..8 for the 28-layer GPT-J; on the shipped
 4-layer model that is [0, 1], on a 3-layer one [0, 1]. The statistics are those of the keys
 before MEMIT's own edits (the paper: of the unedited model): their cache key leaves out the
-projections MEMIT edits, so a sequence of MEMIT edits reuses them (see `workbench/kv.py`).
+projections MEMIT edits, so a sequence of MEMIT edits reuses them (see `editors/common/kv.py`).
 
 Where the MLP output is normalised before it joins the residual stream (Gemma 2/3's
 post-feed-forward norm; probed by `kv.mlp_adds_to_residual`), MEMIT's "residual += W k"

@@ -25,24 +25,16 @@ and little besides.
   first-order estimate of how much silencing it lowers the forget answers' log-odds, minus how
   much it changes the retain answers' (|.|), from a * d(log-odds)/da summed over positions
   (Molchanov et al. 2019's Taylor importance, made contrastive). Log-odds, not log-prob,
-  because a memorized answer has p ~ 1 where the log-prob gradient vanishes. Why the default:
-  the activation-statistics scores do not localize this world's facts. Measured on the shipped
-  model (greedy exact recall, share of before; 40 steps of 15 neurons at most):
-  forget 2 people (12 facts) vs 60 retain probes -- taylor 8% forget / 92% retain (330
-  neurons); ratio 42% / 97% (600 neurons, guard off), 75% / 98% (guard on).
-  forget all 60 people (360 facts) vs retain.jsonl (720) -- no scoring gets near the 10%
-  target: taylor 99% / 100% (585 neurons), 95% / 99% (900, k=60); guard off: ratio 85% / 92% (600), and with
-  restat=False ratio tokens="all" 68% / 81%, zscore 92% / 94%, wxa 99% / 99% (3.8k weights).
-  Many people's facts share the same neurons, so pruning removes a few people's facts well
-  but not sixty people's at once.
+  because a memorized answer has p ~ 1 where the log-prob gradient vanishes. It is the default
+  because the activation-statistics scores did not localize the shipped world's facts (the
+  README's "Unlearning" section quotes the measurements).
 
 Forget texts are each request's prefix + suffix; retain texts are the requests' retain probes
 (prompt + answer), tokenized exactly as the evaluator scores them (`scoring.encode_pairs`).
 Deliberate difference: the default `tokens="answer"` takes the activation statistics only at
 the positions that *predict* the answer (the last prompt token and the answer's tokens but its
-last), where recall of a short fact happens; `tokens="all"` is the paper's choice (on the
-shipped world, `ratio` with all tokens forgot more but cost more retain: 68%/81% of before,
-restat off, vs 85%/92%, at 600 neurons). `taylor` always sums over every position (silencing a neuron removes
+last), where recall of a short fact happens; `tokens="all"` is the paper's choice. `taylor`
+always sums over every position (silencing a neuron removes
 it everywhere). Another addition, `guard` (on by default): a step that lowered neither the
 forget token accuracy nor the answers' log-prob is undone and its units are not tried again,
 so the loop never keeps a step that made the forget set *more* likely.
@@ -72,7 +64,7 @@ import torch
 
 from workbench.core.errors import InputError
 from workbench.core.patch import Patch
-from workbench.editing.contract import (Batch, Capabilities, EditContext, Editor, HParams, check_bool, check_choice,
+from workbench.editing.contract import (Batch, Capabilities, Chart, EditContext, Editor, HParams, check_bool, check_choice,
                                         check_number, resolve_layers)
 from workbench.editing.registry import register_editor
 from workbench.eval.scoring import encode_pairs, pad_id, right_pad, score_answers
@@ -302,6 +294,21 @@ class PruneEditor(Editor):
             raise InputError("prune contrasts the forget set with a retain set, and none was given: attach "
                              "retain probes (e.g. `with_retain(requests, load_probes(...))` or --retain)",
                              field="retain")
+
+    @classmethod
+    def charts(cls, patch) -> list[Chart]:
+        """The first step's per-neuron forget-vs-retain scores, per layer, and those of the
+        neurons finally pruned (the tail the editor cut)."""
+        meta = patch.meta
+        if "scores" not in meta:
+            return []
+        series = {f"layer {k}": v for k, v in meta["scores"].items()}
+        pruned = [v[i] for k, v in meta["scores"].items() for i in meta.get("pruned", {}).get(k, []) if i < len(v)]
+        if pruned and meta.get("scoring") != "wxa":
+            series["pruned"] = pruned
+        return [Chart(title=f"{meta.get('pruned_total')} unit(s) pruned in {meta.get('steps')} step(s)",
+                      kind="histogram", series=series, x_label=f"score ({meta.get('scoring')})", y_label="neurons",
+                      log_y=True)]
 
     def run(self, ctx: EditContext, batch: Batch, hp: PruneHParams) -> Patch:
         retain = sorted({(p.prompt, p.answer) for r in batch for p in r.retain})

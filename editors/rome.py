@@ -19,7 +19,7 @@ All defaults are ROME's GPT-2 XL hyperparameters (20 Adam steps at lr 0.5 on the
 weight decay 0.5, clamp 4×, KL factor 0.0625), except: the layer is derived from depth
 (≈30%: ROME used 17/47 in GPT-2 XL, 12/35 in GPT-2 L, 8/23 in GPT-2 M, 5/27 in GPT-J); the
 statistics use up to `mom2_n_samples` documents of the bundled world (`editors.common.corpus`)
-instead of 100 000 Wikipedia texts; the context prefixes are fixed instead of sampled (see `workbench/kv.py`).
+instead of 100 000 Wikipedia texts; the context prefixes are fixed instead of sampled (see `editors/common/kv.py`).
 
 Editing is one fact per call (`batch=False`); ROME's own `apply_rome_to_model` also applies
 several requests one after another, which is what the session does for sequential edits.

@@ -17,6 +17,7 @@ from torch import nn
 from workbench.core.arch import (ARCH_SPECS, ArchAdapter, LayerIndexError, UnsupportedArchitecture,
                             get_adapter, register_arch, supported_model_types)
 from workbench.core.errors import WorkbenchError
+from workbench.core.registry import Registry
 
 HIDDEN, FF, VOCAB, LAYERS = 32, 64, 96, 3
 # Token ids inside the tiny vocabulary, so configs do not warn about GPT-2's 50256.
@@ -267,12 +268,12 @@ def test_unknown_model_type_says_what_to_add():
         ArchAdapter.for_model(bloom)
     msg = str(err.value)
     assert isinstance(err.value, WorkbenchError)
-    assert "'bloom'" in msg and "ArchSpec" in msg and "workbench/arch.py" in msg
+    assert "'bloom'" in msg and "ArchSpec" in msg and "workbench/core/arch.py" in msg
     assert "gpt2" in msg  # lists what is supported
 
     fake = nn.Linear(2, 2)
     fake.config = SimpleNamespace(model_type="mamba-like")
-    with pytest.raises(UnsupportedArchitecture, match="'mamba-like'.*ARCH_SPECS in workbench/arch.py"):
+    with pytest.raises(UnsupportedArchitecture, match="'mamba-like'.*ARCH_SPECS in workbench/core/arch.py"):
         get_adapter(fake)
     with pytest.raises(UnsupportedArchitecture, match="model_type None"):
         get_adapter(nn.Linear(2, 2))
@@ -286,7 +287,9 @@ def test_a_renamed_module_fails_at_load_naming_the_path(monkeypatch):
 
 
 def test_register_arch_rejects_duplicates_and_adds_new(monkeypatch):
-    monkeypatch.setattr("workbench.core.arch.ARCH_SPECS", dict(ARCH_SPECS))
+    fresh = Registry("architecture spec")
+    fresh.update(ARCH_SPECS)
+    monkeypatch.setattr("workbench.core.arch.ARCH_SPECS", fresh)
     import workbench.core.arch as arch
     with pytest.raises(ValueError, match="already has an ArchSpec"):
         register_arch("llama", arch.ARCH_SPECS["llama"])

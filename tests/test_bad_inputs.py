@@ -42,7 +42,7 @@ class Case:
 def _edit(name: str, match: str, content: bytes | str, *extra: str, fmt: str | None = None) -> Case:
     """An `edit` whose request file `name` holds `content`; the API loads it and applies ft."""
     def api(wb, d):
-        wb.apply("ft", load_requests(d / name, fmt), FAST)
+        wb.edit("ft", load_requests(d / name, fmt), FAST)
     argv = ["edit", "--editor", "ft", "--requests", "{d}/" + name, *(["--format", fmt] if fmt else []),
             "--param", "steps=3", *extra]
     return Case(f"requests-{name}", argv, match, {name: content}, api)
@@ -51,7 +51,7 @@ def _edit(name: str, match: str, content: bytes | str, *extra: str, fmt: str | N
 def _apply(cid: str, editor: str, params: dict, match: str, content: str = GOOD, gate: str | None = None) -> Case:
     """An `edit` with good requests and a bad editor, hyperparameter or gate."""
     def api(wb, d):
-        wb.apply(editor, load_requests(d / "r.jsonl"), params, gates=gate)
+        wb.edit(editor, load_requests(d / "r.jsonl"), params, gates=gate)
     argv = ["edit", "--editor", editor, "--requests", "{d}/r.jsonl"] + [
         a for k, v in params.items() for a in ("--param", f"{k}={v}")] + (["--gate", gate] if gate else [])
     return Case(cid, argv, match, {"r.jsonl": content}, api)
@@ -91,9 +91,9 @@ CASES = [
     _edit("forced_wrong_format.jsonl", r"format|forced_wrong_format", GOOD, fmt="tofu"),
     _edit("unknown_format.jsonl", r"unknown.*format|format", GOOD, fmt="no-such-format"),
     Case("requests-missing-file", ["edit", "--editor", "ft", "--requests", "{d}/nope.jsonl"], r"nope\.jsonl",
-         api=lambda wb, d: wb.apply("ft", load_requests(d / "nope.jsonl"), FAST)),
+         api=lambda wb, d: wb.edit("ft", load_requests(d / "nope.jsonl"), FAST)),
     Case("requests-a-folder", ["edit", "--editor", "ft", "--requests", "{d}"], r"is a folder",
-         api=lambda wb, d: wb.apply("ft", load_requests(d), FAST)),
+         api=lambda wb, d: wb.edit("ft", load_requests(d), FAST)),
     # --- editors, hyperparameters, capabilities, gates ---
     _apply("unknown-editor", "no-such-editor", {}, r"no-such-editor"),
     _apply("misspelled-editor", "wsie", {}, r"wsie.*wise|wise.*wsie"),
@@ -115,7 +115,7 @@ CASES = [
     _apply("bad-gate-operator", "ft", FAST, r"gate|=>", gate="reliability=>0.9"),
     _apply("no-adapters-to-merge", "merge", {}, r"no enabled LoRA adapter"),
     # --- the workspace: ids, bundles, exports, models ---
-    _ws("rollback-unknown-id", ["rollback", "e9999"], r"e9999", lambda wb, d: wb.revert_to("e9999")),
+    _ws("rollback-unknown-id", ["rollback", "e9999"], r"e9999", lambda wb, d: wb.rollback("e9999")),
     _ws("revert-unknown-id", ["revert", "e9999"], r"e9999", lambda wb, d: wb.revert("e9999")),
     _ws("show-unknown-id", ["show", "e9999"], r"e9999", lambda wb, d: wb.show("e9999")),
     _ws("revert-not-single-revert", ["revert", "e0001"], r"e0001|ft|revert",
@@ -217,8 +217,8 @@ def workspace(tmp_path_factory):
     from workbench.editing.session import Workbench
     root = tmp_path_factory.mktemp("bad-inputs")
     wb = Workbench(None, root / "ws")
-    wb.apply("ft", [EditRequest("Vahir Thiosteal was born in", "Lorvan")], FAST)
-    wb.apply("ft", [EditRequest("Vahir Thiosteal works for", "Umbra Textiles")], FAST)  # e0001 is now in the middle
+    wb.edit("ft", [EditRequest("Vahir Thiosteal was born in", "Lorvan")], FAST)
+    wb.edit("ft", [EditRequest("Vahir Thiosteal works for", "Umbra Textiles")], FAST)  # e0001 is now in the middle
     wb.bundle(root / "good.wbbundle")
     yield wb, root
     wb.close()
@@ -255,7 +255,7 @@ def test_api_raises_a_clear_error_and_changes_nothing(case, workspace, tmp_path)
     wb, root = workspace
     d = tmp_path / "case"
     _materialize(case, d, wb.workspace)
-    h, n, state = wb.weights_hash(), len(wb.history()), _ledger_state(wb.workspace)
+    h, n, state = wb.weights_hash(), len(wb.log()), _ledger_state(wb.workspace)
     with pytest.raises(WorkbenchError, match=f"(?i){case.match}"):
         case.api(wb, d)
-    assert wb.weights_hash() == h and len(wb.history()) == n and _ledger_state(wb.workspace) == state
+    assert wb.weights_hash() == h and len(wb.log()) == n and _ledger_state(wb.workspace) == state

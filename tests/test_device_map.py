@@ -187,16 +187,16 @@ def test_workbench_ledger_same_hash_split_or_not(saved, tmp_path):
     path, budget = saved
     ws = tmp_path / "ws"
     wb = Workbench(path, ws)
-    wb.apply("ft", [EDIT], params={"steps": "5"})
+    wb.edit("ft", [EDIT], params={"steps": "5"})
     head = wb.ledger.head_hash()
     wb.close()
     split = Workbench(path, ws, device_map="auto", max_memory={"cpu": budget})
     assert offload.offloaded_modules(split.model)
     assert split.base_hash == wb.base_hash and split.weights_hash() == head
-    split.apply("rome", [EDIT])
+    split.edit("rome", [EDIT])
     exported = split.export(tmp_path / "exported")  # offloaded modules are saved from the checkpoint
     assert weights_hash(load_model(exported)[0]) == split.weights_hash() != split.base_hash
-    split.revert_to("base")
+    split.rollback("base")
     assert split.weights_hash() == split.base_hash == weights_hash(split.model)
     assert split.verify() == []
     split.close()

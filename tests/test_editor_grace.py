@@ -124,7 +124,7 @@ def test_single_key_reverts_out_of_the_middle_through_the_session(tmp_path, worl
     wb = Workbench(None, tmp_path / "ws")
     try:
         ref = reference(wb.model, wb.tok, reqs)
-        ids = [wb.apply("grace", [r], params=FAST).id for r in reqs]
+        ids = [wb.edit("grace", [r], params=FAST).id for r in reqs]
         wb.revert(ids[0])
         rows = evaluate_edits(wb.model, wb.tok, reqs, ref)["per_request"]
         assert rows[1]["reliability"] == 1.0 and rows[2]["reliability"] == 1.0
@@ -139,12 +139,12 @@ def test_single_key_reverts_out_of_the_middle_through_the_session(tmp_path, worl
         assert wb.verify() == []
         # A key that a later edit split cannot leave alone: refused, the history unchanged.
         big = {**FAST, "eps_init": "100"}
-        first = wb.apply("grace", [reqs[0]], params=big).id
-        assert wb.apply("grace", [reqs[1]], params=big).kind == "edit"  # a split of the first key
-        n_events = len(wb.history())
+        first = wb.edit("grace", [reqs[0]], params=big).id
+        assert wb.edit("grace", [reqs[1]], params=big).kind == "edit"  # a split of the first key
+        n_events = len(wb.log())
         with pytest.raises(InputError, match="changed later"):
             wb.revert(first)
-        assert len(wb.history()) == n_events and wb.verify() == []
+        assert len(wb.log()) == n_events and wb.verify() == []
     finally:
         wb.close()
 

@@ -10,7 +10,7 @@ import torch
 
 from editors.lora import LoRAEditor, LoRAHParams
 from editors.lora.merge import COMBINATIONS, MergeEditor, MergeHParams
-from editors.lora.store import STORE, adapter_names, get_adapter
+from editors.lora.store import STORE, adapter_names, lora_adapter
 from workbench.core.arch import get_adapter as arch_adapter
 from workbench.editing.contract import EditContext
 from workbench.core.errors import InputError
@@ -80,12 +80,12 @@ def test_cat_merge_equals_the_sum_of_its_sources_and_switches_them_off(base):
         for fold in (False, True):
             patch = _merge(model, tok, adapter, combination_type="cat", weights=(1.0, 1.0, 1.0), fold=fold)
             assert patch.meta["merged_rank"] == 4 + 6 + 8
-            assert not any(bool(get_adapter(model, n).enabled) for n in ("lora0", "lora1", "lora2"))
+            assert not any(bool(lora_adapter(model, n).enabled) for n in ("lora0", "lora1", "lora2"))
             assert (STORE + ".adapters.lora3.enabled" in model.state_dict()) is not fold
             torch.testing.assert_close(_logits(model, tok), summed, atol=2e-4, rtol=1e-4)
             patch.revert(model, adapter)
             assert weights_hash(model) == h_sources
-            assert all(bool(get_adapter(model, n).enabled) for n in ("lora0", "lora1", "lora2"))
+            assert all(bool(lora_adapter(model, n).enabled) for n in ("lora0", "lora1", "lora2"))
         # A merge changes the model; linear needs equal ranks, so it is refused here by name.
         with pytest.raises(InputError, match="equal rank.*cat and the \\*_svd"):
             _merge(model, tok, adapter, combination_type="linear")
@@ -148,21 +148,24 @@ def test_adapters_and_merges_go_through_the_ledger_and_roll_back(tmp_path):
     try:
         base_hash = wb.weights_hash()
         for i in range(2):
-            wb.apply("lora", REQS[3 * i:3 * i + 3], params={"layers": "2", "steps": "15", "r": "4"})
-        merged = wb.apply("merge", REQS[:6], params={"combination_type": "ties", "density": "0.8"})
-        assert merged.kind == "edit" and merged.hparams["adapters"] == []
+            wb.edit("lora", REQS[3 * i:3 * i + 3], params={"layers": "2", "steps": "15", "r": "4"})
+        merged = wb.edit("merge", REQS[:6], params={"combination_type": "ties", "density": "0.8"})
+        # The ledger records what ran: the default selection resolved to the enabled adapters,
+        # and the default equal weights.
+        assert merged.kind == "edit" and merged.hparams["adapters"] == ["lora0", "lora1"]
+        assert merged.hparams["weights"] == [0.5, 0.5]
         assert wb.verify() == []
         wb.undo()  # the merge: both sources are switched back on
-        assert all(bool(get_adapter(wb.model, n).enabled) for n in ("lora0", "lora1"))
+        assert all(bool(lora_adapter(wb.model, n).enabled) for n in ("lora0", "lora1"))
         h_on = wb.weights_hash()
-        off = wb.apply("lora-switch", REQS[3:6], params={"adapters": "lora1", "enabled": "false"})
+        off = wb.edit("lora-switch", REQS[3:6], params={"adapters": "lora1", "enabled": "false"})
         assert off.metrics_after["reliability"] < off.metrics_before["reliability"]  # lora1's edits fade
-        assert not bool(get_adapter(wb.model, "lora1").enabled) and wb.weights_hash() != h_on
+        assert not bool(lora_adapter(wb.model, "lora1").enabled) and wb.weights_hash() != h_on
         with pytest.raises(InputError, match="already off"):
-            wb.apply("lora-switch", REQS[3:6], params={"adapters": "lora1", "enabled": "false"})
+            wb.edit("lora-switch", REQS[3:6], params={"adapters": "lora1", "enabled": "false"})
         wb.undo()
         assert wb.weights_hash() == h_on
-        wb.revert_to("base")
+        wb.rollback("base")
         assert wb.weights_hash() == base_hash and not hasattr(wb.model, STORE)
         assert wb.verify() == []
     finally:

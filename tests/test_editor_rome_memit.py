@@ -179,7 +179,7 @@ def test_request_without_subject_names_the_field(base, editor):
 
 def test_rome_takes_one_request_per_call(base):
     model, tok, adapter, requests = base
-    with pytest.raises(InputError, match="one fact per call"):
+    with pytest.raises(InputError, match="edits one request at a time"):
         _rome(model, tok, adapter, requests[:2])
     assert not ROMEEditor.capabilities.batch and MEMITEditor.capabilities.batch
 

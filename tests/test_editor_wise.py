@@ -208,3 +208,19 @@ def test_subject_scores_edit_batch_and_missing_subject():
                                        rtol=1e-4, atol=1e-4)
     p.revert(model, adapter)
     assert getattr(model, ATTR, None) is None
+
+
+def test_ledger_records_the_settings_a_later_edit_ran_with(tmp_path):
+    # The first WISE edit fixes the memory's layer, shards and routing; a later edit asking for
+    # others runs with the memory's, and the ledger must say so (an audit log records what ran).
+    from workbench.editing.session import Workbench
+    wb = Workbench(None, tmp_path / "ws")
+    reqs = load_requests("data/benchmarks/edits_counterfactual.jsonl")[:2]
+    fast = {"lr": "0.1", "mask_ratio": "0.05", "steps": "5"}
+    first = wb.edit("wise", reqs[:1], {**fast, "layer": "2", "shards": "1", "route": "mean"})
+    later = wb.edit("wise", reqs[1:], {**fast, "layer": "1", "shards": "3", "route": "max", "retrieve": "true"})
+    assert (first.hparams["layer"], first.hparams["shards"], first.hparams["route"]) == (2, 1, "mean")
+    assert (later.hparams["layer"], later.hparams["shards"], later.hparams["route"], later.hparams["retrieve"]) \
+        == (2, 1, "mean", False)
+    assert later.hparams["steps"] == 5  # settings the memory does not fix are the ones asked for
+    assert wb.patch(later.id).meta["layer"] == 2 and wb.show(later.id).hparams == later.hparams

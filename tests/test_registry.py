@@ -23,10 +23,8 @@ from workbench.editing.registry import (DuplicateEditor, InvalidEditor, UnknownE
 @pytest.fixture(autouse=True)
 def clean_registry(monkeypatch):
     """Each test starts from the real entry points only and leaves no names behind."""
-    monkeypatch.setattr(registry, "_classes", {})
-    monkeypatch.setattr(registry, "_lazy", {})
-    monkeypatch.setattr(registry, "_ep_conflicts", {})
-    monkeypatch.setattr(registry, "_entry_points", None)
+    for attr, fresh in (("_items", {}), ("_lazy", {}), ("_ep_conflicts", {}), ("_entry_points", None)):
+        monkeypatch.setattr(registry.EDITORS, attr, fresh)
 
 
 def _editor(name, /, **overrides):
@@ -217,7 +215,7 @@ def test_register_lazy_imports_on_first_lookup(third_party):
     register_lazy("thirdparty", "tp_editor_mod:TPEditor")  # same target again: fine
     with pytest.raises(DuplicateEditor):
         register_lazy("thirdparty", "elsewhere:Other")
-    with pytest.raises(ValueError, match="pkg.mod:Class"):
+    with pytest.raises(ValueError, match="pkg.mod:attr"):
         register_lazy("t_badtarget", "no_colon_here")
     assert "tp_editor_mod" not in sys.modules
     assert get_editor("thirdparty").__module__ == "tp_editor_mod"

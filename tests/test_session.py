@@ -29,17 +29,17 @@ def wb(tmp_path):
 def test_many_edits_then_rollback_to_base_is_bit_exact(wb):
     base = weights_hash(wb.model)
     for i in range(6):
-        wb.apply("test-bump", EDITS[i:i + 1], {"layer": str(i % 4)})
+        wb.edit("test-bump", EDITS[i:i + 1], {"layer": str(i % 4)})
     assert weights_hash(wb.model) != base and len(wb.active()) == 6
-    wb.apply("test-shift", EDITS[:1])
-    ev = wb.revert_to("base")
+    wb.edit("test-shift", EDITS[:1])
+    ev = wb.rollback("base")
     assert weights_hash(wb.model) == base == ev.weights_after and wb.active() == []
     assert not hasattr(wb.model.model.norm, "inner")  # the attachment is gone too
     assert wb.verify() == []
 
 
 def test_ledger_records_who_what_and_metrics(wb):
-    ev = wb.apply("test-bump", EDITS[:2], {"scale": "0.1"}, note="why not")
+    ev = wb.edit("test-bump", EDITS[:2], {"scale": "0.1"}, note="why not")
     assert ev.kind == "edit" and ev.author == "tester" and ev.note == "why not"
     assert ev.hparams == {"layer": wb.adapter.default_layer(), "scale": 0.1}
     assert [r["prompt"] for r in ev.requests] == [EDITS[0].prompt, EDITS[1].prompt]
@@ -51,9 +51,9 @@ def test_ledger_records_who_what_and_metrics(wb):
 
 def test_reopening_restores_the_edited_state(tmp_path):
     w = Workbench(None, tmp_path / "ws")
-    w.apply("test-bump", EDITS[:1])
-    w.apply("test-shift", EDITS[:1])
-    w.apply("test-bump", EDITS[1:2], {"layer": "0"})
+    w.edit("test-bump", EDITS[:1])
+    w.edit("test-shift", EDITS[:1])
+    w.edit("test-bump", EDITS[1:2], {"layer": "0"})
     w.undo()
     h = weights_hash(w.model)
     w.close()
@@ -63,17 +63,17 @@ def test_reopening_restores_the_edited_state(tmp_path):
 
 
 def test_undo_and_revert_out_of_the_middle(wb):
-    e1 = wb.apply("test-bump", EDITS[:1], {"layer": "0"})
+    e1 = wb.edit("test-bump", EDITS[:1], {"layer": "0"})
     h1 = weights_hash(wb.model)
-    e2 = wb.apply("test-bump", EDITS[1:2], {"layer": "2"})
+    e2 = wb.edit("test-bump", EDITS[1:2], {"layer": "2"})
     wb.undo()
     assert weights_hash(wb.model) == h1
-    e3 = wb.apply("test-bump", EDITS[1:2], {"layer": "2"})
+    e3 = wb.edit("test-bump", EDITS[1:2], {"layer": "2"})
     wb.revert(e1.id)  # layers differ, the bump editor allows single revert
     assert wb.active() == [e3.id]
     # The result equals applying only the later edit to the base model.
     assert weights_hash(wb.model) != e3.weights_after  # e1's bump is gone from the state
-    e5 = wb.apply("test-bump", EDITS[2:3], {"layer": "2"})
+    e5 = wb.edit("test-bump", EDITS[2:3], {"layer": "2"})
     with pytest.raises(InputError, match="same weights"):
         wb.revert(wb.active()[0])
     assert wb.active()[-1] == e5.id
@@ -81,18 +81,18 @@ def test_undo_and_revert_out_of_the_middle(wb):
 
 def test_revert_matches_base_plus_later_edit(tmp_path):
     a = Workbench(None, tmp_path / "a")
-    e1 = a.apply("test-bump", EDITS[:1], {"layer": "0"})
-    a.apply("test-bump", EDITS[1:2], {"layer": "3"})
+    e1 = a.edit("test-bump", EDITS[:1], {"layer": "0"})
+    a.edit("test-bump", EDITS[1:2], {"layer": "3"})
     a.revert(e1.id)
     b = Workbench(None, tmp_path / "b")
-    b.apply("test-bump", EDITS[1:2], {"layer": "3"})
+    b.edit("test-bump", EDITS[1:2], {"layer": "3"})
     assert weights_hash(a.model) == weights_hash(b.model)
 
 
 def test_tampering_with_a_row_or_a_patch_is_named(tmp_path):
     w = Workbench(None, tmp_path / "ws")
-    e1 = w.apply("test-bump", EDITS[:1])
-    e2 = w.apply("test-bump", EDITS[1:2])
+    e1 = w.edit("test-bump", EDITS[:1])
+    e2 = w.edit("test-bump", EDITS[1:2])
     assert w.verify() == []
     w.close()
     db = sqlite3.connect(tmp_path / "ws" / "ledger.sqlite")
@@ -117,9 +117,9 @@ def test_tampering_with_a_row_or_a_patch_is_named(tmp_path):
 
 def test_deleting_a_row_breaks_the_chain(tmp_path):
     w = Workbench(None, tmp_path / "ws")
-    e1 = w.apply("test-bump", EDITS[:1])
-    e2 = w.apply("test-bump", EDITS[1:2])
-    w.apply("test-bump", EDITS[2:3])
+    e1 = w.edit("test-bump", EDITS[:1])
+    e2 = w.edit("test-bump", EDITS[1:2])
+    w.edit("test-bump", EDITS[2:3])
     w.close()
     db = sqlite3.connect(tmp_path / "ws" / "ledger.sqlite")
     db.execute("DELETE FROM events WHERE id = ?", (e2.id,))
@@ -134,32 +134,32 @@ def test_bad_request_in_a_batch_changes_nothing(wb):
     h = weights_hash(wb.model)
     long = EditRequest(prompt="word " * 400, target_new="x")
     with pytest.raises(InputError, match="request 3"):
-        wb.apply("test-bump", [EDITS[0], EDITS[1], long])
+        wb.edit("test-bump", [EDITS[0], EDITS[1], long])
     with pytest.raises(InputError, match="request 2 is a ForgetRequest"):
-        wb.apply("test-bump", [EDITS[0], ForgetRequest(kind="text", prefix="a", suffix="b")])
+        wb.edit("test-bump", [EDITS[0], ForgetRequest(kind="text", prefix="a", suffix="b")])
     with pytest.raises(InputError) as e:
-        wb.apply("test-bump", EDITS[:1], {"scale": "-1"})
+        wb.edit("test-bump", EDITS[:1], {"scale": "-1"})
     assert e.value.field == "scale"
-    assert weights_hash(wb.model) == h and wb.history() == []
+    assert weights_hash(wb.model) == h and wb.log() == []
 
 
 def test_gate_rejects_and_records(wb):
     h = weights_hash(wb.model)
-    ev = wb.apply("test-bump", EDITS[:1], gates="reliability>=1.01,locality>=0.5")
+    ev = wb.edit("test-bump", EDITS[:1], gates="reliability>=1.01,locality>=0.5")
     assert ev.kind == "rejected" and "reliability" in ev.note and ev.metrics_after is not None
     assert weights_hash(wb.model) == h and wb.active() == []
-    ok = wb.apply("test-bump", EDITS[:1], gates="locality>=0.0")
+    ok = wb.edit("test-bump", EDITS[:1], gates="locality>=0.0")
     assert ok.kind == "edit" and wb.active() == [ok.id]
     assert wb.verify() == []
 
 
 def test_export_weights_only_and_refuse_attachments(wb, tmp_path):
     from transformers import AutoModelForCausalLM
-    wb.apply("test-bump", EDITS[:1])
+    wb.edit("test-bump", EDITS[:1])
     out = wb.export(tmp_path / "exp")
     m = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
     assert weights_hash(m) == weights_hash(wb.model)
-    wb.apply("test-shift", EDITS[:1])
+    wb.edit("test-shift", EDITS[:1])
     with pytest.raises(InputError, match="adds modules"):
         wb.export(tmp_path / "exp2")
     assert not (tmp_path / "exp2").exists()
@@ -167,9 +167,9 @@ def test_export_weights_only_and_refuse_attachments(wb, tmp_path):
 
 def test_bundle_replays_on_another_copy_and_refuses_another_base(tmp_path):
     a = Workbench(None, tmp_path / "a")
-    a.apply("test-bump", EDITS[:1])
-    a.apply("test-shift", EDITS[:1])
-    a.apply("test-bump", EDITS[1:2], {"layer": "1"})
+    a.edit("test-bump", EDITS[:1])
+    a.edit("test-shift", EDITS[:1])
+    a.edit("test-bump", EDITS[1:2], {"layer": "1"})
     path = a.bundle(tmp_path / "h.wbbundle")
     b = Workbench(None, tmp_path / "b", author="other")
     events = b.apply_bundle(path)
@@ -185,12 +185,12 @@ def test_bundle_replays_on_another_copy_and_refuses_another_base(tmp_path):
     d = Workbench(other, tmp_path / "d")
     with pytest.raises(InputError, match="another base model"):
         d.apply_bundle(path)
-    assert d.history() == []
+    assert d.log() == []
 
 
 def test_workspace_refuses_another_base_model(tmp_path):
     w = Workbench(None, tmp_path / "ws")
-    w.apply("test-bump", EDITS[:1])
+    w.edit("test-bump", EDITS[:1])
     w.close()
     other = tmp_path / "other-model"
     w2 = Workbench(None, tmp_path / "tmpws")
@@ -216,13 +216,13 @@ def _child_loop(ws):
         if active and r < 0.2:
             w.undo()
         elif active and r < 0.35:
-            w.revert_to(rng.choice(["base"] + active[:-1]))
+            w.rollback(rng.choice(["base"] + active[:-1]))
         elif active and r < 0.45:
             w.bundle(out / f"b{os.getpid()}-{n}.wbbundle")
         elif active and r < 0.55:
             w.export(out / f"x{os.getpid()}-{n}")
         else:
-            w.apply("test-bump", EDITS[rng.randrange(10):][:1], {"layer": str(rng.randrange(4))})
+            w.edit("test-bump", EDITS[rng.randrange(10):][:1], {"layer": str(rng.randrange(4))})
 
 
 def _check_outputs(out) -> None:
@@ -258,11 +258,11 @@ def _crash_trials(tmp_path, trials: int) -> None:
         w = Workbench(None, ws)  # raises if replay does not reach the recorded head
         assert w.verify(replay=False) == [], f"trial {trial}"
         assert weights_hash(w.model) == w.ledger.head_hash()
-        committed_events.append(len(w.history()))
+        committed_events.append(len(w.log()))
         w.close()
         _check_outputs(ws.parent / "out")
     assert committed_events[-1] > trials // 5  # the kills did land between many commits
-    kinds = {e.kind for e in Workbench(None, ws).history()}
+    kinds = {e.kind for e in Workbench(None, ws).log()}
     assert {"edit", "undo", "rollback"} <= kinds, kinds
     w = Workbench(None, ws)
     assert w.verify() == []  # a full replay of the whole history at the end
@@ -292,17 +292,17 @@ def test_two_sessions_on_one_workspace_are_serialized_not_interleaved(tmp_path):
     reqs = [EditRequest("Vahir Thiosteal was born in", "Lorvan")]
     try:
         base = a.weights_hash()
-        first = a.apply("ft", reqs, {"steps": "3"})
-        for act in (lambda: b.apply("ft", reqs, {"steps": "3"}), b.undo, lambda: b.revert_to("base")):
+        first = a.edit("ft", reqs, {"steps": "3"})
+        for act in (lambda: b.edit("ft", reqs, {"steps": "3"}), b.undo, lambda: b.rollback("base")):
             with pytest.raises(LedgerError, match="changed by another session"):
                 act()
-            assert b.weights_hash() == base and [e.id for e in a.history()] == [first.id]
+            assert b.weights_hash() == base and [e.id for e in a.log()] == [first.id]
         c = Workbench(None, ws)  # reopening replays to the head
         assert c.weights_hash() == a.weights_hash()
         c.undo()
         with pytest.raises(LedgerError, match="changed by another session"):
-            a.apply("ft", reqs, {"steps": "3"})
-        assert a.verify() == [] and len(a.history()) == 2
+            a.edit("ft", reqs, {"steps": "3"})
+        assert a.verify() == [] and len(a.log()) == 2
         c.close()
     finally:
         a.close()
@@ -328,6 +328,6 @@ def test_two_processes_editing_one_workspace_leave_a_verifiable_history(tmp_path
     assert all("changed by another session" in err for code, err in results if code == 2), results
     wb = Workbench(None, ws)
     try:
-        assert wb.verify() == [] and len(wb.history()) == sum(code == 0 for code, _ in results)
+        assert wb.verify() == [] and len(wb.log()) == sum(code == 0 for code, _ in results)
     finally:
         wb.close()

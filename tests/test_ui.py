@@ -149,7 +149,7 @@ def test_sessions_never_see_each_other(app):
     assert wa.active() == ["e0001"]
     # b: no history, no edit in force, and its model still gives the old answer
     goto(b, "history")
-    assert wb.history() == [] and wb.active() == []
+    assert wb.log() == [] and wb.active() == []
     assert any("No edits yet" in i.value for i in b.info)
     assert not ask(b, EDIT_PROMPT).startswith("Kelmoria")
     assert ask(a, EDIT_PROMPT).startswith("Kelmoria")
@@ -165,7 +165,7 @@ def test_bad_input_is_reported_and_nothing_is_applied(app, tmp_path):
     at.number_input(key="edit_grace_n_iter").set_value(0)
     at.button(key="edit_apply").click().run()
     assert any("n_iter" in e and "not applied" in e for e in errors(at)), errors(at)
-    assert wb.history() == []
+    assert wb.log() == []
 
     # a real request file in a public format loads through the same loader as the CLI
     at.radio(key="edit_source").set_value("upload").run()
@@ -191,7 +191,7 @@ def test_bad_input_is_reported_and_nothing_is_applied(app, tmp_path):
     assert at.session_state["wb"] is wb
     assert at.metric[0].value == "llama"  # the page still works
     assert ask(at, EDIT_PROMPT)
-    assert wb.history() == []
+    assert wb.log() == []
 
 
 def test_a_model_that_does_not_load_at_start(app, tmp_path, monkeypatch):

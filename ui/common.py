@@ -1,5 +1,5 @@
 """Widgets and charts shared by the pages. Everything that changes the model goes through
-the session API (`Workbench.apply`, `revert_to`, ...); what is here only reads.
+the session API (`Workbench.edit`, `rollback`, ...); what is here only reads.
 
 Example:
     >>> params = hparam_widgets("ft", key="edit")            # inside a page  # doctest: +SKIP
@@ -14,8 +14,9 @@ from pathlib import Path
 import streamlit as st
 
 from workbench.core.errors import WorkbenchError
-
 from workbench.core.paths import BENCHMARKS, DEFAULT_MODEL, WORLD  # noqa: F401 (pages read them here)
+from workbench.eval.metrics import metric_names
+
 MAX_UPLOAD_MB = 50  # request files are small; the server refuses larger uploads too (ui/launch.py)
 
 
@@ -127,28 +128,19 @@ def requests_of(events) -> list:
 
 def continuations(wb, prompts: list[str], n_tokens: int = 8) -> list[str]:
     """Greedy continuation of each prompt by the session's current model (read only)."""
-    from workbench.eval.scoring import greedy_continuations
+    from workbench.eval.scoring import greedy_continuations, pad_id
     if not prompts:
         return []
     tok = wb.tok
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     ids = tok(list(prompts), add_special_tokens=True)["input_ids"]
-    gen = greedy_continuations(wb.model, ids, [n_tokens] * len(ids), pad_id=pad)
+    gen = greedy_continuations(wb.model, ids, [n_tokens] * len(ids), pad_id=pad_id(tok))
     return [tok.decode(g, skip_special_tokens=True).strip() for g in gen]
 
 
 def probe_prompts(reqs: list, limit: int = 12) -> list[tuple[str, str, str]]:
     """(role, prompt, expected) rows to generate before and after an edit: the edit prompt,
     its rephrases (generality) and its locality prompts; a forget prefix and its suffix."""
-    rows = []
-    for r in reqs:
-        if hasattr(r, "target_new"):
-            rows.append(("edit", r.prompt, r.target_new))
-            rows += [("rephrase", p, r.target_new) for p in r.rephrase_prompts]
-            rows += [("locality", p.prompt, p.answer) for p in r.locality]
-        else:
-            rows.append(("forget", r.prefix, r.suffix))
-    return rows[:limit]
+    return [row for r in reqs for row in r.probes()][:limit]
 
 
 def side_by_side(rows, before: list[str], after: list[str]) -> None:
@@ -160,9 +152,8 @@ def side_by_side(rows, before: list[str], after: list[str]) -> None:
 
 # ---------------------------------------------------------------------------- charts
 
-EDIT_METRICS = ("reliability", "generality", "locality", "portability")
-FORGET_METRICS = ("strict_recitation", "loose_recitation", "extraction_strength", "recitation_similarity",
-                  "retain_acc")
+EDIT_METRICS = metric_names("edit", summary=True)
+FORGET_METRICS = metric_names("forget", summary=True)
 
 
 def before_after_chart(event, metrics=EDIT_METRICS, key: str = "chart"):
@@ -185,6 +176,25 @@ def metrics_table(event) -> None:
                                "before": [(event.metrics_before or {}).get(k) for k in keys],
                                "after": [(event.metrics_after or {}).get(k) for k in keys]}),
                  hide_index=True)
+
+
+def editor_charts(wb, event, *, key: str) -> None:
+    """Draw the charts the event's editor describes from its patch (`Editor.charts`)."""
+    import plotly.graph_objects as go
+    from workbench.editing.registry import get_editor
+    for i, chart in enumerate(get_editor(event.editor).charts(patch_of(wb, event))):
+        if chart.kind == "line":
+            traces = [go.Scatter(x=[j * chart.x_stride for j in range(len(ys))], y=ys, mode="lines", name=name)
+                      for name, ys in chart.series.items()]
+        else:
+            traces = [go.Histogram(x=xs, name=name, opacity=0.6, nbinsx=60) for name, xs in chart.series.items()]
+        fig = go.Figure(traces)
+        if chart.marker is not None:
+            fig.add_vline(x=chart.marker[0], line_dash="dash", line_color="red", annotation_text=chart.marker[1])
+        fig.update_layout(title=chart.title, xaxis_title=chart.x_label, yaxis_title=chart.y_label,
+                          yaxis_type="log" if chart.log_y else None, barmode="overlay", height=320,
+                          margin=dict(t=40))
+        st.plotly_chart(fig, key=f"{key}_chart_{event.id}_{i}")
 
 
 # ---------------------------------------------------------------------------- patches

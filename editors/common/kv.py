@@ -38,6 +38,7 @@ import torch
 
 from editors.common.corpus import default_corpus  # noqa: F401 (re-exported: WISE's irrelevant pool reads kv.default_corpus)
 from workbench.core.errors import InputError
+from workbench.eval.scoring import pad_id
 
 # "{}" is the bare prompt; the others put a short neutral sentence first. ROME samples ten
 # 5- and 10-token continuations of the model here, MEMIT five 10-token ones; a fixed set
@@ -89,10 +90,6 @@ def _pad_batch(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor
     from workbench.eval.scoring import right_pad
     ids, mask = right_pad(seqs, pad_id)  # (b, seq) each; right padding keeps positions as alone
     return ids.to(device), mask.to(device)
-
-
-def pad_id(tok) -> int:
-    return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
 
 def _device(model) -> torch.device:

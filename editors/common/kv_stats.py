@@ -20,7 +20,8 @@ import torch
 from workbench.core import offload
 from editors.common.cache import cache_key, load_tensors, store_tensors
 from editors.common.corpus import load_corpus
-from editors.common.kv import _device, _pad_batch, pad_id
+from editors.common.kv import _device, _pad_batch
+from workbench.eval.scoring import pad_id
 from workbench.core.patch import _tensor_digest
 
 CACHE_KIND = "kv"

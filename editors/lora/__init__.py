@@ -14,8 +14,8 @@ Every adapter trained after others is trained *on top of* them (they stay enable
 training), as sequential edits are.
 
 Example:
-    >>> wb.apply("lora", requests, {"r": "8", "layers": "1,2"})           # doctest: +SKIP
-    >>> wb.apply("merge", requests, {"adapters": "lora0,lora1", "combination_type": "ties"})  # doctest: +SKIP
+    >>> wb.edit("lora", requests, {"r": "8", "layers": "1,2"})           # doctest: +SKIP
+    >>> wb.edit("merge", requests, {"adapters": "lora0,lora1", "combination_type": "ties"})  # doctest: +SKIP
 """
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from workbench.core.patch import Patch
 from workbench.editing.registry import register_editor
 
 from . import config_json, lora_config
-from .store import LoRAAdd, LoRASwitch, adapter_names, find_store, get_adapter, next_name
+from .store import LoRAAdd, LoRASwitch, adapter_names, find_store, lora_adapter, next_name
 
 COMBINATIONS = ("linear", "cat", "svd", "ties", "ties_svd", "dare_ties", "dare_linear", "dare_ties_svd",
                 "dare_linear_svd", "magnitude_prune", "magnitude_prune_svd")
@@ -50,7 +50,8 @@ class MergeHParams(HParams):
     weights: tuple[float, ...] | None = field(default=None, metadata={
         "help": "one weight per adapter (default: 1 / number of adapters each)"})
     density: float | None = field(default=None, metadata={
-        "help": "share of entries kept, in (0, 1]; required by ties, dare_* and magnitude_prune*"})
+        "help": "share of entries kept, in (0, 1]; required by ties, dare_* and magnitude_prune*",
+        "applies_when": {"combination_type": NEEDS_DENSITY}})
     svd_rank: int | None = field(default=None, metadata={"help": "rank of an *_svd result (default: the largest)"})
     majority_sign_method: str = field(default="total", metadata={"help": "ties sign election: total or frequency",
                                                                 "choices": SIGN_METHODS})
@@ -96,14 +97,14 @@ class MergeEditor(Editor):
 
     def effective_hparams(self, ctx: EditContext, hp: MergeHParams) -> MergeHParams:
         """The adapters and weights that will be merged: by default every enabled adapter, equal weights."""
-        names = list(hp.adapters) or [n for n in adapter_names(ctx.model) if bool(get_adapter(ctx.model, n).enabled)]
+        names = list(hp.adapters) or [n for n in adapter_names(ctx.model) if bool(lora_adapter(ctx.model, n).enabled)]
         weights = hp.check_selection(names)
         return dataclasses.replace(hp, adapters=tuple(names), weights=tuple(weights))
 
     def run(self, ctx: EditContext, batch: Batch, hp: MergeHParams) -> Patch:
         model = ctx.model
         names, weights = list(hp.adapters), list(hp.weights)
-        sources = [get_adapter(model, n) for n in names]  # unknown names fail here
+        sources = [lora_adapter(model, n) for n in names]  # unknown names fail here
         new = hp.name or next_name(model)
         if new in adapter_names(model):
             raise InputError(f"an adapter named {new!r} already exists (peft would silently keep the old one)",

@@ -108,7 +108,7 @@ def adapter_names(model) -> list[str]:
     return list(store.adapters.keys()) if store is not None else []
 
 
-def get_adapter(model, name: str) -> LoRAAdapter:
+def lora_adapter(model, name: str) -> LoRAAdapter:
     store = find_store(model)
     if store is None or name not in store.adapters:
         have = ", ".join(adapter_names(model)) or "none"
@@ -166,6 +166,13 @@ class LoRAAdd(Attachment):
         return {"name": self.name, "lora_config": self.lora_config,
                 "scaling": {n: s for n, (_, _, s) in self.factors.items()}}
 
+    def describe(self, model) -> dict | None:
+        store = find_store(model)
+        if store is None or self.name not in store.adapters:
+            return None  # taken out since (an undo of a later merge does not remove it, a revert does)
+        return {"adapter": self.name, "enabled": bool(store.adapters[self.name].enabled),
+                "rank": store.adapters[self.name].rank}
+
     @classmethod
     def from_saved(cls, config: dict, state: dict[str, torch.Tensor]) -> "LoRAAdd":
         factors = {}
@@ -184,14 +191,14 @@ class LoRASwitch(Attachment):
         self.names, self.enabled, self.before = list(names), bool(enabled), before
 
     def attach(self, model, adapter=None) -> None:
-        ads = [get_adapter(model, n) for n in self.names]  # all checked before any flag moves
+        ads = [lora_adapter(model, n) for n in self.names]  # all checked before any flag moves
         self.before = [bool(a.enabled) for a in ads] if self.before is None else self.before
         for a in ads:
             a.enabled.fill_(self.enabled)
 
     def detach(self, model, adapter=None) -> None:
         for n, flag in zip(self.names, self.before):
-            get_adapter(model, n).enabled.fill_(flag)
+            lora_adapter(model, n).enabled.fill_(flag)
 
     def state(self) -> dict[str, torch.Tensor]:
         return {}

@@ -4,7 +4,7 @@ Removing an adapter is reverting the edit that added it; switching keeps it in t
 (and in the ledger) but stops (or restarts) its hooks from adding its update.
 
 Example:
-    >>> wb.apply("lora-switch", requests, {"adapters": "lora0", "enabled": "false"})  # doctest: +SKIP
+    >>> wb.edit("lora-switch", requests, {"adapters": "lora0", "enabled": "false"})  # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from workbench.core.errors import InputError
 from workbench.core.patch import Patch
 from workbench.editing.registry import register_editor
 
-from .store import LoRASwitch, get_adapter
+from .store import LoRASwitch, lora_adapter
 
 
 @dataclass
@@ -43,7 +43,7 @@ class LoRASwitchEditor(Editor):
         if not hp.adapters:
             raise InputError("name the adapters to switch", field="adapters")
         for n in hp.adapters:
-            if bool(get_adapter(ctx.model, n).enabled) == hp.enabled:
+            if bool(lora_adapter(ctx.model, n).enabled) == hp.enabled:
                 raise InputError(f"adapter {n!r} is already {'on' if hp.enabled else 'off'}", field="adapters")
         att = LoRASwitch(list(hp.adapters), hp.enabled)
         att.attach(ctx.model, ctx.adapter)

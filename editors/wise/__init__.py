@@ -31,44 +31,18 @@ never a text naming the edited subject or quoting the request's own locality pro
 EasyEdit's loc dataset; no random-prefix augmentation of the edit prompt; retrieve mode
 picks the memory with the highest score / threshold; `margin_scale` multiplies α, β, γ.
 
-On the shipped 3.9M-parameter model (MLP outputs ||W a|| ≈ 13 per token) the paper's lr 1.0,
-ρ 0.2 and margins overshoot (scores of 100-250, locality collapses). Measured there with
-`python -m editors.wise.measure --T 100` (reliability / generality / locality, s per edit):
-paper defaults 0.23 / 0.21 / 0.13, 0.62 s; `lr=0.1 mask_ratio=0.05` 0.62 / 0.52 / 0.67;
-adding `margin_scale=0.1 shards=1` 0.68 / 0.53 / 0.86, 0.69 s, and `steps=25` 0.73 / 0.54 /
-0.87, 0.32 s (fewer steps, smaller task vectors, less interference between edits; but
-at T=12 a few edits are then not learned: reliability 0.88 vs 0.96 with 50 steps). The
-margins and one shard per group (every edit trains against the whole live memory, so its
-α margin also holds down what earlier edits left on irrelevant text) are what helped;
-drawing the irrelevant rows from the world corpus instead of generic sentences, or 16/32
-instead of 8 of them, changed nothing measurable at T=100. The router does not separate
-edits from other people's facts on this model: after a few dozen edits their scores overlap
-and every row reads the side memory, so locality rests on the α margin keeping the memory
-small on irrelevant text, and it decays with T: at T=1000 `lr=0.1 mask_ratio=0.05
-margin_scale=0.1 shards=1 steps=25` gives 0.32 / 0.26 / 0.40 (0.31 s per edit). The defaults
-stay the paper's.
-
 Two EasyEdit variants are options, off by default. `score_tokens="subject"`: in the margin
 loss an edit row's Δ_edit is the mean over the subject's tokens (EasyEdit's `act_mask`, used
 when the subject occurs in the prompt) and the row's other tokens join the irrelevant side
-(its `deact_mask`); rows without a subject keep all tokens. EasyEdit still routes, and takes
-the threshold, on the all-token mean, and so does this. `route="max"`: the router (and its
-threshold) use the max of ||Δ a|| over a row's positions instead of the mean (EasyEdit does
-this only for inputs over 100 tokens). Measured at T=100 with the tuned settings above
-(steps=25): baseline 0.73 / 0.54 / 0.87; `score_tokens=subject` 0.705 / 0.55 / 0.895;
-`route=max` 0.73 / 0.54 / 0.87 (the same); both 0.705 / 0.55 / 0.895. Neither fixes the
-router: in every case 100% of edit, rephrase and locality probes clear the threshold
-(`routed` in measure.py) already at T=30, and the threshold (0.88 × the weakest edit's
-score, set by an early edit) stays where it is from then on; the locality gain of the
-subject mode is within noise of the reliability it costs. At T=1000 `score_tokens=subject`
-gives 0.32 / 0.27 / 0.41 (0.30 s per edit), against 0.32 / 0.26 / 0.40 without it. Why: every
-input's score grows with the memory (T=30, subject mode: median edit 5.6, locality probes
-5.1, threshold 2.29 fixed since edit 5; without it 7.9 / 7.2 / 3.14), so a threshold from the
-weakest early edit lets everything through whichever tokens train the score.
+(its `deact_mask`); rows without a subject keep all tokens; routing and the threshold stay on
+the all-token mean, as in EasyEdit. `route="max"`: the router (and its threshold) use the max
+of ||Δ a|| over a row's positions instead of the mean (EasyEdit does this for inputs over 100
+tokens). The defaults stay the paper's; what they and the options give on the shipped model
+is measured in the README ("Lifelong editing") with `python -m editors.wise.measure`.
 
 Example:
     >>> from workbench.editing.contract import EditContext                     # doctest: +SKIP
-    >>> ed = WISEEditor(WISEHParams().derive(adapter))                 # doctest: +SKIP
+    >>> ed = WISEEditor(WISEHParams())                                 # doctest: +SKIP
     >>> patch = ed.edit(EditContext(model, tok, adapter), [request])   # doctest: +SKIP
     >>> patch.attachments[0].kind                                      # doctest: +SKIP
     'wise_memory'

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from peft.utils.merge_utils import ties
 
-from workbench.eval.scoring import encode_pairs, right_pad
+from workbench.eval.scoring import encode_pairs, pad_id, right_pad
 
 from .memory import WISEMemory, row_mean
 
@@ -98,7 +98,7 @@ def build_batch(tok, requests, hp, rng: random.Random, pool: list[str]):
     their (constant) activations at the edited layer.
     """
     pairs = encode_pairs(tok, [r.prompt for r in requests], [r.target_new for r in requests])
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)
     ids, mask = right_pad([p + a for p, a in pairs], pad)  # (n_edit, seq)
     labels = torch.full_like(ids, -100)
     for r, (p, a) in enumerate(pairs):  # position t predicts token t+1

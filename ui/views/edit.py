@@ -73,7 +73,7 @@ if st.button("Apply edit", type="primary", key="edit_apply", disabled=not reqs):
             st.write("generating with the model before the edit…")
             before = common.continuations(wb, [p for _, p, _ in rows])
             st.write(f"measuring, editing with {editor} and measuring again…")
-            event = wb.apply(editor, reqs, params, gates=gates.strip() or None, note=note.strip() or None)
+            event = wb.edit(editor, reqs, params, gates=gates.strip() or None, note=note.strip() or None)
             st.write("generating with the model after the edit…")
             after = common.continuations(wb, [p for _, p, _ in rows])
             status.update(label=f"{event.id}: {event.kind} in {event.duration_s:.2f} s", state="complete",

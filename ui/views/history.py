@@ -17,7 +17,7 @@ wb = get_workbench()
 if wb is None:
     st.stop()
 
-events = wb.history()
+events = wb.log()
 active = wb.active()
 st.caption(f"workspace `{wb.workspace}` · base `{wb.base_hash[:12]}…` · in force: {', '.join(active) or 'none'}")
 if not events:
@@ -81,7 +81,7 @@ if "last_verify" in st.session_state:
 target = c[1].selectbox("roll back to", ["base", *active], key="history_target")
 if c[1].button("Roll back", key="history_rollback", disabled=not active):
     with common.shown_errors("roll back refused"), st.spinner(f"rolling back to {target}…"):
-        e = wb.revert_to(target)
+        e = wb.rollback(target)
         st.session_state["last_rollback"] = f"{e.id}: rolled back {', '.join(e.targets)}"
         st.session_state.pop("last_verify", None)
         st.rerun()  # the timeline above was drawn before the rollback

@@ -11,8 +11,12 @@ wb = get_workbench()
 if wb is None:
     st.stop()
 
-from editors.lora.merge import COMBINATIONS, NEEDS_DENSITY  # noqa: E402  (the editor's own lists)
-from editors.lora.store import get_adapter  # noqa: E402  (reads whether an adapter is switched on)
+from workbench.editing.registry import describe_editor  # noqa: E402
+
+# The merge editor's own options, as it describes them (no editor module is imported here).
+MERGE = {h["name"]: h for h in describe_editor("merge")["hyperparameters"]}
+COMBINATIONS = list(MERGE["combination_type"]["choices"])
+NEEDS_DENSITY = set(MERGE["density"]["applies_when"]["combination_type"])
 
 # ------------------------------------------------------------------ train adapters
 with st.expander("Train a LoRA adapter on world edits", expanded=False):
@@ -23,29 +27,27 @@ with st.expander("Train a LoRA adapter on world edits", expanded=False):
                               help="passes over the requests (the lora editor's `steps`)")
     if st.button("Train adapter", key="merge_train"):
         with common.shown_errors("the adapter was not trained"), st.status("training a LoRA adapter…") as status:
-            event = wb.apply("lora", common.world_set("edits_counterfactual.jsonl", int(start), int(count)),
+            event = wb.edit("lora", common.world_set("edits_counterfactual.jsonl", int(start), int(count)),
                              {"steps": str(int(steps))})
             status.update(label=f"{event.id}: {event.kind}", state="complete")
 
 # ------------------------------------------------------------------ adapters in force
-events = {e.id: e for e in wb.history()}
-adapters = {}  # adapter name -> the event that added it
+events = {e.id: e for e in wb.log()}
+adapters = {}  # adapter name -> (the event that added it, how it stands now)
 for eid in wb.active():
-    e = events[eid]
-    if e.editor in ("lora", "merge"):
-        name = common.patch_of(wb, e).meta.get("adapter")
-        if name:
-            adapters[name] = e
+    for att in common.patch_of(wb, events[eid]).attachments:
+        row = att.describe(wb.model)  # named adapters describe themselves; other attachments say nothing
+        if row and "adapter" in row:
+            adapters[row["adapter"]] = (events[eid], row)
 st.subheader("Adapters in force")
 if not adapters:
     st.info("No LoRA adapter is in force. Train some above, or apply the `lora` editor on the Edit page.")
     st.stop()
-enabled = {n: bool(get_adapter(wb.model, n).enabled) for n in adapters}
-st.dataframe(pd.DataFrame([{"adapter": n, "enabled": enabled[n], "edit": e.id, "editor": e.editor,
-                            "rank": (e.hparams or {}).get("r") or common.patch_of(wb, e).meta.get("merged_rank"),
-                            "requests": len(e.requests or []),
+enabled = {n: row["enabled"] for n, (_, row) in adapters.items()}
+st.dataframe(pd.DataFrame([{"adapter": n, "enabled": row["enabled"], "edit": e.id, "editor": e.editor,
+                            "rank": row.get("rank"), "requests": len(e.requests or []),
                             "reliability": (e.metrics_after or {}).get("reliability")}
-                           for n, e in adapters.items()]), hide_index=True)
+                           for n, (e, row) in adapters.items()]), hide_index=True)
 
 # ------------------------------------------------------------------ merge
 st.subheader("Merge")
@@ -69,11 +71,11 @@ if st.button("Merge", type="primary", key="merge_apply", disabled=not chosen):
     if method in NEEDS_DENSITY:
         params["density"] = str(density)
     # The merge is measured on what the merged adapters were trained for.
-    reqs = common.requests_of([adapters[n] for n in chosen])
+    reqs = common.requests_of([adapters[n][0] for n in chosen])
     with common.shown_errors("the merge was not applied"):
         with st.status(f"merging {len(chosen)} adapter(s) with {method}…", expanded=True) as status:
             st.write(f"measuring on the adapters' {len(reqs)} request(s), merging with peft, measuring again…")
-            event = wb.apply("merge", reqs, params)
+            event = wb.edit("merge", reqs, params)
             status.update(label=f"{event.id}: {event.kind} in {event.duration_s:.2f} s", state="complete")
         st.session_state["last_merge"] = event
         st.rerun()  # the adapter table above predates the merge (sources now off, a new adapter)
@@ -81,10 +83,13 @@ if st.button("Merge", type="primary", key="merge_apply", disabled=not chosen):
 if "last_merge" in st.session_state:
     event = st.session_state["last_merge"]
     st.subheader("Result")
-    meta = common.patch_of(wb, event).meta if event.kind == "edit" else {}
-    st.success(f"{event.id}: merged {', '.join(meta.get('merged', []))} → "
-               f"{meta.get('adapter') or 'folded into the base weights'} (rank {meta.get('merged_rank')}); "
-               f"the sources are switched off, and rolling back {event.id} switches them on again")
+    if event.kind == "edit":
+        rows = [r for a in common.patch_of(wb, event).attachments if (r := a.describe(wb.model)) and "adapter" in r]
+        into = f"{rows[0]['adapter']} (rank {rows[0]['rank']})" if rows else "the base weights (folded)"
+        st.success(f"{event.id}: merged {', '.join(event.hparams.get('adapters', []))} into {into}; "
+                   f"the sources are switched off, and rolling back {event.id} switches them on again")
+    else:
+        st.warning(f"{event.id} was rejected and reverted: {event.note}")
     common.before_after_chart(event, key="merge_chart")
     with st.expander("all metrics"):
         common.metrics_table(event)

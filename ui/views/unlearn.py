@@ -1,6 +1,6 @@
-"""Unlearn page: a forget set, a forget editor, recitation before and after, and what the
-editor saw: the K-FAC curvature spectrum with the ρ cut, or the pruning neuron scores."""
-import plotly.graph_objects as go
+"""Unlearn page: a forget set, a forget editor, recitation before and after, and the charts the
+editor describes from its patch (e.g. K-FAC's curvature spectrum with the ρ cut, pruning's
+neuron scores)."""
 import streamlit as st
 
 from ui import common
@@ -60,40 +60,12 @@ if st.button("Apply", type="primary", key="unlearn_apply", disabled=not reqs):
             before = common.continuations(wb, [p for _, p, _ in rows], n_tok)
             st.write(f"measuring, running {editor} (K-FAC collects curvature once, then it is cached) "
                      f"and measuring again…")
-            event = wb.apply(editor, reqs, params, note=note.strip() or None)
+            event = wb.edit(editor, reqs, params, note=note.strip() or None)
             st.write("reciting with the model after…")
             after = common.continuations(wb, [p for _, p, _ in rows], n_tok)
             status.update(label=f"{event.id}: {event.kind} in {event.duration_s:.2f} s", state="complete",
                           expanded=False)
         st.session_state["last_unlearn"] = (event, rows, before, after)
-
-
-def spectrum(meta: dict) -> None:
-    """Sorted curvature mass λ_G·λ_A per edited weight, with the ρ cut: everything right of
-    the line (low curvature, where memorized strings live) was removed."""
-    for name, s in meta["spectra"].items():
-        stride = s.get("mass_sorted_stride", 1)
-        xs = [i * stride for i in range(len(s["mass_sorted"]))]
-        fig = go.Figure(go.Scatter(x=xs, y=s["mass_sorted"], mode="lines", name="mass"))
-        fig.add_vline(x=s["kept"], line_dash="dash", line_color="red",
-                      annotation_text=f"ρ cut: {s['kept']:,} of {s['components']:,} kept")
-        fig.update_layout(title=name, yaxis_type="log", xaxis_title="component (by curvature mass)",
-                          yaxis_title="λ_G·λ_A", height=300, margin=dict(t=40))
-        st.plotly_chart(fig, key=f"spectrum_{name}")
-
-
-def neuron_scores(meta: dict) -> None:
-    """Histogram of the first step's per-neuron forget-vs-retain scores, per layer, and of the
-    neurons finally pruned (the tail the editor cut)."""
-    pruned = [v[i] for k, v in meta["scores"].items() for i in meta.get("pruned", {}).get(k, []) if i < len(v)]
-    fig = go.Figure([go.Histogram(x=v, name=f"layer {k}", opacity=0.5, nbinsx=60)
-                     for k, v in meta["scores"].items()]
-                    + ([go.Histogram(x=pruned, name="pruned", opacity=0.9, nbinsx=60, marker_color="black")]
-                       if pruned and meta.get("scoring") != "wxa" else []))
-    fig.update_layout(barmode="overlay", yaxis_type="log", xaxis_title=f"score ({meta.get('scoring')})",
-                      yaxis_title="neurons", height=320, margin=dict(t=30),
-                      title=f"{meta.get('pruned_total')} unit(s) pruned in {meta.get('steps')} step(s)")
-    st.plotly_chart(fig, key="neuron_scores")
 
 
 if "last_unlearn" in st.session_state:
@@ -109,10 +81,4 @@ if "last_unlearn" in st.session_state:
     st.caption("recitation before and after (greedy, as many tokens as the suffix)")
     common.side_by_side(rows, before, after)
     if event.kind == "edit":
-        meta = common.patch_of(wb, event).meta
-        if "spectra" in meta:
-            st.subheader("K-FAC curvature spectrum")
-            spectrum(meta)
-        if "scores" in meta:
-            st.subheader("Neuron scores")
-            neuron_scores(meta)
+        common.editor_charts(wb, event, key="unlearn")

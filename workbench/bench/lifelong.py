@@ -1,7 +1,7 @@
 """The lifelong-editing benchmark (the WISE protocol).
 
 T sequential single edits from a request set are applied to a fresh copy of the model, one
-`edit()` call each with a fresh editor instance (as the session does), and then *all T are
+`Workbench.edit` each in a scratch workspace (as a user would apply them), and then *all T are
 scored on the final model*: reliability, generality and locality, teacher-forced and greedy
 exact. Also reported: the median seconds per edit and the inference overhead of the edited
 model (forward time over a fixed probe batch, after vs before).
@@ -16,8 +16,8 @@ import time
 import torch
 
 from workbench.core.errors import InputError
-
 from workbench.core.paths import COUNTERFACTUAL as DEFAULT_REQUESTS
+
 METRICS = ("reliability", "reliability_exact", "generality", "generality_exact", "locality", "locality_exact")
 
 
@@ -37,34 +37,28 @@ def _forward_seconds(model, tok, prompts: list[str], repeats: int = 5) -> float:
 
 def run_one(editor: str, T: int, requests: list, *, model_dir=None, params: dict | None = None,
             progress=None) -> dict:
-    """Apply `requests[:T]` sequentially with `editor`, score all of them on the final model."""
-    from workbench.core.arch import get_adapter
-    from workbench.editing.contract import EditContext
+    """Apply `requests[:T]` one by one through a session, score all of them on the final model."""
+    from workbench.bench.scratch import scratch_session
+    from workbench.editing.registry import get_editor
     from workbench.eval.evaluate import evaluate_edits, reference
-    from workbench.core.model import load_model
-    from workbench.editing.registry import get_editor, make_editor
-    cls = get_editor(editor)
-    if T > 1 and not cls.capabilities.sequential:
+    if T > 1 and not get_editor(editor).capabilities.sequential:
         return {"editor": editor, "T": T, "skipped": "not a sequential editor"}
     reqs = requests[:T]
-    model, tok = load_model(model_dir)
-    adapter = get_adapter(model)
-    ref = reference(model, tok, reqs)
-    probe = [p.prompt for r in requests[:256] for p in r.locality][:256]
-    t_before = _forward_seconds(model, tok, probe)
-    times = []
-    for i, r in enumerate(reqs):
-        instance, hp = make_editor(editor, adapter, params or {})
-        t0 = time.perf_counter()
-        instance.edit(EditContext(model, tok, adapter, seed=i), [r])
-        times.append(time.perf_counter() - t0)
-        if progress is not None:
-            progress(1)
-    scores = evaluate_edits(model, tok, reqs, ref)["mean"]
-    t_after = _forward_seconds(model, tok, probe)
+    with scratch_session(model_dir) as wb:
+        ref = reference(wb.model, wb.tok, reqs)
+        probe = [p.prompt for r in requests[:256] for p in r.locality][:256]
+        t_before = _forward_seconds(wb.model, wb.tok, probe)
+        times = []
+        for i, r in enumerate(reqs):
+            event = wb.edit(editor, [r], params or {}, seed=i)
+            times.append(event.duration_s)  # the editor's own time, without the session's measuring
+            if progress is not None:
+                progress(1)
+        scores = evaluate_edits(wb.model, wb.tok, reqs, ref)["mean"]
+        t_after = _forward_seconds(wb.model, wb.tok, probe)
     return {"editor": editor, "T": T, **{m: scores[m] for m in METRICS},
             "median_edit_s": statistics.median(times), "total_edit_s": sum(times),
-            "inference_overhead": t_after / t_before - 1.0, "hparams": hp.to_dict()}
+            "inference_overhead": t_after / t_before - 1.0, "hparams": event.hparams}
 
 
 def run(editors: list[str], Ts: list[int], *, requests_path=DEFAULT_REQUESTS, model_dir=None,

@@ -1,8 +1,10 @@
 """The adapter-merging benchmark.
 
 `batches` batches of `size` counterfactual edits from the world; one LoRA adapter is trained
-per batch, each on the unedited model (adapters are trained independently, as they are when
-people later merge them). Then, on a fresh copy with every adapter attached:
+per batch, each on the unedited model (the earlier ones switched off: adapters are trained
+independently, as they are when people later merge them). Everything goes through a session
+in a scratch workspace (`lora`, `lora-switch`, `merge`, `undo`), as a user would do it. Then,
+with every adapter switched on:
 
 - "sources (all on)": the adapters simply stacked, no merge;
 - one row per peft combination type: the adapters merged by the `merge` editor, the
@@ -17,10 +19,10 @@ adapter's size in bytes (the patch's tensors) and the merge time.
 """
 from __future__ import annotations
 
-import time
 
+from workbench.bench.scratch import scratch_session
 from workbench.core.errors import InputError
-from workbench.bench.lifelong import DEFAULT_REQUESTS
+from workbench.core.paths import COUNTERFACTUAL as DEFAULT_REQUESTS
 
 DENSITY_TYPES = ("ties", "ties_svd", "dare_ties", "dare_linear", "dare_ties_svd", "dare_linear_svd",
                  "magnitude_prune", "magnitude_prune_svd")
@@ -37,12 +39,8 @@ def run(*, batches: int = 10, size: int = 50, types=ALL_TYPES, lora_params: dict
         weight: float = 1.0, density: float = 0.5, wise: bool = True, model_dir=None, requests_path=DEFAULT_REQUESTS,
         progress: bool = True) -> list[dict]:
     """The rows of the module docstring. `weight` is every adapter's merge weight."""
-    from workbench.core.arch import get_adapter
-    from workbench.editing.contract import EditContext
-    from workbench.eval.evaluate import reference
-    from workbench.core.model import load_model
     from workbench.core.progress import progress_bar
-    from workbench.editing.registry import make_editor
+    from workbench.eval.evaluate import reference
     from workbench.eval.requests import EditRequest, load_requests
     unknown = [t for t in types if t not in ALL_TYPES]
     if unknown or not types:
@@ -54,62 +52,52 @@ def run(*, batches: int = 10, size: int = 50, types=ALL_TYPES, lora_params: dict
     if batches * size > len(reqs):
         raise InputError(f"{batches} x {size} edits needed; {requests_path} has {len(reqs)}", field="--size")
     reqs = reqs[:batches * size]
-    model, tok = load_model(model_dir)
-    adapter = get_adapter(model)
-    ref = reference(model, tok, reqs)
     rows = []
-    steps = batches + len(types) + (len(reqs) if wise else 0)
-    with progress_bar("adapter merging", steps, enabled=progress) as advance:
-        patches, train_s = [], []
-        for b in range(batches):  # each adapter trained on the unedited model, then taken off
-            editor, _ = make_editor("lora", adapter, {**(lora_params or {}), "name": f"lora{b}"})
-            t0 = time.perf_counter()
-            p = editor.edit(EditContext(model, tok, adapter, seed=b), reqs[b * size:(b + 1) * size])
-            train_s.append(time.perf_counter() - t0)
-            p.revert(model, adapter)
-            patches.append(p)
+    steps = 2 * batches + 1 + len(types) + (len(reqs) if wise else 0)
+    with scratch_session(model_dir) as wb, progress_bar("adapter merging", steps, enabled=progress) as advance:
+        ref = reference(wb.model, wb.tok, reqs)
+        names, train_s, sizes = [], [], []
+        for b in range(batches):
+            # Each adapter is trained with the earlier ones switched off, i.e. on the unedited
+            # model: adapters trained apart, as they are when people later merge them.
+            batch, name = reqs[b * size:(b + 1) * size], f"lora{b}"
+            event = wb.edit("lora", batch, {**(lora_params or {}), "name": name}, seed=b)
+            train_s.append(event.duration_s)
+            sizes.append(event.patch_bytes)
+            names.append(name)
             advance(1)
-        for p in patches:
-            p.apply(model, adapter)
-        rows.append({"method": "sources (all on)", **_scores(model, tok, reqs, ref),
-                     "bytes": sum(p.nbytes for p in patches), "seconds": sum(train_s)})
+            wb.edit("lora-switch", batch, {"adapters": name, "enabled": "false"})
+            advance(1)
+        wb.edit("lora-switch", reqs, {"adapters": ",".join(names), "enabled": "true"})
+        advance(1)
+        rows.append({"method": "sources (all on)", **_scores(wb.model, wb.tok, reqs, ref),
+                     "bytes": sum(sizes), "seconds": sum(train_s)})
         for ct in types:
             params = {"combination_type": ct, "weights": ",".join([str(weight)] * batches)}
             if ct in DENSITY_TYPES:
                 params["density"] = str(density)
-            editor, _ = make_editor("merge", adapter, params)
-            t0 = time.perf_counter()
-            merged = editor.edit(EditContext(model, tok, adapter), reqs)
-            seconds = time.perf_counter() - t0
-            rows.append({"method": ct, **_scores(model, tok, reqs, ref), "bytes": merged.nbytes, "seconds": seconds,
-                         "rank": merged.meta["merged_rank"]})
-            merged.revert(model, adapter)
+            event = wb.edit("merge", reqs, params)
+            merged = wb.patch(event.id)
+            rows.append({"method": ct, **_scores(wb.model, wb.tok, reqs, ref), "bytes": merged.nbytes,
+                         "seconds": event.duration_s, "rank": merged.meta["merged_rank"]})
+            wb.undo(note="bench: back to the sources")
             advance(1)
-        for p in reversed(patches):
-            p.revert(model, adapter)
-        if wise:
-            rows.append(_wise_row(model_dir, reqs, ref, advance))
+    if wise:
+        rows.append(_wise_row(model_dir, reqs, ref, advance))
     return rows
 
 
 def _wise_row(model_dir, reqs, ref, advance) -> dict:
-    """WISE on a fresh copy: its patches are not kept (each holds side-memory snapshots)."""
-    from workbench.core.arch import get_adapter
-    from workbench.editing.contract import EditContext
-    from workbench.core.model import load_model
-    from workbench.editing.registry import make_editor
-    model, tok = load_model(model_dir)
-    adapter = get_adapter(model)
-    base_keys = set(model.state_dict())
-    t0 = time.perf_counter()
-    for i, r in enumerate(reqs):
-        editor, _ = make_editor("wise", adapter, {})
-        editor.edit(EditContext(model, tok, adapter, seed=i), [r])
-        advance(1)
-    seconds = time.perf_counter() - t0
-    added = [t for k, t in model.state_dict().items() if k not in base_keys]  # the side memory's tensors
-    return {"method": "wise (TIES shards)", **_scores(model, tok, reqs, ref),
-            "bytes": sum(t.numel() * t.element_size() for t in added), "seconds": seconds}
+    """WISE applied to the same edits one by one, in a session of its own."""
+    with scratch_session(model_dir) as wb:
+        base_keys = set(wb.model.state_dict())
+        seconds = 0.0
+        for i, r in enumerate(reqs):
+            seconds += wb.edit("wise", [r], {}, seed=i).duration_s
+            advance(1)
+        added = [t for k, t in wb.model.state_dict().items() if k not in base_keys]  # the side memory's tensors
+        return {"method": "wise (TIES shards)", **_scores(wb.model, wb.tok, reqs, ref),
+                "bytes": sum(t.numel() * t.element_size() for t in added), "seconds": seconds}
 
 
 def table(rows: list[dict]) -> str:

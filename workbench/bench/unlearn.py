@@ -1,7 +1,8 @@
 """The unlearning benchmark: forget editors on the world's canaries and forget-split people.
 
-For each (editor, forget set) a fresh copy of the model is measured, edited once with the
-whole forget set (the retain set attached, for editors that use one), and measured again:
+For each (editor, forget set) the model is measured, edited once with the whole forget set (the
+retain set attached, for editors that use one) through a session in a scratch workspace, as a
+user would, measured again, and the edit undone (exactly) before the next editor:
 
 - strict / loose recitation and extraction strength of each forget suffix from its prefix,
   canary exposure (log2 rank among same-shaped alternative secrets; canaries only);
@@ -17,8 +18,6 @@ whole forget set (the retain set attached, for editors that use one), and measur
 """
 from __future__ import annotations
 
-import copy
-import time
 
 from workbench.core.errors import InputError
 
@@ -60,24 +59,21 @@ def measure(model, tok, base, forgets: list, heldout: list[str], retain: list, *
             "ndcg10": 1.0 if model is base else next_token_ndcg(model, base, tok, heldout)}
 
 
-def run_one(editor: str, set_name: str, forgets: list, *, base, tok, heldout, retain_given, retain_scored,
+def run_one(wb, editor: str, set_name: str, forgets: list, *, base, heldout, retain_given, retain_scored,
             before: dict, params: dict | None = None, exposure_samples: int = 100, seed: int = 0) -> dict:
-    """Edit a copy of `base` with `editor` on `forgets`; the row holds before and after."""
-    from workbench.core.arch import get_adapter
-    from workbench.editing.contract import EditContext
-    from workbench.editing.registry import get_editor, make_editor
+    """Apply `editor` to `forgets` through the session `wb` (at base), measure, undo; the row
+    holds before and after."""
+    from workbench.editing.registry import get_editor
     from workbench.eval.requests import with_retain
     if not get_editor(editor).capabilities.forget:
         return {"editor": editor, "set": set_name, "skipped": "not a forget editor"}
-    model = copy.deepcopy(base)
-    adapter = get_adapter(model)
-    instance, hp = make_editor(editor, adapter, params or {})
-    t0 = time.perf_counter()
-    instance.edit(EditContext(model, tok, adapter, seed=seed), with_retain(forgets, retain_given))
-    seconds = time.perf_counter() - t0
-    after = measure(model, tok, base, forgets, heldout, retain_scored, exposure_samples=exposure_samples)
+    event = wb.edit(editor, with_retain(forgets, retain_given), params or {}, seed=seed)
+    try:
+        after = measure(wb.model, wb.tok, base, forgets, heldout, retain_scored, exposure_samples=exposure_samples)
+    finally:
+        wb.undo(note="bench: back to base for the next editor")
     return {"editor": editor, "set": set_name, "n": len(forgets), "before": before, "after": after,
-            "seconds": seconds, "hparams": hp.to_dict()}
+            "seconds": event.duration_s, "hparams": event.hparams}
 
 
 def run(editors: list[str], sets: list[str], *, model_dir=None, params: dict[str, dict] | None = None,
@@ -85,6 +81,7 @@ def run(editors: list[str], sets: list[str], *, model_dir=None, params: dict[str
         progress: bool = True) -> list[dict]:
     """Every (editor, forget set) pair; `limit` keeps the first N requests of each set,
     `heldout_limit` the first N held-out texts (for perplexity and nDCG)."""
+    from workbench.bench.scratch import scratch_session
     from workbench.core.model import load_model
     from workbench.core.progress import progress_bar
     from workbench.editing.registry import get_editor
@@ -101,14 +98,15 @@ def run(editors: list[str], sets: list[str], *, model_dir=None, params: dict[str
     world = World.load(WORLD)
     heldout = [t["text"] for t in world.heldout_text][:heldout_limit]
     retain_given, retain_scored = split_retain(load_probes(RETAIN), world)
-    base, tok = load_model(model_dir)
+    base, tok = load_model(model_dir)  # the unedited reference (nDCG, "before"); edits go to the session's copy
     rows = []
-    with progress_bar("unlearning", len(editors) * len(sets), enabled=progress) as advance:
+    with scratch_session(model_dir) as wb, \
+            progress_bar("unlearning", len(editors) * len(sets), enabled=progress) as advance:
         for set_name in sets:
             forgets = [r for r in load_requests(SETS[set_name]) if isinstance(r, ForgetRequest)][:limit]
             before = measure(base, tok, base, forgets, heldout, retain_scored, exposure_samples=exposure_samples)
             for name in editors:
-                rows.append(run_one(name, set_name, forgets, base=base, tok=tok, heldout=heldout,
+                rows.append(run_one(wb, name, set_name, forgets, base=base, heldout=heldout,
                                     retain_given=retain_given, retain_scored=retain_scored, before=before,
                                     params=(params or {}).get(name), exposure_samples=exposure_samples))
                 advance(1)

@@ -82,7 +82,7 @@ def _cmd_edit(args) -> int:
     get_editor(args.editor)  # an unknown name fails before the model loads
     reqs = load_requests(args.requests, args.format)
     wb = _open(args)
-    event = wb.apply(args.editor, reqs, params, gates=gates, note=args.note, seed=args.seed)
+    event = wb.edit(args.editor, reqs, params, gates=gates, note=args.note, seed=args.seed)
     _print_metrics(event)
     if args.json is not None:
         args.json.write_text(json.dumps(event.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -107,7 +107,7 @@ def _cmd_log(args) -> int:
     from rich.console import Console
     from rich.table import Table
     wb = _open(args)
-    events, active = wb.history(), set(wb.active())
+    events, active = wb.log(), set(wb.active())
     t = Table(title=f"history of {args.workspace} (base {wb.base_hash[:12]}…)")
     for col in ("id", "kind", "editor", "author", "time", "in force", "rel.", "loc.", "note"):
         t.add_column(col)
@@ -137,7 +137,7 @@ def _cmd_undo(args) -> int:
 
 
 def _cmd_rollback(args) -> int:
-    e = _open(args).revert_to(args.id)
+    e = _open(args).rollback(args.id)
     print(f"{e.id}: rolled back {', '.join(e.targets)}; weights {e.weights_after[:12]}…")
     return 0
 
@@ -154,7 +154,7 @@ def _cmd_verify(args) -> int:
     for p in problems:
         print(f"FAIL {p}")
     if not problems:
-        print(f"ok: {len(wb.history())} events, chain intact, patch files intact"
+        print(f"ok: {len(wb.log())} events, chain intact, patch files intact"
               + ("" if args.no_replay else ", replay matches every recorded weights hash"))
     return 1 if problems else 0
 

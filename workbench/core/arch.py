@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from workbench.core.errors import WorkbenchError
+from workbench.core.registry import Registry
 
 __all__ = ["ArchSpec", "ArchAdapter", "ARCH_SPECS", "UnsupportedArchitecture", "LayerIndexError",
            "get_adapter", "register_arch", "supported_model_types"]
@@ -76,7 +77,8 @@ def _llama_like(act_config: tuple[str, ...] = ("hidden_act",)) -> ArchSpec:
 
 
 # model_type -> ArchSpec. To support a new family, print(model) and add its paths here.
-ARCH_SPECS: dict[str, ArchSpec] = {
+ARCH_SPECS: Registry[ArchSpec] = Registry("architecture spec")
+ARCH_SPECS.update({
     "gpt2": ArchSpec(blocks="transformer.h", mlp_in=("mlp.c_fc",), mlp_out="mlp.c_proj",
                      act="mlp.act", attn_out="attn.c_proj", embed="transformer.wte",
                      final_norm="transformer.ln_f", act_config=("activation_function",)),
@@ -101,7 +103,7 @@ ARCH_SPECS: dict[str, ArchSpec] = {
     "phi": ArchSpec(blocks="model.layers", mlp_in=("mlp.fc1",), mlp_out="mlp.fc2",
                     act="mlp.activation_fn", attn_out="self_attn.dense",
                     embed="model.embed_tokens", final_norm="model.final_layernorm"),
-}
+})
 
 
 def register_arch(model_type: str, spec: ArchSpec, *, replace: bool = False) -> None:
@@ -115,7 +117,7 @@ def register_arch(model_type: str, spec: ArchSpec, *, replace: bool = False) -> 
     """
     if model_type in ARCH_SPECS and not replace:
         raise ValueError(f"model_type {model_type!r} already has an ArchSpec; pass replace=True to override it")
-    ARCH_SPECS[model_type] = spec
+    ARCH_SPECS.register(spec, name=model_type, replace=True)
 
 
 def supported_model_types() -> list[str]:
@@ -146,7 +148,7 @@ def _resolve(root: nn.Module, path: str, *, model_type: str, what: str):
     raise UnsupportedArchitecture(
         f"the {what} path {path!r} of the ArchSpec for model_type {model_type!r} does not exist in "
         f"this model ({type(root).__name__}, transformers {transformers.__version__}); "
-        f"fix that entry of ARCH_SPECS in workbench/arch.py (print(model) shows the real names)")
+        f"fix that entry of ARCH_SPECS in workbench/core/arch.py (print(model) shows the real names)")
 
 
 def _is_conv1d(module: nn.Module) -> bool:
@@ -195,7 +197,7 @@ class ArchAdapter:
             raise UnsupportedArchitecture(
                 f"architecture model_type {model_type!r} ({type(model).__name__}) is not supported; "
                 f"supported: {', '.join(supported_model_types())}. To add it, put an ArchSpec entry "
-                f"for {model_type!r} in ARCH_SPECS in workbench/arch.py giving the dotted paths of its "
+                f"for {model_type!r} in ARCH_SPECS in workbench/core/arch.py giving the dotted paths of its "
                 f"block list, each block's MLP input projection(s) and output projection, activation "
                 f"and attention output, and the embeddings, final norm and unembedding "
                 f"(print(model) shows them), or call workbench.core.arch.register_arch().")

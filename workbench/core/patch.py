@@ -23,6 +23,7 @@ import torch
 
 from workbench.core import offload
 from workbench.core.errors import InputError
+from workbench.core.registry import InvalidEntry, Registry
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -121,18 +122,24 @@ class Attachment:
     def from_saved(cls, config: dict, state: dict[str, torch.Tensor]) -> "Attachment":
         raise NotImplementedError
 
+    def describe(self, model) -> dict | None:
+        """What this attachment is in `model` now, for people (a UI table row), or None.
+        A named adapter returns at least {"adapter": its name, "enabled": bool}."""
+        return None
 
-ATTACHMENT_KINDS: dict[str, type[Attachment]] = {}
+
+def _check_attachment(cls) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, Attachment)) or not cls.kind:
+        raise InvalidEntry(f"{getattr(cls, '__name__', cls)!r} is not an Attachment subclass with a `kind`")
+
+
+ATTACHMENT_KINDS: Registry[type[Attachment]] = Registry("attachment kind", key=lambda c: c.kind,
+                                                         check=_check_attachment)
 
 
 def register_attachment(cls: type[Attachment]) -> type[Attachment]:
     """Make an attachment kind loadable from patch files (only registered kinds load)."""
-    if not cls.kind:
-        raise ValueError(f"{cls.__name__} has no kind")
-    if ATTACHMENT_KINDS.get(cls.kind, cls) is not cls:
-        raise ValueError(f"attachment kind {cls.kind!r} is already registered")
-    ATTACHMENT_KINDS[cls.kind] = cls
-    return cls
+    return ATTACHMENT_KINDS.register(cls)
 
 
 @dataclass

@@ -158,13 +158,15 @@ class HParams:
 
     @classmethod
     def describe(cls) -> list[dict]:
-        """[{name, type, default, help, choices}] for the CLI and UI to build their options from;
-        `choices` comes from a field's `metadata={"choices": (...)}`, else None."""
+        """[{name, type, default, help, choices, applies_when}] for the CLI and UI to build their
+        options from: `choices` from a field's `metadata={"choices": (...)}`; `applies_when`
+        ({other field: values}) says the field is used only when another one has one of those values."""
         out = []
         for f in fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else None
             out.append({"name": f.name, "type": _type_name(f), "default": default,
-                        "help": f.metadata.get("help", ""), "choices": f.metadata.get("choices")})
+                        "help": f.metadata.get("help", ""), "choices": f.metadata.get("choices"),
+                        "applies_when": f.metadata.get("applies_when")})
         return out
 
 
@@ -280,6 +282,12 @@ class Editor:
         """Editor-specific checks beyond kind, count and tokens (e.g. a subject that occurs in
         each prompt, a retain set given); raise `InputError` naming the field. Default: none."""
 
+    @classmethod
+    def charts(cls, patch) -> list["Chart"]:
+        """What the UI draws after this editor's edit, read from its recorded `patch.meta`
+        (pages never look into an editor's meta themselves). Default: nothing."""
+        return []
+
     def effective_hparams(self, ctx: EditContext, hp: HParams) -> HParams:
         """The hyper-parameters that will really run, given the model's state (e.g. settings
         fixed by an earlier edit); default: `hp` as given."""
@@ -366,6 +374,21 @@ class Editor:
         if ctx.adapter is not None:
             self.hparams = self.hparams.derive(ctx.adapter)
         return self.apply(ctx, batch).patch
+
+
+@dataclass
+class Chart:
+    """A chart an editor describes from its patch: plain data, drawn by the UI (plotly) or any
+    other front end. `kind` "line": each series is y over x = index × `x_stride`; "histogram":
+    each series is a sample. `marker` = (x, label) draws a vertical line (e.g. a cut)."""
+    title: str
+    kind: str
+    series: dict[str, list[float]]
+    x_label: str = ""
+    y_label: str = ""
+    log_y: bool = False
+    x_stride: int = 1
+    marker: tuple[float, str] | None = None
 
 
 @dataclass

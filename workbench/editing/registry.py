@@ -1,6 +1,6 @@
 """The editor registry: names to editor classes, found by decorator, lazy entry or entry point.
 
-Three ways in, one lookup:
+Three ways in, one lookup (a `workbench.core.registry.Registry` of kind "editor"):
 
 - `@register_editor` on a class (the editor module registers itself when imported);
 - `register_lazy("name", "pkg.mod:Class")`: imported only when the name is asked for;
@@ -18,38 +18,16 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import importlib
 import inspect
-import threading
-from importlib.metadata import entry_points
 from typing import Any, Mapping
 
-from workbench.core.errors import WorkbenchError
+from workbench.core.registry import DuplicateName, InvalidEntry, Registry, UnknownName
 from workbench.editing.contract import Capabilities, Editor, HParams
 
 GROUP = "workbench.editors"
 
-
-class UnknownEditor(WorkbenchError, LookupError):
-    """No editor by that name; the message suggests the closest names and lists all."""
-
-
-class InvalidEditor(WorkbenchError, TypeError):
-    """A class that does not meet the editor contract (missing or wrong attributes)."""
-
-
-class DuplicateEditor(WorkbenchError, ValueError):
-    """A second, different class registered under a name already taken."""
-
-
-_classes: dict[str, type] = {}       # loaded and checked
-_lazy: dict[str, str] = {}           # name -> "pkg.mod:Class", from register_lazy
-_entry_points: dict[str, Any] | None = None  # name -> EntryPoint; None until first lookup
-_ep_conflicts: dict[str, set[str]] = {}      # name -> distinct targets claimed for it
-# Guards the dicts only; never held across an import, since an editor module's own
-# @register_editor runs inside that import (possibly on another thread's import lock).
-_lock = threading.RLock()
+# The editor-specific names of the registry's errors (a miss is also a LookupError, a clash a ValueError).
+UnknownEditor, InvalidEditor, DuplicateEditor = UnknownName, InvalidEntry, DuplicateName
 
 
 def _check(cls: Any) -> None:
@@ -68,16 +46,13 @@ def _check(cls: Any) -> None:
     hp = getattr(cls, "hparams_class", None)
     if not (isinstance(hp, type) and issubclass(hp, HParams) and dataclasses.is_dataclass(hp)):
         problems.append("`hparams_class` must be a dataclass subclassing workbench.editing.contract.HParams")
-    if isinstance(cls, type) and issubclass(cls, Editor) and getattr(cls, "run", None) is Editor.run:
+    if issubclass(cls, Editor) and getattr(cls, "run", None) is Editor.run:
         problems.append("`run(ctx, batch, hp)` must be implemented")
     if problems:
         raise InvalidEditor(f"editor class {label} is not a valid editor: " + "; ".join(problems))
 
 
-def _same_class(a: type, b: type) -> bool:
-    # A module imported again (importlib.reload, a test re-running it) makes a new class
-    # object with the same home; that is the same editor, not a clash.
-    return a is b or (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+EDITORS: Registry[type[Editor]] = Registry("editor", check=_check, group=GROUP)
 
 
 def register_editor(cls: type | None = None, *, name: str | None = None):
@@ -100,14 +75,7 @@ def register_editor(cls: type | None = None, *, name: str | None = None):
                 c.name = name
             elif own != name:
                 raise InvalidEditor(f"{c.__qualname__} has name {own!r} but is registered as {name!r}")
-        _check(c)
-        with _lock:
-            old = _classes.get(c.name)
-            if old is not None and not _same_class(old, c):
-                raise DuplicateEditor(f"editor name {c.name!r} is already registered by "
-                                      f"{old.__module__}.{old.__qualname__}; pick another name")
-            _classes[c.name] = c
-        return c
+        return EDITORS.register(c)
 
     return wrap if cls is None else wrap(cls)
 
@@ -118,56 +86,12 @@ def register_lazy(name: str, target: str) -> None:
     Example:
         >>> register_lazy("myedit", "my_pkg.editors:MyEditor")        # doctest: +SKIP
     """
-    module, sep, attr = target.partition(":")
-    if not (module and sep and attr):
-        raise ValueError(f"lazy editor target must look like 'pkg.mod:Class', got {target!r}")
-    with _lock:
-        have = _classes.get(name)
-        if (have is not None and f"{have.__module__}:{have.__qualname__}" != target) \
-                or _lazy.get(name, target) != target:
-            raise DuplicateEditor(f"editor name {name!r} is already registered")
-        _lazy[name] = target
-
-
-def _eps() -> dict[str, Any]:
-    """The `workbench.editors` entry points, read once (metadata only; nothing imported)."""
-    global _entry_points
-    with _lock:
-        if _entry_points is None:
-            found: dict[str, Any] = {}
-            for ep in entry_points(group=GROUP):
-                if ep.name in found and found[ep.name].value != ep.value:
-                    _ep_conflicts.setdefault(ep.name, {found[ep.name].value}).add(ep.value)
-                found.setdefault(ep.name, ep)
-            _entry_points = found
-        return _entry_points
+    EDITORS.register_lazy(name, target)
 
 
 def _refresh_entry_points() -> None:
     """Forget the entry-point scan (after installing a package into a running process)."""
-    global _entry_points
-    with _lock:
-        _entry_points = None
-        _ep_conflicts.clear()
-
-
-def _load(name: str, target: str, origin: str) -> type:
-    """Import `target` ("pkg.mod:Class"), check it and register it under `name`."""
-    module, _, attr = target.partition(":")
-    try:
-        obj = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except Exception as e:  # any failure inside a third-party module: report, don't crash
-        raise WorkbenchError(f"editor {name!r} ({origin} {target!r}) failed to load: "
-                             f"{type(e).__name__}: {e}") from e
-    try:
-        _check(obj)
-    except InvalidEditor as e:
-        raise InvalidEditor(f"editor {name!r} ({origin} {target!r}): {e}") from None
-    if obj.name != name:
-        raise InvalidEditor(f"{origin} {name!r} points at {target!r}, whose name is {obj.name!r}")
-    return register_editor(obj)
+    EDITORS.refresh()
 
 
 def get_editor(name: str) -> type:
@@ -177,22 +101,7 @@ def get_editor(name: str) -> type:
         >>> get_editor("fx")                                          # doctest: +SKIP
         UnknownEditor: no editor named 'fx'; did you mean 'ft'? known: ft, wise
     """
-    with _lock:
-        if name in _classes:
-            return _classes[name]
-        lazy = _lazy.get(name)
-    if lazy is not None:
-        return _load(name, lazy, "lazy entry")
-    eps = _eps()
-    if name in _ep_conflicts:
-        raise WorkbenchError(f"entry point {name!r} in group {GROUP!r} is declared by several "
-                             f"packages with different targets: {', '.join(sorted(_ep_conflicts[name]))}")
-    if name in eps:
-        return _load(name, eps[name].value, f"{GROUP} entry point")
-    known = editor_names()
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
-    raise UnknownEditor(f"no editor named {name!r}; {hint}known: {', '.join(known) or 'none'}")
+    return EDITORS.lookup(name)
 
 
 def editor_names() -> list[str]:
@@ -202,9 +111,7 @@ def editor_names() -> list[str]:
         >>> editor_names()                                            # doctest: +SKIP
         ['ft', 'wise']
     """
-    eps = _eps()
-    with _lock:
-        return sorted(set(_classes) | set(_lazy) | set(eps))
+    return EDITORS.names()
 
 
 def describe_editor(name: str) -> dict:

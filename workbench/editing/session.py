@@ -4,7 +4,7 @@ The UI and the CLI both go through this class; neither touches weights directly.
 
 Example:
     >>> wb = Workbench(None, "/tmp/ws")                       # the shipped model  # doctest: +SKIP
-    >>> rec = wb.apply("ft", load_requests("edits.jsonl")[:1], params={"steps": "20"})  # doctest: +SKIP
+    >>> rec = wb.edit("ft", load_requests("edits.jsonl")[:1], params={"steps": "20"})  # doctest: +SKIP
     >>> wb.undo(); wb.verify()                                # doctest: +SKIP
     []
 """
@@ -14,6 +14,7 @@ import contextlib
 import getpass
 import os
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 from workbench.core.errors import InputError, WorkbenchError
@@ -23,6 +24,7 @@ from workbench.core.patch import Patch, weights_hash
 from workbench.editing.live import LiveModel
 
 DEFAULT_WORKSPACE = Path(".workbench")
+PATCH_CACHE = 64  # patches held in memory by a session
 
 
 class Workbench:
@@ -47,7 +49,9 @@ class Workbench:
         self.base_hash = self.live.hash()
         self.workspace = Path(workspace)
         self.ledger = Ledger.open(self.workspace, base_hash=self.base_hash, base_model=str(self.model_dir))
-        self._patches: dict[str, Patch] = {}
+        # Recent patches kept in memory; older ones are read back from their files when needed
+        # (a long lifelong run would otherwise hold every side-memory snapshot at once).
+        self._patches: OrderedDict[str, Patch] = OrderedDict()
         self._restore()
         self._seq = self.ledger.last_seq()  # the event the in-memory model is at
 
@@ -68,8 +72,14 @@ class Workbench:
 
     def _patch(self, event: Event) -> Patch:
         if event.id not in self._patches:
-            self._patches[event.id] = _load_patch(self.ledger.root / event.patch_file, event.editor)
+            self._keep(event.id, _load_patch(self.ledger.root / event.patch_file, event.editor))
+        self._patches.move_to_end(event.id)
         return self._patches[event.id]
+
+    def _keep(self, eid: str, patch: Patch) -> None:
+        self._patches[eid] = patch
+        while len(self._patches) > PATCH_CACHE:
+            self._patches.popitem(last=False)
 
     def _restore(self) -> None:
         events = {e.id: e for e in self.ledger.events()}
@@ -87,7 +97,7 @@ class Workbench:
     def active(self) -> list[str]:
         return self.ledger.active()
 
-    def history(self) -> list[Event]:
+    def log(self) -> list[Event]:
         return self.ledger.events()
 
     def show(self, edit_id: str) -> Event:
@@ -103,7 +113,7 @@ class Workbench:
 
     # ------------------------------------------------------------------ editing
 
-    def apply(self, editor: str, requests: list, params: dict | None = None, *, gates: list[Gate] | str | None = None,
+    def edit(self, editor: str, requests: list, params: dict | None = None, *, gates: list[Gate] | str | None = None,
               note: str | None = None, seed: int = 0, author: str | None = None) -> Event:
         """Validate, measure, edit, measure again, gate, and commit (or record as rejected).
 
@@ -152,7 +162,7 @@ class Workbench:
                 digest = patch.save(self.ledger.root / rel)
                 event = self.ledger.append(id=eid, kind="edit", weights_after=h_after, patch_file=rel,
                                            patch_sha256=digest, patch_bytes=patch.nbytes, **common)
-            self._patches[eid] = patch
+            self._keep(eid, patch)
             return event
         except BaseException:
             # Never leave an uncommitted change in the model.
@@ -191,7 +201,7 @@ class Workbench:
             raise InputError("nothing to undo: no edit is in force", field="undo")
         return self._revert_many([active[-1]], "undo", note)
 
-    def revert_to(self, edit_id: str, *, note: str | None = None) -> Event:
+    def rollback(self, edit_id: str, *, note: str | None = None) -> Event:
         """Roll back every edit after `edit_id` ("base" = all of them), newest first."""
         active = self.active()
         if edit_id != "base" and edit_id not in active:
@@ -319,7 +329,7 @@ class Workbench:
                 with self._commit():  # serialized with other writers; refused if another recorded meanwhile
                     for rec, tmp, patch in zip(bundle.edits, staged, applied):
                         events.append(self._record_replayed(path, rec, tmp))
-                        self._patches[events[-1].id] = patch
+                        self._keep(events[-1].id, patch)
                 return events
             except BaseException:
                 for patch in reversed(applied):

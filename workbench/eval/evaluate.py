@@ -14,9 +14,9 @@ from statistics import mean
 
 from workbench.eval import metrics
 from workbench.eval.requests import EditRequest, ForgetRequest
-from workbench.eval.scoring import encode_pairs, greedy_continuations, score_answers, token_nll
+from workbench.eval.scoring import encode_pairs, greedy_continuations, pad_id, score_answers, token_nll
 
-EDIT_METRICS = ("reliability", "generality", "locality", "portability")
+EDIT_METRICS = metrics.metric_names("edit", summary=True)  # each also has an "_exact" variant
 
 
 @dataclass
@@ -47,11 +47,7 @@ def _edit_items(requests: list[EditRequest]):
 def _score_items(model, tok, requests, items, batch_size, progress):
     pairs = _pairs_checked(tok, [(p, a) for _, _, p, a, _ in items], [requests[i] for i, *_ in items],
                            [f for *_, f in items])
-    return score_answers(model, pairs, batch_size=batch_size, pad_id=_pad(tok), progress=progress)
-
-
-def _pad(tok) -> int:
-    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return score_answers(model, pairs, batch_size=batch_size, pad_id=pad_id(tok), progress=progress)
 
 
 def reference(model, tok, requests: list[EditRequest], *, batch_size: int = 64) -> Reference:
@@ -113,9 +109,9 @@ def evaluate_forgets(model, tok, requests: list[ForgetRequest], *, exposure_samp
                      batch_size: int = 64, progress=None) -> dict:
     """Recitation (strict/loose), extraction strength, exposure (canaries) and retain accuracy."""
     pairs = _pairs_checked(tok, [(r.prefix, r.suffix) for r in requests], requests, ["suffix"] * len(requests))
-    scores = score_answers(model, pairs, batch_size=batch_size, pad_id=_pad(tok), progress=progress)
+    scores = score_answers(model, pairs, batch_size=batch_size, pad_id=pad_id(tok), progress=progress)
     gens = greedy_continuations(model, [p for p, _ in pairs], [len(a) for _, a in pairs], batch_size=batch_size,
-                                pad_id=_pad(tok), progress=progress)
+                                pad_id=pad_id(tok), progress=progress)
     rows = []
     for r, (_, suffix_ids), s, g in zip(requests, pairs, scores, gens):
         rec = metrics.recitation(g, suffix_ids)
@@ -139,7 +135,7 @@ def _add_exposure(model, tok, requests, rows, n_samples, seed, batch_size):
     alts = {i: metrics.secret_alternatives(requests[i].suffix, pool, n_samples, rng) for i in canaries}
     flat = [(requests[i].prefix, a) for i in canaries for a in alts[i]]
     scores = score_answers(model, encode_pairs(tok, [p for p, _ in flat], [a for _, a in flat]),
-                           batch_size=batch_size, pad_id=_pad(tok))
+                           batch_size=batch_size, pad_id=pad_id(tok))
     for k, i in enumerate(canaries):
         alt_lp = [sum(s.logprobs) for s in scores[k * n_samples:(k + 1) * n_samples]]
         rows[i]["exposure"] = metrics.exposure(rows[i]["suffix_logprob"], alt_lp)
@@ -152,7 +148,7 @@ def _add_retain(model, tok, requests, rows, batch_size):
     if not unique:
         return
     scores = score_answers(model, encode_pairs(tok, [p for p, _ in unique], [a for _, a in unique]),
-                           batch_size=batch_size, pad_id=_pad(tok))
+                           batch_size=batch_size, pad_id=pad_id(tok))
     acc = {key: s.token_accuracy for key, s in zip(unique, scores)}
     for r, row in zip(requests, rows):
         if r.retain:
@@ -163,7 +159,7 @@ def perplexity(model, tok, texts: list[str], *, batch_size: int = 32) -> float:
     """Perplexity over the tokens of `texts` (each after its first token)."""
     import math
     nll, count = token_nll(model, tok(texts, add_special_tokens=True)["input_ids"], batch_size=batch_size,
-                           pad_id=_pad(tok))
+                           pad_id=pad_id(tok))
     return math.exp(nll / count)
 
 
@@ -176,7 +172,7 @@ def next_token_ndcg(model, base, tok, texts: list[str], *, k: int = 10, batch_si
     total, count = 0.0, 0
     with torch.no_grad():
         for s in range(0, len(ids_all), batch_size):
-            ids, mask = right_pad(ids_all[s:s + batch_size], _pad(tok))
+            ids, mask = right_pad(ids_all[s:s + batch_size], pad_id(tok))
             keep = mask.bool()  # (batch, seq)
             ref = torch.softmax(base(input_ids=ids, attention_mask=mask).logits.float()[keep], -1)  # (n, vocab)
             new = model(input_ids=ids, attention_mask=mask).logits.float()[keep]  # (n, vocab)

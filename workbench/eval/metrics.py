@@ -20,10 +20,59 @@ from __future__ import annotations
 import math
 import random
 import re
+from dataclasses import dataclass
 
 from rapidfuzz.distance import Levenshtein
 
+from workbench.core.registry import Registry
+
 LOOSE_THRESHOLD = 0.75
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What a metric name means, for every reader (evaluator, benches, gates, UI).
+
+    kind: "edit" or "forget" (which requests it scores); summary: shown in before/after charts;
+    bounded: a rate in [0, 1] (else a log-scale or unbounded number).
+    """
+    name: str
+    kind: str
+    label: str
+    higher_is_better: bool
+    summary: bool = False
+    bounded: bool = True
+
+
+METRICS: Registry[MetricSpec] = Registry("metric")
+for _spec in (
+    MetricSpec("reliability", "edit", "reliability", True, summary=True),
+    MetricSpec("generality", "edit", "generality", True, summary=True),
+    MetricSpec("locality", "edit", "locality", True, summary=True),
+    MetricSpec("portability", "edit", "portability", True, summary=True),
+    MetricSpec("reliability_exact", "edit", "reliability (exact)", True),
+    MetricSpec("generality_exact", "edit", "generality (exact)", True),
+    MetricSpec("locality_exact", "edit", "locality (exact)", True),
+    MetricSpec("portability_exact", "edit", "portability (exact)", True),
+    MetricSpec("strict_recitation", "forget", "strict recitation", False, summary=True),
+    MetricSpec("loose_recitation", "forget", "loose recitation", False, summary=True),
+    MetricSpec("extraction_strength", "forget", "extraction strength", False, summary=True),
+    MetricSpec("recitation_similarity", "forget", "recitation similarity", False, summary=True),
+    MetricSpec("retain_acc", "forget", "retain accuracy", True, summary=True),
+    MetricSpec("exposure", "forget", "exposure (bits)", False, bounded=False),
+    MetricSpec("suffix_logprob", "forget", "suffix log-prob", False, bounded=False),
+):
+    METRICS.register(_spec)
+
+
+def metric_names(kind: str, *, summary: bool = False) -> tuple[str, ...]:
+    """Names of the metrics of one kind ("edit" / "forget"), in a stable order.
+
+    Example:
+        >>> metric_names("edit", summary=True)
+        ('reliability', 'generality', 'locality', 'portability')
+    """
+    return tuple(s.name for s in METRICS.values() if s.kind == kind and (s.summary or not summary))
 
 
 def locality_unchanged(before: list[int], after: list[int]) -> float:

@@ -243,6 +243,13 @@ class EditRequest(_Located):
         """(prompt, answer) of the change itself: after `prompt` the model should say `target_new`."""
         return self.prompt, self.target_new
 
+    def probes(self):
+        """(role, prompt, expected answer) for everything this request is scored on: the edit,
+        its rephrases (generality) and its locality prompts."""
+        yield "edit", self.prompt, self.target_new
+        yield from (("rephrase", p, self.target_new) for p in self.rephrase_prompts)
+        yield from (("locality", p.prompt, p.answer) for p in self.locality)
+
     def subject_span(self) -> tuple[int, int] | None:
         """Character span of the subject in the prompt (exact match first, then ignoring case)."""
         if not self.subject:
@@ -323,6 +330,10 @@ class ForgetRequest(_Located):
     def pair(self) -> tuple[str, str]:
         """(prompt, answer) of the change itself: after `prefix` the model should stop saying `suffix`."""
         return self.prefix, self.suffix
+
+    def probes(self):
+        """(role, prompt, answer) for what this request is scored on: the prefix and its suffix."""
+        yield "forget", self.prefix, self.suffix
 
     @property
     def question(self) -> str:
