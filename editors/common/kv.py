@@ -215,10 +215,8 @@ def compute_z(model, tok, adapter, req, *, layer: int, site: str, templates=CONT
         >>> z.target.shape                                                                          # doctest: +SKIP
         torch.Size([256])
     """
-    span = check_subject(req)
+    span = check_subject(req)  # the span; the request itself was checked by Editor.check
     target = tok(" " + req.target_new, add_special_tokens=False)["input_ids"]  # as the evaluator scores it
-    if not target:
-        raise req.input_error("tokenizes to nothing", field="target_new")
     rows, where, labels = [], [], []
     for t in templates:  # rewriting prompts: prefix + prompt + target[:-1]
         ids, i = encode_at_subject(tok, t, req.prompt, span)

@@ -1,2 +1,2 @@
 """The generated world: fictional people, their facts, canaries and clean held-out text."""
-from workbench.world.schema import Probe, World  # noqa: F401
+from workbench.world.schema import FactQuery, World  # noqa: F401

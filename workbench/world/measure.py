@@ -8,12 +8,12 @@ import math
 from pathlib import Path
 
 from workbench.eval.scoring import encode_pairs, score_answers, token_nll
-from workbench.world.schema import Probe, World
+from workbench.world.schema import FactQuery, World
 
 TARGETS = {"recall_train_phrasings": 0.95, "recall_heldout_phrasings": 0.80, "canary_exact": 0.95}
 
 
-def fact_accuracy(model, tok, probes: list[Probe], *, batch_size: int = 128) -> dict:
+def fact_accuracy(model, tok, probes: list, *, batch_size: int = 128) -> dict:
     """Greedy exact match and teacher-forced token accuracy of each probe's answer."""
     pairs = encode_pairs(tok, [p.prompt for p in probes], [p.answer for p in probes])
     scores = score_answers(model, pairs, batch_size=batch_size, pad_id=tok.pad_token_id)

@@ -43,8 +43,9 @@ perplexity is measured on them.
 
 
 @dataclass(frozen=True)
-class Probe:
-    """One fact query: `prompt` then " " + `answer`."""
+class FactQuery:
+    """One query of a world fact, with where it comes from (person, relation, phrasing); scored like
+    a request probe: `prompt` then " " + `answer` (`workbench.eval.requests.Probe` has the same two)."""
     person: str
     relation: str
     phrasing: int
@@ -89,12 +90,12 @@ class World:
         ph = self.relations[relation]["phrasings"][phrasing]
         return ph["kind"], ph["template"]
 
-    def probe(self, person: dict, relation: str, phrasing: int) -> Probe:
+    def probe(self, person: dict, relation: str, phrasing: int) -> FactQuery:
         kind, template = self.template(relation, phrasing)
-        return Probe(person["id"], relation, phrasing, kind, template.format(name=person["name"]),
+        return FactQuery(person["id"], relation, phrasing, kind, template.format(name=person["name"]),
                      person["facts"][relation], phrasing in person["heldout"][relation])
 
-    def probes(self, *, heldout: bool | None = None, people: list[str] | None = None) -> list[Probe]:
+    def probes(self, *, heldout: bool | None = None, people: list[str] | None = None) -> list[FactQuery]:
         """All (person, relation, phrasing) probes, optionally only held-out or only trained ones."""
         chosen = self.people if people is None else [self.by_id[i] for i in people]
         out = []
