@@ -297,4 +297,4 @@ def test_merge_page_merges_two_adapters(app):
     assert at.session_state["wb"].active() == ["e0001", "e0002", "e0003"]
     # after the merge: the sources are switched off, the merged adapter is on and preselected
     assert at.multiselect[0].options == ["lora0", "lora1", "lora2"] and at.multiselect[0].value == ["lora2"]
-    assert any("merged lora0, lora1 → lora2" in s.value for s in at.success)
+    assert any("merged lora0, lora1 into lora2" in s.value for s in at.success)

@@ -143,6 +143,40 @@ def probe_prompts(reqs: list, limit: int = 12) -> list[tuple[str, str, str]]:
     return [row for r in reqs for row in r.probes()][:limit]
 
 
+def apply_with_generations(wb, editor: str, reqs: list, params: dict, *, what: str, n_tokens: int = 8, **kw):
+    """Generate before, apply through the session (measured, gated, recorded), generate after,
+    inside a status box. Returns (event, rows, before, after) for `show_result`."""
+    rows = probe_prompts(reqs)
+    with st.status(f"{editor} on {len(reqs)} {what}…", expanded=True) as status:
+        st.write("generating with the model before…")
+        before = continuations(wb, [p for _, p, _ in rows], n_tokens)
+        st.write(f"measuring, running {editor} and measuring again…")
+        event = wb.edit(editor, reqs, params, **kw)
+        st.write("generating with the model after…")
+        after = continuations(wb, [p for _, p, _ in rows], n_tokens)
+        status.update(label=f"{event.id}: {event.kind} in {event.duration_s:.2f} s", state="complete",
+                      expanded=False)
+    return event, rows, before, after
+
+
+def show_result(wb, event, rows, before, after, *, metrics, key: str, caption: str) -> None:
+    """The outcome of `apply_with_generations`: in force or rejected, metrics before and after,
+    generations side by side, and the charts the editor describes."""
+    st.subheader("3. Result")
+    if event.kind == "rejected":
+        st.warning(f"{event.id} was rejected and reverted: {event.note}")
+    else:
+        st.success(f"{event.id} is in force ({event.editor}, {event.duration_s:.2f} s). "
+                   f"Roll it back on the History page.")
+    before_after_chart(event, metrics, key=f"{key}_chart")
+    with st.expander("all metrics"):
+        metrics_table(event)
+    st.caption(caption)
+    side_by_side(rows, before, after)
+    if event.kind == "edit":
+        editor_charts(wb, event, key=key)
+
+
 def side_by_side(rows, before: list[str], after: list[str]) -> None:
     import pandas as pd
     df = pd.DataFrame([{"role": role, "prompt": p, "expected": want, "before": b, "after": a}

@@ -67,29 +67,10 @@ note = c[1].text_input("note", key="edit_note")
 
 # ------------------------------------------------------------------ apply
 if st.button("Apply edit", type="primary", key="edit_apply", disabled=not reqs):
-    rows = common.probe_prompts(reqs)
     with common.shown_errors("the edit was not applied"):
-        with st.status(f"applying {editor} to {len(reqs)} request(s)…", expanded=True) as status:
-            st.write("generating with the model before the edit…")
-            before = common.continuations(wb, [p for _, p, _ in rows])
-            st.write(f"measuring, editing with {editor} and measuring again…")
-            event = wb.edit(editor, reqs, params, gates=gates.strip() or None, note=note.strip() or None)
-            st.write("generating with the model after the edit…")
-            after = common.continuations(wb, [p for _, p, _ in rows])
-            status.update(label=f"{event.id}: {event.kind} in {event.duration_s:.2f} s", state="complete",
-                          expanded=False)
-        st.session_state["last_edit"] = (event, rows, before, after)
+        st.session_state["last_edit"] = common.apply_with_generations(
+            wb, editor, reqs, params, what="request(s)", gates=gates.strip() or None, note=note.strip() or None)
 
 if "last_edit" in st.session_state:
-    event, rows, before, after = st.session_state["last_edit"]
-    st.subheader("3. Result")
-    if event.kind == "rejected":
-        st.warning(f"{event.id} was rejected and reverted: {event.note}")
-    else:
-        st.success(f"{event.id} is in force ({event.editor}, {event.duration_s:.2f} s). "
-                   f"Roll it back on the History page.")
-    common.before_after_chart(event, key="edit_chart")
-    with st.expander("all metrics"):
-        common.metrics_table(event)
-    st.caption("generations before and after (greedy, 8 tokens)")
-    common.side_by_side(rows, before, after)
+    common.show_result(wb, *st.session_state["last_edit"], metrics=common.EDIT_METRICS, key="edit",
+                       caption="generations before and after (greedy, 8 tokens)")

@@ -52,33 +52,12 @@ with st.expander("hyperparameters", expanded=True):
 note = st.text_input("note", key="unlearn_note")
 
 if st.button("Apply", type="primary", key="unlearn_apply", disabled=not reqs):
-    rows = common.probe_prompts(reqs)
     n_tok = max(len(wb.tok(" " + r.suffix, add_special_tokens=False)["input_ids"]) for r in reqs)
     with common.shown_errors("nothing was removed"):
-        with st.status(f"{editor} on {len(reqs)} forget request(s)…", expanded=True) as status:
-            st.write("reciting with the model before…")
-            before = common.continuations(wb, [p for _, p, _ in rows], n_tok)
-            st.write(f"measuring, running {editor} (K-FAC collects curvature once, then it is cached) "
-                     f"and measuring again…")
-            event = wb.edit(editor, reqs, params, note=note.strip() or None)
-            st.write("reciting with the model after…")
-            after = common.continuations(wb, [p for _, p, _ in rows], n_tok)
-            status.update(label=f"{event.id}: {event.kind} in {event.duration_s:.2f} s", state="complete",
-                          expanded=False)
-        st.session_state["last_unlearn"] = (event, rows, before, after)
-
+        # K-FAC collects curvature once per model and corpus; later runs read it from the cache.
+        st.session_state["last_unlearn"] = common.apply_with_generations(
+            wb, editor, reqs, params, what="forget request(s)", n_tokens=n_tok, note=note.strip() or None)
 
 if "last_unlearn" in st.session_state:
-    event, rows, before, after = st.session_state["last_unlearn"]
-    st.subheader("3. Result")
-    if event.kind == "rejected":
-        st.warning(f"{event.id} was rejected and reverted: {event.note}")
-    else:
-        st.success(f"{event.id} is in force ({event.editor}, {event.duration_s:.2f} s)")
-    common.before_after_chart(event, common.FORGET_METRICS, key="unlearn_chart")
-    with st.expander("all metrics"):
-        common.metrics_table(event)
-    st.caption("recitation before and after (greedy, as many tokens as the suffix)")
-    common.side_by_side(rows, before, after)
-    if event.kind == "edit":
-        common.editor_charts(wb, event, key="unlearn")
+    common.show_result(wb, *st.session_state["last_unlearn"], metrics=common.FORGET_METRICS, key="unlearn",
+                       caption="recitation before and after (greedy, as many tokens as the suffix)")

@@ -61,12 +61,9 @@ def register_editor(cls: type | None = None, *, name: str | None = None):
     `name=` sets the class's `name` when it has none (it must agree when it has one).
     A different class under a taken name raises `DuplicateEditor` (a ValueError).
 
-    Example:
-        >>> @register_editor                                          # doctest: +SKIP
-        ... class Noop(Editor):
-        ...     name = "noop"; capabilities = Capabilities(batch=True)
-        ...     hparams_class = HParams
-        ...     def run(self, ctx, batch, hp): return Patch()
+    Example (a whole editor: `workbench.editing.contract`'s module docstring):
+        >>> register_editor(MyEditor) is MyEditor                     # doctest: +SKIP
+        True
     """
     def wrap(c: type) -> type:
         if name is not None:

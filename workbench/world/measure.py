@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from workbench.eval.scoring import encode_pairs, score_answers, token_nll
-from workbench.world.schema import FactQuery, World
+from workbench.world.schema import World
 
 TARGETS = {"recall_train_phrasings": 0.95, "recall_heldout_phrasings": 0.80, "canary_exact": 0.95}
 
