@@ -35,7 +35,10 @@ before/after of anything it changed, so one edit reverts exactly (`single_revert
 requests in one call are edited one after another (same result as separate calls); editing
 the very same prompt again with another target overwrites that key's value and label (EasyEdit
 would split at distance 0, leaving neither key reachable); `early_stop_loss` (0 = off, as in
-EasyEdit) may end training early. Only Euclidean distance exists, as in EasyEdit.
+EasyEdit) may end training early; an expanded radius is the distance × (1 + 1e-3), not the
+distance itself, because routing recomputes distances by a matrix product (and reads the key
+inside a longer sequence) whose rounding could leave the very query that expanded the key just
+outside it — it did on this machine, and the expanded value then never trained. Only Euclidean distance exists, as in EasyEdit.
 
 Example:
     >>> patch = GRACEEditor(GraceHParams(n_iter=50)).edit(ctx, [EditRequest("Ada lives in", "Paris")])  # doctest: +SKIP

@@ -100,9 +100,13 @@ class LoRAEditor(Editor):
     capabilities = Capabilities(batch=True, sequential=True, single_revert=False)
     hparams_class = LoRAHParams
 
+    def effective_hparams(self, ctx: EditContext, hp: LoRAHParams) -> LoRAHParams:
+        """The adapter's name: the one given, else the next free loraN."""
+        return dataclasses.replace(hp, name=hp.name or next_name(ctx.model))
+
     def run(self, ctx: EditContext, batch: Batch, hp: LoRAHParams) -> Patch:
         from peft import LoraConfig
-        name = hp.name or next_name(ctx.model)
+        name = hp.name
         if name in adapter_names(ctx.model):
             raise InputError(f"a LoRA adapter named {name!r} already exists", field="name")
         names = target_modules(ctx.adapter, hp.targets, hp.layers)

@@ -96,10 +96,12 @@ class MergeEditor(Editor):
     hparams_class = MergeHParams
 
     def effective_hparams(self, ctx: EditContext, hp: MergeHParams) -> MergeHParams:
-        """The adapters and weights that will be merged: by default every enabled adapter, equal weights."""
+        """The adapters and weights that will be merged (by default every enabled adapter, equal
+        weights) and the new adapter's name (by default the next free loraN)."""
         names = list(hp.adapters) or [n for n in adapter_names(ctx.model) if bool(lora_adapter(ctx.model, n).enabled)]
         weights = hp.check_selection(names)
-        return dataclasses.replace(hp, adapters=tuple(names), weights=tuple(weights))
+        name = hp.name if hp.fold else (hp.name or next_name(ctx.model))  # a fold adds no adapter
+        return dataclasses.replace(hp, adapters=tuple(names), weights=tuple(weights), name=name)
 
     def run(self, ctx: EditContext, batch: Batch, hp: MergeHParams) -> Patch:
         model = ctx.model

@@ -77,15 +77,19 @@ if st.button("Merge", type="primary", key="merge_apply", disabled=not chosen):
             st.write(f"measuring on the adapters' {len(reqs)} request(s), merging with peft, measuring again…")
             event = wb.edit("merge", reqs, params)
             status.update(label=f"{event.id}: {event.kind} in {event.duration_s:.2f} s", state="complete")
+        # What the merge made, read now: a later undo takes the merged adapter out of the model.
+        made = [r for a in common.patch_of(wb, event).attachments if (r := a.describe(wb.model)) and "adapter" in r] \
+            if event.kind == "edit" else []
         st.session_state["last_merge"] = event
+        st.session_state["last_merge_into"] = (f"{made[0]['adapter']} (rank {made[0]['rank']})" if made
+                                               else "the base weights (folded)")
         st.rerun()  # the adapter table above predates the merge (sources now off, a new adapter)
 
 if "last_merge" in st.session_state:
     event = st.session_state["last_merge"]
     st.subheader("Result")
     if event.kind == "edit":
-        rows = [r for a in common.patch_of(wb, event).attachments if (r := a.describe(wb.model)) and "adapter" in r]
-        into = f"{rows[0]['adapter']} (rank {rows[0]['rank']})" if rows else "the base weights (folded)"
+        into = st.session_state.get("last_merge_into", "a new adapter")
         st.success(f"{event.id}: merged {', '.join(event.hparams.get('adapters', []))} into {into}; "
                    f"the sources are switched off, and rolling back {event.id} switches them on again")
     else:

@@ -117,7 +117,7 @@ def register_arch(model_type: str, spec: ArchSpec, *, replace: bool = False) -> 
     """
     if model_type in ARCH_SPECS and not replace:
         raise ValueError(f"model_type {model_type!r} already has an ArchSpec; pass replace=True to override it")
-    ARCH_SPECS.register(spec, name=model_type, replace=True)
+    ARCH_SPECS[model_type] = spec
 
 
 def supported_model_types() -> list[str]:

@@ -292,7 +292,8 @@ class HashCache:
     by a fresh tensor (GRACE's `register_buffer`) may be allocated at the freed one's address
     with version 0, so pointer and version alone would return the old digest.
     Writes through `.data` bypass the version counter, so whoever changes weights that way
-    must `invalidate` the names (the session does so for every patch it applies or reverts).
+    must `invalidate` the names (`workbench.editing.live.LiveModel` does so for every patch it
+    applies or reverts).
     """
 
     def __init__(self):

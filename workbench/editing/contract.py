@@ -15,8 +15,9 @@ An editor subclasses `Editor` and writes only its method:
 `Editor` owns the ritual every method shares (peft's `BaseTuner` is the model): one
 validation pass of the requests (`Editor.check`, which the session runs once before it
 measures), model-derived hyper-parameters (`prepare`), eval mode and `requires_grad` flags
-put back afterwards, a local RNG seeded from `ctx.seed`, everything restored if the method
-raises, and the standard patch meta. `apply` returns the patch with the **effective**
+put back afterwards, torch's generators seeded from `ctx.seed` inside and restored after (so
+the caller's streams are untouched; Python's `random` and numpy are the editor's to seed),
+everything restored if the method raises, and the standard patch meta. `apply` returns the patch with the **effective**
 hyper-parameters (`effective_hparams`: what really ran, e.g. WISE's layer when a memory is
 already in place) — the ledger records those.
 
@@ -250,10 +251,16 @@ class EditContext:
     def on_error(self, undo: Callable[[], None]) -> None:
         self._undo.append(undo)
 
-    def _rollback(self) -> None:
+    def _rollback(self) -> list[BaseException]:
+        """Run every undo step, newest first, even if one fails; returns the failures."""
+        failed = []
         for step in reversed(self._undo):
-            step()
+            try:
+                step()
+            except BaseException as e:  # keep undoing: a later step may still restore most of it
+                failed.append(e)
         self._undo.clear()
+        return failed
 
 
 # ---------------------------------------------------------------------------- the template
@@ -349,11 +356,18 @@ class Editor:
         was_training = model.training
         try:
             model.eval()  # no dropout: an edit is a deterministic function of weights, requests and seed
-            with torch.random.fork_rng(devices=[]):  # seeded locally; the caller's RNG stream is untouched
-                torch.manual_seed(ctx.seed)
+            with _seeded(ctx.seed):
                 patch = self.run(ctx, batch, hp)
-        except BaseException:
-            ctx._rollback()  # leave the model exactly as it was, then let the caller see why
+            from workbench.core.patch import Patch
+            if not isinstance(patch, Patch):
+                raise WorkbenchError(f"editor {self.name!r}: run() returned {type(patch).__name__}, not a Patch")
+            patch.meta = {"editor": self.name, **_jsonable(hp.to_dict()), **patch.meta}
+        except BaseException as e:
+            failed = ctx._rollback()  # leave the model exactly as it was, then let the caller see why
+            if failed:
+                raise WorkbenchError(f"editor {self.name!r} failed ({type(e).__name__}: {e}) and undoing its "
+                                     f"changes failed too ({type(failed[0]).__name__}: {failed[0]}); the model "
+                                     f"may be changed: reload it") from e
             raise
         finally:
             model.train(was_training)
@@ -362,7 +376,6 @@ class Editor:
                 if n in flags and p.requires_grad != flags[n]:
                     p.requires_grad_(flags[n])
         ctx._undo.clear()
-        patch.meta = {"editor": self.name, **hp.to_dict(), **patch.meta}
         return Applied(patch, hp)
 
     def edit(self, ctx: EditContext, requests) -> Any:
@@ -396,6 +409,29 @@ class Applied:
     """What `Editor.apply` returns: the change, and the hyper-parameters that produced it."""
     patch: Any
     hparams: HParams
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """torch's global generators seeded with `seed` inside, and put back as they were after:
+    the CPU one, and every CUDA device's once CUDA is in use, so the caller's random streams
+    are untouched on any machine. (Seeding CUDA before it is initialized would queue a seed
+    that lands on the caller's stream later, so an unused CUDA is left alone.)"""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
+        torch.random.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.manual_seed_all(seed)
+        yield
+
+
+def _jsonable(value):
+    """Tuples as lists, recursively: patch meta reads the same before and after a save/load."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def context_length(model) -> int | None:

@@ -141,8 +141,8 @@ class Workbench:
         applied = instance.apply(EditContext(self.model, self.tok, self.adapter, seed), batch)
         duration = time.perf_counter() - t0
         patch = applied.patch
-        self.live.edited(patch)
         try:
+            self.live.edited(patch)
             _, after = self._measure(batch.requests, ref)
             h_after = self.live.hash()
             failed = check_gates(gate_list, after)
