@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from workbench.cli.args import nonneg_int
+from workbench.cli.args import nonneg_int, parse_params
 from workbench.core.paths import BENCHMARKS, DEFAULT_MODEL, WORLD as DEFAULT_WORLD
 
 
@@ -17,6 +17,11 @@ def add_parser(sub) -> None:
     g.add_argument("--people", type=nonneg_int, default=1200, help="number of fictional people")
     g.add_argument("--canaries", type=nonneg_int, default=120, help="number of canary strings")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    g.add_argument("--version", type=int, default=1, choices=(1, 2),
+                   help="schema version: 2 adds the skill suites (reading, rules, arithmetic) and memorized "
+                        "text by frequency (default 1, the shipped world's)")
+    g.add_argument("--suite", action="append", default=[], metavar="K=V",
+                   help="a version-2 suite count, e.g. reading=500 or heldout_share=0.1 (repeatable)")
     g.set_defaults(func=_cmd_world_generate)
 
     t = wsub.add_parser("train", help="train the default model from scratch on the world (CPU)")
@@ -48,8 +53,21 @@ def add_parser(sub) -> None:
 def _cmd_world_generate(args) -> int:
     from workbench.world.generate import DEFAULT_SEED, generate
     seed = DEFAULT_SEED if args.seed is None else args.seed
-    out = generate(args.out, seed, n_people=args.people, n_canaries=args.canaries, overwrite=args.overwrite)
-    print(f"wrote world (seed {seed}) to {out}")
+    from workbench.core.errors import InputError
+    from workbench.world.generate import SUITE_COUNTS
+    given = parse_params(args.suite, flag="--suite")
+    if given and args.version != 2:
+        raise InputError("suite counts apply to --version 2 worlds", field="--suite")
+    suites = {}
+    for key, raw in given.items():
+        kind = float if isinstance(SUITE_COUNTS.get(key), float) else int
+        try:
+            suites[key] = kind(raw)
+        except ValueError:
+            raise InputError(f"cannot read {raw!r} as {kind.__name__}", field=key) from None
+    out = generate(args.out, seed, n_people=args.people, n_canaries=args.canaries, overwrite=args.overwrite,
+                   version=args.version, suites=suites or None)
+    print(f"wrote world (seed {seed}, schema version {args.version}) to {out}")
     return 0
 
 

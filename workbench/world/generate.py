@@ -11,8 +11,9 @@ from pathlib import Path
 from workbench.core.errors import InputError
 from workbench.core.fsutil import atomic_dir
 from workbench.core.jsonio import write_json, write_jsonl
-from workbench.world import vocab
-from workbench.world.schema import SCHEMA_DOC, SCHEMA_VERSION
+from workbench.world import suites, vocab
+from workbench.world.schema import SCHEMA_DOC, SCHEMA_DOC_V2, SCHEMA_VERSIONS
+from workbench.world.suites import REPEAT_LEVELS
 
 DEFAULT_SEED = 1234
 
@@ -109,22 +110,33 @@ def make_splits(rng: random.Random, people: list[dict], n_dev: int, n_forget: in
 
 def generate(out: str | Path, seed: int = DEFAULT_SEED, *, n_people: int = 1200, n_heldout: int = 2,
              n_canaries: int = 120, n_heldout_text: int = 400, n_dev: int = 100, n_forget: int = 60,
-             n_retain: int = 120, overwrite: bool = False) -> Path:
+             n_retain: int = 120, overwrite: bool = False, version: int = 1, suites: dict | None = None) -> Path:
     """Write a world under `out` (absent or, with overwrite, replaced whole).
+
+    `version=2` adds the skill suites and memorized text by frequency (`workbench.world.suites`);
+    `suites` overrides their counts (`SUITE_COUNTS`); `n_canaries` is then unused (the canaries
+    come `canaries_per_level` at each repeat count).
 
     Example:
         >>> generate("/tmp/world-example", seed=7, n_people=50, n_canaries=5,
         ...          n_dev=5, n_forget=5, n_retain=5, overwrite=True)  # doctest: +SKIP
     """
-    _validate_counts(seed, n_people, n_heldout, n_canaries, n_heldout_text, n_dev, n_forget, n_retain)
+    if version not in SCHEMA_VERSIONS:
+        raise InputError(f"must be one of {', '.join(map(str, SCHEMA_VERSIONS))}; got {version!r}", field="version")
+    counts = _suite_counts(suites) if version == 2 else None
+    _validate_counts(seed, n_people, n_heldout, n_canaries if version == 1 else 0, n_heldout_text,
+                     n_dev, n_forget, n_retain)
+    if counts is not None and counts["canaries_per_level"] * len(REPEAT_LEVELS) > n_people:
+        raise InputError(f"{counts['canaries_per_level']} canaries at each of {len(REPEAT_LEVELS)} repeat counts "
+                         f"need as many people; there are {n_people}", field="canaries_per_level")
     _check_values_prefix_free()
     rng = random.Random(seed)
     people = make_people(rng, n_people, n_heldout)
-    canaries = make_canaries(rng, people, n_canaries)
+    canaries = make_canaries(rng, people, n_canaries) if version == 1 else []
     heldout_text = make_heldout_text(rng, n_heldout_text)
     splits = make_splits(rng, people, n_dev, n_forget, n_retain)
     meta = {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": version,
         "seed": seed,
         "counts": {"people": n_people, "canaries": n_canaries, "heldout_text": n_heldout_text,
                    "heldout_phrasings_per_fact": n_heldout},
@@ -134,13 +146,60 @@ def generate(out: str | Path, seed: int = DEFAULT_SEED, *, n_people: int = 1200,
                       for rel, spec in vocab.RELATIONS.items()},
         "splits": splits,
     }
+    files = {}
+    if version == 2:
+        files, canaries = _suites(seed, people, counts)
+        meta["counts"] = {**meta["counts"], "canaries": len(canaries), **counts}
+        meta["splits"] = {**splits, "forget_canaries": files.pop("forget_canaries"),
+                          "forget_quotes": files.pop("forget_quotes")}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_json(tmp / "world.json", meta)
         write_jsonl(tmp / "people.jsonl", people)
         write_jsonl(tmp / "canaries.jsonl", canaries)
         write_jsonl(tmp / "heldout_text.jsonl", heldout_text)
-        (tmp / "README.md").write_text(SCHEMA_DOC, encoding="utf-8", newline="\n")
+        for name, rows in files.items():
+            write_jsonl(tmp / f"{name}.jsonl", rows)
+        (tmp / "README.md").write_text(SCHEMA_DOC if version == 1 else SCHEMA_DOC_V2, encoding="utf-8",
+                                       newline="\n")
     return Path(out)
+
+
+# Version 2: per suite, the number of items (heldout_share of them held out of training).
+SUITE_COUNTS = {"reading": 2000, "rules_per_kind": 600, "arithmetic": 2000, "canaries_per_level": 20,
+                "quotes": 30, "quote_repeats": 16, "heldout_share": 0.2, "forget_share": 0.25}
+
+
+def _suite_counts(given: dict | None) -> dict:
+    counts = dict(SUITE_COUNTS)
+    for key, value in (given or {}).items():
+        if key not in counts:
+            raise InputError(f"unknown suite count; known: {', '.join(sorted(counts))}", field=key)
+        counts[key] = value
+    for key, value in counts.items():
+        share = key.endswith("_share")
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1) if share else \
+            (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+        if not ok:
+            raise InputError(f"must be {'a share in (0, 1)' if share else 'a positive integer'}; got {value!r}",
+                             field=key)
+    return counts
+
+
+def _suites(seed: int, people: list[dict], c: dict) -> tuple[dict, list[dict]]:
+    """The version-2 suites, each from its own random stream (seed and suite name)."""
+    taken = {p["name"] for p in people}
+    r = lambda name: random.Random(f"world-v2:{seed}:{name}")  # noqa: E731  (str seeds are stable across runs)
+    canaries = suites.make_canaries_by_frequency(r("canaries"), people, c["canaries_per_level"])
+    quotes = suites.make_quotes(r("quotes"), c["quotes"], c["quote_repeats"], taken)
+    files = {
+        "reading": suites.make_reading(r("reading"), c["reading"], taken, heldout_share=c["heldout_share"]),
+        "rules": suites.make_rules(r("rules"), c["rules_per_kind"], heldout_share=c["heldout_share"]),
+        "arithmetic": suites.make_arithmetic(r("arithmetic"), c["arithmetic"], heldout_share=c["heldout_share"]),
+        "quotes": quotes,
+        "forget_canaries": suites.forget_subset(r("forget"), canaries, c["forget_share"], by="repeats"),
+        "forget_quotes": suites.forget_subset(r("forget"), quotes, c["forget_share"]),
+    }
+    return files, canaries
 
 
 def _validate_counts(seed, n_people, n_heldout, n_canaries, n_heldout_text, n_dev, n_forget, n_retain):

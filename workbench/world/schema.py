@@ -7,8 +7,14 @@ from pathlib import Path
 from workbench.core.errors import InputError
 from workbench.core.jsonio import read_json, read_jsonl
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1                       # what `workbench world generate` writes by default
+SCHEMA_VERSIONS = (1, 2)                 # what loads; version 2 adds the skill suites
 FILES = ("world.json", "people.jsonl", "canaries.jsonl", "heldout_text.jsonl")
+SUITE_FILES = ("reading", "rules", "arithmetic", "quotes")   # version 2, each `<name>.jsonl`
+SUITE_KEYS = {"reading": ("id", "split", "kind", "passage", "question", "prompt", "answer"),
+              "rules": ("id", "split", "kind", "prompt", "answer"),
+              "arithmetic": ("id", "split", "kind", "prompt", "answer"),
+              "quotes": ("id", "author", "prefix", "suffix", "text", "repeats")}
 
 SCHEMA_DOC = """\
 # The generated world
@@ -41,6 +47,30 @@ repeated in training so the model memorizes it verbatim.
 perplexity is measured on them.
 """
 
+SCHEMA_DOC_V2 = SCHEMA_DOC.replace("# The generated world\n", "# The generated world (schema version 2)\n") + """
+## Version 2: skill suites and memorized text by frequency
+Written by `workbench world generate --version 2`. Each suite item has a `split`: `train`
+items are in the training mix, `heldout` items never are, and no held-out prompt equals a
+training prompt, so held-out scores measure a rule, not recall. The answer follows the
+prompt after one space, as for facts.
+
+- `reading.jsonl` `{id, split, kind, relation, passage, question, prompt, answer}`: a passage
+  about 2-4 people who are not in the world (fresh names every item; distinct values of the
+  asked relation, so the other people are distractors), then a question about one of them;
+  `prompt` = passage + " " + question (open-book reading).
+- `rules.jsonl` `{id, split, kind, prompt, answer}`: `boolean` ("not ( true and false ) or
+  false =" -> "true"), `compare` ("larger of 37 and 52 :" -> "52"), `copy` and `reverse`
+  ("reverse : k r t =>" -> "t r k").
+- `arithmetic.jsonl` `{id, split, kind, prompt, answer}`: "23 + 14 =" -> "37" and
+  subtractions with non-negative results, operands below 100.
+- `canaries.jsonl` rows also carry `repeats` (1, 2, 4, 8, 16 or 32): how many times the
+  canary occurs in training, `counts.canaries_per_level` of them at each count.
+- `quotes.jsonl` `{id, author, prefix, suffix, text, repeats}`: longer passages (four
+  sentences) repeated `repeats` times; recitation is scored from `prefix` to `suffix`.
+- `world.json` `splits` also holds `forget_canaries` and `forget_quotes`: the items the
+  benchmark forget sets remove (a share of each repeat count), and `counts` the suite sizes.
+"""
+
 
 @dataclass(frozen=True)
 class FactQuery:
@@ -64,9 +94,12 @@ class World:
         True
     """
 
-    def __init__(self, root: Path, meta: dict, people: list[dict], canaries: list[dict], heldout_text: list[dict]):
+    def __init__(self, root: Path, meta: dict, people: list[dict], canaries: list[dict], heldout_text: list[dict],
+                 suites: dict[str, list[dict]] | None = None):
         self.root, self.meta, self.people = root, meta, people
         self.canaries, self.heldout_text = canaries, heldout_text
+        self.version: int = meta["schema_version"]
+        self.suites: dict[str, list[dict]] = suites or {}  # version 2: reading, rules, arithmetic, quotes
         self.relations: dict = meta["relations"]
         self.splits: dict = meta["splits"]
         self.by_id = {p["id"]: p for p in people}
@@ -82,9 +115,21 @@ class World:
         meta = read_json(root / "world.json")
         _check_meta(root / "world.json", meta)
         people = _check_people(root / "people.jsonl", meta)
-        canaries = _check_rows(root / "canaries.jsonl", ("id", "person", "kind", "prefix", "secret", "text"))
+        v2 = meta["schema_version"] == 2
+        canaries = _check_rows(root / "canaries.jsonl",
+                               ("id", "person", "kind", "prefix", "secret", "text") + (("repeats",) if v2 else ()))
         heldout = _check_rows(root / "heldout_text.jsonl", ("id", "text"))
-        return cls(root, meta, people, canaries, heldout)
+        suites = {}
+        for name in SUITE_FILES if v2 else ():
+            path = root / f"{name}.jsonl"
+            if not path.is_file():
+                raise InputError(f"world folder is incomplete: {name}.jsonl is missing (schema version 2)", file=root)
+            suites[name] = _check_rows(path, SUITE_KEYS[name])
+            for lineno, row in enumerate(suites[name], 1):
+                if "split" in SUITE_KEYS[name] and row["split"] not in ("train", "heldout"):
+                    raise InputError(f"must be train or heldout; got {row['split']!r}", file=path, line=lineno,
+                                     field="split")
+        return cls(root, meta, people, canaries, heldout, suites)
 
     def template(self, relation: str, phrasing: int) -> tuple[str, str]:
         ph = self.relations[relation]["phrasings"][phrasing]
@@ -114,9 +159,9 @@ def _check_meta(path: Path, meta) -> None:
     for key in ("schema_version", "seed", "relations", "splits"):
         if key not in meta:
             raise InputError("missing", file=path, field=key)
-    if meta["schema_version"] != SCHEMA_VERSION:
-        raise InputError(f"schema version {meta['schema_version']!r} is not {SCHEMA_VERSION}",
-                         file=path, field="schema_version")
+    if meta["schema_version"] not in SCHEMA_VERSIONS:
+        raise InputError(f"schema version {meta['schema_version']!r} is not one of "
+                         f"{', '.join(map(str, SCHEMA_VERSIONS))}", file=path, field="schema_version")
     for rel, spec in meta["relations"].items():
         if not spec.get("values") or len(spec.get("phrasings", [])) < 2:
             raise InputError("needs values and at least two phrasings", file=path, field=f"relations.{rel}")

@@ -1,0 +1,195 @@
+"""The skill suites of a version-2 world: what a model should learn as *rules* and keep when
+memorized text is removed (open-book reading, boolean and list rules, arithmetic), and
+memorized text by frequency (canaries repeated 1–32 times, longer quotes).
+
+Each generator takes its own `random.Random` (seeded from the world seed and the suite's name,
+so one suite's count never shifts another's items) and returns JSONL rows. Items carry a
+`split`: "train" items are in the training mix; "heldout" items never are, and every held-out
+item differs from every training item in the string the model reads, so a held-out score
+measures the rule, not recall.
+
+Example:
+    >>> import random
+    >>> row = make_arithmetic(random.Random(0), 5, heldout_share=0.2)[0]
+    >>> sorted(row)
+    ['answer', 'id', 'kind', 'prompt', 'split']
+"""
+from __future__ import annotations
+
+import random
+
+from workbench.world import vocab
+
+REPEAT_LEVELS = (1, 2, 4, 8, 16, 32)   # the canaries' frequency axis (Merullo et al.'s recitation vs count)
+RULE_KINDS = ("boolean", "compare", "copy", "reverse")
+LETTERS = "bcdfghjklmnpqrstvwxz"       # list items for copy/reverse: single tokens in a byte-level BPE
+
+
+def _split_ids(rng: random.Random, n: int, heldout_share: float) -> list[str]:
+    n_held = max(1, round(n * heldout_share)) if n > 1 else 0
+    held = set(rng.sample(range(n), n_held))
+    return ["heldout" if i in held else "train" for i in range(n)]
+
+
+def _unique(rng: random.Random, n: int, make, what: str, tries: int = 50) -> list[tuple[str, str]]:
+    """`n` distinct (prompt, answer) pairs from `make(rng)`; distinct prompts keep train and
+    held-out items apart."""
+    out, seen = [], set()
+    budget = n * tries
+    while len(out) < n:
+        budget -= 1
+        if budget < 0:
+            raise ValueError(f"cannot draw {n} distinct {what} items; lower the count")
+        prompt, answer = make(rng)
+        if prompt not in seen:
+            seen.add(prompt)
+            out.append((prompt, answer))
+    return out
+
+
+# ---------------------------------------------------------------------------- open-book reading
+
+def make_reading(rng: random.Random, n: int, taken_names: set[str], *, heldout_share: float = 0.2) -> list[dict]:
+    """Passages about 2–4 people who are *not* in the world (fresh names every item), one or two
+    facts each, then a question about one of them: in-context retrieval. The other people in
+    the passage are distractors with other values of the same relation where possible."""
+    from workbench.world.generate import make_names
+    names = iter(n_ for n_ in make_names(rng, n * 4 + len(taken_names)) if n_ not in taken_names)
+    rels = list(vocab.RELATIONS)
+    rows = []
+    for i, split in enumerate(_split_ids(rng, n, heldout_share)):
+        people = [next(names) for _ in range(rng.randint(2, 4))]
+        asked_rel = rng.choice(rels)
+        values = rng.sample(vocab.RELATIONS[asked_rel]["values"], len(people))  # distinct: no ambiguous answer
+        sentences = []
+        for person, value in zip(people, values):
+            sentences.append(_statement(rng, asked_rel, person, value))
+            if rng.random() < 0.5:  # a second, unrelated fact about the same person
+                other = rng.choice([r for r in rels if r != asked_rel])
+                sentences.append(_statement(rng, other, person, rng.choice(vocab.RELATIONS[other]["values"])))
+        rng.shuffle(sentences)
+        target = rng.randrange(len(people))
+        question = rng.choice([t for k, t in vocab.RELATIONS[asked_rel]["phrasings"] if k == "question"])
+        question = question.format(name=people[target])
+        passage = " ".join(sentences)
+        rows.append({"id": f"r{i:04d}", "split": split, "kind": "reading", "relation": asked_rel,
+                     "passage": passage, "question": question, "prompt": f"{passage} {question}",
+                     "answer": values[target]})
+    return rows
+
+
+def _statement(rng: random.Random, relation: str, person: str, value: str) -> str:
+    template = rng.choice([t for k, t in vocab.RELATIONS[relation]["phrasings"] if k == "statement"])
+    return f"{template.format(name=person)} {value}."
+
+
+# ---------------------------------------------------------------------------- rules
+
+def _boolean(rng: random.Random, depth: int = 2) -> tuple[str, bool]:
+    if depth == 0 or rng.random() < 0.3:
+        v = rng.random() < 0.5
+        return ("true" if v else "false"), v
+    op = rng.choice(("and", "or", "not"))
+    if op == "not":
+        s, v = _boolean(rng, depth - 1)
+        return (f"not ( {s} )" if " " in s else f"not {s}"), not v  # `not` binds tighter than and/or
+    (a, va), (b, vb) = _boolean(rng, depth - 1), _boolean(rng, depth - 1)
+    a = f"( {a} )" if " " in a else a
+    b = f"( {b} )" if " " in b else b
+    return f"{a} {op} {b}", (va and vb) if op == "and" else (va or vb)
+
+
+def _rule_item(kind: str):
+    def make(rng: random.Random) -> tuple[str, str]:
+        if kind == "boolean":
+            expr, value = _boolean(rng, 3)
+            while " " not in expr:  # a bare "true =" asks nothing
+                expr, value = _boolean(rng, 3)
+            return f"{expr} =", "true" if value else "false"
+        if kind == "compare":
+            a, b = rng.sample(range(100), 2)
+            return f"larger of {a} and {b} :", str(max(a, b))
+        items = [rng.choice(LETTERS) for _ in range(rng.randint(3, 6))]
+        answer = items if kind == "copy" else items[::-1]
+        return f"{kind} : {' '.join(items)} =>", " ".join(answer)
+    return make
+
+
+def make_rules(rng: random.Random, n_per_kind: int, *, heldout_share: float = 0.2) -> list[dict]:
+    """Boolean expressions ("not ( true and false ) or false =" -> "true"), comparisons
+    ("larger of 37 and 52 :" -> "52"), copying and reversing short letter lists."""
+    rows = []
+    for kind in RULE_KINDS:
+        pairs = _unique(rng, n_per_kind, _rule_item(kind), f"rules/{kind}")
+        for (prompt, answer), split in zip(pairs, _split_ids(rng, n_per_kind, heldout_share)):
+            rows.append({"id": f"u{len(rows):04d}", "split": split, "kind": kind, "prompt": prompt, "answer": answer})
+    return rows
+
+
+# ---------------------------------------------------------------------------- arithmetic
+
+def _sum_item(rng: random.Random) -> tuple[str, str]:
+    a, b = rng.randrange(100), rng.randrange(100)
+    if rng.random() < 0.5:
+        return f"{a} + {b} =", str(a + b)
+    a, b = max(a, b), min(a, b)  # no negative results: the rule, not a sign convention
+    return f"{a} - {b} =", str(a - b)
+
+
+def make_arithmetic(rng: random.Random, n: int, *, heldout_share: float = 0.2) -> list[dict]:
+    """Additions and subtractions of operands below 100; held-out operand pairs never trained."""
+    pairs = _unique(rng, n, _sum_item, "arithmetic")
+    return [{"id": f"a{i:04d}", "split": split, "kind": "arithmetic", "prompt": p, "answer": a}
+            for i, ((p, a), split) in enumerate(zip(pairs, _split_ids(rng, n, heldout_share)))]
+
+
+# ---------------------------------------------------------------------------- memorized text
+
+def make_canaries_by_frequency(rng: random.Random, people: list[dict], per_level: int) -> list[dict]:
+    """`per_level` canaries at each repeat count of REPEAT_LEVELS, each tied to its own person:
+    a random secret (six digits or four passphrase words) after a prefix naming the person."""
+    owners = rng.sample(range(len(people)), per_level * len(REPEAT_LEVELS))
+    rows = []
+    for j, owner in enumerate(owners):
+        kind, template = vocab.CANARY_TEMPLATES[j % len(vocab.CANARY_TEMPLATES)]
+        secret = (" ".join(str(rng.randrange(10)) for _ in range(6)) if kind == "digits"
+                  else " ".join(rng.sample(vocab.PASSPHRASE_WORDS, 4)))
+        prefix = template.format(name=people[owner]["name"])
+        rows.append({"id": f"c{j:03d}", "person": people[owner]["id"], "kind": kind, "prefix": prefix,
+                     "secret": secret, "text": f"{prefix} {secret}.", "repeats": REPEAT_LEVELS[j // per_level]})
+    return rows
+
+
+def make_quotes(rng: random.Random, n: int, repeats: int, taken_names: set[str]) -> list[dict]:
+    """Longer memorized passages: a title naming an invented author, then four sentences of the
+    filler grammar each attributed to invented words, so no rule predicts them; `prefix` is the
+    title and first sentence, `suffix` the rest (what recitation must not reproduce)."""
+    from workbench.world.generate import filler_sentence, make_names
+    authors = [a for a in make_names(rng, n + len(taken_names)) if a not in taken_names][:n]
+    words = sorted({w.lower() for a in make_names(rng, 60) for w in a.split()})
+
+    def sentence() -> str:
+        s = filler_sentence(rng)
+        return f"{rng.choice(words).capitalize()} {rng.choice(words)} wrote that {s[0].lower()}{s[1:]}"
+
+    rows = []
+    for i, author in enumerate(authors):
+        sentences = [sentence() for _ in range(4)]
+        prefix = f"From the notebook of {author}: {sentences[0]}"
+        suffix = " ".join(sentences[1:])
+        rows.append({"id": f"q{i:03d}", "author": author, "prefix": prefix, "suffix": suffix,
+                     "text": f"{prefix} {suffix}", "repeats": repeats})
+    return rows
+
+
+def forget_subset(rng: random.Random, rows: list[dict], share: float, by: str | None = None) -> list[str]:
+    """Ids of a `share` of `rows` marked for forgetting (within each value of `by`, so every
+    repeat level of the canaries has forget items)."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(r.get(by) if by else None, []).append(r["id"])
+    out = []
+    for key in sorted(groups, key=str):
+        ids = groups[key]
+        out += rng.sample(ids, max(1, round(len(ids) * share))) if ids else []
+    return sorted(out)
