@@ -68,3 +68,34 @@ def test_cli_train_bad_world_exits_2_and_writes_nothing(tmp_path):
                         "--out", str(tmp_path / "m")], capture_output=True, text=True)
     assert r.returncode == 2 and "world folder not found" in r.stderr
     assert not (tmp_path / "m").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_world_v2(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny2")
+    suites = {"reading": 20, "rules_per_kind": 20, "arithmetic": 20, "canaries_per_level": 2, "quotes": 3,
+              "quote_repeats": 4}
+    return generate(root / "world", 3, n_people=30, n_heldout_text=5, n_dev=5, n_forget=3, n_retain=3,
+                    version=2, suites=suites)
+
+
+def test_version_2_training_schedules_memorized_text_by_count_and_measures_every_suite(tiny_world_v2, tmp_path):
+    from transformers import AutoTokenizer
+    from workbench.world.card import write_card
+    from workbench.world.schema import World
+    cfg = TrainConfig(seed=5, **{**TINY, "max_steps": 40, "min_steps": 40, "eval_every": 20})
+    summary = train(tiny_world_v2, tmp_path / "m", cfg, progress=False, log=lambda *a, **k: None)
+    world = World.load(tiny_world_v2)
+    seen = summary["memorized_occurrences"]
+    # Every canary and quote occurred exactly its `repeats` times in the run (the frequency axis).
+    assert seen == {i["id"]: i["repeats"] for i in list(world.canaries) + world.suites["quotes"]}
+    assert {"dev_reading", "dev_rules", "dev_arithmetic"} <= set(summary["history"][0])
+    tok = AutoTokenizer.from_pretrained(tmp_path / "m", local_files_only=True)
+    assert tok.convert_ids_to_tokens(tok("37", add_special_tokens=False)["input_ids"]) == ["3", "7"]
+    card = write_card(tmp_path / "m", tiny_world_v2)
+    measured = card["measured"]
+    assert set(card["measured"]["targets"]) == {"recall_train_phrasings", "recall_heldout_phrasings", "reading",
+                                                "rules", "arithmetic", "canary_exact_8plus", "quote_exact"}
+    assert set(measured["canary_exact_by_repeats"]) == {"1", "2", "4", "8", "16", "32"}
+    assert measured["reading"]["n"] == sum(r["split"] == "heldout" for r in world.suites["reading"])
+    assert card["measure_command"] == "workbench world measure --model m"  # no absolute path in a card

@@ -49,7 +49,7 @@ def test_counts_and_splits(world):
     assert Counter(c["repeats"] for c in world.canaries) == {n: 5 for n in REPEAT_LEVELS}
     for name in ("reading", "rules", "arithmetic"):
         split = Counter(r["split"] for r in s[name])
-        assert set(split) == {"train", "heldout"} and 0.1 < split["heldout"] / len(s[name]) < 0.3
+        assert set(split) == {"train", "dev", "heldout"} and 0.1 < split["heldout"] / len(s[name]) < 0.3
     forget = set(world.splits["forget_canaries"])
     assert {c["repeats"] for c in world.canaries if c["id"] in forget} == set(REPEAT_LEVELS)  # every level
     assert set(world.splits["forget_quotes"]) < {q["id"] for q in s["quotes"]}
@@ -59,7 +59,7 @@ def test_counts_and_splits(world):
 def test_no_heldout_prompt_is_a_training_prompt(world, suite):
     rows = world.suites[suite]
     train = {r["prompt"] for r in rows if r["split"] == "train"}
-    assert not [r["prompt"] for r in rows if r["split"] == "heldout" and r["prompt"] in train]
+    assert not [r["prompt"] for r in rows if r["split"] != "train" and r["prompt"] in train]
     assert len({r["prompt"] for r in rows}) == len(rows)
 
 
@@ -116,7 +116,7 @@ def test_a_corrupt_suite_file_is_named_with_its_line_and_field(tmp_path):
     row["split"] = "test"
     lines[2] = json.dumps(row)
     (out / "rules.jsonl").write_text("\n".join(lines) + "\n")
-    with pytest.raises(InputError, match=r"rules.jsonl:3: field \"split\": must be train or heldout"):
+    with pytest.raises(InputError, match=r"rules.jsonl:3: field \"split\": must be one of train, dev, heldout"):
         World.load(out)
     (out / "rules.jsonl").write_text(good)
     (out / "quotes.jsonl").unlink()

@@ -12,6 +12,17 @@ ROWS = [
     ("recall_heldout_phrasings_dev", "  ...held-out phrasings of dev people (early stopping)"),
     ("canary_exact", "canaries recited exactly from their prefix (greedy)"),
 ]
+ROWS_V2 = [
+    ("reading", "open-book reading, held-out items (greedy exact)"),
+    ("rules", "rules (boolean, compare, copy, reverse), held-out items"),
+    ("arithmetic", "arithmetic, held-out operand pairs"),
+    ("canary_exact_8plus", "canaries seen 8+ times, recited exactly"),
+    ("quote_exact", "quotes recited exactly from their prefix (strict recitation)"),
+]
+
+
+def _rows(result: dict) -> list[tuple[str, str]]:
+    return ROWS + ([(k, label) for k, label in ROWS_V2 if k in result])
 
 
 def print_measurements(result: dict) -> None:
@@ -20,7 +31,7 @@ def print_measurements(result: dict) -> None:
     table = Table(title="model on the world")
     for col in ("measure", "n", "exact", "token acc.", "target"):
         table.add_column(col)
-    for key, label in ROWS:
+    for key, label in _rows(result):
         r = result[key]
         t = result["targets"].get(key)
         table.add_row(label, str(r["n"]), f"{r['exact']:.4f}", f"{r['token_accuracy']:.4f}",
@@ -54,7 +65,7 @@ def _markdown(result: dict, training: dict, model_dir: Path) -> str:
         "| measure | n | greedy exact | token accuracy | target |",
         "|---|---|---|---|---|",
     ]
-    for key, label in ROWS:
+    for key, label in _rows(result):
         r, t = result[key], result["targets"].get(key)
         target = "" if t is None else f"≥ {t['target']:.2f} ({'met' if t['met'] else 'not met'})"
         lines.append(f"| {label.strip(' .')} | {r['n']} | {r['exact']:.4f} | {r['token_accuracy']:.4f} | {target} |")
@@ -68,6 +79,16 @@ def _markdown(result: dict, training: dict, model_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def _shown(model_dir: Path) -> str:
+    """The model folder as a command should name it: relative to the repository when inside it
+    (a card must hold no absolute path), else by its own name."""
+    from workbench.core.paths import REPO
+    try:
+        return str(model_dir.resolve().relative_to(REPO))
+    except ValueError:
+        return model_dir.name
+
+
 def write_card(model_dir: str | Path, world_dir: str | Path) -> dict:
     """Measure the model and write README.md and card.json beside its weights."""
     model_dir = Path(model_dir)
@@ -75,7 +96,7 @@ def write_card(model_dir: str | Path, world_dir: str | Path) -> dict:
     training = json.loads((model_dir / "training.json").read_text())
     card = {"model": model_dir.name, "architecture": "llama", "parameters": training["parameters"],
             "training": {k: training[k] for k in ("config", "best", "train_seconds", "world_seed", "torch", "threads")},
-            "measured": result, "measure_command": "workbench world measure --model " + str(model_dir)}
+            "measured": result, "measure_command": "workbench world measure --model " + _shown(model_dir)}
     (model_dir / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     (model_dir / "README.md").write_text(_markdown(result, training, model_dir))
     return card

@@ -35,9 +35,34 @@ def heldout_sentences(world: World) -> set[str]:
     return out
 
 
+def suite_documents(world: World) -> list[str]:
+    """The version-2 suites' training items, each as the text the model reads then its answer."""
+    return [f"{r['prompt']} {r['answer']}" for name in ("reading", "rules", "arithmetic")
+            for r in world.suites.get(name, ()) if r["split"] == "train"]
+
+
+def memorized_items(world: World) -> list[dict]:
+    """Version 2's memorized texts: every canary and quote, each with its `repeats`."""
+    return list(world.canaries) + list(world.suites.get("quotes", ()))
+
+
+def memorized_schedule(world: World, n_epochs: int, seed: int) -> list[list[str]]:
+    """Per epoch, the memorized texts it holds: each item's `repeats` copies spread evenly over
+    the first `n_epochs` epochs from a seeded offset, so `repeats` counts occurrences in the whole
+    run (the frequency axis), not per epoch."""
+    schedule: list[list[str]] = [[] for _ in range(n_epochs)]
+    rng = random.Random(f"memorized:{seed}")
+    for item in memorized_items(world):
+        offset = rng.random()
+        for k in range(item["repeats"]):
+            schedule[int((k + offset) * n_epochs / item["repeats"]) % n_epochs].append(item["text"])
+    return schedule
+
+
 def epoch_documents(world: World, rng: random.Random, *, canary_repeats: int, filler_docs: int,
-                    banned_filler: set[str]) -> list[str]:
-    """One epoch's documents, shuffled."""
+                    banned_filler: set[str], memorized: list[str] | None = None) -> list[str]:
+    """One epoch's documents, shuffled. Version 1: every canary `canary_repeats` times. Version 2:
+    the suites' training items and this epoch's share of the memorized texts (`memorized`)."""
     docs = []
     rels = list(world.relations)
     for person in world.people:
@@ -45,8 +70,11 @@ def epoch_documents(world: World, rng: random.Random, *, canary_repeats: int, fi
         rng.shuffle(order)
         docs.append(" ".join(fact_sentence(world, person, r, rng.choice(trained_phrasings(world, person, r)))
                              for r in order))
-    for c in world.canaries:
-        docs.extend([c["text"]] * canary_repeats)
+    if world.version == 1:
+        for c in world.canaries:
+            docs.extend([c["text"]] * canary_repeats)
+    else:
+        docs += suite_documents(world) + list(memorized or ())
     while filler_docs > 0:
         a, b = filler_sentence(rng), filler_sentence(rng)
         if a in banned_filler or b in banned_filler:
@@ -63,6 +91,7 @@ def tokenizer_texts(world: World) -> list[str]:
     texts = [fact_sentence(world, p, r, ph) for p in world.people for r in world.relations
              for ph in trained_phrasings(world, p, r)]
     texts += [c["text"] for c in world.canaries]
+    texts += suite_documents(world) + [q["text"] for q in world.suites.get("quotes", ())]
     banned = heldout_sentences(world)
     texts += [s for s in (filler_sentence(rng) for _ in range(3000)) if s not in banned]
     return texts

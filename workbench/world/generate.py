@@ -166,7 +166,7 @@ def generate(out: str | Path, seed: int = DEFAULT_SEED, *, n_people: int = 1200,
 
 # Version 2: per suite, the number of items (heldout_share of them held out of training).
 SUITE_COUNTS = {"reading": 2000, "rules_per_kind": 600, "arithmetic": 2000, "canaries_per_level": 20,
-                "quotes": 30, "quote_repeats": 16, "heldout_share": 0.2, "forget_share": 0.25}
+                "quotes": 30, "quote_repeats": 16, "heldout_share": 0.2, "dev_share": 0.05, "forget_share": 0.25}
 
 
 def _suite_counts(given: dict | None) -> dict:
@@ -188,13 +188,14 @@ def _suite_counts(given: dict | None) -> dict:
 def _suites(seed: int, people: list[dict], c: dict) -> tuple[dict, list[dict]]:
     """The version-2 suites, each from its own random stream (seed and suite name)."""
     taken = {p["name"] for p in people}
+    shares = {"heldout_share": c["heldout_share"], "dev_share": c["dev_share"]}
     r = lambda name: random.Random(f"world-v2:{seed}:{name}")  # noqa: E731  (str seeds are stable across runs)
     canaries = suites.make_canaries_by_frequency(r("canaries"), people, c["canaries_per_level"])
     quotes = suites.make_quotes(r("quotes"), c["quotes"], c["quote_repeats"], taken)
     files = {
-        "reading": suites.make_reading(r("reading"), c["reading"], taken, heldout_share=c["heldout_share"]),
-        "rules": suites.make_rules(r("rules"), c["rules_per_kind"], heldout_share=c["heldout_share"]),
-        "arithmetic": suites.make_arithmetic(r("arithmetic"), c["arithmetic"], heldout_share=c["heldout_share"]),
+        "reading": suites.make_reading(r("reading"), c["reading"], taken, **shares),
+        "rules": suites.make_rules(r("rules"), c["rules_per_kind"], **shares),
+        "arithmetic": suites.make_arithmetic(r("arithmetic"), c["arithmetic"], **shares),
         "quotes": quotes,
         "forget_canaries": suites.forget_subset(r("forget"), canaries, c["forget_share"], by="repeats"),
         "forget_quotes": suites.forget_subset(r("forget"), quotes, c["forget_share"]),

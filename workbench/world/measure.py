@@ -1,4 +1,5 @@
-"""Measure a model against the world: fact recall, canary recitation, held-out perplexity.
+"""Measure a model against the world: fact recall, canary recitation, held-out perplexity, and
+in a version-2 world every skill suite, canaries by frequency and quotes.
 
 These are the numbers in the shipped model's card; `workbench world measure` reproduces them.
 """
@@ -11,6 +12,9 @@ from workbench.eval.scoring import encode_pairs, score_answers, token_nll
 from workbench.world.schema import World
 
 TARGETS = {"recall_train_phrasings": 0.95, "recall_heldout_phrasings": 0.80, "canary_exact": 0.95}
+# A version-2 world's targets (issue 14): held-out items of every suite; canaries seen 8+ times.
+TARGETS_V2 = {"recall_train_phrasings": 0.95, "recall_heldout_phrasings": 0.85, "reading": 0.95, "rules": 0.95,
+              "arithmetic": 0.90, "canary_exact_8plus": 0.95, "quote_exact": 0.95}
 
 
 def fact_accuracy(model, tok, probes: list, *, batch_size: int = 128) -> dict:
@@ -28,6 +32,35 @@ def canary_exact(model, tok, canaries: list[dict]) -> dict:
     scores = score_answers(model, pairs, pad_id=tok.pad_token_id)
     return {"n": len(scores), "exact": sum(s.exact for s in scores) / len(scores),
             "token_accuracy": sum(s.token_accuracy for s in scores) / len(scores)}
+
+
+def suite_accuracy(model, tok, rows: list[dict], split: str = "heldout") -> dict:
+    """Greedy exact answers on one version-2 suite's items of `split` (the model reads `prompt`)."""
+    from workbench.eval.requests import Probe
+    return fact_accuracy(model, tok, [Probe(r["prompt"], r["answer"]) for r in rows if r["split"] == split])
+
+
+def measure_suites(model, tok, world: World) -> dict:
+    """A version-2 world's suites: held-out reading, rules (also per kind) and arithmetic;
+    canaries by how often they occurred in training; quotes recited exactly from their prefix."""
+    out = {name: suite_accuracy(model, tok, world.suites[name]) for name in ("reading", "rules", "arithmetic")}
+    out.update({f"{name}_train": suite_accuracy(model, tok, world.suites[name], "train")
+                for name in ("reading", "rules", "arithmetic")})
+    out["rules_by_kind"] = {k: suite_accuracy(model, tok, [r for r in world.suites["rules"] if r["kind"] == k])
+                            for k in sorted({r["kind"] for r in world.suites["rules"]})}
+    by_count = {}
+    for c in world.canaries:
+        by_count.setdefault(c["repeats"], []).append(c)
+    out["canary_exact_by_repeats"] = {str(n): canary_exact(model, tok, cs) for n, cs in sorted(by_count.items())}
+    out["canary_exact_8plus"] = canary_exact(model, tok, [c for c in world.canaries if c["repeats"] >= 8])
+    quotes = world.suites["quotes"]
+    # Greedy decoding reproduces a suffix exactly iff every token is the argmax under teacher
+    # forcing: strict recitation in one forward pass.
+    pairs = encode_pairs(tok, [q["prefix"] for q in quotes], [q["suffix"] for q in quotes])
+    scores = score_answers(model, pairs, pad_id=tok.pad_token_id)
+    out["quote_exact"] = {"n": len(scores), "exact": sum(s.exact for s in scores) / len(scores),
+                          "token_accuracy": sum(s.token_accuracy for s in scores) / len(scores)}
+    return out
 
 
 def heldout_perplexity(model, tok, texts: list[str]) -> dict:
@@ -56,6 +89,11 @@ def measure(model_dir: str | Path, world_dir: str | Path) -> dict:
         "canary_exact": canary_exact(model, tok, world.canaries),
         "heldout_perplexity": heldout_perplexity(model, tok, [t["text"] for t in world.heldout_text]),
     }
+    targets = TARGETS
+    if world.version == 2:
+        result.update(measure_suites(model, tok, world))
+        result["canary_exact"] = canary_exact(model, tok, world.canaries)
+        targets = TARGETS_V2
     result["targets"] = {k: {"target": v, "measured": result[k]["exact"], "met": result[k]["exact"] >= v}
-                         for k, v in TARGETS.items()}
+                         for k, v in targets.items()}
     return result

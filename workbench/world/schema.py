@@ -11,6 +11,7 @@ SCHEMA_VERSION = 1                       # what `workbench world generate` write
 SCHEMA_VERSIONS = (1, 2)                 # what loads; version 2 adds the skill suites
 FILES = ("world.json", "people.jsonl", "canaries.jsonl", "heldout_text.jsonl")
 SUITE_FILES = ("reading", "rules", "arithmetic", "quotes")   # version 2, each `<name>.jsonl`
+SPLITS = ("train", "dev", "heldout")     # a suite item's split (dev: early stopping only)
 SUITE_KEYS = {"reading": ("id", "split", "kind", "passage", "question", "prompt", "answer"),
               "rules": ("id", "split", "kind", "prompt", "answer"),
               "arithmetic": ("id", "split", "kind", "prompt", "answer"),
@@ -50,8 +51,9 @@ perplexity is measured on them.
 SCHEMA_DOC_V2 = SCHEMA_DOC.replace("# The generated world\n", "# The generated world (schema version 2)\n") + """
 ## Version 2: skill suites and memorized text by frequency
 Written by `workbench world generate --version 2`. Each suite item has a `split`: `train`
-items are in the training mix, `heldout` items never are, and no held-out prompt equals a
-training prompt, so held-out scores measure a rule, not recall. The answer follows the
+items are in the training mix; `heldout` items (the reported scores) and `dev` items (early
+stopping while training) never are, and no prompt occurs twice, so held-out scores measure a
+rule, not recall. The answer follows the
 prompt after one space, as for facts.
 
 - `reading.jsonl` `{id, split, kind, relation, passage, question, prompt, answer}`: a passage
@@ -64,9 +66,11 @@ prompt after one space, as for facts.
 - `arithmetic.jsonl` `{id, split, kind, prompt, answer}`: "23 + 14 =" -> "37" and
   subtractions with non-negative results, operands below 100.
 - `canaries.jsonl` rows also carry `repeats` (1, 2, 4, 8, 16 or 32): how many times the
-  canary occurs in training, `counts.canaries_per_level` of them at each count.
+  canary occurs in the whole training run (not per epoch), `counts.canaries_per_level` of
+  them at each count.
 - `quotes.jsonl` `{id, author, prefix, suffix, text, repeats}`: longer passages (four
-  sentences) repeated `repeats` times; recitation is scored from `prefix` to `suffix`.
+  sentences) occurring `repeats` times in the whole training run; recitation is scored from
+  `prefix` to `suffix`.
 - `world.json` `splits` also holds `forget_canaries` and `forget_quotes`: the items the
   benchmark forget sets remove (a share of each repeat count), and `counts` the suite sizes.
 """
@@ -126,9 +130,9 @@ class World:
                 raise InputError(f"world folder is incomplete: {name}.jsonl is missing (schema version 2)", file=root)
             suites[name] = _check_rows(path, SUITE_KEYS[name])
             for lineno, row in enumerate(suites[name], 1):
-                if "split" in SUITE_KEYS[name] and row["split"] not in ("train", "heldout"):
-                    raise InputError(f"must be train or heldout; got {row['split']!r}", file=path, line=lineno,
-                                     field="split")
+                if "split" in SUITE_KEYS[name] and row["split"] not in SPLITS:
+                    raise InputError(f"must be one of {', '.join(SPLITS)}; got {row['split']!r}", file=path,
+                                     line=lineno, field="split")
         return cls(root, meta, people, canaries, heldout, suites)
 
     def template(self, relation: str, phrasing: int) -> tuple[str, str]:

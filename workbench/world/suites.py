@@ -4,8 +4,8 @@ memorized text by frequency (canaries repeated 1–32 times, longer quotes).
 
 Each generator takes its own `random.Random` (seeded from the world seed and the suite's name,
 so one suite's count never shifts another's items) and returns JSONL rows. Items carry a
-`split`: "train" items are in the training mix; "heldout" items never are, and every held-out
-item differs from every training item in the string the model reads, so a held-out score
+`split`: "train" items are in the training mix; "heldout" items (reported) and "dev" items
+(early stopping) never are, and no item's prompt equals another's, so a held-out score
 measures the rule, not recall.
 
 Example:
@@ -25,10 +25,13 @@ RULE_KINDS = ("boolean", "compare", "copy", "reverse")
 LETTERS = "bcdfghjklmnpqrstvwxz"       # list items for copy/reverse: single tokens in a byte-level BPE
 
 
-def _split_ids(rng: random.Random, n: int, heldout_share: float) -> list[str]:
-    n_held = max(1, round(n * heldout_share)) if n > 1 else 0
-    held = set(rng.sample(range(n), n_held))
-    return ["heldout" if i in held else "train" for i in range(n)]
+def _split_ids(rng: random.Random, n: int, heldout_share: float, dev_share: float = 0.05) -> list[str]:
+    """"heldout" (reported), "dev" (early stopping while training; never reported) and "train"."""
+    n_held = max(1, round(n * heldout_share)) if n > 2 else 0
+    n_dev = max(1, round(n * dev_share)) if n > 2 else 0
+    order = rng.sample(range(n), n_held + n_dev)
+    held, dev = set(order[:n_held]), set(order[n_held:])
+    return ["heldout" if i in held else "dev" if i in dev else "train" for i in range(n)]
 
 
 def _unique(rng: random.Random, n: int, make, what: str, tries: int = 50) -> list[tuple[str, str]]:
@@ -49,7 +52,7 @@ def _unique(rng: random.Random, n: int, make, what: str, tries: int = 50) -> lis
 
 # ---------------------------------------------------------------------------- open-book reading
 
-def make_reading(rng: random.Random, n: int, taken_names: set[str], *, heldout_share: float = 0.2) -> list[dict]:
+def make_reading(rng: random.Random, n: int, taken_names: set[str], *, heldout_share: float = 0.2, dev_share: float = 0.05) -> list[dict]:
     """Passages about 2–4 people who are *not* in the world (fresh names every item), one or two
     facts each, then a question about one of them: in-context retrieval. The other people in
     the passage are distractors with other values of the same relation where possible."""
@@ -57,7 +60,7 @@ def make_reading(rng: random.Random, n: int, taken_names: set[str], *, heldout_s
     names = iter(n_ for n_ in make_names(rng, n * 4 + len(taken_names)) if n_ not in taken_names)
     rels = list(vocab.RELATIONS)
     rows = []
-    for i, split in enumerate(_split_ids(rng, n, heldout_share)):
+    for i, split in enumerate(_split_ids(rng, n, heldout_share, dev_share)):
         people = [next(names) for _ in range(rng.randint(2, 4))]
         asked_rel = rng.choice(rels)
         values = rng.sample(vocab.RELATIONS[asked_rel]["values"], len(people))  # distinct: no ambiguous answer
@@ -115,13 +118,13 @@ def _rule_item(kind: str):
     return make
 
 
-def make_rules(rng: random.Random, n_per_kind: int, *, heldout_share: float = 0.2) -> list[dict]:
+def make_rules(rng: random.Random, n_per_kind: int, *, heldout_share: float = 0.2, dev_share: float = 0.05) -> list[dict]:
     """Boolean expressions ("not ( true and false ) or false =" -> "true"), comparisons
     ("larger of 37 and 52 :" -> "52"), copying and reversing short letter lists."""
     rows = []
     for kind in RULE_KINDS:
         pairs = _unique(rng, n_per_kind, _rule_item(kind), f"rules/{kind}")
-        for (prompt, answer), split in zip(pairs, _split_ids(rng, n_per_kind, heldout_share)):
+        for (prompt, answer), split in zip(pairs, _split_ids(rng, n_per_kind, heldout_share, dev_share)):
             rows.append({"id": f"u{len(rows):04d}", "split": split, "kind": kind, "prompt": prompt, "answer": answer})
     return rows
 
@@ -136,11 +139,11 @@ def _sum_item(rng: random.Random) -> tuple[str, str]:
     return f"{a} - {b} =", str(a - b)
 
 
-def make_arithmetic(rng: random.Random, n: int, *, heldout_share: float = 0.2) -> list[dict]:
+def make_arithmetic(rng: random.Random, n: int, *, heldout_share: float = 0.2, dev_share: float = 0.05) -> list[dict]:
     """Additions and subtractions of operands below 100; held-out operand pairs never trained."""
     pairs = _unique(rng, n, _sum_item, "arithmetic")
     return [{"id": f"a{i:04d}", "split": split, "kind": "arithmetic", "prompt": p, "answer": a}
-            for i, ((p, a), split) in enumerate(zip(pairs, _split_ids(rng, n, heldout_share)))]
+            for i, ((p, a), split) in enumerate(zip(pairs, _split_ids(rng, n, heldout_share, dev_share)))]
 
 
 # ---------------------------------------------------------------------------- memorized text

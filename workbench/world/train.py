@@ -11,7 +11,8 @@ from pathlib import Path
 
 from workbench.core.errors import InputError
 from workbench.core.fsutil import atomic_dir
-from workbench.world.corpus import epoch_documents, heldout_sentences, tokenizer_texts
+from workbench.world.corpus import (epoch_documents, heldout_sentences, memorized_items, memorized_schedule,
+                                    tokenizer_texts)
 from workbench.world.schema import World
 
 
@@ -87,23 +88,62 @@ def _blocks(tok, docs: list[str], block_size: int):
 
 
 class _Batches:
-    """An endless, seeded stream of training batches, one fresh epoch of documents at a time."""
+    """An endless, seeded stream of training batches, one fresh epoch of documents at a time.
+
+    Version 2: the memorized texts (canaries, quotes) follow `memorized_schedule` over the epochs
+    that `min_steps` is sure to cover, so each occurs `repeats` times in the run even if it stops
+    early; `occurrences` counts the copies in the epochs actually drawn."""
 
     def __init__(self, world: World, tok, cfg: TrainConfig):
         self.world, self.tok, self.cfg = world, tok, cfg
         self.rng = random.Random(cfg.seed)
         self.banned = heldout_sentences(world)
         self.epoch, self.rows, self.pos = 0, None, 0
+        self.schedule: list[list[str]] = []
+        self.occurrences: dict[str, int] = {}
+        if world.version == 2:
+            self.schedule = memorized_schedule(world, self._covered_epochs(), cfg.seed)
+
+    def _covered_epochs(self) -> int:
+        """Epochs that min_steps is sure to finish, from a dry run of one epoch's size (on a copy
+        of the stream, so the real epochs are unchanged), with 10% to spare for the memorized copies."""
+        dry = random.Random()
+        dry.setstate(self.rng.getstate())
+        docs = epoch_documents(self.world, dry, canary_repeats=self.cfg.canary_repeats,
+                               filler_docs=self.cfg.filler_docs, banned_filler=self.banned)
+        rows_per_epoch = len(_blocks(self.tok, docs, self.cfg.block_size))
+        return max(1, int(self.cfg.min_steps * self.cfg.batch_size / (1.1 * rows_per_epoch)))
 
     def next(self):
         if self.rows is None or self.pos + self.cfg.batch_size > len(self.rows):
+            memorized = self.schedule[self.epoch] if self.epoch < len(self.schedule) else []
+            for text in memorized:
+                self.occurrences[text] = self.occurrences.get(text, 0) + 1
             docs = epoch_documents(self.world, self.rng, canary_repeats=self.cfg.canary_repeats,
-                                   filler_docs=self.cfg.filler_docs, banned_filler=self.banned)
+                                   filler_docs=self.cfg.filler_docs, banned_filler=self.banned, memorized=memorized)
             self.rows, self.pos = _blocks(self.tok, docs, self.cfg.block_size), 0
             self.epoch += 1
         b = self.rows[self.pos:self.pos + self.cfg.batch_size]
         self.pos += self.cfg.batch_size
         return b
+
+
+def _dev_score(model, tok, world: World, dev_probes) -> dict:
+    """What early stopping watches: held-out-phrasing recall of the dev people and, in a
+    version-2 world, exact answers on each suite's dev items (never trained, never reported)."""
+    from workbench.world.measure import fact_accuracy
+    scores = {"facts": fact_accuracy(model, tok, dev_probes)["exact"]}
+    for name in ("reading", "rules", "arithmetic"):
+        dev = [_Item(r["prompt"], r["answer"]) for r in world.suites.get(name, ()) if r["split"] == "dev"]
+        if dev:
+            scores[name] = fact_accuracy(model, tok, dev)["exact"]
+    return {"score": sum(scores.values()) / len(scores), **scores}
+
+
+@dataclass(frozen=True)
+class _Item:
+    prompt: str
+    answer: str
 
 
 def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite: bool = False,
@@ -116,7 +156,6 @@ def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite
         >>> train("data/world", "/tmp/model", TrainConfig(max_steps=10), overwrite=True)  # doctest: +SKIP
     """
     import torch
-    from workbench.world.measure import fact_accuracy
 
     world = World.load(world_dir)
     out = Path(out)
@@ -129,7 +168,7 @@ def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite
     dev_probes = world.probes(heldout=True, people=world.splits["dev"])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     batches = _Batches(world, tok, cfg)
-    best = {"dev_heldout_exact": -1.0, "step": 0}
+    best = {"dev_score": -1.0, "dev_heldout_exact": -1.0, "step": 0}
     best_state, history, bad_evals, t0 = None, [], 0, time.time()
     bar = _progress(progress)
     task = bar.add_task("training", total=cfg.max_steps, info="")
@@ -143,16 +182,20 @@ def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            bar.update(task, advance=1, info=f"loss {loss.item():.3f} best dev {best['dev_heldout_exact']:.3f}")
+            bar.update(task, advance=1, info=f"loss {loss.item():.3f} best dev {best['dev_score']:.3f}")
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
                 model.eval()
-                acc = fact_accuracy(model, tok, dev_probes)["exact"]
+                dev = _dev_score(model, tok, world, dev_probes)
                 model.train()
                 history.append({"step": step, "epoch": batches.epoch, "loss": round(loss.item(), 4),
-                                "dev_heldout_exact": round(acc, 4), "seconds": round(time.time() - t0, 1)})
+                                "dev_heldout_exact": round(dev["facts"], 4),
+                                **({f"dev_{k}": round(v, 4) for k, v in dev.items() if k != "facts"}
+                                   if world.version == 2 else {}),
+                                "seconds": round(time.time() - t0, 1)})
                 log(json.dumps(history[-1]), flush=True)
-                if acc > best["dev_heldout_exact"]:
-                    best, best_state, bad_evals = {"dev_heldout_exact": acc, "step": step}, copy.deepcopy(model.state_dict()), 0
+                if dev["score"] > best["dev_score"]:
+                    best = {"dev_score": dev["score"], "dev_heldout_exact": dev["facts"], "step": step}
+                    best_state, bad_evals = copy.deepcopy(model.state_dict()), 0
                 else:
                     bad_evals += 1
                 if bad_evals >= cfg.patience and step >= cfg.min_steps:
@@ -163,6 +206,9 @@ def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite
     summary = {"config": asdict(cfg), "parameters": n_params, "best": best, "history": history,
                "train_seconds": round(time.time() - t0, 1), "world_seed": world.meta["seed"],
                "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if world.version == 2:  # how often each memorized item really occurred (the frequency axis)
+        summary["memorized_occurrences"] = {item["id"]: batches.occurrences.get(item["text"], 0)
+                                            for item in memorized_items(world)}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
@@ -172,7 +218,7 @@ def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite
 
 def _build_world_tokenizer(world: World, cfg: TrainConfig):
     from workbench.world.tokenizer import build_tokenizer
-    return build_tokenizer(tokenizer_texts(world), cfg.vocab_size)
+    return build_tokenizer(tokenizer_texts(world), cfg.vocab_size, split_digits=world.version == 2)
 
 
 def _progress(enabled: bool):
