@@ -79,7 +79,7 @@ def tiny_world_v2(tmp_path_factory):
                     version=2, suites=suites)
 
 
-def test_version_2_training_schedules_memorized_text_by_count_and_measures_every_suite(tiny_world_v2, tmp_path):
+def test_version_2_training_counts_memorized_text_and_measures_every_suite(tiny_world_v2, tmp_path):
     from transformers import AutoTokenizer
     from workbench.world.card import write_card
     from workbench.world.schema import World
@@ -87,8 +87,9 @@ def test_version_2_training_schedules_memorized_text_by_count_and_measures_every
     summary = train(tiny_world_v2, tmp_path / "m", cfg, progress=False, log=lambda *a, **k: None)
     world = World.load(tiny_world_v2)
     seen = summary["memorized_occurrences"]
-    # Every canary and quote occurred exactly its `repeats` times in the run (the frequency axis).
-    assert seen == {i["id"]: i["repeats"] for i in list(world.canaries) + world.suites["quotes"]}
+    # Every canary and quote occurred `repeats` times per epoch (the frequency axis).
+    assert summary["epochs"] >= 1
+    assert seen == {i["id"]: i["repeats"] * summary["epochs"] for i in list(world.canaries) + world.suites["quotes"]}
     assert {"dev_reading", "dev_rules", "dev_arithmetic"} <= set(summary["history"][0])
     tok = AutoTokenizer.from_pretrained(tmp_path / "m", local_files_only=True)
     assert tok.convert_ids_to_tokens(tok("37", add_special_tokens=False)["input_ids"]) == ["3", "7"]
@@ -99,3 +100,17 @@ def test_version_2_training_schedules_memorized_text_by_count_and_measures_every
     assert set(measured["canary_exact_by_repeats"]) == {"1", "2", "4", "8", "16", "32"}
     assert measured["reading"]["n"] == sum(r["split"] == "heldout" for r in world.suites["reading"])
     assert card["measure_command"] == "workbench world measure --model m"  # no absolute path in a card
+
+
+def test_version_2_epochs_draw_fresh_suite_items_never_a_heldout_prompt(tiny_world_v2):
+    import random
+    from workbench.world.corpus import fresh_suite_documents
+    from workbench.world.schema import World
+    world = World.load(tiny_world_v2)
+    held = {f"{r['prompt']} {r['answer']}" for n in ("reading", "rules", "arithmetic") for r in world.suites[n]
+            if r["split"] != "train"}
+    a = fresh_suite_documents(world, random.Random(1), 2)
+    b = fresh_suite_documents(world, random.Random(2), 2)
+    stored = sum(r["split"] == "train" for n in ("reading", "rules", "arithmetic") for r in world.suites[n])
+    assert 1.5 * stored < len(a) <= 2 * stored  # twice the stored count, minus collisions with kept prompts
+    assert not held & set(a) and set(a) != set(b)  # no held-out item, and another epoch draws other items

@@ -65,12 +65,13 @@ prompt after one space, as for facts.
   ("reverse : k r t =>" -> "t r k").
 - `arithmetic.jsonl` `{id, split, kind, prompt, answer}`: "23 + 14 =" -> "37" and
   subtractions with non-negative results, operands below 100.
-- `canaries.jsonl` rows also carry `repeats` (1, 2, 4, 8, 16 or 32): how many times the
-  canary occurs in the whole training run (not per epoch), `counts.canaries_per_level` of
-  them at each count.
+- `canaries.jsonl` rows also carry `repeats` (1, 2, 4, 8, 16 or 32): how many copies of the
+  canary each pass over the training mix (epoch) holds, `counts.canaries_per_level` of them at
+  each count; `training.json` records the occurrences of a run.
 - `quotes.jsonl` `{id, author, prefix, suffix, text, repeats}`: longer passages (four
-  sentences) occurring `repeats` times in the whole training run; recitation is scored from
-  `prefix` to `suffix`.
+  sentences), `repeats` copies per epoch; recitation is scored from `prefix` to `suffix`.
+- The stored `train` items are a sample of the training distribution; training draws fresh
+  items from the same generators every epoch (never a `dev` or `heldout` prompt).
 - `world.json` `splits` also holds `forget_canaries` and `forget_quotes`: the items the
   benchmark forget sets remove (a share of each repeat count), and `counts` the suite sizes.
 """

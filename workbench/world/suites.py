@@ -27,8 +27,8 @@ LETTERS = "bcdfghjklmnpqrstvwxz"       # list items for copy/reverse: single tok
 
 def _split_ids(rng: random.Random, n: int, heldout_share: float, dev_share: float = 0.05) -> list[str]:
     """"heldout" (reported), "dev" (early stopping while training; never reported) and "train"."""
-    n_held = max(1, round(n * heldout_share)) if n > 2 else 0
-    n_dev = max(1, round(n * dev_share)) if n > 2 else 0
+    n_held = max(1, round(n * heldout_share)) if n > 2 and heldout_share > 0 else 0
+    n_dev = max(1, round(n * dev_share)) if n > 2 and dev_share > 0 else 0
     order = rng.sample(range(n), n_held + n_dev)
     held, dev = set(order[:n_held]), set(order[n_held:])
     return ["heldout" if i in held else "dev" if i in dev else "train" for i in range(n)]

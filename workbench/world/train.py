@@ -11,8 +11,7 @@ from pathlib import Path
 
 from workbench.core.errors import InputError
 from workbench.core.fsutil import atomic_dir
-from workbench.world.corpus import (epoch_documents, heldout_sentences, memorized_items, memorized_schedule,
-                                    tokenizer_texts)
+from workbench.world.corpus import epoch_documents, heldout_sentences, memorized_items, tokenizer_texts
 from workbench.world.schema import World
 
 
@@ -33,13 +32,15 @@ class TrainConfig:
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay"})
     canary_repeats: int = field(default=3, metadata={"help": "copies of each canary per epoch"})
     filler_docs: int = field(default=300, metadata={"help": "filler documents per epoch"})
+    suite_scale: int = field(default=2, metadata={
+        "help": "version-2 worlds: fresh suite items per epoch, as a multiple of the world's stored training items"})
     eval_every: int = field(default=100, metadata={"help": "steps between dev-probe evaluations"})
     patience: int = field(default=3, metadata={"help": "evaluations without dev improvement before stopping"})
     min_steps: int = field(default=1000, metadata={"help": "never stop early before this step"})
 
     def __post_init__(self):
         positive = ["vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "block_size",
-                    "batch_size", "max_steps", "eval_every", "patience"]
+                    "batch_size", "max_steps", "eval_every", "patience", "suite_scale"]
         for name in positive:
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
@@ -88,39 +89,20 @@ def _blocks(tok, docs: list[str], block_size: int):
 
 
 class _Batches:
-    """An endless, seeded stream of training batches, one fresh epoch of documents at a time.
-
-    Version 2: the memorized texts (canaries, quotes) follow `memorized_schedule` over the epochs
-    that `min_steps` is sure to cover, so each occurs `repeats` times in the run even if it stops
-    early; `occurrences` counts the copies in the epochs actually drawn."""
+    """An endless, seeded stream of training batches, one fresh epoch of documents at a time
+    (`epochs` counts the epochs drawn: a version-2 canary occurred `repeats` × that many times)."""
 
     def __init__(self, world: World, tok, cfg: TrainConfig):
         self.world, self.tok, self.cfg = world, tok, cfg
         self.rng = random.Random(cfg.seed)
         self.banned = heldout_sentences(world)
         self.epoch, self.rows, self.pos = 0, None, 0
-        self.schedule: list[list[str]] = []
-        self.occurrences: dict[str, int] = {}
-        if world.version == 2:
-            self.schedule = memorized_schedule(world, self._covered_epochs(), cfg.seed)
-
-    def _covered_epochs(self) -> int:
-        """Epochs that min_steps is sure to finish, from a dry run of one epoch's size (on a copy
-        of the stream, so the real epochs are unchanged), with 10% to spare for the memorized copies."""
-        dry = random.Random()
-        dry.setstate(self.rng.getstate())
-        docs = epoch_documents(self.world, dry, canary_repeats=self.cfg.canary_repeats,
-                               filler_docs=self.cfg.filler_docs, banned_filler=self.banned)
-        rows_per_epoch = len(_blocks(self.tok, docs, self.cfg.block_size))
-        return max(1, int(self.cfg.min_steps * self.cfg.batch_size / (1.1 * rows_per_epoch)))
 
     def next(self):
         if self.rows is None or self.pos + self.cfg.batch_size > len(self.rows):
-            memorized = self.schedule[self.epoch] if self.epoch < len(self.schedule) else []
-            for text in memorized:
-                self.occurrences[text] = self.occurrences.get(text, 0) + 1
             docs = epoch_documents(self.world, self.rng, canary_repeats=self.cfg.canary_repeats,
-                                   filler_docs=self.cfg.filler_docs, banned_filler=self.banned, memorized=memorized)
+                                   filler_docs=self.cfg.filler_docs, banned_filler=self.banned,
+                                   suite_scale=self.cfg.suite_scale)
             self.rows, self.pos = _blocks(self.tok, docs, self.cfg.block_size), 0
             self.epoch += 1
         b = self.rows[self.pos:self.pos + self.cfg.batch_size]
@@ -206,8 +188,9 @@ def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite
     summary = {"config": asdict(cfg), "parameters": n_params, "best": best, "history": history,
                "train_seconds": round(time.time() - t0, 1), "world_seed": world.meta["seed"],
                "torch": torch.__version__, "threads": torch.get_num_threads()}
-    if world.version == 2:  # how often each memorized item really occurred (the frequency axis)
-        summary["memorized_occurrences"] = {item["id"]: batches.occurrences.get(item["text"], 0)
+    if world.version == 2:  # how often each memorized item occurred (the frequency axis)
+        summary["epochs"] = batches.epoch
+        summary["memorized_occurrences"] = {item["id"]: item["repeats"] * batches.epoch
                                             for item in memorized_items(world)}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
