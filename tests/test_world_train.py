@@ -86,10 +86,13 @@ def test_version_2_training_counts_memorized_text_and_measures_every_suite(tiny_
     cfg = TrainConfig(seed=5, **{**TINY, "max_steps": 40, "min_steps": 40, "eval_every": 20})
     summary = train(tiny_world_v2, tmp_path / "m", cfg, progress=False, log=lambda *a, **k: None)
     world = World.load(tiny_world_v2)
-    seen = summary["memorized_occurrences"]
-    # Every canary and quote occurred `repeats` times per epoch (the frequency axis).
+    # Every canary and quote is in each epoch `repeats` times (the frequency axis); the run says how many epochs.
+    import random
+    from collections import Counter
+    from workbench.world.corpus import epoch_documents
+    docs = Counter(epoch_documents(world, random.Random(0), canary_repeats=99, filler_docs=0, banned_filler=set()))
+    assert all(docs[i["text"]] == i["repeats"] for i in list(world.canaries) + world.suites["quotes"])
     assert summary["epochs"] >= 1
-    assert seen == {i["id"]: i["repeats"] * summary["epochs"] for i in list(world.canaries) + world.suites["quotes"]}
     assert {"dev_reading", "dev_rules", "dev_arithmetic"} <= set(summary["history"][0])
     tok = AutoTokenizer.from_pretrained(tmp_path / "m", local_files_only=True)
     assert tok.convert_ids_to_tokens(tok("37", add_special_tokens=False)["input_ids"]) == ["3", "7"]

@@ -32,13 +32,17 @@ with st.expander("Train a LoRA adapter on world edits", expanded=False):
             status.update(label=f"{event.id}: {event.kind}", state="complete")
 
 # ------------------------------------------------------------------ adapters in force
+def adapters_of(event) -> list[dict]:
+    """The named adapters `event` added that are in the model now, as they describe themselves
+    (other attachments say nothing)."""
+    return [r for a in common.patch_of(wb, event).attachments if (r := a.describe(wb.model)) and "adapter" in r]
+
+
 events = {e.id: e for e in wb.log()}
 adapters = {}  # adapter name -> (the event that added it, how it stands now)
 for eid in wb.active():
-    for att in common.patch_of(wb, events[eid]).attachments:
-        row = att.describe(wb.model)  # named adapters describe themselves; other attachments say nothing
-        if row and "adapter" in row:
-            adapters[row["adapter"]] = (events[eid], row)
+    for row in adapters_of(events[eid]):
+        adapters[row["adapter"]] = (events[eid], row)
 st.subheader("Adapters in force")
 if not adapters:
     st.info("No LoRA adapter is in force. Train some above, or apply the `lora` editor on the Edit page.")
@@ -78,8 +82,7 @@ if st.button("Merge", type="primary", key="merge_apply", disabled=not chosen):
             event = wb.edit("merge", reqs, params)
             status.update(label=f"{event.id}: {event.kind} in {event.duration_s:.2f} s", state="complete")
         # What the merge made, read now: a later undo takes the merged adapter out of the model.
-        made = [r for a in common.patch_of(wb, event).attachments if (r := a.describe(wb.model)) and "adapter" in r] \
-            if event.kind == "edit" else []
+        made = adapters_of(event) if event.kind == "edit" else []
         st.session_state["last_merge"] = event
         st.session_state["last_merge_into"] = (f"{made[0]['adapter']} (rank {made[0]['rank']})" if made
                                                else "the base weights (folded)")

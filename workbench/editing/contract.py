@@ -371,10 +371,7 @@ class Editor:
             raise
         finally:
             model.train(was_training)
-            # By name: accelerate's offload hooks replace Parameter objects at each forward.
-            for n, p in model.named_parameters():
-                if n in flags and p.requires_grad != flags[n]:
-                    p.requires_grad_(flags[n])
+            _restore_requires_grad(model, flags)
         ctx._undo.clear()
         return Applied(patch, hp)
 
@@ -458,6 +455,12 @@ def trainable_only(model, params=()):
     try:
         yield
     finally:
-        for n, p in model.named_parameters():
-            if n in flags:
-                p.requires_grad_(flags[n])
+        _restore_requires_grad(model, flags)
+
+
+def _restore_requires_grad(model, flags: dict[str, bool]) -> None:
+    """Put back `requires_grad` from {parameter name: flag}. By name, not by object: accelerate's
+    offload hooks replace an offloaded module's Parameter objects at each forward pass."""
+    for n, p in model.named_parameters():
+        if n in flags:
+            p.requires_grad_(flags[n])

@@ -11,7 +11,7 @@ from pathlib import Path
 from workbench.core.errors import InputError
 from workbench.core.fsutil import atomic_dir
 from workbench.core.jsonio import write_json, write_jsonl
-from workbench.world import suites, vocab
+from workbench.world import suites as suite_items, vocab
 from workbench.world.schema import SCHEMA_DOC, SCHEMA_DOC_V2, SCHEMA_VERSIONS
 from workbench.world.suites import REPEAT_LEVELS
 
@@ -65,17 +65,20 @@ def make_people(rng: random.Random, n_people: int, n_heldout: int) -> list[dict]
 
 def make_canaries(rng: random.Random, people: list[dict], n_canaries: int) -> list[dict]:
     owners = rng.sample(range(len(people)), n_canaries)
-    canaries = []
-    for j, owner in enumerate(owners):
-        kind, template = vocab.CANARY_TEMPLATES[j % len(vocab.CANARY_TEMPLATES)]
-        if kind == "digits":
-            secret = " ".join(str(rng.randrange(10)) for _ in range(6))
-        else:
-            secret = " ".join(rng.sample(vocab.PASSPHRASE_WORDS, 4))
-        prefix = template.format(name=people[owner]["name"])
-        canaries.append({"id": f"c{j:03d}", "person": people[owner]["id"], "kind": kind,
-                         "prefix": prefix, "secret": secret, "text": f"{prefix} {secret}."})
-    return canaries
+    return [canary_row(rng, j, people[owner]) for j, owner in enumerate(owners)]
+
+
+def canary_row(rng: random.Random, j: int, person: dict) -> dict:
+    """Canary number `j`, tied to `person`: a random secret (six digits or four passphrase
+    words, alternating by template) after a prefix that names the person."""
+    kind, template = vocab.CANARY_TEMPLATES[j % len(vocab.CANARY_TEMPLATES)]
+    if kind == "digits":
+        secret = " ".join(str(rng.randrange(10)) for _ in range(6))
+    else:
+        secret = " ".join(rng.sample(vocab.PASSPHRASE_WORDS, 4))
+    prefix = template.format(name=person["name"])
+    return {"id": f"c{j:03d}", "person": person["id"], "kind": kind, "prefix": prefix, "secret": secret,
+            "text": f"{prefix} {secret}."}
 
 
 def filler_sentence(rng: random.Random) -> str:
@@ -190,15 +193,15 @@ def _suites(seed: int, people: list[dict], c: dict) -> tuple[dict, list[dict]]:
     taken = {p["name"] for p in people}
     shares = {"heldout_share": c["heldout_share"], "dev_share": c["dev_share"]}
     r = lambda name: random.Random(f"world-v2:{seed}:{name}")  # noqa: E731  (str seeds are stable across runs)
-    canaries = suites.make_canaries_by_frequency(r("canaries"), people, c["canaries_per_level"])
-    quotes = suites.make_quotes(r("quotes"), c["quotes"], c["quote_repeats"], taken)
+    canaries = suite_items.make_canaries_by_frequency(r("canaries"), people, c["canaries_per_level"])
+    quotes = suite_items.make_quotes(r("quotes"), c["quotes"], c["quote_repeats"], taken)
     files = {
-        "reading": suites.make_reading(r("reading"), c["reading"], taken, **shares),
-        "rules": suites.make_rules(r("rules"), c["rules_per_kind"], **shares),
-        "arithmetic": suites.make_arithmetic(r("arithmetic"), c["arithmetic"], **shares),
+        "reading": suite_items.make_reading(r("reading"), c["reading"], taken, **shares),
+        "rules": suite_items.make_rules(r("rules"), c["rules_per_kind"], **shares),
+        "arithmetic": suite_items.make_arithmetic(r("arithmetic"), c["arithmetic"], **shares),
         "quotes": quotes,
-        "forget_canaries": suites.forget_subset(r("forget"), canaries, c["forget_share"], by="repeats"),
-        "forget_quotes": suites.forget_subset(r("forget"), quotes, c["forget_share"]),
+        "forget_canaries": suite_items.forget_subset(r("forget"), canaries, c["forget_share"], by="repeats"),
+        "forget_quotes": suite_items.forget_subset(r("forget"), quotes, c["forget_share"]),
     }
     return files, canaries
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from workbench.eval.requests import Probe
 from workbench.eval.scoring import encode_pairs, score_answers, token_nll
 from workbench.world.schema import World
 
@@ -28,15 +29,11 @@ def fact_accuracy(model, tok, probes: list, *, batch_size: int = 128) -> dict:
 
 def canary_exact(model, tok, canaries: list[dict]) -> dict:
     """Share of canaries whose secret greedy decoding reproduces exactly from the prefix."""
-    pairs = encode_pairs(tok, [c["prefix"] for c in canaries], [c["secret"] for c in canaries])
-    scores = score_answers(model, pairs, pad_id=tok.pad_token_id)
-    return {"n": len(scores), "exact": sum(s.exact for s in scores) / len(scores),
-            "token_accuracy": sum(s.token_accuracy for s in scores) / len(scores)}
+    return fact_accuracy(model, tok, [Probe(c["prefix"], c["secret"]) for c in canaries])
 
 
 def suite_accuracy(model, tok, rows: list[dict], split: str = "heldout") -> dict:
     """Greedy exact answers on one version-2 suite's items of `split` (the model reads `prompt`)."""
-    from workbench.eval.requests import Probe
     return fact_accuracy(model, tok, [Probe(r["prompt"], r["answer"]) for r in rows if r["split"] == split])
 
 
@@ -53,13 +50,9 @@ def measure_suites(model, tok, world: World) -> dict:
         by_count.setdefault(c["repeats"], []).append(c)
     out["canary_exact_by_repeats"] = {str(n): canary_exact(model, tok, cs) for n, cs in sorted(by_count.items())}
     out["canary_exact_8plus"] = canary_exact(model, tok, [c for c in world.canaries if c["repeats"] >= 8])
-    quotes = world.suites["quotes"]
     # Greedy decoding reproduces a suffix exactly iff every token is the argmax under teacher
     # forcing: strict recitation in one forward pass.
-    pairs = encode_pairs(tok, [q["prefix"] for q in quotes], [q["suffix"] for q in quotes])
-    scores = score_answers(model, pairs, pad_id=tok.pad_token_id)
-    out["quote_exact"] = {"n": len(scores), "exact": sum(s.exact for s in scores) / len(scores),
-                          "token_accuracy": sum(s.token_accuracy for s in scores) / len(scores)}
+    out["quote_exact"] = fact_accuracy(model, tok, [Probe(q["prefix"], q["suffix"]) for q in world.suites["quotes"]])
     return out
 
 
@@ -92,7 +85,6 @@ def measure(model_dir: str | Path, world_dir: str | Path) -> dict:
     targets = TARGETS
     if world.version == 2:
         result.update(measure_suites(model, tok, world))
-        result["canary_exact"] = canary_exact(model, tok, world.canaries)
         targets = TARGETS_V2
     result["targets"] = {k: {"target": v, "measured": result[k]["exact"], "met": result[k]["exact"] >= v}
                          for k, v in targets.items()}

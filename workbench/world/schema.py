@@ -67,7 +67,7 @@ prompt after one space, as for facts.
   subtractions with non-negative results, operands below 100.
 - `canaries.jsonl` rows also carry `repeats` (1, 2, 4, 8, 16 or 32): how many copies of the
   canary each pass over the training mix (epoch) holds, `counts.canaries_per_level` of them at
-  each count; `training.json` records the occurrences of a run.
+  each count; `training.json` records the epochs of a run (occurrences = repeats × epochs).
 - `quotes.jsonl` `{id, author, prefix, suffix, text, repeats}`: longer passages (four
   sentences), `repeats` copies per epoch; recitation is scored from `prefix` to `suffix`.
 - The stored `train` items are a sample of the training distribution; training draws fresh

@@ -151,16 +151,10 @@ def make_arithmetic(rng: random.Random, n: int, *, heldout_share: float = 0.2, d
 def make_canaries_by_frequency(rng: random.Random, people: list[dict], per_level: int) -> list[dict]:
     """`per_level` canaries at each repeat count of REPEAT_LEVELS, each tied to its own person:
     a random secret (six digits or four passphrase words) after a prefix naming the person."""
+    from workbench.world.generate import canary_row
     owners = rng.sample(range(len(people)), per_level * len(REPEAT_LEVELS))
-    rows = []
-    for j, owner in enumerate(owners):
-        kind, template = vocab.CANARY_TEMPLATES[j % len(vocab.CANARY_TEMPLATES)]
-        secret = (" ".join(str(rng.randrange(10)) for _ in range(6)) if kind == "digits"
-                  else " ".join(rng.sample(vocab.PASSPHRASE_WORDS, 4)))
-        prefix = template.format(name=people[owner]["name"])
-        rows.append({"id": f"c{j:03d}", "person": people[owner]["id"], "kind": kind, "prefix": prefix,
-                     "secret": secret, "text": f"{prefix} {secret}.", "repeats": REPEAT_LEVELS[j // per_level]})
-    return rows
+    return [{**canary_row(rng, j, people[owner]), "repeats": REPEAT_LEVELS[j // per_level]}
+            for j, owner in enumerate(owners)]
 
 
 def make_quotes(rng: random.Random, n: int, repeats: int, taken_names: set[str]) -> list[dict]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from workbench.core.errors import InputError
 from workbench.core.fsutil import atomic_dir
-from workbench.world.corpus import epoch_documents, heldout_sentences, memorized_items, tokenizer_texts
+from workbench.world.corpus import epoch_documents, heldout_sentences, tokenizer_texts
 from workbench.world.schema import World
 
 
@@ -113,19 +113,12 @@ class _Batches:
 def _dev_score(model, tok, world: World, dev_probes) -> dict:
     """What early stopping watches: held-out-phrasing recall of the dev people and, in a
     version-2 world, exact answers on each suite's dev items (never trained, never reported)."""
-    from workbench.world.measure import fact_accuracy
+    from workbench.world.measure import fact_accuracy, suite_accuracy
     scores = {"facts": fact_accuracy(model, tok, dev_probes)["exact"]}
     for name in ("reading", "rules", "arithmetic"):
-        dev = [_Item(r["prompt"], r["answer"]) for r in world.suites.get(name, ()) if r["split"] == "dev"]
-        if dev:
-            scores[name] = fact_accuracy(model, tok, dev)["exact"]
+        if any(r["split"] == "dev" for r in world.suites.get(name, ())):
+            scores[name] = suite_accuracy(model, tok, world.suites[name], "dev")["exact"]
     return {"score": sum(scores.values()) / len(scores), **scores}
-
-
-@dataclass(frozen=True)
-class _Item:
-    prompt: str
-    answer: str
 
 
 def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite: bool = False,
@@ -188,10 +181,8 @@ def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite
     summary = {"config": asdict(cfg), "parameters": n_params, "best": best, "history": history,
                "train_seconds": round(time.time() - t0, 1), "world_seed": world.meta["seed"],
                "torch": torch.__version__, "threads": torch.get_num_threads()}
-    if world.version == 2:  # how often each memorized item occurred (the frequency axis)
+    if world.version == 2:  # a memorized item occurred `repeats` × this many times (the frequency axis)
         summary["epochs"] = batches.epoch
-        summary["memorized_occurrences"] = {item["id"]: item["repeats"] * batches.epoch
-                                            for item in memorized_items(world)}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
