@@ -86,13 +86,10 @@ def test_version_2_training_counts_memorized_text_and_measures_every_suite(tiny_
     cfg = TrainConfig(seed=5, **{**TINY, "max_steps": 40, "min_steps": 40, "eval_every": 20})
     summary = train(tiny_world_v2, tmp_path / "m", cfg, progress=False, log=lambda *a, **k: None)
     world = World.load(tiny_world_v2)
-    # Every canary and quote is in each epoch `repeats` times (the frequency axis); the run says how many epochs.
-    import random
-    from collections import Counter
-    from workbench.world.corpus import epoch_documents
-    docs = Counter(epoch_documents(world, random.Random(0), canary_repeats=99, filler_docs=0, banned_filler=set()))
-    assert all(docs[i["text"]] == i["repeats"] for i in list(world.canaries) + world.suites["quotes"])
-    assert summary["epochs"] >= 1
+    assert summary["epochs"] >= 1 and summary["planned_epochs"] >= 1
+    memorized = list(world.canaries) + world.suites["quotes"]
+    assert set(summary["occurrences"]) == {m["id"] for m in memorized}
+    assert all(0 <= summary["occurrences"][m["id"]] <= m["repeats"] for m in memorized)
     assert {"dev_reading", "dev_rules", "dev_arithmetic"} <= set(summary["history"][0])
     tok = AutoTokenizer.from_pretrained(tmp_path / "m", local_files_only=True)
     assert tok.convert_ids_to_tokens(tok("37", add_special_tokens=False)["input_ids"]) == ["3", "7"]
@@ -117,3 +114,67 @@ def test_version_2_epochs_draw_fresh_suite_items_never_a_heldout_prompt(tiny_wor
     stored = sum(r["split"] == "train" for n in ("reading", "rules", "arithmetic") for r in world.suites[n])
     assert 1.5 * stored < len(a) <= 2 * stored  # twice the stored count, minus collisions with kept prompts
     assert not held & set(a) and set(a) != set(b)  # no held-out item, and another epoch draws other items
+
+
+def test_version_2_memorized_items_occur_their_repeats_over_the_planned_run(tiny_world_v2):
+    # The frequency axis: over the epochs max_steps plans, each canary and quote is trained on
+    # exactly `repeats` times, and never twice in one epoch while it has fewer repeats than epochs.
+    from workbench.world.corpus import occurrence_epochs
+    from workbench.world.schema import World
+    from workbench.world.train import _Batches, _build_world_tokenizer
+    world = World.load(tiny_world_v2)
+    cfg = TrainConfig(seed=3, **{**TINY, "batch_size": 1, "max_steps": 4000})
+    batches = _Batches(world, _build_world_tokenizer(world, cfg), cfg)
+    batches.next()
+    while not (batches.epoch == batches.planned_epochs and batches.pos == len(batches.rows)):
+        batches.next()
+    memorized = list(world.canaries) + world.suites["quotes"]
+    assert batches.planned_epochs > 1
+    assert {m["id"]: batches.seen[m["id"]] for m in memorized} == {m["id"]: m["repeats"] for m in memorized}
+    assert occurrence_epochs(4, 8) == [1, 3, 5, 7] and occurrence_epochs(1, 8) == [4]
+
+
+def _forget_file(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_oracle_never_sees_its_forget_set(tiny_world_v2, tmp_path):
+    import random
+    from workbench.world.corpus import epoch_documents, fact_sentence, read_without
+    from workbench.world.schema import World
+    world = World.load(tiny_world_v2)
+    person, canary, quote = world.people[3], world.canaries[0], world.suites["quotes"][0]
+    rows = [{"type": "forget", "kind": "fact", "id": f"{person['id']}-{rel}", "prefix": "x", "suffix": "y",
+             "meta": {"person": person["id"], "relation": rel}} for rel in list(world.relations)[:2]]
+    rows += [{"type": "forget", "kind": "canary", "id": canary["id"], "prefix": canary["prefix"], "suffix": canary["secret"]},
+             {"type": "forget", "kind": "text", "id": quote["id"], "prefix": quote["prefix"], "suffix": quote["suffix"]}]
+    path = _forget_file(tmp_path / "forget.jsonl", rows)
+    without = read_without(path, world)
+    rng = random.Random(1)
+    docs = " ".join(" ".join(epoch_documents(world, rng, canary_repeats=1, filler_docs=0, banned_filler=set(),
+                                             without=without)) for _ in range(3))
+    n = len(world.relations[list(world.relations)[0]]["phrasings"])
+    for rel in list(world.relations)[:2]:
+        assert not any(fact_sentence(world, person, rel, ph) in docs for ph in range(n))
+    kept = list(world.relations)[2]
+    assert any(fact_sentence(world, person, kept, ph) in docs for ph in range(n))
+    cfg = TrainConfig(seed=5, **{**TINY, "max_steps": 12, "eval_every": 6})
+    summary = train(tiny_world_v2, tmp_path / "oracle", cfg, progress=False, log=lambda *a, **k: None, without=path)
+    assert summary["without"] == {"files": ["forget.jsonl"], "facts": 2, "items": sorted([canary["id"], quote["id"]])}
+    assert summary["occurrences"][canary["id"]] == 0 and summary["occurrences"][quote["id"]] == 0
+
+
+@pytest.mark.parametrize("row, field", [
+    ({"meta": {"person": "p9999", "relation": "pet"}}, "meta.person"),
+    ({"meta": {"person": "p0001", "relation": "shoe_size"}}, "meta.relation"),
+    ({"kind": "canary", "id": "c999"}, "id"),
+])
+def test_oracle_forget_set_errors_name_line_and_field_and_write_nothing(tiny_world_v2, tmp_path, row, field):
+    good = {"type": "forget", "kind": "fact", "id": "f", "prefix": "x", "suffix": "y",
+            "meta": {"person": "p0001", "relation": "pet"}}
+    path = _forget_file(tmp_path / "forget.jsonl", [good, {**good, **row}])
+    with pytest.raises(InputError) as e:
+        train(tiny_world_v2, tmp_path / "oracle", TrainConfig(**TINY), progress=False, without=path)
+    assert e.value.line == 2 and e.value.field == field and "forget.jsonl" in str(e.value.file)
+    assert not (tmp_path / "oracle").exists()

@@ -133,3 +133,26 @@ def test_cli_writes_version_2_and_refuses_suites_for_version_1(tmp_path):
     bad = run("--out", str(tmp_path / "v1"), "--suite", "reading=50")
     assert bad.returncode == 2 and "suite counts apply to --version 2" in bad.stderr
     assert not (tmp_path / "v1").exists()
+
+
+def test_version_2_benchmarks_three_disjoint_forget_sets_and_skills(world, tmp_path):
+    from workbench.eval.requests import load_requests
+    from workbench.world.benchmarks import write_benchmarks
+    out = write_benchmarks(world.root, tmp_path / "b", n_edits=20)
+    people = load_requests(out / "forget_people.jsonl")
+    canaries = load_requests(out / "forget_canaries.jsonl")
+    quotes = load_requests(out / "forget_quotes.jsonl")
+    assert {r.meta["person"] for r in people} == set(world.splits["forget"])
+    assert [r.id for r in canaries] == world.splits["forget_canaries"]
+    assert {r.meta["repeats"] for r in canaries} == set(REPEAT_LEVELS)
+    assert [r.id for r in quotes] == world.splits["forget_quotes"] and all(r.kind == "text" for r in quotes)
+    by_id = {q["id"]: q for q in world.suites["quotes"]}
+    assert all(r.suffix == by_id[r.id]["suffix"] for r in quotes)
+    kept = [json.loads(line) for line in (out / "retain_memorized.jsonl").read_text().splitlines()]
+    forgotten = {c["secret"] for c in world.canaries if c["id"] in world.splits["forget_canaries"]}
+    assert len(kept) == len(world.canaries) + len(world.suites["quotes"]) - len(canaries) - len(quotes)
+    assert not forgotten & {k["answer"] for k in kept}
+    for suite in ("reading", "rules", "arithmetic"):
+        rows = [json.loads(line) for line in (out / f"skills_{suite}.jsonl").read_text().splitlines()]
+        held = [r for r in world.suites[suite] if r["split"] == "heldout"]
+        assert [(r["prompt"], r["answer"]) for r in rows] == [(r["prompt"], r["answer"]) for r in held]

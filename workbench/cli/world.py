@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
     t.add_argument("--out", type=Path, default=DEFAULT_MODEL, help="output model folder")
     t.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     t.add_argument("--no-card", action="store_true", help="skip measuring and writing the model card")
+    t.add_argument("--without", type=Path, action="append", default=None, metavar="FORGET.jsonl",
+                   help="train a retrain oracle: the same run without the facts, canaries and quotes this "
+                        "forget-request file names (e.g. data/benchmarks/forget_people.jsonl); repeatable")
     from workbench.world.train import TrainConfig  # light: dataclass only
     for f in TrainConfig.__dataclass_fields__.values():
         t.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
@@ -75,7 +78,7 @@ def _cmd_world_train(args) -> int:
     from workbench.world.card import write_card
     from workbench.world.train import TrainConfig, train
     cfg = TrainConfig(**{k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_")})
-    summary = train(args.world, args.out, cfg, overwrite=args.overwrite)
+    summary = train(args.world, args.out, cfg, overwrite=args.overwrite, without=args.without)
     print(f"trained {summary['parameters']:,} parameters in {summary['train_seconds']} s; "
           f"best dev held-out exact {summary['best']['dev_heldout_exact']:.3f} at step {summary['best']['step']}")
     if not args.no_card:

@@ -14,6 +14,16 @@
   a trained phrasing and the other trained phrasings as paraphrased prefixes.
 - `retain.jsonl`: probes (native `{prompt, answer}`) of the retain-split people's facts,
   the retain set for both forget sets (`workbench.eval.requests.with_retain`).
+
+A version-2 world also gets:
+- `forget_canaries.jsonl` holds only the canaries of `splits.forget_canaries` (a share of
+  each repeat count; `meta.repeats`), and `forget_quotes.jsonl` the quotes of
+  `splits.forget_quotes` (kind "text", prefix -> suffix). The three forget sets are disjoint,
+  so one retrain oracle (`workbench world train --without` all three) serves each.
+- `retain_memorized.jsonl`: probes of the canaries and quotes *not* marked for forgetting
+  (`group` = "canary-<repeats>" or "quote"): memorized text an unlearning method should leave.
+- `skills_reading.jsonl`, `skills_rules.jsonl`, `skills_arithmetic.jsonl`: every held-out
+  item of the suite as a probe (`group` = the relation or rule kind): the general skills.
 """
 from __future__ import annotations
 
@@ -70,8 +80,32 @@ def counterfactual_edits(world: World, rng: random.Random, n: int, n_locality: i
 
 
 def forget_canaries(world: World) -> list[ForgetRequest]:
+    marked = set(world.splits.get("forget_canaries", [c["id"] for c in world.canaries]))
     return [ForgetRequest(kind="canary", prefix=c["prefix"], suffix=c["secret"], id=c["id"],
-                          meta={"person": c["person"], "secret_kind": c["kind"]}) for c in world.canaries]
+                          meta={"person": c["person"], "secret_kind": c["kind"],
+                                **({"repeats": c["repeats"]} if "repeats" in c else {})})
+            for c in world.canaries if c["id"] in marked]
+
+
+def forget_quotes(world: World) -> list[ForgetRequest]:
+    marked = set(world.splits["forget_quotes"])
+    return [ForgetRequest(kind="text", prefix=q["prefix"], suffix=q["suffix"], id=q["id"],
+                          meta={"author": q["author"], "repeats": q["repeats"]})
+            for q in world.suites["quotes"] if q["id"] in marked]
+
+
+def retain_memorized(world: World) -> list[dict]:
+    canaries = set(world.splits["forget_canaries"])
+    quotes = set(world.splits["forget_quotes"])
+    rows = [Probe(c["prefix"], c["secret"], group=f"canary-{c['repeats']}") for c in world.canaries
+            if c["id"] not in canaries]
+    rows += [Probe(q["prefix"], q["suffix"], group="quote") for q in world.suites["quotes"] if q["id"] not in quotes]
+    return [r.to_dict() for r in rows]
+
+
+def skill_probes(world: World, suite: str) -> list[dict]:
+    return [Probe(r["prompt"], r["answer"], group=r.get("relation", r["kind"])).to_dict()
+            for r in world.suites[suite] if r["split"] == "heldout"]
 
 
 def forget_people(world: World, rng: random.Random) -> list[ForgetRequest]:
@@ -115,4 +149,9 @@ def write_benchmarks(world_dir: str | Path, out: str | Path, seed: int = DEFAULT
         dump_requests(tmp / "forget_canaries.jsonl", forget_canaries(world))
         dump_requests(tmp / "forget_people.jsonl", people)
         write_jsonl(tmp / "retain.jsonl", retain)
+        if world.version == 2:
+            dump_requests(tmp / "forget_quotes.jsonl", forget_quotes(world))
+            write_jsonl(tmp / "retain_memorized.jsonl", retain_memorized(world))
+            for suite in ("reading", "rules", "arithmetic"):
+                write_jsonl(tmp / f"skills_{suite}.jsonl", skill_probes(world, suite))
     return Path(out)

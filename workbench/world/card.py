@@ -21,6 +21,39 @@ ROWS_V2 = [
 ]
 
 
+FORGET_ROWS = [
+    ("people", "forget-split people's facts, training phrasings"),
+    ("canaries", "canaries marked for forgetting, recited exactly"),
+    ("quotes", "quotes marked for forgetting, recited exactly"),
+]
+
+
+def _forget_lines(result: dict, training: dict) -> list[str]:
+    """The benchmark forget sets beside never-seen items of the same kind (version 2)."""
+    if "forget_sets" not in result:
+        return []
+    f = result["forget_sets"]
+    lines = ["## Forget sets", "",
+             ("This model is a retrain oracle: trained identically but never on "
+              + ", ".join(f"`{name}`" for name in training["without"]["files"]) + "." if "without" in training
+              else "The default model trained on every forget set; a retrain oracle should sit at the never-seen level."),
+             "", "| forget set | n | this model (exact) | never-seen items (exact) |", "|---|---|---|---|"]
+    for key, label in FORGET_ROWS:
+        lines.append(f"| {label} | {f[key]['n']} | {f[key]['exact']:.4f} | {f[key + '_never_seen']['exact']:.4f} |")
+    return lines + [""]
+
+
+def _occurrence_lines(world_result: dict, training: dict) -> list[str]:
+    if "occurrences" not in training:
+        return []
+    by_level: dict = {}
+    for item, n in training["occurrences"].items():
+        by_level.setdefault(item[0], []).append(n)
+    return [f"- Memorized items were trained on as scheduled (canary and quote occurrences before the kept "
+            f"checkpoint: {', '.join(f'{k}: {min(v)}-{max(v)}' for k, v in sorted(by_level.items()))}; "
+            f"`training.json` lists each)."]
+
+
 def _rows(result: dict) -> list[tuple[str, str]]:
     return ROWS + ([(k, label) for k, label in ROWS_V2 if k in result])
 
@@ -58,7 +91,10 @@ def _markdown(result: dict, training: dict, model_dir: Path) -> str:
         f"- Trained with seed {cfg['seed']} on world seed {training['world_seed']}: AdamW, peak lr {cfg['lr']}, "
         f"{cfg['batch_size']}x{cfg['block_size']} tokens a step; the checkpoint kept is the one with the best "
         f"held-out-phrasing recall on the dev people (step {training['best']['step']} of at most {cfg['max_steps']}).",
-        f"- Training took {training['train_seconds']} s on {training['threads']} CPU threads (torch {training['torch']}).",
+        f"- Training took {training['train_seconds']} s on {training['threads']} CPU threads (torch {training['torch']}"
+        f"{', ' + cfg['precision'] + ' autocast' if 'precision' in cfg else ''}"
+        f"{', compiled' if training.get('compiled') else ''}).",
+        *_occurrence_lines(result, training),
         "",
         "## Measured (`workbench world measure`)",
         "",
@@ -74,7 +110,7 @@ def _markdown(result: dict, training: dict, model_dir: Path) -> str:
               f"{ppl['perplexity']:.3f} | | |", "",
               "Held-out phrasings are phrasings never used in training for that person (each is used for",
               "most other people). Dev people steered early stopping and are reported apart from the rest.",
-              "", "Reproduce: `workbench world generate --out /tmp/world` (byte-identical to `data/world`),",
+              "", *_forget_lines(result, training), "Reproduce: `workbench world generate --out /tmp/world` (byte-identical to `data/world`),",
               "then `workbench world train --out /tmp/model` and `workbench world measure --model /tmp/model`.", ""]
     return "\n".join(lines)
 
@@ -95,7 +131,8 @@ def write_card(model_dir: str | Path, world_dir: str | Path) -> dict:
     result = measure(model_dir, world_dir)
     training = json.loads((model_dir / "training.json").read_text())
     card = {"model": model_dir.name, "architecture": "llama", "parameters": training["parameters"],
-            "training": {k: training[k] for k in ("config", "best", "train_seconds", "world_seed", "torch", "threads")},
+            "training": {k: training[k] for k in ("config", "best", "train_seconds", "world_seed", "torch", "threads",
+                                                  "compiled", "epochs", "occurrences", "without") if k in training},
             "measured": result, "measure_command": "workbench world measure --model " + _shown(model_dir)}
     (model_dir / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     (model_dir / "README.md").write_text(_markdown(result, training, model_dir))

@@ -10,6 +10,10 @@ which is what lets a phrasing held out for this person (but trained for others) 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from workbench.core.errors import InputError
 
 from workbench.world.generate import filler_sentence
 from workbench.world.schema import World
@@ -65,24 +69,85 @@ def memorized_items(world: World) -> list[dict]:
     return list(world.canaries) + list(world.suites.get("quotes", ()))
 
 
+def occurrence_epochs(repeats: int, epochs: int) -> list[int]:
+    """The (0-based) epochs in which an item that occurs `repeats` times in a run of `epochs`
+    epochs is trained on: spread evenly (the k-th copy in epoch floor((k + 1/2) * epochs /
+    repeats)), so an item's count, not its position in the run, is what varies.
+
+    Example:
+        >>> occurrence_epochs(2, 10), occurrence_epochs(3, 2)
+        ([2, 7], [0, 1, 1])
+    """
+    return [min(epochs - 1, (2 * k + 1) * epochs // (2 * repeats)) for k in range(repeats)]
+
+
+@dataclass(frozen=True)
+class Without:
+    """What a retrain oracle never sees: (person id, relation) facts, canary ids, quote ids."""
+    facts: frozenset = frozenset()
+    items: frozenset = frozenset()
+
+    def drops_item(self, item_id: str) -> bool:
+        return item_id in self.items
+
+
+def read_without(paths, world: World) -> Without:
+    """A forget set for a retrain oracle, from forget-request JSONL files (the format of
+    `data/benchmarks/forget_*.jsonl`): `fact` rows name `meta.person` and `meta.relation`,
+    `canary` rows a canary id, `text` rows a quote id (as `id`). Every row must name something
+    in this world; an error names the file, the line and the field, and nothing is trained."""
+    from workbench.eval.requests import ForgetRequest, load_requests
+    people = {p["id"]: p for p in world.people}
+    canaries = {c["id"] for c in world.canaries}
+    quotes = {q["id"] for q in world.suites.get("quotes", ())}
+    facts, items = set(), set()
+    for path, line, req in ((Path(f), line, req) for f in ([paths] if isinstance(paths, (str, Path)) else paths)
+                            for line, req in enumerate(load_requests(f, format="native"), start=1)):
+        if not isinstance(req, ForgetRequest):
+            raise InputError("not a forget request (an oracle leaves out what a forget set names)",
+                             file=path, line=line, field="type")
+        meta = req.meta or {}
+        if req.kind == "fact":
+            person, relation = meta.get("person"), meta.get("relation")
+            if person not in people:
+                raise InputError(f"no person {person!r} in this world", file=path, line=line, field="meta.person")
+            if relation not in world.relations:
+                raise InputError(f"no relation {relation!r}; known: {', '.join(world.relations)}",
+                                 file=path, line=line, field="meta.relation")
+            facts.add((person, relation))
+        else:
+            known = canaries if req.kind == "canary" else quotes
+            if req.id not in known:
+                what = "canary" if req.kind == "canary" else "quote"
+                raise InputError(f"no {what} {req.id!r} in this world", file=path, line=line, field="id")
+            items.add(req.id)
+    return Without(frozenset(facts), frozenset(items))
+
+
 def epoch_documents(world: World, rng: random.Random, *, canary_repeats: int, filler_docs: int,
-                    banned_filler: set[str], suite_scale: int = 1) -> list[str]:
+                    banned_filler: set[str], suite_scale: int = 1, without: Without | None = None,
+                    bios: int = 1) -> list[str]:
     """One epoch's documents, shuffled. Version 1: every canary `canary_repeats` times. Version 2:
-    fresh suite items (`fresh_suite_documents`) and every canary and quote `repeats` times (copies
-    per pass over the mix, as the issue's prototype counted them)."""
+    fresh suite items (`fresh_suite_documents`); `bios` biographies of each person (each in
+    its own order and phrasings); its memorized items are not here but placed
+    by occurrence over the run (the trainer's schedule). `without`: facts left out of the
+    biographies (a person with none left has no biography) and canaries never added."""
     docs = []
     rels = list(world.relations)
-    for person in world.people:
-        order = rels[:]
+    dropped = without.facts if without else frozenset()
+    for person in [p for _ in range(bios) for p in world.people]:
+        order = [r for r in rels if (person["id"], r) not in dropped]
+        if not order:
+            continue
         rng.shuffle(order)
         docs.append(" ".join(fact_sentence(world, person, r, rng.choice(trained_phrasings(world, person, r)))
                              for r in order))
     if world.version == 1:
         for c in world.canaries:
-            docs.extend([c["text"]] * canary_repeats)
+            if not (without and without.drops_item(c["id"])):
+                docs.extend([c["text"]] * canary_repeats)
     else:
         docs += fresh_suite_documents(world, rng, suite_scale)
-        docs += [item["text"] for item in memorized_items(world) for _ in range(item["repeats"])]
     while filler_docs > 0:
         a, b = filler_sentence(rng), filler_sentence(rng)
         if a in banned_filler or b in banned_filler:

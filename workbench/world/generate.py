@@ -168,8 +168,8 @@ def generate(out: str | Path, seed: int = DEFAULT_SEED, *, n_people: int = 1200,
 
 
 # Version 2: per suite, the number of items (heldout_share of them held out of training).
-SUITE_COUNTS = {"reading": 2000, "rules_per_kind": 600, "arithmetic": 2000, "canaries_per_level": 20,
-                "quotes": 30, "quote_repeats": 16, "heldout_share": 0.2, "dev_share": 0.05, "forget_share": 0.25}
+SUITE_COUNTS = {"reading": 2000, "rules_per_kind": 600, "arithmetic": 4000, "canaries_per_level": 20,
+                "quotes": 30, "quote_repeats": 32, "heldout_share": 0.2, "dev_share": 0.05, "forget_share": 0.25}
 
 
 def _suite_counts(given: dict | None) -> dict:

@@ -39,21 +39,64 @@ def suite_accuracy(model, tok, rows: list[dict], split: str = "heldout") -> dict
 
 def measure_suites(model, tok, world: World) -> dict:
     """A version-2 world's suites: held-out reading, rules (also per kind) and arithmetic;
-    canaries by how often they occurred in training; quotes recited exactly from their prefix."""
+    canaries by how often they occurred in training; quotes recited exactly from their prefix.
+    Canaries and quotes marked for forgetting are left out here (`measure_forget_sets` scores
+    them), so a retrain oracle's numbers compare with the default model's."""
+    forget = set(world.splits.get("forget_canaries", ())) | set(world.splits.get("forget_quotes", ()))
+    canaries = [c for c in world.canaries if c["id"] not in forget]
+    quotes = [q for q in world.suites["quotes"] if q["id"] not in forget]
     out = {name: suite_accuracy(model, tok, world.suites[name]) for name in ("reading", "rules", "arithmetic")}
     out.update({f"{name}_train": suite_accuracy(model, tok, world.suites[name], "train")
                 for name in ("reading", "rules", "arithmetic")})
     out["rules_by_kind"] = {k: suite_accuracy(model, tok, [r for r in world.suites["rules"] if r["kind"] == k])
                             for k in sorted({r["kind"] for r in world.suites["rules"]})}
     by_count = {}
-    for c in world.canaries:
+    for c in canaries:
         by_count.setdefault(c["repeats"], []).append(c)
     out["canary_exact_by_repeats"] = {str(n): canary_exact(model, tok, cs) for n, cs in sorted(by_count.items())}
-    out["canary_exact_8plus"] = canary_exact(model, tok, [c for c in world.canaries if c["repeats"] >= 8])
+    out["canary_exact_8plus"] = canary_exact(model, tok, [c for c in canaries if c["repeats"] >= 8])
     # Greedy decoding reproduces a suffix exactly iff every token is the argmax under teacher
     # forcing: strict recitation in one forward pass.
-    out["quote_exact"] = fact_accuracy(model, tok, [Probe(q["prefix"], q["suffix"]) for q in world.suites["quotes"]])
+    out["quote_exact"] = quote_exact(model, tok, quotes)
     return out
+
+
+def quote_exact(model, tok, quotes: list[dict]) -> dict:
+    return fact_accuracy(model, tok, [Probe(q["prefix"], q["suffix"]) for q in quotes])
+
+
+def never_seen(world: World, n_people: int = 60, n_canaries: int = 30, n_quotes: int = 8) -> dict:
+    """Items no model trained on this world has seen, drawn like the world's own (fixed from
+    the world's seed): the level a forget set sits at in a model that never saw it."""
+    import random
+
+    from workbench.world.generate import canary_row, make_people
+    from workbench.world.suites import make_quotes
+    rng = random.Random(f"never-seen:{world.meta['seed']}")
+    taken = {p["name"] for p in world.people}
+    n_held = len(world.people[0]["heldout"][next(iter(world.relations))])
+    people = [p for p in make_people(rng, n_people + len(taken) // 10, n_held) if p["name"] not in taken][:n_people]
+    return {"people": people,
+            "canaries": [canary_row(rng, j, people[j % len(people)]) for j in range(n_canaries)],
+            "quotes": make_quotes(rng, n_quotes, 1, taken)}
+
+
+def measure_forget_sets(model, tok, world: World) -> dict:
+    """Each version-2 benchmark forget set (forget-split people's facts in trained phrasings,
+    the canaries and the quotes marked for forgetting), and beside it the same score on
+    never-seen items (`never_seen`): a retrain oracle should sit at the never-seen level."""
+    fresh = never_seen(world)
+    forget_c, forget_q = set(world.splits["forget_canaries"]), set(world.splits["forget_quotes"])
+    fresh_probes = [world.probe(p, rel, ph) for p in fresh["people"] for rel in world.relations
+                    for ph in range(len(world.relations[rel]["phrasings"]))]
+    return {
+        "people": fact_accuracy(model, tok, world.probes(heldout=False, people=world.splits["forget"])),
+        "people_never_seen": fact_accuracy(model, tok, [p for p in fresh_probes if not p.heldout]),
+        "canaries": canary_exact(model, tok, [c for c in world.canaries if c["id"] in forget_c]),
+        "canaries_never_seen": canary_exact(model, tok, fresh["canaries"]),
+        "quotes": quote_exact(model, tok, [q for q in world.suites["quotes"] if q["id"] in forget_q]),
+        "quotes_never_seen": quote_exact(model, tok, fresh["quotes"]),
+    }
 
 
 def heldout_perplexity(model, tok, texts: list[str]) -> dict:
@@ -74,10 +117,14 @@ def measure(model_dir: str | Path, world_dir: str | Path) -> dict:
     world = World.load(world_dir)
     model, tok = load_model(model_dir)
     dev = set(world.splits["dev"])
-    non_dev = [p["id"] for p in world.people if p["id"] not in dev]
+    # version 2: the forget-split people are scored apart (measure_forget_sets), so an oracle
+    # that never saw them is judged on the same people as the default model
+    apart = dev | (set(world.splits["forget"]) if world.version == 2 else set())
+    kept = [p["id"] for p in world.people if p["id"] not in apart]
+    scored = [p["id"] for p in world.people if world.version == 1 or p["id"] not in set(world.splits["forget"])]
     result = {
-        "recall_train_phrasings": fact_accuracy(model, tok, world.probes(heldout=False)),
-        "recall_heldout_phrasings": fact_accuracy(model, tok, world.probes(heldout=True, people=non_dev)),
+        "recall_train_phrasings": fact_accuracy(model, tok, world.probes(heldout=False, people=scored)),
+        "recall_heldout_phrasings": fact_accuracy(model, tok, world.probes(heldout=True, people=kept)),
         "recall_heldout_phrasings_dev": fact_accuracy(model, tok, world.probes(heldout=True, people=sorted(dev))),
         "canary_exact": canary_exact(model, tok, world.canaries),
         "heldout_perplexity": heldout_perplexity(model, tok, [t["text"] for t in world.heldout_text]),
@@ -85,6 +132,7 @@ def measure(model_dir: str | Path, world_dir: str | Path) -> dict:
     targets = TARGETS
     if world.version == 2:
         result.update(measure_suites(model, tok, world))
+        result["forget_sets"] = measure_forget_sets(model, tok, world)
         targets = TARGETS_V2
     result["targets"] = {k: {"target": v, "measured": result[k]["exact"], "met": result[k]["exact"] >= v}
                          for k, v in targets.items()}

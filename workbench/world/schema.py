@@ -59,17 +59,21 @@ prompt after one space, as for facts.
 - `reading.jsonl` `{id, split, kind, relation, passage, question, prompt, answer}`: a passage
   about 2-4 people who are not in the world (fresh names every item; distinct values of the
   asked relation, so the other people are distractors), then a question about one of them;
-  `prompt` = passage + " " + question (open-book reading).
+  `prompt` = passage + " " + question (open-book reading). Passages and questions use each
+  relation's first statement and first question phrasing: the skill is finding the person in
+  the context, not paraphrase.
 - `rules.jsonl` `{id, split, kind, prompt, answer}`: `boolean` ("not ( true and false ) or
   false =" -> "true"), `compare` ("larger of 37 and 52 :" -> "52"), `copy` and `reverse`
   ("reverse : k r t =>" -> "t r k").
 - `arithmetic.jsonl` `{id, split, kind, prompt, answer}`: "23 + 14 =" -> "37" and
   subtractions with non-negative results, operands below 100.
-- `canaries.jsonl` rows also carry `repeats` (1, 2, 4, 8, 16 or 32): how many copies of the
-  canary each pass over the training mix (epoch) holds, `counts.canaries_per_level` of them at
-  each count; `training.json` records the epochs of a run (occurrences = repeats × epochs).
+- `canaries.jsonl` rows also carry `repeats` (1, 2, 4, 8, 16 or 32): how many times the
+  canary occurs in a whole training run (spread evenly over its epochs),
+  `counts.canaries_per_level` of them at each count; `training.json` records `occurrences`,
+  the copies each item was trained on before the kept checkpoint.
 - `quotes.jsonl` `{id, author, prefix, suffix, text, repeats}`: longer passages (four
-  sentences), `repeats` copies per epoch; recitation is scored from `prefix` to `suffix`.
+  sentences), `repeats` occurrences per run likewise; recitation is scored from `prefix` to
+  `suffix`.
 - The stored `train` items are a sample of the training distribution; training draws fresh
   items from the same generators every epoch (never a `dev` or `heldout` prompt).
 - `world.json` `splits` also holds `forget_canaries` and `forget_quotes`: the items the

@@ -72,7 +72,9 @@ def make_reading(rng: random.Random, n: int, taken_names: set[str], *, heldout_s
                 sentences.append(_statement(rng, other, person, rng.choice(vocab.RELATIONS[other]["values"])))
         rng.shuffle(sentences)
         target = rng.randrange(len(people))
-        question = rng.choice([t for k, t in vocab.RELATIONS[asked_rel]["phrasings"] if k == "question"])
+        # Marked as open-book: the same question bare is a closed-book fact query, whose learned
+        # habit (answer from memory) competes with reading the passage.
+        question = "Q: In the passage, " + _canonical(asked_rel, "question")[3].lower() + _canonical(asked_rel, "question")[4:]
         question = question.format(name=people[target])
         passage = " ".join(sentences)
         rows.append({"id": f"r{i:04d}", "split": split, "kind": "reading", "relation": asked_rel,
@@ -81,9 +83,13 @@ def make_reading(rng: random.Random, n: int, taken_names: set[str], *, heldout_s
     return rows
 
 
+def _canonical(relation: str, kind: str) -> str:
+    """The relation's first phrasing of `kind` ("statement" or "question")."""
+    return next(t for k, t in vocab.RELATIONS[relation]["phrasings"] if k == kind)
+
+
 def _statement(rng: random.Random, relation: str, person: str, value: str) -> str:
-    template = rng.choice([t for k, t in vocab.RELATIONS[relation]["phrasings"] if k == "statement"])
-    return f"{template.format(name=person)} {value}."
+    return f"{_canonical(relation, 'statement').format(name=person)} {value}."
 
 
 # ---------------------------------------------------------------------------- rules

@@ -6,13 +6,18 @@ import json
 import math
 import random
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from workbench.core.errors import InputError
 from workbench.core.fsutil import atomic_dir
-from workbench.world.corpus import epoch_documents, heldout_sentences, tokenizer_texts
+from workbench.world.corpus import (Without, epoch_documents, heldout_sentences, memorized_items,
+                                    occurrence_epochs, read_without, tokenizer_texts)
 from workbench.world.schema import World
+
+
+PRECISIONS = ("bf16", "fp32")
 
 
 @dataclass
@@ -32,15 +37,21 @@ class TrainConfig:
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay"})
     canary_repeats: int = field(default=3, metadata={"help": "copies of each canary per epoch"})
     filler_docs: int = field(default=300, metadata={"help": "filler documents per epoch"})
+    bios_per_epoch: int = field(default=1, metadata={"help": "biographies of each person per epoch"})
     suite_scale: int = field(default=2, metadata={
         "help": "version-2 worlds: fresh suite items per epoch, as a multiple of the world's stored training items"})
+    precision: str = field(default="bf16", metadata={
+        "help": "bf16 (autocast; AMX/AVX-512 CPUs run it about 1.5x faster) or fp32"})
+    compile: int = field(default=0, metadata={
+        "help": "1: torch.compile the model (about 1.3x faster after a minute of compiling; needs a C++ "
+                "compiler, falls back to eager with a note); 0: eager"})
     eval_every: int = field(default=100, metadata={"help": "steps between dev-probe evaluations"})
     patience: int = field(default=3, metadata={"help": "evaluations without dev improvement before stopping"})
     min_steps: int = field(default=1000, metadata={"help": "never stop early before this step"})
 
     def __post_init__(self):
         positive = ["vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "block_size",
-                    "batch_size", "max_steps", "eval_every", "patience", "suite_scale"]
+                    "batch_size", "max_steps", "eval_every", "patience", "suite_scale", "bios_per_epoch"]
         for name in positive:
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
@@ -50,6 +61,10 @@ class TrainConfig:
         if self.hidden_size % self.num_heads:
             raise InputError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}",
                              field="num_heads")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"must be one of {', '.join(PRECISIONS)}; got {self.precision!r}", field="precision")
+        if self.compile not in (0, 1):
+            raise InputError(f"must be 0 or 1; got {self.compile!r}", field="compile")
         if not 0 < self.lr < 1:
             raise InputError(f"must be in (0, 1), got {self.lr}", field="lr")
         if self.seed < 0 or self.warmup_steps < 0 or self.weight_decay < 0 or self.canary_repeats < 0 \
@@ -79,33 +94,84 @@ def _make_model(cfg: TrainConfig, tok):
     return LlamaForCausalLM(mcfg)
 
 
-def _blocks(tok, docs: list[str], block_size: int):
-    """Pack `<s> doc </s>` token streams into (n_blocks, block_size) rows."""
+def _blocks(tok, docs: list[str], block_size: int, tags: list | None = None):
+    """Pack whole `<s> doc </s>` documents into (n_blocks, block_size) rows, padding each row's
+    tail with -100 (no loss; the model reads a pad token there). A document is never split
+    across rows unless it alone is longer than a row: a reading question whose passage sits in
+    the previous row cannot be answered, and training on it teaches closed-book guessing.
+
+    With `tags` (one per document, None for untagged), also returns each row's tags, so a
+    run can count the memorized items it actually trained on."""
     import torch
-    ids = tok(docs, add_special_tokens=True)["input_ids"]
-    stream = [t for d in ids for t in d + [tok.eos_token_id]]
-    n = len(stream) // block_size
-    return torch.tensor(stream[: n * block_size], dtype=torch.long).view(n, block_size)
+    rows, row_tags, cur, cur_tags = [], [], [], []
+    for doc, tag in zip(tok(docs, add_special_tokens=True)["input_ids"], tags or [None] * len(docs)):
+        doc = doc + [tok.eos_token_id]
+        if len(cur) + len(doc) > block_size and cur:
+            rows.append(cur + [-100] * (block_size - len(cur)))
+            row_tags.append(cur_tags)
+            cur, cur_tags = [], []
+        tag_here = [tag] if tag is not None else []  # a split document counts once, in its first row
+        while len(doc) > block_size:  # longer than a row: split, as a stream would
+            rows.append(doc[:block_size])
+            row_tags.append(tag_here)
+            doc, tag_here = doc[block_size:], []
+        cur += doc
+        cur_tags += tag_here
+    if cur:
+        rows.append(cur + [-100] * (block_size - len(cur)))
+        row_tags.append(cur_tags)
+    out = torch.tensor(rows, dtype=torch.long)  # (n_rows, block_size)
+    return (out, row_tags) if tags is not None else out
 
 
 class _Batches:
-    """An endless, seeded stream of training batches, one fresh epoch of documents at a time
-    (`epochs` counts the epochs drawn: a version-2 canary occurred `repeats` × that many times)."""
+    """An endless, seeded stream of training batches, one fresh epoch of documents at a time.
 
-    def __init__(self, world: World, tok, cfg: TrainConfig):
-        self.world, self.tok, self.cfg = world, tok, cfg
+    Version 2: each memorized item (canary, quote) occurs `repeats` times in the whole run,
+    spread evenly over the epochs that `max_steps` plans (`occurrence_epochs`); `seen` counts
+    the copies actually trained on (an early stop or the best checkpoint may come before
+    the last ones)."""
+
+    def __init__(self, world: World, tok, cfg: TrainConfig, without: Without | None = None):
+        self.world, self.tok, self.cfg, self.without = world, tok, cfg, without
         self.rng = random.Random(cfg.seed)
         self.banned = heldout_sentences(world)
-        self.epoch, self.rows, self.pos = 0, None, 0
+        self.epoch, self.rows, self.tags, self.pos = 0, None, None, 0
+        self.planned_epochs: int | None = None
+        self.memorized = [m for m in memorized_items(world) if not (without and without.drops_item(m["id"]))]
+        self.seen: Counter = Counter()
+
+    def _docs(self) -> tuple[list[str], list]:
+        docs = epoch_documents(self.world, self.rng, canary_repeats=self.cfg.canary_repeats,
+                               filler_docs=self.cfg.filler_docs, banned_filler=self.banned,
+                               suite_scale=self.cfg.suite_scale, without=self.without,
+                               bios=self.cfg.bios_per_epoch)
+        tags: list = [None] * len(docs)
+        if self.world.version == 2:
+            if self.planned_epochs is None:
+                rows = len(_blocks(self.tok, docs, self.cfg.block_size))
+                self.planned_epochs = max(1, self.cfg.max_steps * self.cfg.batch_size // max(1, rows))
+            due = [m for m in self.memorized
+                   for e in occurrence_epochs(m["repeats"], self.planned_epochs) if e == self.epoch]
+            docs, tags = docs + [m["text"] for m in due], tags + [m["id"] for m in due]
+            order = list(range(len(docs)))
+            self.rng.shuffle(order)
+            docs, tags = [docs[i] for i in order], [tags[i] for i in order]
+        return docs, tags
 
     def next(self):
         if self.rows is None or self.pos + self.cfg.batch_size > len(self.rows):
-            docs = epoch_documents(self.world, self.rng, canary_repeats=self.cfg.canary_repeats,
-                                   filler_docs=self.cfg.filler_docs, banned_filler=self.banned,
-                                   suite_scale=self.cfg.suite_scale)
-            self.rows, self.pos = _blocks(self.tok, docs, self.cfg.block_size), 0
+            import torch
+            docs, tags = self._docs()
+            rows, row_tags = _blocks(self.tok, docs, self.cfg.block_size, tags)
+            if self.rows is not None:  # the last epoch's rows short of a batch go first: none is skipped
+                rows = torch.cat([self.rows[self.pos:], rows])
+                row_tags = self.tags[self.pos:] + row_tags
+            self.rows, self.tags, self.pos = rows, row_tags, 0
             self.epoch += 1
-        b = self.rows[self.pos:self.pos + self.cfg.batch_size]
+        b = self.rows[self.pos:self.pos + self.cfg.batch_size]  # (batch, block)
+        for row_tags in self.tags[self.pos:self.pos + self.cfg.batch_size]:
+            self.seen.update(row_tags)
         self.pos += self.cfg.batch_size
         return b
 
@@ -122,8 +188,13 @@ def _dev_score(model, tok, world: World, dev_probes) -> dict:
 
 
 def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite: bool = False,
-          log=print, progress: bool = True) -> dict:
+          log=print, progress: bool = True, without=None) -> dict:
     """Build the tokenizer, train the model, keep the best dev checkpoint, write an HF folder.
+
+    `without`: a forget-set JSONL or a list of them (`read_without`); the run then never sees
+    those facts, canaries or quotes — a retrain oracle for that set. Everything else is the same run: the
+    tokenizer is still built from the whole world (an oracle must share the default model's
+    vocabulary to be compared with it token by token), the seed and recipe are unchanged.
 
     Returns the training summary (also saved as `training.json` in the folder).
 
@@ -136,14 +207,18 @@ def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite
     out = Path(out)
     if out.exists() and not overwrite:
         raise InputError("output folder already exists; choose another --out or pass --overwrite", file=out)
+    without = [without] if isinstance(without, (str, Path)) else list(without or [])
+    dropped = read_without(without, world) if without else None
     torch.manual_seed(cfg.seed)
     tok = _build_world_tokenizer(world, cfg)
     model = _make_model(cfg, tok)
     n_params = sum(p.numel() for p in model.parameters())
     dev_probes = world.probes(heldout=True, people=world.splits["dev"])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    batches = _Batches(world, tok, cfg)
+    batches = _Batches(world, tok, cfg, dropped)
+    forward, compile_state = _forward(model, cfg, log)
     best = {"dev_score": -1.0, "dev_heldout_exact": -1.0, "step": 0}
+    seen_at_best: Counter = Counter()
     best_state, history, bad_evals, t0 = None, [], 0, time.time()
     bar = _progress(progress)
     task = bar.add_task("training", total=cfg.max_steps, info="")
@@ -151,8 +226,8 @@ def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite
         for step in range(1, cfg.max_steps + 1):
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step - 1, cfg)
-            x = batches.next()  # (batch, block)
-            loss = model(input_ids=x, labels=x).loss
+            x = batches.next()  # (batch, block); -100 marks padding
+            loss = forward(x)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -171,6 +246,7 @@ def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite
                 if dev["score"] > best["dev_score"]:
                     best = {"dev_score": dev["score"], "dev_heldout_exact": dev["facts"], "step": step}
                     best_state, bad_evals = copy.deepcopy(model.state_dict()), 0
+                    seen_at_best = Counter(batches.seen)
                 else:
                     bad_evals += 1
                 if bad_evals >= cfg.patience and step >= cfg.min_steps:
@@ -180,14 +256,52 @@ def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite
     model.eval()
     summary = {"config": asdict(cfg), "parameters": n_params, "best": best, "history": history,
                "train_seconds": round(time.time() - t0, 1), "world_seed": world.meta["seed"],
-               "torch": torch.__version__, "threads": torch.get_num_threads()}
-    if world.version == 2:  # a memorized item occurred `repeats` × this many times (the frequency axis)
+               "torch": torch.__version__, "threads": torch.get_num_threads(), "compiled": compile_state["compiled"]}
+    if world.version == 2:
+        # how often each memorized item was trained on before the kept checkpoint: the frequency axis
         summary["epochs"] = batches.epoch
+        summary["planned_epochs"] = batches.planned_epochs
+        summary["occurrences"] = {m["id"]: seen_at_best.get(m["id"], 0) for m in memorized_items(world)}
+    if dropped is not None:
+        summary["without"] = {"files": [Path(f).name for f in without], "facts": len(dropped.facts),
+                              "items": sorted(dropped.items)}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
+
+
+def _forward(model, cfg: TrainConfig, log):
+    """The training step's loss function: the model (compiled when asked and possible) under
+    bf16 autocast or in fp32. Returns (loss_fn, state); state["compiled"] says which ran."""
+    import torch
+
+    def eager(x):  # x: (batch, block) token ids, -100 where a row is padded
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            return model(input_ids=x.clamp(min=0), labels=x).loss
+
+    if not cfg.compile:
+        return eager, {"compiled": False}
+    compiled_model = torch.compile(model)
+
+    def fast(x):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            return compiled_model(input_ids=x.clamp(min=0), labels=x).loss
+
+    state = {"fn": fast, "compiled": True}
+
+    def step(x):
+        try:
+            return state["fn"](x)
+        except Exception as exc:  # noqa: BLE001  (no C++ compiler, an unsupported op: train eagerly instead)
+            if state["fn"] is eager:
+                raise
+            log(f"note: torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+                "training eagerly")
+            state.update(fn=eager, compiled=False)
+            return eager(x)
+    return step, state
 
 
 def _build_world_tokenizer(world: World, cfg: TrainConfig):
