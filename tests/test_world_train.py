@@ -90,6 +90,7 @@ def test_version_2_training_counts_memorized_text_and_measures_every_suite(tiny_
     memorized = list(world.canaries) + world.suites["quotes"]
     assert set(summary["occurrences"]) == {m["id"] for m in memorized}
     assert all(0 <= summary["occurrences"][m["id"]] <= m["repeats"] for m in memorized)
+    assert sum(summary["occurrences"].values()) > 0 and summary["occurrences_by_level"]
     assert {"dev_reading", "dev_rules", "dev_arithmetic"} <= set(summary["history"][0])
     tok = AutoTokenizer.from_pretrained(tmp_path / "m", local_files_only=True)
     assert tok.convert_ids_to_tokens(tok("37", add_special_tokens=False)["input_ids"]) == ["3", "7"]
@@ -118,19 +119,18 @@ def test_version_2_epochs_draw_fresh_suite_items_never_a_heldout_prompt(tiny_wor
 
 def test_version_2_memorized_items_occur_their_repeats_over_the_planned_run(tiny_world_v2):
     # The frequency axis: over the epochs max_steps plans, each canary and quote is trained on
-    # exactly `repeats` times, and never twice in one epoch while it has fewer repeats than epochs.
+    # exactly `repeats` x `memorized_passes` times.
     from workbench.world.corpus import occurrence_epochs
     from workbench.world.schema import World
     from workbench.world.train import _Batches, _build_world_tokenizer
     world = World.load(tiny_world_v2)
-    cfg = TrainConfig(seed=3, **{**TINY, "batch_size": 1, "max_steps": 4000})
+    cfg = TrainConfig(seed=3, **{**TINY, "batch_size": 3, "max_steps": 1500, "memorized_passes": 2})
     batches = _Batches(world, _build_world_tokenizer(world, cfg), cfg)
-    batches.next()
-    while not (batches.epoch == batches.planned_epochs and batches.pos == len(batches.rows)):
+    for _ in range(cfg.max_steps):  # the whole run's batches: the plan must fit in them
         batches.next()
     memorized = list(world.canaries) + world.suites["quotes"]
-    assert batches.planned_epochs > 1
-    assert {m["id"]: batches.seen[m["id"]] for m in memorized} == {m["id"]: m["repeats"] for m in memorized}
+    assert batches.planned_epochs > 1 and batches.epoch > batches.planned_epochs
+    assert {m["id"]: batches.seen[m["id"]] for m in memorized} == {m["id"]: 2 * m["repeats"] for m in memorized}
     assert occurrence_epochs(4, 8) == [1, 3, 5, 7] and occurrence_epochs(1, 8) == [4]
 
 
@@ -174,7 +174,28 @@ def test_oracle_forget_set_errors_name_line_and_field_and_write_nothing(tiny_wor
     good = {"type": "forget", "kind": "fact", "id": "f", "prefix": "x", "suffix": "y",
             "meta": {"person": "p0001", "relation": "pet"}}
     path = _forget_file(tmp_path / "forget.jsonl", [good, {**good, **row}])
+    path.write_text(path.read_text().replace("\n", "\n\n", 1))  # a blank line: the error names the file's line
     with pytest.raises(InputError) as e:
         train(tiny_world_v2, tmp_path / "oracle", TrainConfig(**TINY), progress=False, without=path)
-    assert e.value.line == 2 and e.value.field == field and "forget.jsonl" in str(e.value.file)
+    assert e.value.line == 3 and e.value.field == field and "forget.jsonl" in str(e.value.file)
     assert not (tmp_path / "oracle").exists()
+
+
+def test_rows_hold_whole_documents_padded_without_loss(tiny_world):
+    # A document never straddles two rows (a reading question stays with its passage); padding
+    # is -100 (no loss) and reads as the pad token; a document longer than a row is split and
+    # its tag counted once.
+    from workbench.world.schema import World
+    from workbench.world.train import _blocks, _build_world_tokenizer
+    world = World.load(tiny_world)
+    tok = _build_world_tokenizer(world, TrainConfig(**TINY))
+    docs = ["Ada was born in Paris.", "copy : b c d => b c d", "x " * 100]
+    ids = [tok(d)["input_ids"] + [tok.eos_token_id] for d in docs]
+    block = max(len(ids[0]) + len(ids[1]) - 1, len(ids[0]), len(ids[1]))  # the two short ones cannot share a row
+    rows, tags = _blocks(tok, docs, block, tags=["a", None, "long"])
+    flat = [[t for t in row if t != -100] for row in rows.tolist()]
+    assert flat[0] == ids[0] and flat[1] == ids[1]  # each whole, in its own row, padded
+    assert len(ids[2]) > block and len(flat) > 3
+    assert sum(t.count("long") for t in tags) == 1 and sum(t.count("a") for t in tags) == 1
+    assert (rows == -100).any() and tok.pad_token_id == 0
+    assert [t for row in flat for t in row] == [t for d in ids for t in d]  # nothing lost, order kept

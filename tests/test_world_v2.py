@@ -146,6 +146,8 @@ def test_version_2_benchmarks_three_disjoint_forget_sets_and_skills(world, tmp_p
     assert [r.id for r in canaries] == world.splits["forget_canaries"]
     assert {r.meta["repeats"] for r in canaries} == set(REPEAT_LEVELS)
     assert [r.id for r in quotes] == world.splits["forget_quotes"] and all(r.kind == "text" for r in quotes)
+    ids = [r.id for r in people] + [r.id for r in canaries] + [r.id for r in quotes]
+    assert len(ids) == len(set(ids))  # three disjoint sets: one oracle serves each
     by_id = {q["id"]: q for q in world.suites["quotes"]}
     assert all(r.suffix == by_id[r.id]["suffix"] for r in quotes)
     kept = [json.loads(line) for line in (out / "retain_memorized.jsonl").read_text().splitlines()]

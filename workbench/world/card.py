@@ -44,14 +44,12 @@ def _forget_lines(result: dict, training: dict) -> list[str]:
 
 
 def _occurrence_lines(world_result: dict, training: dict) -> list[str]:
-    if "occurrences" not in training:
+    if "occurrences_by_level" not in training:
         return []
-    by_level: dict = {}
-    for item, n in training["occurrences"].items():
-        by_level.setdefault(item[0], []).append(n)
-    return [f"- Memorized items were trained on as scheduled (canary and quote occurrences before the kept "
-            f"checkpoint: {', '.join(f'{k}: {min(v)}-{max(v)}' for k, v in sorted(by_level.items()))}; "
-            f"`training.json` lists each)."]
+    levels = training["occurrences_by_level"]
+    return [f"- Memorized items ({training['config'].get('memorized_passes', 1)} pass(es) over them) were trained "
+            f"on this many times before the kept checkpoint (min-max per level): "
+            + ", ".join(f"{k}: {lo}-{hi}" for k, (lo, hi) in levels.items()) + "; `training.json` lists each item."]
 
 
 def _rows(result: dict) -> list[tuple[str, str]]:
@@ -132,7 +130,7 @@ def write_card(model_dir: str | Path, world_dir: str | Path) -> dict:
     training = json.loads((model_dir / "training.json").read_text())
     card = {"model": model_dir.name, "architecture": "llama", "parameters": training["parameters"],
             "training": {k: training[k] for k in ("config", "best", "train_seconds", "world_seed", "torch", "threads",
-                                                  "compiled", "epochs", "occurrences", "without") if k in training},
+                                                  "compiled", "epochs", "occurrences_by_level", "without") if k in training},
             "measured": result, "measure_command": "workbench world measure --model " + _shown(model_dir)}
     (model_dir / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     (model_dir / "README.md").write_text(_markdown(result, training, model_dir))

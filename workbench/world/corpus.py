@@ -101,51 +101,52 @@ def read_without(paths, world: World) -> Without:
     canaries = {c["id"] for c in world.canaries}
     quotes = {q["id"] for q in world.suites.get("quotes", ())}
     facts, items = set(), set()
-    for path, line, req in ((Path(f), line, req) for f in ([paths] if isinstance(paths, (str, Path)) else paths)
-                            for line, req in enumerate(load_requests(f, format="native"), start=1)):
-        if not isinstance(req, ForgetRequest):
-            raise InputError("not a forget request (an oracle leaves out what a forget set names)",
-                             file=path, line=line, field="type")
+    files = [paths] if isinstance(paths, (str, Path)) else paths
+    for req in (req for f in files for req in load_requests(f, format="native")):
+        if not isinstance(req, ForgetRequest):  # errors carry the record's own file and line
+            raise req.input_error("not a forget request (an oracle leaves out what a forget set names)", "type")
         meta = req.meta or {}
         if req.kind == "fact":
             person, relation = meta.get("person"), meta.get("relation")
             if person not in people:
-                raise InputError(f"no person {person!r} in this world", file=path, line=line, field="meta.person")
+                raise req.input_error(f"no person {person!r} in this world", "meta.person")
             if relation not in world.relations:
-                raise InputError(f"no relation {relation!r}; known: {', '.join(world.relations)}",
-                                 file=path, line=line, field="meta.relation")
+                raise req.input_error(f"no relation {relation!r}; known: {', '.join(world.relations)}", "meta.relation")
             facts.add((person, relation))
         else:
             known = canaries if req.kind == "canary" else quotes
             if req.id not in known:
-                what = "canary" if req.kind == "canary" else "quote"
-                raise InputError(f"no {what} {req.id!r} in this world", file=path, line=line, field="id")
+                raise req.input_error(f"no {'canary' if req.kind == 'canary' else 'quote'} {req.id!r} in this world", "id")
             items.add(req.id)
     return Without(frozenset(facts), frozenset(items))
 
 
 def epoch_documents(world: World, rng: random.Random, *, canary_repeats: int, filler_docs: int,
                     banned_filler: set[str], suite_scale: int = 1, without: Without | None = None,
-                    bios: int = 1) -> list[str]:
+                    bios: int = 1, keep_gaps: bool = False) -> list:
     """One epoch's documents, shuffled. Version 1: every canary `canary_repeats` times. Version 2:
     fresh suite items (`fresh_suite_documents`); `bios` biographies of each person (each in
-    its own order and phrasings); its memorized items are not here but placed
-    by occurrence over the run (the trainer's schedule). `without`: facts left out of the
-    biographies (a person with none left has no biography) and canaries never added."""
-    docs = []
+    its own order and phrasings); its memorized items are not here but placed by occurrence
+    over the run (the trainer's schedule).
+
+    `without`: facts left out of the biographies and canaries left out. They are drawn and
+    then removed, so an oracle's random stream (and with it every other document) is the
+    default run's; `keep_gaps` leaves None where a removed document was, for a caller that
+    shuffles further and must consume the same randomness."""
+    docs: list = []
     rels = list(world.relations)
     dropped = without.facts if without else frozenset()
     for person in [p for _ in range(bios) for p in world.people]:
-        order = [r for r in rels if (person["id"], r) not in dropped]
-        if not order:
-            continue
+        order = rels[:]
         rng.shuffle(order)
-        docs.append(" ".join(fact_sentence(world, person, r, rng.choice(trained_phrasings(world, person, r)))
-                             for r in order))
+        sentences = [fact_sentence(world, person, r, rng.choice(trained_phrasings(world, person, r)))
+                     for r in order]
+        kept = [text for r, text in zip(order, sentences) if (person["id"], r) not in dropped]
+        docs.append(" ".join(kept) if kept else None)
     if world.version == 1:
         for c in world.canaries:
-            if not (without and without.drops_item(c["id"])):
-                docs.extend([c["text"]] * canary_repeats)
+            gone = without is not None and without.drops_item(c["id"])
+            docs.extend([None if gone else c["text"]] * canary_repeats)
     else:
         docs += fresh_suite_documents(world, rng, suite_scale)
     while filler_docs > 0:
@@ -155,7 +156,7 @@ def epoch_documents(world: World, rng: random.Random, *, canary_repeats: int, fi
         docs.append(f"{a} {b}")
         filler_docs -= 1
     rng.shuffle(docs)
-    return docs
+    return docs if keep_gaps else [d for d in docs if d is not None]
 
 
 def tokenizer_texts(world: World) -> list[str]:

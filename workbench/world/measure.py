@@ -126,7 +126,8 @@ def measure(model_dir: str | Path, world_dir: str | Path) -> dict:
         "recall_train_phrasings": fact_accuracy(model, tok, world.probes(heldout=False, people=scored)),
         "recall_heldout_phrasings": fact_accuracy(model, tok, world.probes(heldout=True, people=kept)),
         "recall_heldout_phrasings_dev": fact_accuracy(model, tok, world.probes(heldout=True, people=sorted(dev))),
-        "canary_exact": canary_exact(model, tok, world.canaries),
+        "canary_exact": canary_exact(model, tok, [c for c in world.canaries
+                                                   if c["id"] not in set(world.splits.get("forget_canaries", ()))]),
         "heldout_perplexity": heldout_perplexity(model, tok, [t["text"] for t in world.heldout_text]),
     }
     targets = TARGETS

@@ -38,6 +38,9 @@ class TrainConfig:
     canary_repeats: int = field(default=3, metadata={"help": "copies of each canary per epoch"})
     filler_docs: int = field(default=300, metadata={"help": "filler documents per epoch"})
     bios_per_epoch: int = field(default=1, metadata={"help": "biographies of each person per epoch"})
+    memorized_passes: int = field(default=1, metadata={
+        "help": "version-2 worlds: passes over the memorized items (a canary with repeats r occurs r x passes "
+                "times in the run, spread evenly)"})
     suite_scale: int = field(default=2, metadata={
         "help": "version-2 worlds: fresh suite items per epoch, as a multiple of the world's stored training items"})
     precision: str = field(default="bf16", metadata={
@@ -51,7 +54,8 @@ class TrainConfig:
 
     def __post_init__(self):
         positive = ["vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "block_size",
-                    "batch_size", "max_steps", "eval_every", "patience", "suite_scale", "bios_per_epoch"]
+                    "batch_size", "max_steps", "eval_every", "patience", "suite_scale", "bios_per_epoch",
+                    "memorized_passes"]
         for name in positive:
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
@@ -127,8 +131,8 @@ def _blocks(tok, docs: list[str], block_size: int, tags: list | None = None):
 class _Batches:
     """An endless, seeded stream of training batches, one fresh epoch of documents at a time.
 
-    Version 2: each memorized item (canary, quote) occurs `repeats` times in the whole run,
-    spread evenly over the epochs that `max_steps` plans (`occurrence_epochs`); `seen` counts
+    Version 2: each memorized item (canary, quote) occurs `repeats` x `memorized_passes` times in
+    the whole run, spread evenly over the epochs that `max_steps` plans (`occurrence_epochs`); `seen` counts
     the copies actually trained on (an early stop or the best checkpoint may come before
     the last ones)."""
 
@@ -138,26 +142,44 @@ class _Batches:
         self.banned = heldout_sentences(world)
         self.epoch, self.rows, self.tags, self.pos = 0, None, None, 0
         self.planned_epochs: int | None = None
-        self.memorized = [m for m in memorized_items(world) if not (without and without.drops_item(m["id"]))]
         self.seen: Counter = Counter()
 
-    def _docs(self) -> tuple[list[str], list]:
-        docs = epoch_documents(self.world, self.rng, canary_repeats=self.cfg.canary_repeats,
+    def _draw(self, rng: random.Random, without: Without | None) -> list:
+        return epoch_documents(self.world, rng, canary_repeats=self.cfg.canary_repeats,
                                filler_docs=self.cfg.filler_docs, banned_filler=self.banned,
-                               suite_scale=self.cfg.suite_scale, without=self.without,
-                               bios=self.cfg.bios_per_epoch)
+                               suite_scale=self.cfg.suite_scale, without=without,
+                               bios=self.cfg.bios_per_epoch, keep_gaps=True)
+
+    def _plan(self) -> int:
+        """Epochs that fit in max_steps, from the first epoch of the *full* run (drawn on a copy
+        of the random state, so an oracle plans exactly as the default run) plus every
+        memorized copy, less 2% for epochs that come out longer."""
+        probe = random.Random()
+        probe.setstate(self.rng.getstate())
+        docs = [d for d in self._draw(probe, None) if d is not None]
+        rows = len(_blocks(self.tok, docs, self.cfg.block_size))
+        copies = [m["text"] for m in memorized_items(self.world) for _ in range(m["repeats"] * self.cfg.memorized_passes)]
+        memorized_rows = len(_blocks(self.tok, copies, self.cfg.block_size)) if copies else 0
+        budget = self.cfg.max_steps * self.cfg.batch_size * 0.98 - memorized_rows
+        return max(1, int(budget // max(1, rows)))
+
+    def _docs(self) -> tuple[list[str], list]:
+        if self.world.version == 2 and self.planned_epochs is None:
+            self.planned_epochs = self._plan()
+        docs = self._draw(self.rng, self.without)
         tags: list = [None] * len(docs)
         if self.world.version == 2:
-            if self.planned_epochs is None:
-                rows = len(_blocks(self.tok, docs, self.cfg.block_size))
-                self.planned_epochs = max(1, self.cfg.max_steps * self.cfg.batch_size // max(1, rows))
-            due = [m for m in self.memorized
-                   for e in occurrence_epochs(m["repeats"], self.planned_epochs) if e == self.epoch]
-            docs, tags = docs + [m["text"] for m in due], tags + [m["id"] for m in due]
+            # dropped items stay as gaps through the shuffle: an oracle draws the same randomness
+            due = [m for m in memorized_items(self.world)
+                   for e in occurrence_epochs(m["repeats"] * self.cfg.memorized_passes, self.planned_epochs)
+                   if e == self.epoch]
+            docs += [None if self.without and self.without.drops_item(m["id"]) else m["text"] for m in due]
+            tags += [m["id"] for m in due]
             order = list(range(len(docs)))
             self.rng.shuffle(order)
             docs, tags = [docs[i] for i in order], [tags[i] for i in order]
-        return docs, tags
+        kept = [i for i, d in enumerate(docs) if d is not None]
+        return [docs[i] for i in kept], [tags[i] for i in kept]
 
     def next(self):
         if self.rows is None or self.pos + self.cfg.batch_size > len(self.rows):
@@ -216,7 +238,7 @@ def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite
     dev_probes = world.probes(heldout=True, people=world.splits["dev"])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     batches = _Batches(world, tok, cfg, dropped)
-    forward, compile_state = _forward(model, cfg, log)
+    train_step, compile_state = _loss_and_backward(model, cfg, log)
     best = {"dev_score": -1.0, "dev_heldout_exact": -1.0, "step": 0}
     seen_at_best: Counter = Counter()
     best_state, history, bad_evals, t0 = None, [], 0, time.time()
@@ -227,8 +249,7 @@ def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step - 1, cfg)
             x = batches.next()  # (batch, block); -100 marks padding
-            loss = forward(x)
-            loss.backward()
+            loss = train_step(x)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -262,6 +283,12 @@ def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite
         summary["epochs"] = batches.epoch
         summary["planned_epochs"] = batches.planned_epochs
         summary["occurrences"] = {m["id"]: seen_at_best.get(m["id"], 0) for m in memorized_items(world)}
+        by_level: dict = {}
+        for m in memorized_items(world):
+            if not (dropped and dropped.drops_item(m["id"])):
+                by_level.setdefault(f"{'quote' if m['id'].startswith('q') else 'canary'} x{m['repeats']}", []).append(
+                    seen_at_best.get(m["id"], 0))
+        summary["occurrences_by_level"] = {k: [min(v), max(v)] for k, v in by_level.items()}
     if dropped is not None:
         summary["without"] = {"files": [Path(f).name for f in without], "facts": len(dropped.facts),
                               "items": sorted(dropped.items)}
@@ -272,35 +299,34 @@ def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite
     return summary
 
 
-def _forward(model, cfg: TrainConfig, log):
-    """The training step's loss function: the model (compiled when asked and possible) under
-    bf16 autocast or in fp32. Returns (loss_fn, state); state["compiled"] says which ran."""
+def _loss_and_backward(model, cfg: TrainConfig, log):
+    """The training step's forward and backward: the model (compiled when asked and possible)
+    under bf16 autocast or in fp32. Returns (step_fn, state); step_fn(x) returns the loss after
+    backward; state["compiled"] says which ran. Compiling happens on the first step (forward and
+    backward); if that step fails, the run trains eagerly from the start instead, with a note;
+    a failure on any later step is an error."""
     import torch
 
-    def eager(x):  # x: (batch, block) token ids, -100 where a row is padded
+    def run(net, x):  # x: (batch, block) token ids, -100 where a row is padded
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-            return model(input_ids=x.clamp(min=0), labels=x).loss
+            loss = net(input_ids=x.clamp(min=0), labels=x).loss
+        loss.backward()
+        return loss
 
-    if not cfg.compile:
-        return eager, {"compiled": False}
-    compiled_model = torch.compile(model)
-
-    def fast(x):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-            return compiled_model(input_ids=x.clamp(min=0), labels=x).loss
-
-    state = {"fn": fast, "compiled": True}
+    state = {"compiled": bool(cfg.compile), "net": torch.compile(model) if cfg.compile else model, "first": True}
 
     def step(x):
+        if not state["first"] or not state["compiled"]:
+            return run(state["net"], x)
+        state["first"] = False
         try:
-            return state["fn"](x)
-        except Exception as exc:  # noqa: BLE001  (no C++ compiler, an unsupported op: train eagerly instead)
-            if state["fn"] is eager:
-                raise
+            return run(state["net"], x)
+        except Exception as exc:  # noqa: BLE001  (no C++ compiler, an unsupported op)
             log(f"note: torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
                 "training eagerly")
-            state.update(fn=eager, compiled=False)
-            return eager(x)
+            model.zero_grad(set_to_none=True)
+            state.update(net=model, compiled=False)
+            return run(model, x)
     return step, state
 
 
