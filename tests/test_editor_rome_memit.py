@@ -83,6 +83,7 @@ def test_single_rome_edits_are_reliable_and_local(base, record_property):
     assert mean["locality"] >= 0.9, mean
 
 
+@pytest.mark.slow  # 34 s; MEMIT's mechanics stay in the default run (grid, device-map tests)
 def test_memit_batch_is_reliable_and_local(base, record_property):
     model, tok, adapter, requests = base
     ref = reference(model, tok, requests)

@@ -13,7 +13,6 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from workbench.world.generate import filler_sentence
 from workbench.world.schema import World
 
