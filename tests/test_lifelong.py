@@ -32,6 +32,7 @@ def test_bad_arguments_fail_before_any_work(tmp_path):
         run(["ft"], [0], progress=False)
 
 
+@pytest.mark.slow  # 17 s of CLI start-up and edits; the bench's logic is tested in-process above
 def test_cli_writes_json(tmp_path):
     out = tmp_path / "ll.json"
     r = subprocess.run([sys.executable, "-m", "workbench.cli", "bench", "lifelong", "--editors", "ft", "--T", "1,2",
