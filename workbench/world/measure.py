@@ -119,15 +119,15 @@ def measure(model_dir: str | Path, world_dir: str | Path) -> dict:
     dev = set(world.splits["dev"])
     # version 2: the forget-split people are scored apart (measure_forget_sets), so an oracle
     # that never saw them is judged on the same people as the default model
-    apart = dev | (set(world.splits["forget"]) if world.version == 2 else set())
-    kept = [p["id"] for p in world.people if p["id"] not in apart]
-    scored = [p["id"] for p in world.people if world.version == 1 or p["id"] not in set(world.splits["forget"])]
+    forget = set(world.splits["forget"]) if world.version == 2 else set()
+    kept = [p["id"] for p in world.people if p["id"] not in dev | forget]
+    scored = [p["id"] for p in world.people if p["id"] not in forget]
+    forget_canaries = set(world.splits.get("forget_canaries", ()))
     result = {
         "recall_train_phrasings": fact_accuracy(model, tok, world.probes(heldout=False, people=scored)),
         "recall_heldout_phrasings": fact_accuracy(model, tok, world.probes(heldout=True, people=kept)),
         "recall_heldout_phrasings_dev": fact_accuracy(model, tok, world.probes(heldout=True, people=sorted(dev))),
-        "canary_exact": canary_exact(model, tok, [c for c in world.canaries
-                                                   if c["id"] not in set(world.splits.get("forget_canaries", ()))]),
+        "canary_exact": canary_exact(model, tok, [c for c in world.canaries if c["id"] not in forget_canaries]),
         "heldout_perplexity": heldout_perplexity(model, tok, [t["text"] for t in world.heldout_text]),
     }
     targets = TARGETS
