@@ -120,7 +120,8 @@ def measure(model_dir: str | Path, world_dir: str | Path) -> dict:
     # version 2: the forget-split people are scored apart (measure_forget_sets), so an oracle
     # that never saw them is judged on the same people as the default model
     forget = set(world.splits["forget"]) if world.version == 2 else set()
-    kept = [p["id"] for p in world.people if p["id"] not in dev | forget]
+    apart = dev | forget
+    kept = [p["id"] for p in world.people if p["id"] not in apart]
     scored = [p["id"] for p in world.people if p["id"] not in forget]
     forget_canaries = set(world.splits.get("forget_canaries", ()))
     result = {
