@@ -76,6 +76,24 @@ def test_every_page_renders(app):
     assert at.metric[0].label == "type" and at.metric[0].value == "llama"
 
 
+def test_model_page_asks_items_of_each_suite_and_charts_the_card(app):
+    from workbench.world import World
+    from .conftest import WORLD
+    at = goto(app(), "model")
+    assert "reading" in traces(at)[0]["x"]  # the card's held-out accuracy per suite, with targets
+    world = World.load(WORLD)
+    for suite in ("arithmetic", "reading"):
+        at.selectbox(key="model_suite").set_value(suite).run()
+        assert at.selectbox(key="model_split").value == "heldout"
+        at.number_input(key="model_item").set_value(3).run()
+        at.button(key="model_ask").click().run()
+        assert not errors(at)
+        last = at.session_state["last_item"]
+        assert last["id"] == world.suite_items(suite, split="heldout")[3]["id"]
+        # the shipped model's card: arithmetic and reading held-out above 0.95
+        assert last["right"] and last["said"] == last["answer"], last
+
+
 def test_edit_shows_metrics_and_rollback_restores_the_answer(app):
     at = app()
     answer_before = ask(at, EDIT_PROMPT)

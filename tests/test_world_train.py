@@ -10,7 +10,8 @@ from workbench.world.generate import generate
 from workbench.world.train import TrainConfig, train
 
 TINY = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, block_size=64,
-            batch_size=4, max_steps=6, eval_every=3, warmup_steps=2, min_steps=0, filler_docs=10)
+            batch_size=4, max_steps=6, eval_every=3, warmup_steps=2, min_steps=0, filler_docs=10,
+            bios_per_epoch=1, memorized_passes=1, compile=0)
 
 
 @pytest.fixture(scope="module")

@@ -70,8 +70,9 @@ def test_answers_follow_the_rules(world):
     for r in world.suites["rules"]:
         p = r["prompt"]
         if r["kind"] == "boolean":
-            expr = p.removesuffix(" =").replace("true", "True").replace("false", "False")
-            assert " " in expr and str(eval(expr)).lower() == r["answer"]  # noqa: S307 (our own grammar)
+            assert p.startswith("evaluate : ")
+            expr = p.removeprefix("evaluate : ").removesuffix(" =").replace("true", "True").replace("false", "False")
+            assert 1 <= sum(w in ("and", "or", "not") for w in expr.split()) <= 5 and str(eval(expr)).lower() == r["answer"]  # noqa: S307 (our own grammar)
         elif r["kind"] == "compare":
             a, b = map(int, re.findall(r"\d+", p))
             assert r["answer"] == str(max(a, b))
@@ -89,6 +90,29 @@ def test_reading_asks_about_fresh_people_named_in_the_passage(world):
         values = world.relations[r["relation"]]["values"]
         stated = [v for v in values if f" {v}." in r["passage"]]
         assert len(stated) >= 2 and r["answer"] in stated  # the others are distractors with other values
+
+
+def test_passages_use_no_closed_book_phrasing(world):
+    # A passage in a fact phrasing teaches that phrasing's value is read, not recalled (world 4:
+    # facts at 0.30 in the passages' phrasing, 0.99 in the others).
+    templates = [t["template"].split("{name}") for spec in world.relations.values() for t in spec["phrasings"]]
+    for r in world.suites["reading"]:
+        for sentence in re.split(r"(?<=\.) ", r["passage"]):
+            assert not any(sentence.startswith(a) and b.strip() in sentence for a, b in templates if b.strip()), sentence
+
+
+def test_suite_items_are_what_the_card_scores(world):
+    assert world.suite_names() == ["facts", "canaries", "reading", "rules", "arithmetic", "quotes"]
+    rules = world.suite_items("rules", split="heldout")
+    assert rules and all(i["split"] == "heldout" for i in rules)
+    assert {i["id"] for i in rules} == {r["id"] for r in world.suites["rules"] if r["split"] == "heldout"}
+    facts = world.suite_items("facts", split="heldout")
+    assert len(facts) == len(world.probes(heldout=True))
+    q = world.suite_items("quotes")[0]
+    assert f"{q['prompt']} {q['answer']}" == world.suites["quotes"][0]["text"]
+    with pytest.raises(InputError) as e:
+        world.suite_items("poems")
+    assert e.value.field == "suite" and "reading" in str(e.value)
 
 
 def test_quotes_and_canaries_are_memorization_items(world):

@@ -106,6 +106,13 @@ def _cached_set(name: str) -> list:
 
 
 @st.cache_resource(show_spinner=False)
+def shipped_world():
+    """The bundled world (read only, so one copy serves every session); None when it is absent."""
+    from workbench.world import World
+    return World.load(WORLD) if (WORLD / "world.json").is_file() else None
+
+
+@st.cache_resource(show_spinner=False)
 def retain_probes(n: int) -> list:
     from workbench.eval.requests import load_probes
     return load_probes(BENCHMARKS / "retain.jsonl")[:n]

@@ -1,7 +1,9 @@
-"""Model page: architecture and sizes, the world it was trained on, and a prompt box."""
+"""Model page: architecture and sizes, a prompt box, items of every suite to ask, the world it
+was trained on and the shipped model's accuracy on each suite."""
 import json
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from ui import common
@@ -36,8 +38,10 @@ if wb is not None:
                f"base weights sha256 `{wb.base_hash[:16]}…` · workspace `{wb.workspace}` · "
                f"edits in force: {', '.join(wb.active()) or 'none'}")
 
+    world = common.shipped_world()
     st.subheader("Ask the model")
-    prompt = st.text_input("prompt", value="Q: Where was Lumtrus Vyser born? A:", key="model_prompt")
+    example = f"Q: Where was {world.people[0]['name']} born? A:" if world else "The capital of France is"
+    prompt = st.text_input("prompt", value=example, key="model_prompt")
     n = st.slider("tokens to generate", 1, 32, 8, key="model_ntok")
     if st.button("Generate", key="model_generate") and prompt.strip():
         with common.shown_errors("generation failed"):
@@ -45,6 +49,30 @@ if wb is not None:
     if "last_answer" in st.session_state:
         p, a = st.session_state["last_answer"]
         st.markdown(f"**{p}** → `{a}`")
+
+    if world is not None:
+        st.subheader("Ask an item of a suite")
+        st.caption("the item's prompt goes to the current model (with the edits in force); the answer counts "
+                   "when greedy decoding starts with it, as the card scores it")
+        c = st.columns(3)
+        suite = c[0].selectbox("suite", world.suite_names(), key="model_suite")
+        splits = sorted({i["split"] for i in world.suite_items(suite)})
+        split = c[1].selectbox("split", splits, index=splits.index("heldout") if "heldout" in splits else 0,
+                               key="model_split")
+        items = world.suite_items(suite, split=split)
+        k = c[2].number_input(f"item (0-{len(items) - 1})", 0, len(items) - 1, 0, key="model_item")
+        item = items[int(k)]
+        st.markdown(f"`{item['id']}` **{item['prompt']}** · expected `{item['answer']}`")
+        if st.button("Ask", key="model_ask"):
+            with common.shown_errors("generation failed"):
+                n = len(wb.tok(" " + item["answer"], add_special_tokens=False)["input_ids"])
+                said = common.continuations(wb, [item["prompt"]], n)[0]
+                st.session_state["last_item"] = {**item, "suite": suite, "said": said,
+                                                 "right": said == item["answer"]}
+        if "last_item" in st.session_state:
+            last = st.session_state["last_item"]
+            mark = "right" if last["right"] else "wrong"
+            st.markdown(f"{last['suite']} `{last['id']}` → `{last['said']}` ({mark})")
 
 world_json = common.WORLD / "world.json"
 if world_json.exists():
@@ -69,6 +97,15 @@ if world_json.exists():
     card = common.DEFAULT_MODEL / "card.json"
     if card.exists():
         measured = json.loads(card.read_text()).get("measured", {})
+        targets = measured.get("targets", {})
+        if targets:
+            st.caption("the shipped model on each suite's held-out items (bars) and its target (marks)")
+            fig = go.Figure([go.Bar(x=list(targets), y=[t["measured"] for t in targets.values()], name="measured"),
+                             go.Scatter(x=list(targets), y=[t["target"] for t in targets.values()],
+                                        mode="markers", marker_symbol="line-ew-open", marker_size=28,
+                                        name="target")])
+            fig.update_layout(yaxis_range=[0, 1.02], yaxis_title="exact", height=320, margin=dict(t=10))
+            st.plotly_chart(fig, key="model_suites")
         rows = [{"measurement": k, **{m: v for m, v in d.items() if isinstance(v, (int, float))}}
                 for k, d in measured.items() if isinstance(d, dict) and k != "targets"]
         st.caption("the shipped model's card (`workbench world measure`)")

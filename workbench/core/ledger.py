@@ -132,9 +132,15 @@ class Ledger:
                 conn.executemany("INSERT INTO meta VALUES (?, ?)", [
                     ("schema_version", str(SCHEMA_VERSION)), ("base_hash", base_hash), ("base_model", base_model)])
         elif meta.get("base_hash") != base_hash:
+            from workbench.core.paths import DEFAULT_MODEL, MODELS_V1
+            hint = ""
+            if Path(str(meta.get("base_model"))).name == DEFAULT_MODEL.name and MODELS_V1.is_dir():
+                # the shipped model was retrained on world version 2; the version-1 model is kept
+                hint = (f"; the shipped model is now trained on world version 2: a workspace made on the "
+                        f"version-1 model opens with --model {MODELS_V1.name}")
             raise InputError(f"this workspace belongs to another base model (weights sha256 {meta.get('base_hash')}, "
-                             f"first loaded from {meta.get('base_model')}); the model given hashes to {base_hash}",
-                             file=root)
+                             f"first loaded from {meta.get('base_model')}); the model given hashes to {base_hash}"
+                             + hint, file=root)
         return led
 
     def close(self) -> None:

@@ -5,7 +5,23 @@ from pathlib import Path
 
 from workbench.core.errors import InputError
 
-from workbench.core.paths import DEFAULT_MODEL
+from workbench.core.paths import DEFAULT_MODEL, MODELS
+
+
+def model_path(model_dir: str | Path | None) -> Path:
+    """The folder a model argument names: `None` is the shipped model, a bare name that is no
+    folder here is a shipped model under `data/models/` (e.g. "world-llama-oracle").
+
+    Example:
+        >>> model_path("world-llama").parent.name
+        'models'
+    """
+    if model_dir is None:
+        return DEFAULT_MODEL
+    path = Path(model_dir)
+    if not path.exists() and len(path.parts) == 1 and (MODELS / path).is_dir():
+        return MODELS / path
+    return path
 
 
 def load_model(model_dir: str | Path | None = None, *, trust_remote_code: bool = False, dtype=None,
@@ -24,7 +40,7 @@ def load_model(model_dir: str | Path | None = None, *, trust_remote_code: bool =
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # our own bars report long work; loading is quick
-    path = Path(model_dir) if model_dir is not None else DEFAULT_MODEL
+    path = model_path(model_dir)
     if not path.is_dir():
         raise InputError("model folder not found", file=path)
     if not (path / "config.json").is_file():

@@ -39,8 +39,8 @@ class Workbench:
 
     def __init__(self, model_dir=None, workspace=DEFAULT_WORKSPACE, *, author: str | None = None,
                  device_map=None, max_memory: dict | None = None, offload_folder=None):
-        from workbench.core.paths import DEFAULT_MODEL
-        self.model_dir = Path(model_dir) if model_dir is not None else DEFAULT_MODEL
+        from workbench.core.model import model_path
+        self.model_dir = model_path(model_dir)
         # Placement across devices (accelerate): a split model hashes as the unsplit one, so it
         # opens the same workspaces; `verify` replays on a copy placed the same way.
         self._placement = dict(device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)

@@ -44,6 +44,12 @@ def suite_documents(world: World) -> list[str]:
             for r in world.suites.get(name, ()) if r["split"] == "train"]
 
 
+# Boolean expressions are the rule a 4-layer model learns slowest: world-5's model evaluated
+# 0.77 of them after 7000 steps with one share, while copying, reversing and comparing reached
+# 0.94-0.98; training draws four times as many of them.
+TRAIN_RULE_WEIGHTS = {"boolean": 4}
+
+
 def fresh_suite_documents(world: World, rng: random.Random, scale: int) -> list[str]:
     """This epoch's suite items, drawn afresh from the suites' generators: `scale` times as many
     as the world stores for training, never a dev or held-out prompt. Fresh items every epoch
@@ -57,7 +63,7 @@ def fresh_suite_documents(world: World, rng: random.Random, scale: int) -> list[
     none = {"heldout_share": 0.0, "dev_share": 0.0}
     rows = suites.make_reading(rng, scale * len(stored["reading"]), taken, **none) if stored["reading"] else []
     per_kind = scale * len(stored["rules"]) // max(1, len({r["kind"] for r in stored["rules"]}))
-    rows += suites.make_rules(rng, per_kind, **none) if per_kind else []
+    rows += suites.make_rules(rng, per_kind, weights=TRAIN_RULE_WEIGHTS, **none) if per_kind else []
     rows += suites.make_arithmetic(rng, scale * len(stored["arithmetic"]), **none) if stored["arithmetic"] else []
     return [f"{r['prompt']} {r['answer']}" for r in rows if r["prompt"] not in kept]
 

@@ -59,11 +59,11 @@ prompt after one space, as for facts.
 - `reading.jsonl` `{id, split, kind, relation, passage, question, prompt, answer}`: a passage
   about 2-4 people who are not in the world (fresh names every item; distinct values of the
   asked relation, so the other people are distractors), then a question about one of them;
-  `prompt` = passage + " " + question (open-book reading). Passages and questions use each
-  relation's first statement and first question phrasing: the skill is finding the person in
-  the context, not paraphrase.
-- `rules.jsonl` `{id, split, kind, prompt, answer}`: `boolean` ("not ( true and false ) or
-  false =" -> "true"), `compare` ("larger of 37 and 52 :" -> "52"), `copy` and `reverse`
+  `prompt` = passage + " " + question (open-book reading). Passages and questions use one
+  phrasing per relation that no closed-book fact uses ("X's place of birth: Y."): the skill is
+  finding the person in the context, not paraphrase.
+- `rules.jsonl` `{id, split, kind, prompt, answer}`: `boolean` ("evaluate : not ( true and
+  false ) or false =" -> "true"; one to five operators), `compare` ("larger of 37 and 52 :" -> "52"), `copy` and `reverse`
   ("reverse : k r t =>" -> "t r k").
 - `arithmetic.jsonl` `{id, split, kind, prompt, answer}`: "23 + 14 =" -> "37" and
   subtractions with non-negative results, operands below 100.
@@ -160,6 +160,36 @@ class World:
                     if heldout is None or pr.heldout == heldout:
                         out.append(pr)
         return out
+
+    def suite_names(self) -> list[str]:
+        """What `suite_items` can list: closed-book facts, memorized canaries, and in a
+        version-2 world its skill suites and quotes."""
+        return ["facts", "canaries"] + [n for n in ("reading", "rules", "arithmetic", "quotes") if n in self.suites]
+
+    def suite_items(self, suite: str, *, split: str | None = None) -> list[dict]:
+        """One suite's items as `{id, split, prompt, answer}`, scored as the card scores them
+        (`answer` after `prompt` and a space). Facts: one item per trained ("train") or held-out
+        ("heldout") phrasing; canaries and quotes: their prefix and secret ("memorized").
+
+        Example:
+            >>> World.load("data/world").suite_items("rules", split="heldout")[0]["answer"]  # doctest: +SKIP
+            'true'
+        """
+        if suite not in self.suite_names():
+            raise InputError(f"unknown suite {suite!r}; this world has {', '.join(self.suite_names())}",
+                             field="suite")
+        if suite == "facts":
+            items = [{"id": f"{q.person}/{q.relation}/{q.phrasing}", "split": "heldout" if q.heldout else "train",
+                      "prompt": q.prompt, "answer": q.answer} for q in self.probes()]
+        elif suite == "canaries":
+            items = [{"id": c["id"], "split": "memorized", "prompt": c["prefix"], "answer": c["secret"]}
+                     for c in self.canaries]
+        elif suite == "quotes":
+            items = [{"id": q["id"], "split": "memorized", "prompt": q["prefix"], "answer": q["suffix"]}
+                     for q in self.suites["quotes"]]
+        else:
+            items = [{k: r[k] for k in ("id", "split", "prompt", "answer")} for r in self.suites[suite]]
+        return items if split is None else [i for i in items if i["split"] == split]
 
 
 def _check_meta(path: Path, meta) -> None:

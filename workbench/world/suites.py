@@ -72,10 +72,9 @@ def make_reading(rng: random.Random, n: int, taken_names: set[str], *, heldout_s
                 sentences.append(_statement(rng, other, person, rng.choice(vocab.RELATIONS[other]["values"])))
         rng.shuffle(sentences)
         target = rng.randrange(len(people))
-        # Marked as open-book: the same question bare is a closed-book fact query, whose learned
-        # habit (answer from memory) competes with reading the passage.
-        question = "Q: In the passage, " + _canonical(asked_rel, "question")[3].lower() + _canonical(asked_rel, "question")[4:]
-        question = question.format(name=people[target])
+        # Marked as open-book: a bare question is a closed-book fact query, whose learned habit
+        # (answer from memory) competes with reading the passage.
+        question = READING_QUESTIONS[asked_rel].format(name=people[target])
         passage = " ".join(sentences)
         rows.append({"id": f"r{i:04d}", "split": split, "kind": "reading", "relation": asked_rel,
                      "passage": passage, "question": question, "prompt": f"{passage} {question}",
@@ -83,13 +82,30 @@ def make_reading(rng: random.Random, n: int, taken_names: set[str], *, heldout_s
     return rows
 
 
-def _canonical(relation: str, kind: str) -> str:
-    """The relation's first phrasing of `kind` ("statement" or "question")."""
-    return next(t for k, t in vocab.RELATIONS[relation]["phrasings"] if k == kind)
+# Passages have their own phrasing, used by no closed-book fact: when they used a fact phrasing,
+# thousands of passage sentences pairing fresh names with random values taught the model that
+# this phrasing's value is not recalled; world-4's model recalled facts at 0.30 in that phrasing
+# and 0.99 in the other train phrasings.
+READING_STATEMENTS = {
+    "birth_city": "{name}'s place of birth: {value}.",
+    "employer": "{name}'s workplace: {value}.",
+    "profession": "{name}'s line of work: {value}.",
+    "citizenship": "{name}'s passport: {value}.",
+    "instrument": "{name}'s instrument: the {value}.",
+    "pet": "{name}'s pet: {value}.",
+}
+READING_QUESTIONS = {
+    "birth_city": "Q: In the passage, what is {name}'s place of birth? A:",
+    "employer": "Q: In the passage, what is {name}'s workplace? A:",
+    "profession": "Q: In the passage, what is {name}'s line of work? A:",
+    "citizenship": "Q: In the passage, what is {name}'s passport? A:",
+    "instrument": "Q: In the passage, what is {name}'s instrument? A: the",
+    "pet": "Q: In the passage, what is {name}'s pet? A:",
+}
 
 
 def _statement(rng: random.Random, relation: str, person: str, value: str) -> str:
-    return f"{_canonical(relation, 'statement').format(name=person)} {value}."
+    return READING_STATEMENTS[relation].format(name=person, value=value)
 
 
 # ---------------------------------------------------------------------------- rules
@@ -108,13 +124,22 @@ def _boolean(rng: random.Random, depth: int = 2) -> tuple[str, bool]:
     return f"{a} {op} {b}", (va and vb) if op == "and" else (va or vb)
 
 
+def _operators(expr: str) -> int:
+    return sum(w in ("and", "or", "not") for w in expr.split())
+
+
 def _rule_item(kind: str):
     def make(rng: random.Random) -> tuple[str, str]:
         if kind == "boolean":
+            # A lead word, so every "true"/"false"/"not" is the same space-led token (a document's
+            # first word is split without its space: "not" as "no" "t"). One to five operators,
+            # each count equally often: the depth-3 generator alone gives mostly four or five, and
+            # world-5's model, trained on those, answered "not true =" with "true" (0.77 overall).
+            ops = rng.randint(1, 5)
             expr, value = _boolean(rng, 3)
-            while " " not in expr:  # a bare "true =" asks nothing
+            while _operators(expr) != ops:
                 expr, value = _boolean(rng, 3)
-            return f"{expr} =", "true" if value else "false"
+            return f"evaluate : {expr} =", "true" if value else "false"
         if kind == "compare":
             a, b = rng.sample(range(100), 2)
             return f"larger of {a} and {b} :", str(max(a, b))
@@ -124,13 +149,16 @@ def _rule_item(kind: str):
     return make
 
 
-def make_rules(rng: random.Random, n_per_kind: int, *, heldout_share: float = 0.2, dev_share: float = 0.05) -> list[dict]:
-    """Boolean expressions ("not ( true and false ) or false =" -> "true"), comparisons
-    ("larger of 37 and 52 :" -> "52"), copying and reversing short letter lists."""
+def make_rules(rng: random.Random, n_per_kind: int, *, heldout_share: float = 0.2, dev_share: float = 0.05,
+               weights: dict[str, int] | None = None) -> list[dict]:
+    """Boolean expressions ("evaluate : not ( true and false ) or false =" -> "true"), comparisons
+    ("larger of 37 and 52 :" -> "52"), copying and reversing short letter lists; `weights`
+    multiplies one kind's count (training draws more of the kind that is slowest to learn)."""
     rows = []
     for kind in RULE_KINDS:
-        pairs = _unique(rng, n_per_kind, _rule_item(kind), f"rules/{kind}")
-        for (prompt, answer), split in zip(pairs, _split_ids(rng, n_per_kind, heldout_share, dev_share)):
+        n = n_per_kind * (weights or {}).get(kind, 1)
+        pairs = _unique(rng, n, _rule_item(kind), f"rules/{kind}")
+        for (prompt, answer), split in zip(pairs, _split_ids(rng, n, heldout_share, dev_share)):
             rows.append({"id": f"u{len(rows):04d}", "split": split, "kind": kind, "prompt": prompt, "answer": answer})
     return rows
 

@@ -24,33 +24,33 @@ PRECISIONS = ("bf16", "fp32")
 class TrainConfig:
     """Hyperparameters of `workbench world train`; each field documents itself."""
     seed: int = field(default=0, metadata={"help": "seed for initialisation and data order"})
-    vocab_size: int = field(default=2048, metadata={"help": "BPE vocabulary size (256..32000)"})
+    vocab_size: int = field(default=1536, metadata={"help": "BPE vocabulary size (256..32000)"})
     hidden_size: int = field(default=256, metadata={"help": "model width"})
     intermediate_size: int = field(default=768, metadata={"help": "MLP width (neurons per layer)"})
     num_layers: int = field(default=4, metadata={"help": "transformer blocks"})
     num_heads: int = field(default=4, metadata={"help": "attention heads"})
     block_size: int = field(default=128, metadata={"help": "tokens per training sequence"})
     batch_size: int = field(default=32, metadata={"help": "sequences per step"})
-    max_steps: int = field(default=1600, metadata={"help": "optimizer steps at most"})
+    max_steps: int = field(default=9000, metadata={"help": "optimizer steps at most"})
     lr: float = field(default=2e-3, metadata={"help": "peak learning rate (AdamW)"})
-    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
+    warmup_steps: int = field(default=200, metadata={"help": "linear warm-up steps"})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay"})
     canary_repeats: int = field(default=3, metadata={"help": "copies of each canary per epoch"})
     filler_docs: int = field(default=300, metadata={"help": "filler documents per epoch"})
-    bios_per_epoch: int = field(default=1, metadata={"help": "biographies of each person per epoch"})
-    memorized_passes: int = field(default=1, metadata={
+    bios_per_epoch: int = field(default=2, metadata={"help": "biographies of each person per epoch"})
+    memorized_passes: int = field(default=8, metadata={
         "help": "version-2 worlds: passes over the memorized items (a canary with repeats r occurs r x passes "
                 "times in the run, spread evenly)"})
     suite_scale: int = field(default=2, metadata={
         "help": "version-2 worlds: fresh suite items per epoch, as a multiple of the world's stored training items"})
     precision: str = field(default="bf16", metadata={
         "help": "bf16 (autocast; AMX/AVX-512 CPUs run it about 1.5x faster) or fp32"})
-    compile: int = field(default=0, metadata={
+    compile: int = field(default=1, metadata={
         "help": "1: torch.compile the model (about 1.3x faster after a minute of compiling; needs a C++ "
                 "compiler, falls back to eager with a note); 0: eager"})
-    eval_every: int = field(default=100, metadata={"help": "steps between dev-probe evaluations"})
+    eval_every: int = field(default=500, metadata={"help": "steps between dev-probe evaluations"})
     patience: int = field(default=3, metadata={"help": "evaluations without dev improvement before stopping"})
-    min_steps: int = field(default=1000, metadata={"help": "never stop early before this step"})
+    min_steps: int = field(default=7000, metadata={"help": "never stop early before this step"})
 
     def __post_init__(self):
         positive = ["vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "block_size",
