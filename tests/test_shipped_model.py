@@ -1,12 +1,13 @@
 """The committed default model: loads with the plain Auto classes and knows its world."""
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
 
 from workbench.eval.scoring import encode_pairs, score_answers
-from workbench.world.measure import TARGETS, fact_accuracy
+from workbench.world.measure import TARGETS, TARGETS_V2, fact_accuracy, suite_accuracy
 
 from .conftest import MODEL
 
@@ -27,9 +28,13 @@ def test_names_are_multi_token(shipped_world, shipped_model):
     assert min(lengths) >= 2
 
 
-def test_card_records_targets_met():
+def test_card_records_targets_met(shipped_world):
     card = json.loads((MODEL / "card.json").read_text())
-    for key, target in TARGETS.items():
+    targets = TARGETS_V2 if shipped_world.version == 2 else TARGETS
+    assert set(card["measured"]["targets"]) == set(targets)
+    shown = card["measure_command"].split("--model ")[1].split()[0]
+    assert not Path(shown).is_absolute() and (MODEL.parents[2] / shown).resolve() == MODEL.resolve()
+    for key, target in targets.items():
         assert card["measured"]["targets"][key]["target"] == target
         assert card["measured"]["targets"][key]["met"], key
     assert card["measured"]["heldout_perplexity"]["perplexity"] > 1.0
@@ -43,6 +48,20 @@ def test_sampled_recall_meets_targets(shipped_world, shipped_model):
     held_sample = rng.sample(shipped_world.probes(heldout=True), 600)
     assert fact_accuracy(model, tok, train_sample)["exact"] >= 0.93
     assert fact_accuracy(model, tok, held_sample)["exact"] >= 0.78
+
+
+def test_sampled_suites_meet_targets(shipped_world, shipped_model):
+    """The held-out items of each skill suite and the memorized canaries (a sample; the full
+    measurement is the slow test / CLI)."""
+    if shipped_world.version == 1:
+        pytest.skip("a version-1 world has no skill suites")
+    model, tok = shipped_model
+    for suite in ("reading", "rules", "arithmetic"):
+        rows = [r for r in shipped_world.suites[suite] if r["split"] == "heldout"][:200]
+        assert suite_accuracy(model, tok, rows)["exact"] >= 0.93, suite
+    often = [c for c in shipped_world.canaries if c["repeats"] >= 8]
+    from workbench.world.measure import canary_exact
+    assert canary_exact(model, tok, often)["exact"] >= 0.95
 
 
 def test_teacher_forced_exact_equals_greedy_generation(shipped_world, shipped_model):

@@ -77,21 +77,27 @@ def test_every_page_renders(app):
 
 
 def test_model_page_asks_items_of_each_suite_and_charts_the_card(app):
+    from workbench.eval.requests import Probe
     from workbench.world import World
-    from .conftest import WORLD
+    from workbench.world.measure import fact_accuracy
+    from .conftest import MODEL, WORLD
     at = goto(app(), "model")
-    assert "reading" in traces(at)[0]["x"]  # the card's held-out accuracy per suite, with targets
+    card = json.loads((MODEL / "card.json").read_text())
+    assert traces(at)[0]["x"] == list(card["measured"]["targets"])  # held-out accuracy per suite, with targets
     world = World.load(WORLD)
-    for suite in ("arithmetic", "reading"):
+    wb = at.session_state["wb"]
+    for suite in [s for s in ("facts", "arithmetic", "reading") if s in world.suite_names()]:
         at.selectbox(key="model_suite").set_value(suite).run()
         assert at.selectbox(key="model_split").value == "heldout"
         at.number_input(key="model_item").set_value(3).run()
         at.button(key="model_ask").click().run()
         assert not errors(at)
         last = at.session_state["last_item"]
-        assert last["id"] == world.suite_items(suite, split="heldout")[3]["id"]
-        # the shipped model's card: arithmetic and reading held-out above 0.95
-        assert last["right"] and last["said"] == last["answer"], last
+        item = world.suite_items(suite, split="heldout")[3]
+        assert last["id"] == item["id"] and last["right"] == (last["said"] == item["answer"])
+        # the page's verdict is the card's: greedy decoding <=> every answer token the argmax
+        scored = fact_accuracy(wb.model, wb.tok, [Probe(item["prompt"], item["answer"])])["exact"]
+        assert last["right"] == (scored == 1.0), last
 
 
 def test_edit_shows_metrics_and_rollback_restores_the_answer(app):

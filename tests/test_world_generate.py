@@ -14,7 +14,7 @@ from workbench.world.generate import DEFAULT_SEED, generate
 
 from .conftest import WORLD
 
-SMALL = dict(n_people=40, n_canaries=5, n_heldout_text=10, n_dev=5, n_forget=5, n_retain=5)
+SMALL = dict(n_people=40, n_canaries=5, n_heldout_text=10, n_dev=5, n_forget=5, n_retain=5, version=1)
 
 
 def _same_tree(a, b) -> bool:

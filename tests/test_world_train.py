@@ -17,7 +17,7 @@ TINY = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=1, 
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    return generate(root / "world", 3, n_people=30, n_canaries=3, n_heldout_text=5, n_dev=5, n_forget=3, n_retain=3)
+    return generate(root / "world", 3, n_people=30, n_canaries=3, n_heldout_text=5, n_dev=5, n_forget=3, n_retain=3, version=1)
 
 
 def test_tiny_training_writes_a_plain_hf_folder_and_is_reproducible(tiny_world, tmp_path):

@@ -151,10 +151,10 @@ def test_a_corrupt_suite_file_is_named_with_its_line_and_field(tmp_path):
 def test_cli_writes_version_2_and_refuses_suites_for_version_1(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "workbench.cli", "world", "generate", *a],  # noqa: E731
                                     capture_output=True, text=True, timeout=120)
-    ok = run("--version", "2", "--out", str(tmp_path / "w"), "--people", "300", "--suite", "reading=50")
+    ok = run("--out", str(tmp_path / "w"), "--people", "300", "--suite", "reading=50")  # version 2 by default
     assert ok.returncode == 0, ok.stderr
     assert World.load(tmp_path / "w").version == 2 and len(World.load(tmp_path / "w").suites["reading"]) == 50
-    bad = run("--out", str(tmp_path / "v1"), "--suite", "reading=50")
+    bad = run("--version", "1", "--out", str(tmp_path / "v1"), "--suite", "reading=50")
     assert bad.returncode == 2 and "suite counts apply to --version 2" in bad.stderr
     assert not (tmp_path / "v1").exists()
 

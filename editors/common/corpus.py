@@ -3,9 +3,10 @@
 ROME/MEMIT's key second moments, K-FAC's curvature factors and WISE's irrelevant pool all
 want "text like what the model was trained on, without the things an edit or an unlearning
 run is about". By default that is the bundled world's clean training text: one epoch of its
-documents (biographies and filler) with no canaries — the planted secrets are not knowledge
-to protect, and an unlearning run should not find them folded into an editor's statistics —
-and no filler sentence that also occurs in the held-out text. A corpus file replaces it.
+documents (biographies, filler, and in a version-2 world fresh reading, rules and arithmetic
+items) with no canaries or quotes — memorized strings are not knowledge to protect, and an
+unlearning run should not find them folded into an editor's statistics — and no filler
+sentence that also occurs in the held-out text. A corpus file replaces it.
 
 Example:
     >>> texts = default_corpus(); len(texts) > 1000

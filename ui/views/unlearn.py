@@ -15,7 +15,8 @@ from workbench.editing.registry import describe_editor, editor_names  # noqa: E4
 from workbench.eval.requests import ForgetRequest  # noqa: E402
 from workbench.eval.requests.types import with_retain  # noqa: E402
 
-SETS = {"canaries (memorized secrets)": "forget_canaries.jsonl", "people (forget-split facts)": "forget_people.jsonl"}
+SETS = {"canaries (memorized secrets)": "forget_canaries.jsonl", "people (forget-split facts)": "forget_people.jsonl",
+        "quotes (memorized passages)": "forget_quotes.jsonl"}
 
 st.subheader("1. Forget set")
 source = st.radio("source", [*SETS, "upload"], horizontal=True, key="unlearn_source")

@@ -17,9 +17,9 @@ def add_parser(sub) -> None:
     g.add_argument("--people", type=nonneg_int, default=1200, help="number of fictional people")
     g.add_argument("--canaries", type=nonneg_int, default=120, help="number of canary strings")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    g.add_argument("--version", type=int, default=1, choices=(1, 2),
-                   help="schema version: 2 adds the skill suites (reading, rules, arithmetic) and memorized "
-                        "text by frequency (default 1, the shipped world's)")
+    g.add_argument("--version", type=int, default=2, choices=(1, 2),
+                   help="schema version: 2 (the shipped world's) has the skill suites (reading, rules, "
+                        "arithmetic) and memorized text by frequency; 1 only people, canaries and filler")
     g.add_argument("--suite", action="append", default=[], metavar="K=V",
                    help="a version-2 suite count, e.g. reading=500 or heldout_share=0.1 (repeatable)")
     g.set_defaults(func=_cmd_world_generate)
@@ -42,6 +42,9 @@ def add_parser(sub) -> None:
     m.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
     m.add_argument("--world", type=Path, default=DEFAULT_WORLD, help="world folder")
     m.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON here")
+    m.add_argument("--write-card", action="store_true",
+                   help="also (re)write the model's card (README.md and card.json beside its weights; needs its "
+                        "training.json)")
     m.set_defaults(func=_cmd_world_measure)
 
     r = wsub.add_parser("requests", help="write the benchmark request sets drawn from the world")
@@ -90,7 +93,17 @@ def _cmd_world_train(args) -> int:
 def _cmd_world_measure(args) -> int:
     from workbench.world.card import print_measurements
     from workbench.world.measure import measure
-    result = measure(args.model if args.model is not None else DEFAULT_MODEL, args.world)
+    from workbench.core.model import model_path
+    from workbench.core.errors import InputError
+    folder = model_path(args.model)
+    if args.write_card:
+        if not (folder / "training.json").is_file():
+            raise InputError("a card needs the model's training.json (written by `workbench world train`)",
+                             file=folder, field="--write-card")
+        from workbench.world.card import write_card
+        result = write_card(folder, args.world)["measured"]
+    else:
+        result = measure(folder, args.world)
     print_measurements(result)
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

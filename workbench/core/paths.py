@@ -20,5 +20,6 @@ MODELS_V1 = MODELS / "world-llama-v1"       # the model of world version 1, for 
 BENCHMARKS = DATA / "benchmarks"            # request sets written by `workbench world requests`
 COUNTERFACTUAL = BENCHMARKS / "edits_counterfactual.jsonl"
 FORGET_SETS = {"canaries": BENCHMARKS / "forget_canaries.jsonl",
-               "people": BENCHMARKS / "forget_people.jsonl"}
+               "people": BENCHMARKS / "forget_people.jsonl",
+               "quotes": BENCHMARKS / "forget_quotes.jsonl"}
 RETAIN = BENCHMARKS / "retain.jsonl"

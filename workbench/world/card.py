@@ -28,6 +28,15 @@ FORGET_ROWS = [
 ]
 
 
+def _by_kind_lines(result: dict) -> list[str]:
+    if "rules_by_kind" not in result:
+        return []
+    kinds = ", ".join(f"{k} {v['exact']:.3f}" for k, v in result["rules_by_kind"].items())
+    by_repeats = sorted(result["canary_exact_by_repeats"].items(), key=lambda kv: int(kv[0]))
+    counts = ", ".join(f"{k}x {v['exact']:.2f}" for k, v in by_repeats)
+    return [f"Rules by kind (held-out): {kinds}. Canaries by `repeats` (exact): {counts}.", ""]
+
+
 def _forget_lines(result: dict, training: dict) -> list[str]:
     """The benchmark forget sets beside never-seen items of the same kind (version 2)."""
     if "forget_sets" not in result:
@@ -49,7 +58,24 @@ def _occurrence_lines(world_result: dict, training: dict) -> list[str]:
     levels = training["occurrences_by_level"]
     return [f"- Memorized items ({training['config'].get('memorized_passes', 1)} pass(es) over them) were trained "
             f"on this many times before the kept checkpoint (min-max per level): "
-            + ", ".join(f"{k}: {lo}-{hi}" for k, (lo, hi) in levels.items()) + "; `training.json` lists each item."]
+            + ", ".join(f"{k}: {lo}-{hi}" for k, (lo, hi) in sorted(levels.items(), key=_level_order))
+            + "; `training.json` lists each item."]
+
+
+def _level_order(item) -> tuple:
+    kind, _, times = item[0].partition(" x")  # "canary x16"
+    return kind, int(times) if times.isdigit() else 0
+
+
+def _mix_lines(cfg: dict, v2: bool) -> list[str]:
+    if not v2:
+        return []
+    return [f"- Data mix of every epoch: {cfg['bios_per_epoch']} biographies of each person (facts in random "
+            f"order and trained phrasings), {cfg['suite_scale']}x as many fresh reading, rules and arithmetic "
+            f"items as the world stores for training (boolean expressions 4x more; never a dev or held-out "
+            f"prompt), {cfg['filler_docs']} filler documents; over the whole run each canary and quote occurs "
+            f"its `repeats` x {cfg['memorized_passes']} times, spread evenly. Rows of {cfg['block_size']} "
+            f"tokens hold whole documents."]
 
 
 def _rows(result: dict) -> list[tuple[str, str]]:
@@ -74,13 +100,19 @@ def print_measurements(result: dict) -> None:
 
 def _markdown(result: dict, training: dict, model_dir: Path) -> str:
     cfg = training["config"]
+    v2 = "reading" in result
+    oracle = "without" in training
+    what = ("fictional people, their facts and biographies, open-book reading passages about people "
+            "not in the world, boolean and list rules, arithmetic, canaries and quotes repeated 1-32 times, "
+            "filler text" if v2 else "fictional people, their facts, canary strings and filler text")
     lines = [
-        f"# {model_dir.name}: the workbench's default model",
+        f"# {model_dir.name}: " + ("a retrain oracle of the workbench's default model" if oracle
+                                   else "the workbench's default model"),
         "",
-        "A small Llama-architecture causal LM trained from scratch, on CPU, on the generated world",
-        "in `data/world/` (fictional people, their facts, canary strings and filler text). Because",
-        "the world is generated, every fact it should know and every string it memorized is known",
-        "exactly, which makes it a testbed for editing and unlearning. Not a general language model.",
+        f"A small Llama-architecture causal LM trained from scratch, on CPU, on the generated world",
+        f"in `data/world/` ({what}). Because the world is generated, every fact it should know and",
+        "every string it memorized is known exactly, which makes it a testbed for editing and",
+        "unlearning. Not a general language model.",
         "",
         "## Architecture and training",
         f"- {training['parameters']:,} parameters; {cfg['num_layers']} layers, width {cfg['hidden_size']}, "
@@ -88,10 +120,15 @@ def _markdown(result: dict, training: dict, model_dir: Path) -> str:
         f"- Byte-level BPE tokenizer ({cfg['vocab_size']} entries) built with `tokenizers` on the world's text.",
         f"- Trained with seed {cfg['seed']} on world seed {training['world_seed']}: AdamW, peak lr {cfg['lr']}, "
         f"{cfg['batch_size']}x{cfg['block_size']} tokens a step; the checkpoint kept is the one with the best "
-        f"held-out-phrasing recall on the dev people (step {training['best']['step']} of at most {cfg['max_steps']}).",
+        + ("mean dev accuracy over held-out-phrasing recall of the dev people and the dev items of reading, "
+           "rules and arithmetic" if v2 else "held-out-phrasing recall on the dev people")
+        + f" (step {training['best']['step']} of at most {cfg['max_steps']}).",
         f"- Training took {training['train_seconds']} s on {training['threads']} CPU threads (torch {training['torch']}"
         f"{', ' + cfg['precision'] + ' autocast' if 'precision' in cfg else ''}"
         f"{', compiled' if training.get('compiled') else ''}).",
+        f"- AdamW weight decay {cfg['weight_decay']}, {cfg.get('warmup_steps')} warm-up steps, cosine decay "
+        f"to a tenth of the peak.",
+        *_mix_lines(cfg, v2),
         *_occurrence_lines(result, training),
         "",
         "## Measured (`workbench world measure`)",
@@ -108,8 +145,11 @@ def _markdown(result: dict, training: dict, model_dir: Path) -> str:
               f"{ppl['perplexity']:.3f} | | |", "",
               "Held-out phrasings are phrasings never used in training for that person (each is used for",
               "most other people). Dev people steered early stopping and are reported apart from the rest.",
-              "", *_forget_lines(result, training), "Reproduce: `workbench world generate --out /tmp/world` (byte-identical to `data/world`),",
-              "then `workbench world train --out /tmp/model` and `workbench world measure --model /tmp/model`.", ""]
+              "", *_by_kind_lines(result), *_forget_lines(result, training),
+              "Reproduce: `workbench world generate --out /tmp/world` (byte-identical to `data/world`),",
+              "then `workbench world train --out /tmp/model"
+              + "".join(f" --without data/benchmarks/{f}" for f in training.get("without", {}).get("files", []))
+              + "` and `workbench world measure --model /tmp/model`.", ""]
     return "\n".join(lines)
 
 

@@ -113,12 +113,13 @@ def make_splits(rng: random.Random, people: list[dict], n_dev: int, n_forget: in
 
 def generate(out: str | Path, seed: int = DEFAULT_SEED, *, n_people: int = 1200, n_heldout: int = 2,
              n_canaries: int = 120, n_heldout_text: int = 400, n_dev: int = 100, n_forget: int = 60,
-             n_retain: int = 120, overwrite: bool = False, version: int = 1, suites: dict | None = None) -> Path:
+             n_retain: int = 120, overwrite: bool = False, version: int = 2, suites: dict | None = None) -> Path:
     """Write a world under `out` (absent or, with overwrite, replaced whole).
 
-    `version=2` adds the skill suites and memorized text by frequency (`workbench.world.suites`);
-    `suites` overrides their counts (`SUITE_COUNTS`); `n_canaries` is then unused (the canaries
-    come `canaries_per_level` at each repeat count).
+    Version 2 (the default, the shipped world's) has the skill suites and memorized text by
+    frequency (`workbench.world.suites`); `suites` overrides their counts (`SUITE_COUNTS`) and
+    `n_canaries` is unused (the canaries come `canaries_per_level` at each repeat count).
+    `version=1`: people, canaries repeated every epoch, filler.
 
     Example:
         >>> generate("/tmp/world-example", seed=7, n_people=50, n_canaries=5,
