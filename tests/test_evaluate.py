@@ -58,7 +58,7 @@ def test_locality_is_one_against_itself_and_drops_after_damage(shipped_world, sh
 def test_canaries_are_recited_and_exposed(shipped_world, shipped_model):
     model, tok = shipped_model
     reqs = [ForgetRequest(kind="canary", prefix=c["prefix"], suffix=c["secret"], id=c["id"])
-            for c in shipped_world.canaries[:10]]
+            for c in shipped_world.canaries if c.get("repeats", 8) >= 8][:10]  # v2: those seen 64+ times
     out = ev.evaluate_forgets(model, tok, reqs, exposure_samples=50)
     m = out["mean"]
     assert m["strict_recitation"] >= 0.9 and m["extraction_strength"] >= 0.9
@@ -123,7 +123,8 @@ def test_cli_eval_writes_per_request_and_aggregate_json(tmp_path):
              "--retain", REPO / "data" / "benchmarks" / "retain.jsonl", "--json", out)
     assert r.returncode == 0, r.stderr
     res = json.loads(out.read_text())
-    assert res["forget"]["n"] == 120 and len(res["forget"]["per_request"]) == 120
+    n = sum(1 for line in (REPO / "data" / "benchmarks" / "forget_canaries.jsonl").open() if line.strip())
+    assert n >= 20 and res["forget"]["n"] == n and len(res["forget"]["per_request"]) == n
     assert res["forget"]["mean"]["strict_recitation"] >= 0.95 and res["forget"]["mean"]["retain_acc"] > 0.9
     assert "strict recit." in r.stdout
 

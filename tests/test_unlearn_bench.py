@@ -26,14 +26,15 @@ def test_gradient_ascent_on_canaries_lowers_recitation_and_keeps_the_rest(tmp_pa
     ga, ft = rows
     assert ft == {"editor": "ft", "set": "canaries", "skipped": "not a forget editor"}
     before, after = ga["before"], ga["after"]
-    assert before["strict_recitation"] == 1.0 and before["forget_recall"] == 1.0
+    # v2's forget canaries begin with ones seen 8 times, recited 0.67 of the time
+    assert before["strict_recitation"] >= 0.8 and before["forget_recall"] >= 0.8
     assert after["forget_recall"] < before["forget_recall"]
     assert after["exposure"] < before["exposure"]
     assert after["perplexity"] < 1.2 * before["perplexity"] and after["retain_recall"] > 0.8
     assert 0.9 < after["ndcg10"] <= 1.0 and ga["seconds"] > 0 and ga["n"] == 6
     assert before["forget_recall_paraphrased"] is None  # canaries have no paraphrases
     text = table(rows)
-    assert "| ga | canaries | 1.000 → " in text and len(text.splitlines()) == 4
+    assert f"| ga | canaries | {before['strict_recitation']:.3f} → " in text and len(text.splitlines()) == 4
     assert all(title in text for _, title in COLUMNS)
 
 

@@ -113,8 +113,15 @@ def test_version_2_epochs_draw_fresh_suite_items_never_a_heldout_prompt(tiny_wor
             if r["split"] != "train"}
     a = fresh_suite_documents(world, random.Random(1), 2)
     b = fresh_suite_documents(world, random.Random(2), 2)
-    stored = sum(r["split"] == "train" for n in ("reading", "rules", "arithmetic") for r in world.suites[n])
-    assert 1.5 * stored < len(a) <= 2 * stored  # twice the stored count, minus collisions with kept prompts
+    from workbench.world.corpus import TRAIN_RULE_WEIGHTS
+    from workbench.world.suites import RULE_KINDS
+    train = {n: sum(r["split"] == "train" for r in world.suites[n]) for n in ("reading", "rules", "arithmetic")}
+    per_kind = 2 * train["rules"] // len(RULE_KINDS)
+    expected = 2 * (train["reading"] + train["arithmetic"]) + per_kind * sum(TRAIN_RULE_WEIGHTS.get(k, 1)
+                                                                              for k in RULE_KINDS)
+    assert 0.75 * expected < len(a) <= expected  # twice the stored count, minus collisions with kept prompts
+    boolean, compare = (sum(d.startswith(lead) for d in a) for lead in ("evaluate :", "larger of"))
+    assert boolean > 3 * compare  # the slowest rule to learn is drawn four times as often
     assert not held & set(a) and set(a) != set(b)  # no held-out item, and another epoch draws other items
 
 

@@ -134,7 +134,7 @@ class Ledger:
         elif meta.get("base_hash") != base_hash:
             from workbench.core.paths import DEFAULT_MODEL, MODELS_V1
             hint = ""
-            if Path(str(meta.get("base_model"))).name == DEFAULT_MODEL.name and MODELS_V1.is_dir():
+            if Path(str(meta.get("base_model"))).name in (DEFAULT_MODEL.name, MODELS_V1.name) and MODELS_V1.is_dir():
                 # the shipped model was retrained on world version 2; the version-1 model is kept
                 hint = (f"; the shipped model is now trained on world version 2: a workspace made on the "
                         f"version-1 model opens with --model {MODELS_V1.name}")
