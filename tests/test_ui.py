@@ -89,7 +89,7 @@ def test_model_page_asks_items_of_each_suite_and_charts_the_card(app):
     for suite in [s for s in ("facts", "arithmetic", "reading") if s in world.suite_names()]:
         at.selectbox(key="model_suite").set_value(suite).run()
         assert at.selectbox(key="model_split").value == "heldout"
-        at.number_input(key="model_item").set_value(3).run()
+        at.number_input(key=f"model_item_{suite}_heldout").set_value(3).run()
         at.button(key="model_ask").click().run()
         assert not errors(at)
         last = at.session_state["last_item"]
@@ -98,6 +98,10 @@ def test_model_page_asks_items_of_each_suite_and_charts_the_card(app):
         # the page's verdict is the card's: greedy decoding <=> every answer token the argmax
         scored = fact_accuracy(wb.model, wb.tok, [Probe(item["prompt"], item["answer"])])["exact"]
         assert last["right"] == (scored == 1.0), last
+    at.selectbox(key="model_suite").set_value("facts").run()  # back to a long suite, then a short one
+    at.number_input(key="model_item_facts_heldout").set_value(5000).run()
+    at.selectbox(key="model_suite").set_value("canaries").run()
+    assert not at.exception and at.number_input(key="model_item_canaries_memorized").value == 0
 
 
 def test_edit_shows_metrics_and_rollback_restores_the_answer(app):

@@ -60,7 +60,8 @@ if wb is not None:
         split = c[1].selectbox("split", splits, index=splits.index("heldout") if "heldout" in splits else 0,
                                key="model_split")
         items = world.suite_items(suite, split=split)
-        k = c[2].number_input(f"item (0-{len(items) - 1})", 0, len(items) - 1, 0, key="model_item")
+        # one widget per (suite, split): an item number kept from a longer suite would be out of range
+        k = c[2].number_input(f"item (0-{len(items) - 1})", 0, len(items) - 1, 0, key=f"model_item_{suite}_{split}")
         item = items[int(k)]
         st.markdown(f"`{item['id']}` **{item['prompt']}** · expected `{item['answer']}`")
         if st.button("Ask", key="model_ask"):
