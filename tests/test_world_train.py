@@ -101,7 +101,11 @@ def test_version_2_training_counts_memorized_text_and_measures_every_suite(tiny_
                                                 "rules", "arithmetic", "canary_exact_8plus", "quote_exact"}
     assert set(measured["canary_exact_by_repeats"]) == {"1", "2", "4", "8", "16", "32"}
     assert measured["reading"]["n"] == sum(r["split"] == "heldout" for r in world.suites["reading"])
-    assert card["measure_command"] == "workbench world measure --model m"  # no absolute path in a card
+    # no absolute path in a card: folders outside the repository by their name
+    assert card["measure_command"] == "workbench world measure --model m --world world"
+    readme = (tmp_path / "m" / "README.md").read_text()
+    assert "a model trained on the workbench's world" in readme.splitlines()[0]  # not the default model
+    assert "--max-steps 40 " in readme and "--version 1" not in readme  # its non-default settings
 
 
 def test_version_2_epochs_draw_fresh_suite_items_never_a_heldout_prompt(tiny_world_v2):

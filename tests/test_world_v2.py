@@ -101,7 +101,7 @@ def test_passages_use_no_closed_book_phrasing(world):
             assert not any(sentence.startswith(a) and b.strip() in sentence for a, b in templates if b.strip()), sentence
 
 
-def test_suite_items_are_what_the_card_scores(world):
+def test_suite_items_list_each_suite_as_prompt_and_answer(world):
     assert world.suite_names() == ["facts", "canaries", "reading", "rules", "arithmetic", "quotes"]
     rules = world.suite_items("rules", split="heldout")
     assert rules and all(i["split"] == "heldout" for i in rules)
@@ -157,6 +157,8 @@ def test_cli_writes_version_2_and_refuses_suites_for_version_1(tmp_path):
     bad = run("--version", "1", "--out", str(tmp_path / "v1"), "--suite", "reading=50")
     assert bad.returncode == 2 and "suite counts apply to --version 2" in bad.stderr
     assert not (tmp_path / "v1").exists()
+    ignored = run("--out", str(tmp_path / "v2c"), "--canaries", "5")  # would be silently unused in version 2
+    assert ignored.returncode == 2 and 'field "--canaries"' in ignored.stderr and not (tmp_path / "v2c").exists()
 
 
 def test_version_2_benchmarks_three_disjoint_forget_sets_and_skills(world, tmp_path):

@@ -113,6 +113,12 @@ def shipped_world():
 
 
 @st.cache_resource(show_spinner=False)
+def suite_items(suite: str) -> list:
+    """The bundled world's items of one suite (`World.suite_items`), built once (facts: 72k)."""
+    return shipped_world().suite_items(suite)
+
+
+@st.cache_resource(show_spinner=False)
 def retain_probes(n: int) -> list:
     from workbench.eval.requests import load_probes
     return load_probes(BENCHMARKS / "retain.jsonl")[:n]

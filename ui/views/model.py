@@ -55,11 +55,11 @@ if wb is not None:
         st.caption("the item's prompt goes to the current model (with the edits in force); the answer counts "
                    "when greedy decoding starts with it, as the card scores it")
         c = st.columns(3)
-        suite = c[0].selectbox("suite", world.suite_names(), key="model_suite")
-        splits = sorted({i["split"] for i in world.suite_items(suite)})
+        suite = c[0].selectbox("suite", [n for n in world.suite_names() if common.suite_items(n)], key="model_suite")
+        splits = sorted({i["split"] for i in common.suite_items(suite)})
         split = c[1].selectbox("split", splits, index=splits.index("heldout") if "heldout" in splits else 0,
                                key="model_split")
-        items = world.suite_items(suite, split=split)
+        items = [i for i in common.suite_items(suite) if i["split"] == split]
         # one widget per (suite, split): an item number kept from a longer suite would be out of range
         k = c[2].number_input(f"item (0-{len(items) - 1})", 0, len(items) - 1, 0, key=f"model_item_{suite}_{split}")
         item = items[int(k)]
@@ -100,7 +100,8 @@ if world_json.exists():
         measured = json.loads(card.read_text()).get("measured", {})
         targets = measured.get("targets", {})
         if targets:
-            st.caption("the shipped model on each suite's held-out items (bars) and its target (marks)")
+            st.caption("the shipped model on each target of its card (bars; held-out items except the training "
+                       "phrasings and the memorized text) and the target (marks)")
             fig = go.Figure([go.Bar(x=list(targets), y=[t["measured"] for t in targets.values()], name="measured"),
                              go.Scatter(x=list(targets), y=[t["target"] for t in targets.values()],
                                         mode="markers", marker_symbol="line-ew-open", marker_size=28,

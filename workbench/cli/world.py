@@ -15,7 +15,9 @@ def add_parser(sub) -> None:
     g.add_argument("--seed", type=nonneg_int, default=None, help="random seed (default: the shipped world's)")
     g.add_argument("--out", type=Path, default=DEFAULT_WORLD, help="output folder (must not exist)")
     g.add_argument("--people", type=nonneg_int, default=1200, help="number of fictional people")
-    g.add_argument("--canaries", type=nonneg_int, default=120, help="number of canary strings")
+    g.add_argument("--canaries", type=nonneg_int, default=None,
+                   help="number of canary strings (--version 1; default 120; version 2 sets them with "
+                        "--suite canaries_per_level=N)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     g.add_argument("--version", type=int, default=2, choices=(1, 2),
                    help="schema version: 2 (the shipped world's) has the skill suites (reading, rules, "
@@ -64,6 +66,9 @@ def _cmd_world_generate(args) -> int:
     given = parse_params(args.suite, flag="--suite")
     if given and args.version != 2:
         raise InputError("suite counts apply to --version 2 worlds", field="--suite")
+    if args.canaries is not None and args.version == 2:
+        raise InputError("a version-2 world has canaries_per_level at each repeat count: give "
+                         "--suite canaries_per_level=N", field="--canaries")
     suites = {}
     for key, raw in given.items():
         kind = float if isinstance(SUITE_COUNTS.get(key), float) else int
@@ -71,7 +76,7 @@ def _cmd_world_generate(args) -> int:
             suites[key] = kind(raw)
         except ValueError:
             raise InputError(f"cannot read {raw!r} as {kind.__name__}", field=key) from None
-    out = generate(args.out, seed, n_people=args.people, n_canaries=args.canaries, overwrite=args.overwrite,
+    out = generate(args.out, seed, n_people=args.people, n_canaries=120 if args.canaries is None else args.canaries, overwrite=args.overwrite,
                    version=args.version, suites=suites or None)
     print(f"wrote world (seed {seed}, schema version {args.version}) to {out}")
     return 0

@@ -50,6 +50,20 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
+def _v1_hint(recorded_hash: str | None, given_model: str) -> str:
+    """When a workspace was made on the version-1 shipped model (the default before the world
+    moved to version 2) and another model is given: the model to open it with."""
+    from workbench.core.paths import MODELS_V1
+    if not MODELS_V1.is_dir() or Path(given_model).resolve() == MODELS_V1.resolve():
+        return ""
+    from workbench.core.model import load_model
+    from workbench.core.patch import weights_hash
+    if weights_hash(load_model(MODELS_V1)[0]) != recorded_hash:  # the only sure test: the weights
+        return ""
+    return ("; it was made on the version-1 shipped model (the default model is now trained on world "
+            f"version 2): open it with --model {MODELS_V1.name}")
+
+
 class LedgerError(WorkbenchError):
     """The ledger is inconsistent with itself, its patch files or the model."""
 
@@ -132,15 +146,9 @@ class Ledger:
                 conn.executemany("INSERT INTO meta VALUES (?, ?)", [
                     ("schema_version", str(SCHEMA_VERSION)), ("base_hash", base_hash), ("base_model", base_model)])
         elif meta.get("base_hash") != base_hash:
-            from workbench.core.paths import DEFAULT_MODEL, MODELS_V1
-            hint = ""
-            if Path(str(meta.get("base_model"))).name in (DEFAULT_MODEL.name, MODELS_V1.name) and MODELS_V1.is_dir():
-                # the shipped model was retrained on world version 2; the version-1 model is kept
-                hint = (f"; the shipped model is now trained on world version 2: a workspace made on the "
-                        f"version-1 model opens with --model {MODELS_V1.name}")
             raise InputError(f"this workspace belongs to another base model (weights sha256 {meta.get('base_hash')}, "
                              f"first loaded from {meta.get('base_model')}); the model given hashes to {base_hash}"
-                             + hint, file=root)
+                             + _v1_hint(meta.get("base_hash"), base_model), file=root)
         return led
 
     def close(self) -> None:

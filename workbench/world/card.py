@@ -105,9 +105,12 @@ def _markdown(result: dict, training: dict, model_dir: Path) -> str:
     what = ("fictional people, their facts and biographies, open-book reading passages about people "
             "not in the world, boolean and list rules, arithmetic, canaries and quotes repeated 1-32 times, "
             "filler text" if v2 else "fictional people, their facts, canary strings and filler text")
+    from workbench.core.paths import DEFAULT_MODEL
+    role = ("a retrain oracle of the workbench's default model" if oracle
+            else "the workbench's default model" if model_dir.resolve() == DEFAULT_MODEL.resolve()
+            else "a model trained on the workbench's world")
     lines = [
-        f"# {model_dir.name}: " + ("a retrain oracle of the workbench's default model" if oracle
-                                   else "the workbench's default model"),
+        f"# {model_dir.name}: {role}",
         "",
         f"A small Llama-architecture causal LM trained from scratch, on CPU, on the generated world",
         f"in `data/world/` ({what}). Because the world is generated, every fact it should know and",
@@ -146,11 +149,20 @@ def _markdown(result: dict, training: dict, model_dir: Path) -> str:
               "Held-out phrasings are phrasings never used in training for that person (each is used for",
               "most other people). Dev people steered early stopping and are reported apart from the rest.",
               "", *_by_kind_lines(result), *_forget_lines(result, training),
-              "Reproduce: `workbench world generate --out /tmp/world` (byte-identical to `data/world`),",
-              "then `workbench world train --out /tmp/model"
+              f"Reproduce: `workbench world generate{'' if v2 else ' --version 1'} --out /tmp/world` "
+              f"(seed {training['world_seed']}{'' if training['world_seed'] == 1234 else ': add --seed'}),",
+              "then `workbench world train --world /tmp/world --out /tmp/model" + _train_flags(cfg)
               + "".join(f" --without data/benchmarks/{f}" for f in training.get("without", {}).get("files", []))
-              + "` and `workbench world measure --model /tmp/model`.", ""]
+              + "` and `workbench world measure --world /tmp/world --model /tmp/model`.", ""]
     return "\n".join(lines)
+
+
+def _train_flags(cfg: dict) -> str:
+    """The `workbench world train` flags of every setting that differs from today's defaults."""
+    from workbench.world.train import TrainConfig
+    default = TrainConfig()
+    return "".join(f" --{k.replace('_', '-')} {v}" for k, v in sorted(cfg.items())
+                   if hasattr(default, k) and getattr(default, k) != v)
 
 
 def _shown(model_dir: Path) -> str:
@@ -165,13 +177,15 @@ def _shown(model_dir: Path) -> str:
 
 def write_card(model_dir: str | Path, world_dir: str | Path) -> dict:
     """Measure the model and write README.md and card.json beside its weights."""
+    from workbench.core.paths import WORLD
     model_dir = Path(model_dir)
     result = measure(model_dir, world_dir)
     training = json.loads((model_dir / "training.json").read_text())
     card = {"model": model_dir.name, "architecture": "llama", "parameters": training["parameters"],
             "training": {k: training[k] for k in ("config", "best", "train_seconds", "world_seed", "torch", "threads",
                                                   "compiled", "epochs", "occurrences_by_level", "without") if k in training},
-            "measured": result, "measure_command": "workbench world measure --model " + _shown(model_dir)}
+            "measured": result, "measure_command": "workbench world measure --model " + _shown(model_dir)
+            + ("" if Path(world_dir).resolve() == WORLD.resolve() else " --world " + _shown(Path(world_dir)))}
     (model_dir / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     (model_dir / "README.md").write_text(_markdown(result, training, model_dir))
     return card

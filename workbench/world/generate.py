@@ -122,8 +122,8 @@ def generate(out: str | Path, seed: int = DEFAULT_SEED, *, n_people: int = 1200,
     `version=1`: people, canaries repeated every epoch, filler.
 
     Example:
-        >>> generate("/tmp/world-example", seed=7, n_people=50, n_canaries=5,
-        ...          n_dev=5, n_forget=5, n_retain=5, overwrite=True)  # doctest: +SKIP
+        >>> generate("/tmp/world-example", seed=7, n_people=200, n_dev=20, n_forget=20, n_retain=20,
+        ...          suites={"reading": 100}, overwrite=True)  # doctest: +SKIP
     """
     if version not in SCHEMA_VERSIONS:
         raise InputError(f"must be one of {', '.join(map(str, SCHEMA_VERSIONS))}; got {version!r}", field="version")

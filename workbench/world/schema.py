@@ -167,9 +167,10 @@ class World:
         return ["facts", "canaries"] + [n for n in ("reading", "rules", "arithmetic", "quotes") if n in self.suites]
 
     def suite_items(self, suite: str, *, split: str | None = None) -> list[dict]:
-        """One suite's items as `{id, split, prompt, answer}`, scored as the card scores them
-        (`answer` after `prompt` and a space). Facts: one item per trained ("train") or held-out
-        ("heldout") phrasing; canaries and quotes: their prefix and secret ("memorized").
+        """Every item of one suite as `{id, split, prompt, answer}`, each scored as the card scores
+        it (`answer` after `prompt` and a space; the card's sets leave out the dev and forget-split
+        people and the canaries and quotes marked for forgetting). Facts: one item per trained
+        ("train") or held-out ("heldout") phrasing; canaries and quotes: prefix and secret ("memorized").
 
         Example:
             >>> World.load("data/world").suite_items("rules", split="heldout")[0]["answer"]  # doctest: +SKIP

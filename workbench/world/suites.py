@@ -132,9 +132,11 @@ def _rule_item(kind: str):
     def make(rng: random.Random) -> tuple[str, str]:
         if kind == "boolean":
             # A lead word, so every "true"/"false"/"not" is the same space-led token (a document's
-            # first word is split without its space: "not" as "no" "t"). One to five operators,
-            # each count equally often: the depth-3 generator alone gives mostly four or five, and
+            # first word is split without its space: "not" as "no" "t"). The operator count (1-5)
+            # is drawn uniformly: the depth-3 generator alone gives mostly four or five, and
             # world-5's model, trained on those, answered "not true =" with "true" (0.77 overall).
+            # Short expressions are few (ten with one operator), so after de-duplication they
+            # stay rarer than long ones.
             ops = rng.randint(1, 5)
             expr, value = _boolean(rng, 3)
             while _operators(expr) != ops:
