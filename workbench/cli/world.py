@@ -76,8 +76,9 @@ def _cmd_world_generate(args) -> int:
             suites[key] = kind(raw)
         except ValueError:
             raise InputError(f"cannot read {raw!r} as {kind.__name__}", field=key) from None
-    out = generate(args.out, seed, n_people=args.people, n_canaries=120 if args.canaries is None else args.canaries, overwrite=args.overwrite,
-                   version=args.version, suites=suites or None)
+    canaries = {} if args.canaries is None else {"n_canaries": args.canaries}  # else generate's default
+    out = generate(args.out, seed, n_people=args.people, overwrite=args.overwrite, version=args.version,
+                   suites=suites or None, **canaries)
     print(f"wrote world (seed {seed}, schema version {args.version}) to {out}")
     return 0
 

@@ -15,7 +15,6 @@ DATA = REPO / "data"
 WORLD = DATA / "world"                      # the generated world (world.json, people, canaries)
 MODELS = DATA / "models"
 DEFAULT_MODEL = MODELS / "world-llama"      # the small model trained on the world
-ORACLE_MODEL = MODELS / "world-llama-oracle"  # the same run without the benchmark forget sets
 MODELS_V1 = MODELS / "world-llama-v1"       # the model of world version 1, for workspaces made on it
 BENCHMARKS = DATA / "benchmarks"            # request sets written by `workbench world requests`
 COUNTERFACTUAL = BENCHMARKS / "edits_counterfactual.jsonl"

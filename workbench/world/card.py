@@ -4,7 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from workbench.world.corpus import TRAIN_RULE_WEIGHTS
+from workbench.world.generate import DEFAULT_SEED
 from workbench.world.measure import measure
+from workbench.world.suites import REPEAT_LEVELS
 
 ROWS = [
     ("recall_train_phrasings", "fact recall, training phrasings (greedy exact)"),
@@ -72,8 +75,9 @@ def _mix_lines(cfg: dict, v2: bool) -> list[str]:
         return []
     return [f"- Data mix of every epoch: {cfg['bios_per_epoch']} biographies of each person (facts in random "
             f"order and trained phrasings), {cfg['suite_scale']}x as many fresh reading, rules and arithmetic "
-            f"items as the world stores for training (boolean expressions 4x more; never a dev or held-out "
-            f"prompt), {cfg['filler_docs']} filler documents; over the whole run each canary and quote occurs "
+            f"items as the world stores for training ("
+            + "".join(f"{kind} rules {w}x more; " for kind, w in TRAIN_RULE_WEIGHTS.items())
+            + f"never a dev or held-out prompt), {cfg['filler_docs']} filler documents; over the whole run each canary and quote occurs "
             f"its `repeats` x {cfg['memorized_passes']} times, spread evenly. Rows of {cfg['block_size']} "
             f"tokens hold whole documents."]
 
@@ -103,8 +107,8 @@ def _markdown(result: dict, training: dict, model_dir: Path) -> str:
     v2 = "reading" in result
     oracle = "without" in training
     what = ("fictional people, their facts and biographies, open-book reading passages about people "
-            "not in the world, boolean and list rules, arithmetic, canaries and quotes repeated 1-32 times, "
-            "filler text" if v2 else "fictional people, their facts, canary strings and filler text")
+            f"not in the world, boolean and list rules, arithmetic, canaries and quotes repeated "
+            f"{min(REPEAT_LEVELS)}-{max(REPEAT_LEVELS)} times, filler text" if v2 else "fictional people, their facts, canary strings and filler text")
     from workbench.core.paths import DEFAULT_MODEL
     role = ("a retrain oracle of the workbench's default model" if oracle
             else "the workbench's default model" if model_dir.resolve() == DEFAULT_MODEL.resolve()
@@ -149,8 +153,9 @@ def _markdown(result: dict, training: dict, model_dir: Path) -> str:
               "Held-out phrasings are phrasings never used in training for that person (each is used for",
               "most other people). Dev people steered early stopping and are reported apart from the rest.",
               "", *_by_kind_lines(result), *_forget_lines(result, training),
-              f"Reproduce: `workbench world generate{'' if v2 else ' --version 1'} --out /tmp/world` "
-              f"(seed {training['world_seed']}{'' if training['world_seed'] == 1234 else ': add --seed'}),",
+              f"Reproduce: `workbench world generate{'' if v2 else ' --version 1'}"
+              f"{'' if training['world_seed'] == DEFAULT_SEED else ' --seed ' + str(training['world_seed'])}"
+              f" --out /tmp/world` (seed {training['world_seed']}),",
               "then `workbench world train --world /tmp/world --out /tmp/model" + _train_flags(cfg)
               + "".join(f" --without data/benchmarks/{f}" for f in training.get("without", {}).get("files", []))
               + "` and `workbench world measure --world /tmp/world --model /tmp/model`.", ""]

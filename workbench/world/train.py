@@ -286,7 +286,7 @@ def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite
         by_level: dict = {}
         for m in memorized_items(world):
             if not (dropped and dropped.drops_item(m["id"])):
-                by_level.setdefault(f"{'quote' if m['id'].startswith('q') else 'canary'} x{m['repeats']}", []).append(
+                by_level.setdefault(f"{'canary' if 'secret' in m else 'quote'} x{m['repeats']}", []).append(
                     seen_at_best.get(m["id"], 0))
         summary["occurrences_by_level"] = {k: [min(v), max(v)] for k, v in by_level.items()}
     if dropped is not None:
