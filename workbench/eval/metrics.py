@@ -14,12 +14,23 @@ Unlearning:
 - exposure (Carlini et al. 2019, "The Secret Sharer"): log2(N+1) - log2(rank) of the true
   secret among N sampled alternatives of the same shape, ranked by likelihood;
 - nDCG@10 of the edited model's next-token ranking against the unedited model's.
+
+Against a retrain oracle (a model never trained on the forget set):
+- truth ratio (TOFU, Maini et al. 2024): the geometric mean over wrong answers of their
+  per-token likelihood, over the correct answer's; forget quality is the KS-test p-value
+  between the unlearned model's and the oracle's truth ratios on the forget set (1 = the same
+  distribution, small = told apart);
+- membership inference (loss, zlib, Min-K% Prob; Carlini et al. 2021, Shi et al. 2024): the
+  ROC AUC of telling forget items from held-out items by a member score, and MUSE's PrivLeak,
+  the relative gap of that AUC to the oracle's (Shi et al. 2024, MUSE; 0 is ideal, negative
+  means forget items are still told apart: under-unlearning).
 """
 from __future__ import annotations
 
 import math
 import random
 import re
+import zlib
 from dataclasses import dataclass
 
 from rapidfuzz.distance import Levenshtein
@@ -171,3 +182,85 @@ def ndcg_at_k(reference_probs, edited_logits, k: int = 10) -> float:
     dcg = (reference_probs.gather(-1, top_edit) * discounts).sum(-1)  # (positions,)
     idcg = (reference_probs.topk(k, dim=-1).values * discounts).sum(-1)  # (positions,)
     return (dcg / idcg.clamp_min(1e-12)).mean().item()
+
+
+def truth_ratio(correct_logprobs: list[float], wrong_logprobs: list[list[float]]) -> float:
+    """TOFU's truth ratio from token log-probabilities: geometric mean over the wrong answers of
+    P(wrong)^(1/|wrong|), divided by P(correct)^(1/|correct|). Near 0: the model knows the
+    answer; near 1: it cannot tell it from wrong ones.
+
+    Example:
+        >>> round(truth_ratio([-1.0, -1.0], [[-2.0], [-4.0, -2.0]]), 4)  # exp(mean(-2, -3) - (-1))
+        0.2231
+    """
+    if not correct_logprobs or not wrong_logprobs or not all(wrong_logprobs):
+        raise ValueError("truth ratio needs a correct answer and at least one wrong answer, all non-empty")
+    wrong = sum(sum(w) / len(w) for w in wrong_logprobs) / len(wrong_logprobs)
+    return math.exp(wrong - sum(correct_logprobs) / len(correct_logprobs))
+
+
+def forget_quality(model_ratios: list[float], oracle_ratios: list[float]) -> float:
+    """TOFU's forget quality: the two-sample KS-test p-value between the model's and the retrain
+    oracle's truth ratios on the forget set (scipy). High: indistinguishable from the oracle.
+
+    Example:
+        >>> forget_quality([0.1, 0.2, 0.3], [0.1, 0.2, 0.3])
+        1.0
+    """
+    from scipy.stats import ks_2samp
+    if not model_ratios or not oracle_ratios:
+        raise ValueError("forget quality needs truth ratios of both models")
+    return float(ks_2samp(model_ratios, oracle_ratios).pvalue)
+
+
+MIN_K = 0.4  # MUSE's privacy-leak attack uses Min-40% Prob
+
+
+def member_scores(logprobs: list[float], text: str, *, k: float = MIN_K) -> dict:
+    """Membership-inference scores of one item from its tokens' log-probabilities, each
+    oriented so that higher means "more likely trained on": `loss` (minus the mean NLL),
+    `zlib` (minus the mean NLL over the zlib-compressed length of the text in bytes, Carlini
+    et al. 2021) and `min_k` (the mean of the k share of lowest token log-probabilities,
+    Shi et al. 2024).
+
+    Example:
+        >>> s = member_scores([-0.5, -3.0, -0.1, -0.2, -0.2], "a b c")
+        >>> s["loss"], s["min_k"]
+        (-0.8, -1.75)
+    """
+    if not logprobs:
+        raise ValueError("no tokens to score")
+    nll = -sum(logprobs) / len(logprobs)
+    lowest = sorted(logprobs)[:max(1, int(len(logprobs) * k))]
+    return {"loss": -nll, "zlib": -nll / len(zlib.compress(text.encode("utf-8"))),
+            "min_k": sum(lowest) / len(lowest)}
+
+
+def mia_auc(member: list[float], nonmember: list[float]) -> float:
+    """ROC AUC (scikit-learn) of a member score telling members (the forget set) from
+    non-members (held-out items): 1 = always told apart, 0.5 = chance.
+
+    Example:
+        >>> mia_auc([0.9, 0.8], [0.1, 0.85])
+        0.75
+    """
+    from sklearn.metrics import roc_auc_score
+    if not member or not nonmember:
+        raise ValueError("membership inference needs members and non-members")
+    return float(roc_auc_score([1] * len(member) + [0] * len(nonmember), list(member) + list(nonmember)))
+
+
+def privleak(auc: float, auc_oracle: float) -> float:
+    """MUSE's PrivLeak in percent. MUSE's AUC labels held-out items as the positive class, i.e.
+    it is 1 - `mia_auc`; on that scale PrivLeak = (AUC - AUC_oracle) / AUC_oracle x 100, so a
+    model that still tells its forget set apart scores near -100 (MUSE's target models: -99.8
+    on News) and one at the oracle's level 0.
+
+    Example:
+        >>> privleak(0.5, 0.5), privleak(1.0, 0.5)
+        (0.0, -100.0)
+    """
+    held_out_auc, held_out_oracle = 1.0 - auc, 1.0 - auc_oracle
+    if held_out_oracle <= 0:
+        raise ValueError("PrivLeak is undefined when the oracle itself tells every forget item apart (AUC 1)")
+    return (held_out_auc - held_out_oracle) / held_out_oracle * 100.0
