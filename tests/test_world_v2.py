@@ -184,3 +184,28 @@ def test_version_2_benchmarks_three_disjoint_forget_sets_and_skills(world, tmp_p
         rows = [json.loads(line) for line in (out / f"skills_{suite}.jsonl").read_text().splitlines()]
         held = [r for r in world.suites[suite] if r["split"] == "heldout"]
         assert [(r["prompt"], r["answer"]) for r in rows] == [(r["prompt"], r["answer"]) for r in held]
+
+
+def test_forget_sets_have_wrong_answers_and_never_seen_twins(world, tmp_path):
+    from workbench.eval.requests import load_requests
+    from workbench.world.benchmarks import N_PERTURBED, write_benchmarks
+    from workbench.world.measure import never_seen
+    out = write_benchmarks(world.root, tmp_path / "b", n_edits=20)
+    known_names = {p["name"] for p in world.people}
+    for name in ("people", "canaries", "quotes"):
+        forget = load_requests(out / f"forget_{name}.jsonl")
+        holdout = load_requests(out / f"holdout_{name}.jsonl")
+        assert len(holdout) == len(forget) and {r.kind for r in holdout} == {r.kind for r in forget}
+        for r in forget + holdout:  # wrong answers: distinct, never the right one
+            assert len(set(r.perturbed_suffixes)) == N_PERTURBED and r.suffix not in r.perturbed_suffixes
+        assert all(r.id.startswith("new-") for r in holdout)
+        assert not {r.id for r in holdout} & {r.id for r in forget}
+    fresh = never_seen(world, n_people=len(world.splits["forget"]))
+    people = load_requests(out / "holdout_people.jsonl")
+    assert {r.meta["person"] for r in people} == {"new-" + p["id"] for p in fresh["people"]}
+    assert not any(n in r.prefix for r in people for n in known_names)  # nobody the model was trained on
+    for r in people:  # wrong answers are other values of the same relation
+        assert set(r.perturbed_suffixes) <= set(world.relations[r.meta["relation"]]["values"])
+    for r in load_requests(out / "holdout_canaries.jsonl"):  # same shape: digits stay digits
+        assert all(len(p.split()) == len(r.suffix.split()) for p in r.perturbed_suffixes)
+        assert r.meta["repeats"] == 0

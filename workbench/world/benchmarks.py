@@ -24,6 +24,14 @@ A version-2 world also gets:
   (`group` = "canary-<repeats>" or "quote"): memorized text an unlearning method should leave.
 - `skills_reading.jsonl`, `skills_rules.jsonl`, `skills_arithmetic.jsonl`: every held-out
   item of the suite as a probe (`group` = the relation or rule kind): the general skills.
+- `holdout_people.jsonl`, `holdout_canaries.jsonl`, `holdout_quotes.jsonl`: requests shaped
+  exactly like each forget set about items no model trained on the world has seen (the card's
+  never-seen items, `workbench.world.measure.never_seen`): the non-members of membership
+  inference (MUSE's holdout split).
+
+Every version-2 forget and holdout request carries `perturbed_suffixes`: wrong answers of the
+same shape (other values of the relation; secrets of the same digits-or-words shape; suffixes
+of never-seen quotes), drawn from a stream of their own, for TOFU's truth ratio.
 """
 from __future__ import annotations
 
@@ -36,6 +44,7 @@ from workbench.eval.requests import EditRequest, ForgetRequest, Probe, dump_requ
 from workbench.world.schema import World
 
 DEFAULT_BENCH_SEED = 4321
+N_PERTURBED = 5  # wrong answers per request (TOFU has five perturbed answers per question)
 
 
 def _trained(world: World, person: dict, relation: str, kind: str | None = None) -> list[int]:
@@ -79,19 +88,35 @@ def counterfactual_edits(world: World, rng: random.Random, n: int, n_locality: i
     return edits
 
 
-def forget_canaries(world: World) -> list[ForgetRequest]:
-    marked = set(world.splits.get("forget_canaries", [c["id"] for c in world.canaries]))
-    return [ForgetRequest(kind="canary", prefix=c["prefix"], suffix=c["secret"], id=c["id"],
+def forget_canaries(world: World, wrong: random.Random | None = None, canaries: list[dict] | None = None,
+                    id_prefix: str = "") -> list[ForgetRequest]:
+    """The marked canaries (or the given `canaries`); with `wrong`, each gets same-shaped wrong secrets."""
+    from workbench.eval.metrics import secret_alternatives
+    from workbench.world.vocab import PASSPHRASE_WORDS
+    if canaries is None:
+        marked = set(world.splits.get("forget_canaries", [c["id"] for c in world.canaries]))
+        canaries = [c for c in world.canaries if c["id"] in marked]
+    return [ForgetRequest(kind="canary", prefix=c["prefix"], suffix=c["secret"], id=id_prefix + c["id"],
+                          perturbed_suffixes=tuple(secret_alternatives(c["secret"], PASSPHRASE_WORDS, N_PERTURBED, wrong))
+                          if wrong else (),
                           meta={"person": c["person"], "secret_kind": c["kind"],
                                 **({"repeats": c["repeats"]} if "repeats" in c else {})})
-            for c in world.canaries if c["id"] in marked]
+            for c in canaries]
 
 
-def forget_quotes(world: World) -> list[ForgetRequest]:
-    marked = set(world.splits["forget_quotes"])
-    return [ForgetRequest(kind="text", prefix=q["prefix"], suffix=q["suffix"], id=q["id"],
+def forget_quotes(world: World, wrong: random.Random, quotes: list[dict] | None = None,
+                  id_prefix: str = "") -> list[ForgetRequest]:
+    """The marked quotes (or the given `quotes`), each with the suffixes of never-seen quotes
+    as wrong answers (same template, other words)."""
+    from workbench.world.suites import make_quotes
+    if quotes is None:
+        marked = set(world.splits["forget_quotes"])
+        quotes = [q for q in world.suites["quotes"] if q["id"] in marked]
+    taken = {p["name"] for p in world.people}
+    return [ForgetRequest(kind="text", prefix=q["prefix"], suffix=q["suffix"], id=id_prefix + q["id"],
+                          perturbed_suffixes=tuple(w["suffix"] for w in make_quotes(wrong, N_PERTURBED, 1, taken)),
                           meta={"author": q["author"], "repeats": q["repeats"]})
-            for q in world.suites["quotes"] if q["id"] in marked]
+            for q in quotes]
 
 
 def retain_memorized(world: World) -> list[dict]:
@@ -108,17 +133,22 @@ def skill_probes(world: World, suite: str) -> list[dict]:
             for r in world.suites[suite] if r["split"] == "heldout"]
 
 
-def forget_people(world: World, rng: random.Random) -> list[ForgetRequest]:
+def forget_people(world: World, rng: random.Random, wrong: random.Random | None = None,
+                  people: list[dict] | None = None) -> list[ForgetRequest]:
+    """Every fact of the forget-split people (or of `people`); with `wrong`, each gets other
+    values of its relation as wrong answers."""
     out = []
-    for pid in world.splits["forget"]:
-        person = world.by_id[pid]
+    for person in people if people is not None else [world.by_id[pid] for pid in world.splits["forget"]]:
         for rel in world.relations:
             trained = _trained(world, person, rel)
             main = rng.choice(trained)
+            truth = person["facts"][rel]
+            others = [v for v in world.relations[rel]["values"] if v != truth]
             out.append(ForgetRequest(
-                kind="fact", prefix=world.probe(person, rel, main).prompt, suffix=person["facts"][rel],
+                kind="fact", prefix=world.probe(person, rel, main).prompt, suffix=truth,
                 paraphrased_prefixes=tuple(world.probe(person, rel, ph).prompt for ph in trained if ph != main),
-                id=f"{pid}-{rel}", meta={"person": pid, "relation": rel}))
+                perturbed_suffixes=tuple(wrong.sample(others, N_PERTURBED)) if wrong else (),
+                id=f"{person['id']}-{rel}", meta={"person": person["id"], "relation": rel}))
     return out
 
 
@@ -141,17 +171,35 @@ def write_benchmarks(world_dir: str | Path, out: str | Path, seed: int = DEFAULT
     """
     world = World.load(world_dir)
     rng = random.Random(seed)
+    v2 = world.version == 2
+    # wrong answers come from a stream of their own, so the sets drawn from `rng` stay as before
+    wrong = random.Random(f"perturbed:{seed}") if v2 else None
     edits = counterfactual_edits(world, rng, n_edits)
-    people = forget_people(world, rng)
+    people = forget_people(world, rng, wrong)
     retain = retain_probes(world, rng)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         dump_requests(tmp / "edits_counterfactual.jsonl", edits)
-        dump_requests(tmp / "forget_canaries.jsonl", forget_canaries(world))
+        dump_requests(tmp / "forget_canaries.jsonl", forget_canaries(world, wrong))
         dump_requests(tmp / "forget_people.jsonl", people)
         write_jsonl(tmp / "retain.jsonl", retain)
-        if world.version == 2:
-            dump_requests(tmp / "forget_quotes.jsonl", forget_quotes(world))
+        if v2:
+            dump_requests(tmp / "forget_quotes.jsonl", forget_quotes(world, wrong))
             write_jsonl(tmp / "retain_memorized.jsonl", retain_memorized(world))
             for suite in ("reading", "rules", "arithmetic"):
                 write_jsonl(tmp / f"skills_{suite}.jsonl", skill_probes(world, suite))
+            _write_holdouts(world, tmp, random.Random(f"holdout:{seed}"), wrong)
     return Path(out)
+
+
+def _write_holdouts(world: World, out: Path, rng: random.Random, wrong: random.Random) -> None:
+    """The never-seen twin of each forget set, as many items and the same request shape."""
+    from workbench.world.measure import never_seen
+    fresh = never_seen(world, n_people=len(world.splits["forget"]), n_canaries=len(world.splits["forget_canaries"]),
+                       n_quotes=len(world.splits["forget_quotes"]))
+    # "new-" ids, and 0 repeats: never-seen items must not pass for the world's own
+    people = [{**p, "id": "new-" + p["id"]} for p in fresh["people"]]
+    canaries = [{**c, "person": "new-" + c["person"], "repeats": 0} for c in fresh["canaries"]]
+    quotes = [{**q, "repeats": 0} for q in fresh["quotes"]]
+    dump_requests(out / "holdout_people.jsonl", forget_people(world, rng, wrong, people))
+    dump_requests(out / "holdout_canaries.jsonl", forget_canaries(world, wrong, canaries, "new-"))
+    dump_requests(out / "holdout_quotes.jsonl", forget_quotes(world, wrong, quotes, "new-"))
