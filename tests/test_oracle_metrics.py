@@ -58,3 +58,32 @@ def test_privleak_sign_follows_muse():
     assert privleak(0.2, 0.5) == pytest.approx(60.0)  # over-unlearned: forget items look less seen
     with pytest.raises(ValueError):
         privleak(0.9, 1.0)
+
+
+def test_truth_ratios_and_membership_on_the_shipped_model(shipped_model):
+    """The default model memorized the forget canaries and never saw their holdout twins: its
+    truth ratios sit near 0 on the first and near 1 on the second, and every attack tells
+    them apart. Against itself as the oracle, forget quality is 1 and PrivLeak 0."""
+    from workbench.core.paths import BENCHMARKS
+    from workbench.eval.oracle import ATTACKS, compare, oracle_stats, truth_ratios
+    from workbench.eval.requests import load_requests
+    from workbench.eval.scoring import encode_pairs, score_answers
+    model, tok = shipped_model
+    forgets = load_requests(BENCHMARKS / "forget_canaries.jsonl")[-10:]  # repeats 16-32: always recited
+    holdouts = load_requests(BENCHMARKS / "holdout_canaries.jsonl")[:10]
+    r = forgets[0]  # one truth ratio by hand
+    right, *wrong = score_answers(model, encode_pairs(tok, [r.prefix] * 6, [r.suffix, *r.perturbed_suffixes]))
+    assert truth_ratios(model, tok, [r])[0] == pytest.approx(truth_ratio(right.logprobs, [w.logprobs for w in wrong]))
+    stats = oracle_stats(model, tok, forgets, holdouts)
+    assert max(stats["truth_ratios"]) < 0.2  # per-token: the spaces between digits are easy either way
+    unseen = truth_ratios(model, tok, holdouts)
+    assert 0.2 < sum(unseen) / len(unseen) < 5.0  # a secret never seen is no likelier than a wrong one
+    assert all(stats["auc"][a] >= 0.9 for a in ATTACKS), stats["auc"]
+    same = compare(stats, stats)
+    assert same["forget_quality"] == 1.0 and same["privleak"] is None  # undefined at an oracle AUC of 1
+    leak = compare(stats, {**stats, "auc": {"min_k": 0.5}})["privleak"]  # an oracle at chance
+    assert leak == pytest.approx(privleak(stats["auc"]["min_k"], 0.5)) and leak < -80
+    # the same model judged against an "oracle" that saw none of it: the holdout set as forget set
+    never = oracle_stats(model, tok, holdouts, forgets)
+    judged = compare(stats, {"truth_ratios": unseen, "auc": never["auc"]})
+    assert judged["forget_quality"] < 1e-3
