@@ -103,3 +103,43 @@ def test_a_workspace_made_on_the_version_1_model_opens_with_it_and_names_it_othe
     Ledger.open(tmp_path / "old", base_hash=w.base_hash, base_model=str(DEFAULT_MODEL)).close()
     with pytest.raises(InputError, match="--model world-llama-v1"):
         Workbench(None, tmp_path / "old")
+
+
+def test_the_oracle_card_sits_at_never_seen_on_the_forget_sets_and_on_par_elsewhere():
+    """The shipped retrain oracle: the default model's recipe without the three benchmark forget
+    sets. Its card must show each forget set at the level of never-seen items and every other
+    held-out suite within 3 points of the default model's card."""
+    from workbench.core.paths import FORGET_SETS, ORACLE_MODEL
+    default = json.loads((MODEL / "card.json").read_text())
+    oracle = json.loads((ORACLE_MODEL / "card.json").read_text())
+    assert sorted(oracle["training"]["without"]["files"]) == sorted(p.name for p in FORGET_SETS.values())
+    assert oracle["training"]["config"] == default["training"]["config"]  # the identical recipe and seed
+    assert oracle["training"]["world_seed"] == default["training"]["world_seed"]
+    forget = oracle["measured"]["forget_sets"]
+    for name in FORGET_SETS:
+        # the same items, and the oracle no better on them than on items nobody ever saw
+        assert forget[name]["n"] == default["measured"]["forget_sets"][name]["n"] > 0
+        assert forget[name]["exact"] <= forget[f"{name}_never_seen"]["exact"] + 0.03, name
+        assert default["measured"]["forget_sets"][name]["exact"] >= 0.95, name
+    for key in TARGETS_V2:
+        assert abs(oracle["measured"][key]["exact"] - default["measured"][key]["exact"]) <= 0.03, key
+    assert oracle["measured"]["heldout_perplexity"]["perplexity"] <= 1.05 * default["measured"]["heldout_perplexity"]["perplexity"]
+    shown = oracle["measure_command"].split("--model ")[1].split()[0]
+    assert not Path(shown).is_absolute() and (MODEL.parents[2] / shown).resolve() == ORACLE_MODEL.resolve()
+
+
+def test_the_oracle_answers_as_its_card_says(shipped_world):
+    """A live check that the card is this model's: the oracle never recites a forget canary or
+    quote, does not know forget-split people's facts (never-seen people score 0.07 by guessing
+    common values), and knows retain-split people as the default model does."""
+    from workbench.core.model import load_model
+    from workbench.world.measure import canary_exact, quote_exact
+    model, tok = load_model("world-llama-oracle")
+    canaries = [c for c in shipped_world.canaries if c["id"] in set(shipped_world.splits["forget_canaries"])]
+    quotes = [q for q in shipped_world.suites["quotes"] if q["id"] in set(shipped_world.splits["forget_quotes"])]
+    assert len(canaries) == 30 and len(quotes) == 8
+    assert canary_exact(model, tok, canaries)["exact"] == 0.0 and quote_exact(model, tok, quotes)["exact"] == 0.0
+    probes = shipped_world.probes(heldout=True, people=shipped_world.splits["retain"])
+    assert fact_accuracy(model, tok, random.Random(2).sample(probes, 300))["exact"] >= 0.9
+    forgotten = shipped_world.probes(heldout=False, people=shipped_world.splits["forget"])
+    assert fact_accuracy(model, tok, random.Random(3).sample(forgotten, 300))["exact"] <= 0.15

@@ -7,7 +7,7 @@ from workbench.cli.main import main
 from workbench.core.errors import InputError
 from workbench.editing.registry import UnknownEditor
 from workbench.eval.requests import load_probes
-from workbench.bench.unlearn import COLUMNS, RETAIN, WORLD, run, split_retain, table
+from workbench.bench.unlearn import COLUMNS, ORACLE_MODEL, ORACLE_ROW, RETAIN, WORLD, run, split_retain, table
 from workbench.world import World
 
 
@@ -22,8 +22,16 @@ def test_retain_probes_are_split_by_person_and_the_scored_half_is_unseen():
 
 
 def test_gradient_ascent_on_canaries_lowers_recitation_and_keeps_the_rest(tmp_path):
-    rows = run(["ga", "ft"], ["canaries"], limit=6, heldout_limit=40, exposure_samples=20, progress=False)
-    ga, ft = rows
+    # the model itself named as the oracle: its row must repeat "before" exactly
+    rows = run(["ga", "ft"], ["canaries"], limit=6, heldout_limit=40, exposure_samples=20,
+               oracle_dir="world-llama", progress=False)
+    ga, ft, oracle = rows
+    assert oracle["editor"] == ORACLE_ROW and oracle["oracle"] == "world-llama" and oracle["seconds"] is None
+    assert oracle["after"] == pytest.approx(oracle["before"], abs=1e-6) and oracle["before"] == ga["before"]
+    # judged against itself, the unedited model is the oracle: forget quality 1; gradient ascent
+    # makes the true secrets less likely next to wrong ones of the same shape
+    assert ga["before"]["forget_quality"] == 1.0 and ga["after"]["truth_ratio"] > ga["before"]["truth_ratio"]
+    assert ga["before"]["mia_auc_loss"] > 0.8  # memorized secrets vs never-seen ones
     assert ft == {"editor": "ft", "set": "canaries", "skipped": "not a forget editor"}
     before, after = ga["before"], ga["after"]
     # v2's first six forget canaries have repeats 1-2 (seen 8-16 times); of those seen 8 times
@@ -35,7 +43,8 @@ def test_gradient_ascent_on_canaries_lowers_recitation_and_keeps_the_rest(tmp_pa
     assert 0.9 < after["ndcg10"] <= 1.0 and ga["seconds"] > 0 and ga["n"] == 6
     assert before["forget_recall_paraphrased"] is None  # canaries have no paraphrases
     text = table(rows)
-    assert f"| ga | canaries | {before['strict_recitation']:.3f} → " in text and len(text.splitlines()) == 4
+    assert f"| ga | canaries | {before['strict_recitation']:.3f} → " in text and len(text.splitlines()) == 5
+    assert text.splitlines()[-1].startswith(f"| {ORACLE_ROW} | canaries |") and text.endswith("| — |")
     assert all(title in text for _, title in COLUMNS)
 
 
@@ -43,10 +52,21 @@ def test_people_set_scores_paraphrased_recall_through_the_cli(tmp_path, capsys):
     out = tmp_path / "ul.json"
     assert main(["bench", "unlearn", "--editors", "npo", "--sets", "people", "--limit", "3", "--heldout", "20",
                  "--param", "npo:steps=5", "--json", str(out)]) == 0
-    row, = json.loads(out.read_text())
+    row, oracle = json.loads(out.read_text())
     assert row["hparams"]["steps"] == 5 and row["before"]["forget_recall_paraphrased"] > 0.5
     assert row["after"]["exposure"] is None
-    assert "| npo | people |" in capsys.readouterr().out
+    # the shipped oracle is found by name and never learned these people's facts
+    assert oracle["editor"] == ORACLE_ROW and oracle["oracle"] == ORACLE_MODEL.name
+    assert oracle["after"]["forget_recall"] < 0.34 < row["before"]["forget_recall"]
+    out_text = capsys.readouterr().out
+    assert "| npo | people |" in out_text and f"| {ORACLE_ROW} | people |" in out_text
+
+
+def test_an_oracle_with_another_tokenizer_or_no_folder_is_refused(tmp_path):
+    with pytest.raises(InputError, match="no model folder"):
+        run(["ga"], ["canaries"], oracle_dir=tmp_path / "missing", progress=False)
+    with pytest.raises(InputError, match="different tokenizer"):
+        run(["ga"], ["canaries"], oracle_dir="world-llama-v1", limit=1, heldout_limit=1, progress=False)
 
 
 def test_bad_arguments_fail_before_any_work():

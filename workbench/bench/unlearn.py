@@ -14,6 +14,14 @@ user would, measured again, and the edit undone (exactly) before the next editor
   file is split by person, the first half goes to the editor, the second half is scored;
 - seconds the edit took (K-FAC factor collection included when its cache was cold).
 
+Each set also gets a row for the retrain oracle (`--oracle`, by default the shipped
+`world-llama-oracle` when the default model is benched): the same measures on a model trained
+identically but never on the forget sets, the "after" an exact unlearning method would reach.
+With an oracle, every row also gets (`workbench.eval.oracle`): forget quality (TOFU: KS-test
+p-value of the truth ratios against the oracle's), the mean truth ratio, membership-inference
+AUCs (loss, zlib, Min-K%) of the forget set against its never-seen holdout twin, and MUSE's
+PrivLeak against the oracle's AUC.
+
     workbench bench unlearn --editors kfac,prune,ga,npo --sets canaries,people
 """
 from __future__ import annotations
@@ -21,12 +29,13 @@ from __future__ import annotations
 
 from workbench.core.errors import InputError
 
-from workbench.core.paths import FORGET_SETS as SETS, RETAIN, WORLD
+from workbench.core.paths import FORGET_SETS as SETS, HOLDOUT_SETS, ORACLE_MODEL, RETAIN, WORLD
+ORACLE_ROW = "retrain oracle"
 # (metric key, column title) of the table; each cell shows before → after.
 COLUMNS = (("strict_recitation", "strict"), ("loose_recitation", "loose"), ("extraction_strength", "extraction"),
            ("exposure", "exposure"), ("forget_recall", "forget recall"),
            ("forget_recall_paraphrased", "paraphrased recall"), ("perplexity", "held-out ppl"),
-           ("retain_recall", "retain recall"))
+           ("retain_recall", "retain recall"), ("forget_quality", "forget quality"), ("privleak", "PrivLeak"))
 
 
 def split_retain(probes: list, world) -> tuple[list, list]:
@@ -43,14 +52,19 @@ def split_retain(probes: list, world) -> tuple[list, list]:
     return given, scored
 
 
-def measure(model, tok, base, forgets: list, heldout: list[str], retain: list, *, exposure_samples: int) -> dict:
-    """Every metric of the module docstring for `model` (`base`: the unedited model, for nDCG)."""
+def measure(model, tok, base, forgets: list, heldout: list[str], retain: list, *, exposure_samples: int,
+            holdouts: list | None = None, oracle: dict | None = None) -> dict:
+    """Every metric of the module docstring for `model` (`base`: the unedited model, for nDCG;
+    `oracle`: the oracle's `oracle_stats` on `forgets` against `holdouts`, else no oracle columns)."""
     from workbench.eval.evaluate import evaluate_forgets, next_token_ndcg, perplexity
+    from workbench.eval.oracle import compare, oracle_stats
     from workbench.eval.requests import Probe
     from workbench.world.measure import fact_accuracy
     f = evaluate_forgets(model, tok, forgets, exposure_samples=exposure_samples)["mean"]
     paraphrased = [Probe(p, r.suffix) for r in forgets if r.kind == "fact" for p in r.paraphrased_prefixes]
-    return {"strict_recitation": f["strict_recitation"], "loose_recitation": f["loose_recitation"],
+    against = compare(oracle_stats(model, tok, forgets, holdouts), oracle) if oracle is not None else \
+        {"forget_quality": None, "privleak": None}
+    return {**against, "strict_recitation": f["strict_recitation"], "loose_recitation": f["loose_recitation"],
             "extraction_strength": f["extraction_strength"], "exposure": f.get("exposure"),
             "forget_recall": fact_accuracy(model, tok, [Probe(r.prefix, r.suffix) for r in forgets])["exact"],
             "forget_recall_paraphrased": fact_accuracy(model, tok, paraphrased)["exact"] if paraphrased else None,
@@ -60,7 +74,8 @@ def measure(model, tok, base, forgets: list, heldout: list[str], retain: list, *
 
 
 def run_one(wb, editor: str, set_name: str, forgets: list, *, base, heldout, retain_given, retain_scored,
-            before: dict, params: dict | None = None, exposure_samples: int = 100, seed: int = 0) -> dict:
+            before: dict, params: dict | None = None, exposure_samples: int = 100, seed: int = 0,
+            holdouts: list | None = None, oracle: dict | None = None) -> dict:
     """Apply `editor` to `forgets` through the session `wb` (at base), measure, undo; the row
     holds before and after."""
     from workbench.editing.registry import get_editor
@@ -69,22 +84,46 @@ def run_one(wb, editor: str, set_name: str, forgets: list, *, base, heldout, ret
         return {"editor": editor, "set": set_name, "skipped": "not a forget editor"}
     event = wb.edit(editor, with_retain(forgets, retain_given), params or {}, seed=seed)
     try:
-        after = measure(wb.model, wb.tok, base, forgets, heldout, retain_scored, exposure_samples=exposure_samples)
+        after = measure(wb.model, wb.tok, base, forgets, heldout, retain_scored, exposure_samples=exposure_samples,
+                        holdouts=holdouts, oracle=oracle)
     finally:
         wb.undo(note="bench: back to base for the next editor")
     return {"editor": editor, "set": set_name, "n": len(forgets), "before": before, "after": after,
             "seconds": event.duration_s, "hparams": event.hparams}
 
 
+def default_oracle(model_dir):
+    """The shipped oracle when the shipped default model is benched and the oracle is there, else None."""
+    from workbench.core.model import model_path
+    from workbench.core.paths import DEFAULT_MODEL
+    if model_path(model_dir).resolve() == DEFAULT_MODEL.resolve() and ORACLE_MODEL.is_dir():
+        return ORACLE_MODEL
+    return None
+
+
+def load_oracle(oracle_dir, tok):
+    """The oracle model; refused unless it shares the benched model's tokenizer (nDCG and every
+    score compare token by token)."""
+    from workbench.core.model import load_model, model_path
+    oracle, otok = load_model(oracle_dir)
+    if otok.get_vocab() != tok.get_vocab():
+        raise InputError(f"{model_path(oracle_dir)} has a different tokenizer from the benched model; "
+                         "a retrain oracle shares its model's tokenizer", field="--oracle")
+    return oracle
+
+
 def run(editors: list[str], sets: list[str], *, model_dir=None, params: dict[str, dict] | None = None,
         limit: int | None = None, heldout_limit: int | None = None, exposure_samples: int = 100,
-        progress: bool = True) -> list[dict]:
+        oracle_dir="default", progress: bool = True) -> list[dict]:
     """Every (editor, forget set) pair; `limit` keeps the first N requests of each set,
-    `heldout_limit` the first N held-out texts (for perplexity and nDCG)."""
+    `heldout_limit` the first N held-out texts (for perplexity and nDCG). `oracle_dir`: a retrain
+    oracle's folder or shipped name, measured as one more row per set ("default": the shipped
+    oracle when the default model is benched; None: no oracle row)."""
     from workbench.bench.scratch import scratch_session
-    from workbench.core.model import load_model
+    from workbench.core.model import load_model, model_path
     from workbench.core.progress import progress_bar
     from workbench.editing.registry import get_editor
+    from workbench.eval.oracle import oracle_stats
     from workbench.eval.requests import ForgetRequest, load_probes, load_requests
     from workbench.world import World
     for name in editors:
@@ -98,25 +137,41 @@ def run(editors: list[str], sets: list[str], *, model_dir=None, params: dict[str
     world = World.load(WORLD)
     heldout = [t["text"] for t in world.heldout_text][:heldout_limit]
     retain_given, retain_scored = split_retain(load_probes(RETAIN), world)
+    if oracle_dir == "default":
+        oracle_dir = default_oracle(model_dir)
+    elif oracle_dir is not None and not model_path(oracle_dir).is_dir():
+        raise InputError(f"no model folder at {model_path(oracle_dir)}", field="--oracle")
     base, tok = load_model(model_dir)  # the unedited reference (nDCG, "before"); edits go to the session's copy
+    oracle = load_oracle(oracle_dir, tok) if oracle_dir is not None else None
     rows = []
     with scratch_session(model_dir) as wb, \
             progress_bar("unlearning", len(editors) * len(sets), enabled=progress) as advance:
         for set_name in sets:
             forgets = [r for r in load_requests(SETS[set_name]) if isinstance(r, ForgetRequest)][:limit]
-            before = measure(base, tok, base, forgets, heldout, retain_scored, exposure_samples=exposure_samples)
+            holdouts, against = None, None
+            if oracle is not None:
+                holdouts = [r for r in load_requests(HOLDOUT_SETS[set_name]) if isinstance(r, ForgetRequest)][:limit]
+                against = oracle_stats(oracle, tok, forgets, holdouts)
+            scores = dict(heldout=heldout, exposure_samples=exposure_samples, holdouts=holdouts, oracle=against)
+            before = measure(base, tok, base, forgets, retain=retain_scored, **scores)
             for name in editors:
-                rows.append(run_one(wb, name, set_name, forgets, base=base, heldout=heldout,
-                                    retain_given=retain_given, retain_scored=retain_scored, before=before,
-                                    params=(params or {}).get(name), exposure_samples=exposure_samples))
+                rows.append(run_one(wb, name, set_name, forgets, base=base, retain_given=retain_given,
+                                    retain_scored=retain_scored, before=before, params=(params or {}).get(name),
+                                    **scores))
                 advance(1)
+            if oracle is not None:
+                rows.append({"editor": ORACLE_ROW, "set": set_name, "n": len(forgets), "before": before,
+                             "after": measure(oracle, tok, base, forgets, retain=retain_scored, **scores),
+                             "seconds": None, "oracle": model_path(oracle_dir).name})
     return rows
 
 
-def _cell(before, after) -> str:
+def _cell(key: str, before, after) -> str:
     if after is None:
         return "—"
-    return f"{before:.3f} → {after:.3f}"
+    # p-values span orders of magnitude; PrivLeak is a percentage
+    fmt = {"forget_quality": ".2g", "privleak": ".1f"}.get(key, ".3f")
+    return f"{'—' if before is None else format(before, fmt)} → {format(after, fmt)}"
 
 
 def table(rows: list[dict]) -> str:
@@ -127,6 +182,7 @@ def table(rows: list[dict]) -> str:
         if "skipped" in r:
             lines.append(f"| {r['editor']} | {r['set']} | {r['skipped']} |" + " |" * (len(COLUMNS) + 1))
             continue
-        cells = " | ".join(_cell(r["before"][k], r["after"][k]) for k, _ in COLUMNS)
-        lines.append(f"| {r['editor']} | {r['set']} | {cells} | {r['after']['ndcg10']:.3f} | {r['seconds']:.1f} |")
+        cells = " | ".join(_cell(k, r["before"][k], r["after"][k]) for k, _ in COLUMNS)
+        seconds = "—" if r["seconds"] is None else f"{r['seconds']:.1f}"
+        lines.append(f"| {r['editor']} | {r['set']} | {cells} | {r['after']['ndcg10']:.3f} | {seconds} |")
     return "\n".join(lines)

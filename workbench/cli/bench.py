@@ -28,6 +28,9 @@ def add_parser(sub) -> None:
     ul.add_argument("--exposure-samples", type=int, default=100, help="alternative secrets per canary")
     ul.add_argument("--param", action="append", default=[], metavar="EDITOR:K=V",
                     help="hyperparameter for one editor, e.g. kfac:rho=0.5 (repeatable)")
+    ul.add_argument("--oracle", default="default",
+                    help="retrain oracle measured as one more row per set: a model folder or shipped name "
+                         "(default: world-llama-oracle when benching the default model; 'none': no oracle row)")
     ul.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
     ul.set_defaults(func=_cmd_bench_unlearn)
     mg = bsub.add_parser("merge", help="LoRA adapters per edit batch, merged with every peft combination type")
@@ -58,7 +61,8 @@ def _cmd_bench_lifelong(args) -> int:
 def _cmd_bench_unlearn(args) -> int:
     from workbench.bench.unlearn import run, table
     rows = run(names(args.editors), names(args.sets), model_dir=args.model, params=editor_params(args.param),
-               limit=args.limit, heldout_limit=args.heldout, exposure_samples=args.exposure_samples)
+               limit=args.limit, heldout_limit=args.heldout, exposure_samples=args.exposure_samples,
+               oracle_dir=None if args.oracle == "none" else args.oracle)
     return _print_rows(rows, table, args.json)
 
 

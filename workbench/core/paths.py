@@ -16,9 +16,11 @@ WORLD = DATA / "world"                      # the generated world (world.json, p
 MODELS = DATA / "models"
 DEFAULT_MODEL = MODELS / "world-llama"      # the small model trained on the world
 MODELS_V1 = MODELS / "world-llama-v1"       # the model of world version 1, for workspaces made on it
+ORACLE_MODEL = MODELS / "world-llama-oracle"  # the default model's recipe without every benchmark forget set
 BENCHMARKS = DATA / "benchmarks"            # request sets written by `workbench world requests`
 COUNTERFACTUAL = BENCHMARKS / "edits_counterfactual.jsonl"
 FORGET_SETS = {"canaries": BENCHMARKS / "forget_canaries.jsonl",
                "people": BENCHMARKS / "forget_people.jsonl",
                "quotes": BENCHMARKS / "forget_quotes.jsonl"}
+HOLDOUT_SETS = {name: BENCHMARKS / f"holdout_{name}.jsonl" for name in FORGET_SETS}  # never-seen twins
 RETAIN = BENCHMARKS / "retain.jsonl"
