@@ -1,4 +1,4 @@
-"""`ga` and `npo`: the unlearning baselines every paper compares against, as in open-unlearning.
+"""`ga`, `npo` and `simnpo`: the unlearning baselines every paper compares against, as in open-unlearning.
 
 Both fine-tune the model on the forget requests with one shared loop (`_unlearn`), following
 locuslab/open-unlearning (`src/trainer/unlearn/grad_ascent.py`, `grad_diff.py`, `npo.py`):
@@ -13,6 +13,13 @@ locuslab/open-unlearning (`src/trainer/unlearn/grad_ascent.py`, `grad_diff.py`, 
   where log pi(y|x) is the *summed* log-prob of the answer tokens (their `compute_dpo_loss`)
   and pi_ref is a frozen deep copy of the model taken when the edit starts (deleted after).
   beta = 0.1 and alpha = 1 as in their NPO config.
+- `simnpo` (Fan et al. 2024, "Simplicity Prevails"; their `simnpo.py`): NPO without the
+  reference model and with length normalisation:
+  loss = gamma * -(2/beta) * mean log sigmoid(beta * (NLL(y|x)/|y| - delta)) + alpha * NLL_retain,
+  NLL summed over the answer tokens and divided by their count; beta = 4.5, gamma = 0.125,
+  delta = 0 and alpha = 1 as in their TOFU config. Its forget gradient is gamma * 2 *
+  sigmoid(-beta * mean NLL) per token, far weaker than NPO's at the start, hence a default
+  learning rate of 1e-3 where `npo` has 1e-4.
 
 The retain term pairs each forget request of a step with a randomly drawn retain probe (their
 `ForgetRetainDataset` anchors on forget and samples retain); with no retain probes on the
@@ -104,6 +111,34 @@ class NPOHParams(GAHParams):
         check_number(self.beta, "beta", "> 0 (inverse temperature)", lambda v: v > 0)
 
 
+@dataclass
+class SimNPOHParams(GAHParams):
+    """Hyperparameters of `simnpo`: those of `ga` plus beta, delta and the forget weight gamma.
+
+    Example:
+        >>> h = SimNPOHParams()
+        >>> h.beta, h.forget_weight, h.delta, h.retain_weight
+        (4.5, 0.125, 0.0, 1.0)
+        >>> SimNPOHParams(forget_weight=0)
+        Traceback (most recent call last):
+        ...
+        workbench.core.errors.InputError: field "forget_weight": must be > 0 (gamma); got 0
+    """
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (> 0)"})
+    steps: int = field(default=20, metadata={"help": "optimizer steps, each over all forget batches (1..10000)"})
+    retain_weight: float = field(default=1.0, metadata={
+        "help": "alpha: weight of the retain NLL term (>= 0; used when the requests carry retain probes)"})
+    beta: float = field(default=4.5, metadata={"help": "SimNPO inverse temperature beta (> 0)"})
+    delta: float = field(default=0.0, metadata={"help": "margin subtracted from the mean answer NLL (>= 0)"})
+    forget_weight: float = field(default=0.125, metadata={"help": "gamma: weight of the forget term (> 0)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_number(self.beta, "beta", "> 0 (inverse temperature)", lambda v: v > 0)
+        check_number(self.delta, "delta", ">= 0", lambda v: v >= 0)
+        check_number(self.forget_weight, "forget_weight", "> 0 (gamma)", lambda v: v > 0)
+
+
 class _Unlearner(Editor):
     """What `ga` and `npo` share: parameter choice, recording, the training loop."""
     capabilities = Capabilities(batch=True, sequential=True, forget=True, single_revert=False)
@@ -152,6 +187,22 @@ class NPOEditor(_Unlearner):
         with torch.no_grad():
             ref_logp, _ = _answer_logprobs(ref, chunk, pad_id)  # (b,) same, frozen model
         return -(2.0 / hp.beta) * F.logsigmoid(-hp.beta * (logp - ref_logp)).mean()
+
+
+@register_editor
+class SimNPOEditor(_Unlearner):
+    """SimNPO: reference-free, length-normalised NPO (+ retain NLL).
+
+    Example:
+        >>> patch = SimNPOEditor(SimNPOHParams()).edit(ctx, forget_requests)  # doctest: +SKIP
+    """
+    name = "simnpo"
+    hparams_class = SimNPOHParams
+
+    def _forget_loss(self, model, ref, chunk, hp, pad_id):
+        logp, count = _answer_logprobs(model, chunk, pad_id)  # (b,) summed answer log-prob, (b,) tokens
+        mean_nll = -logp / count  # (b,)
+        return hp.forget_weight * -(2.0 / hp.beta) * F.logsigmoid(hp.beta * (mean_nll - hp.delta)).mean()
 
 
 def _trainable(ctx: EditContext, which: str) -> list[tuple[str, torch.nn.Parameter]]:
