@@ -7,7 +7,8 @@ from workbench.cli.main import main
 from workbench.core.errors import InputError
 from workbench.editing.registry import UnknownEditor
 from workbench.eval.requests import load_probes
-from workbench.bench.unlearn import COLUMNS, ORACLE_MODEL, ORACLE_ROW, RETAIN, WORLD, run, split_retain, table
+from workbench.bench.unlearn import (COLUMNS, ORACLE_MODEL, ORACLE_ROW, RETAIN, WORLD, run, split_retain, table,
+                                     utility_shares)
 from workbench.world import World
 
 
@@ -27,11 +28,16 @@ def test_gradient_ascent_on_canaries_lowers_recitation_and_keeps_the_rest(tmp_pa
                oracle_dir="world-llama", progress=False)
     ga, ft, oracle = rows
     assert oracle["editor"] == ORACLE_ROW and oracle["oracle"] == "world-llama" and oracle["seconds"] is None
-    assert oracle["after"] == pytest.approx(oracle["before"], abs=1e-6) and oracle["before"] == ga["before"]
+    flat = lambda m: {k: v for k, v in m.items() if k != "utility"}  # noqa: E731
+    assert flat(oracle["after"]) == pytest.approx(flat(oracle["before"]), abs=1e-6) and oracle["before"] == ga["before"]
+    assert oracle["after"]["utility"] == oracle["before"]["utility"]
     # judged against itself, the unedited model is the oracle: forget quality 1; gradient ascent
     # makes the true secrets less likely next to wrong ones of the same shape
     assert ga["before"]["forget_quality"] == 1.0 and ga["after"]["truth_ratio"] > ga["before"]["truth_ratio"]
     assert ga["before"]["mia_auc_loss"] > 0.8  # memorized secrets vs never-seen ones
+    # utility: every general suite (40 items each here) and the kept memorized items
+    assert set(ga["before"]["utility"]) == {"reading", "rules", "arithmetic", "memorized_kept"}
+    assert ga["before"]["utility"]["arithmetic"] >= 0.9 and ga["before"]["utility"]["memorized_kept"] >= 0.8
     assert ft == {"editor": "ft", "set": "canaries", "skipped": "not a forget editor"}
     before, after = ga["before"], ga["after"]
     # v2's first six forget canaries have repeats 1-2 (seen 8-16 times); of those seen 8 times
@@ -44,6 +50,9 @@ def test_gradient_ascent_on_canaries_lowers_recitation_and_keeps_the_rest(tmp_pa
     assert before["forget_recall_paraphrased"] is None  # canaries have no paraphrases
     text = table(rows)
     assert f"| ga | canaries | {before['strict_recitation']:.3f} → " in text and len(text.splitlines()) == 5
+    shares = utility_shares(ga)
+    worst = min(shares, key=shares.get)
+    assert f"| {shares[worst]:.2f} ({worst}) |" in text.splitlines()[2]
     assert text.splitlines()[-1].startswith(f"| {ORACLE_ROW} | canaries |") and text.endswith("| — |")
     assert all(title in text for _, title in COLUMNS)
 

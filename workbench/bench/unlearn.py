@@ -12,6 +12,9 @@ user would, measured again, and the edit undone (exactly) before the next editor
   ranking on them against the unedited model;
 - retain fact recall (greedy exact) on retain-split people the editor never saw: the retain
   file is split by person, the first half goes to the editor, the second half is scored;
+- utility: greedy exact accuracy on each version-2 general suite (held-out reading, rules,
+  arithmetic) and on the memorized items no forget set names (`retain_memorized.jsonl`); the
+  table shows the worst suite's accuracy as a share of before;
 - seconds the edit took (K-FAC factor collection included when its cache was cold).
 
 Each set also gets a row for the retrain oracle (`--oracle`, by default the shipped
@@ -29,8 +32,11 @@ from __future__ import annotations
 
 from workbench.core.errors import InputError
 
-from workbench.core.paths import FORGET_SETS as SETS, HOLDOUT_SETS, ORACLE_MODEL, RETAIN, WORLD
+from workbench.core.paths import BENCHMARKS, FORGET_SETS as SETS, HOLDOUT_SETS, ORACLE_MODEL, RETAIN, WORLD
 ORACLE_ROW = "retrain oracle"
+UTILITY_SETS = {"reading": BENCHMARKS / "skills_reading.jsonl", "rules": BENCHMARKS / "skills_rules.jsonl",
+                "arithmetic": BENCHMARKS / "skills_arithmetic.jsonl",
+                "memorized_kept": BENCHMARKS / "retain_memorized.jsonl"}
 # (metric key, column title) of the table; each cell shows before → after.
 COLUMNS = (("strict_recitation", "strict"), ("loose_recitation", "loose"), ("extraction_strength", "extraction"),
            ("exposure", "exposure"), ("forget_recall", "forget recall"),
@@ -53,9 +59,10 @@ def split_retain(probes: list, world) -> tuple[list, list]:
 
 
 def measure(model, tok, base, forgets: list, heldout: list[str], retain: list, *, exposure_samples: int,
-            holdouts: list | None = None, oracle: dict | None = None) -> dict:
+            holdouts: list | None = None, oracle: dict | None = None, suites: dict | None = None) -> dict:
     """Every metric of the module docstring for `model` (`base`: the unedited model, for nDCG;
-    `oracle`: the oracle's `oracle_stats` on `forgets` against `holdouts`, else no oracle columns)."""
+    `oracle`: the oracle's `oracle_stats` on `forgets` against `holdouts`, else no oracle columns;
+    `suites`: name -> probes, each scored greedy exact under "utility")."""
     from workbench.eval.evaluate import evaluate_forgets, next_token_ndcg, perplexity
     from workbench.eval.oracle import compare, oracle_stats
     from workbench.eval.requests import Probe
@@ -70,12 +77,13 @@ def measure(model, tok, base, forgets: list, heldout: list[str], retain: list, *
             "forget_recall_paraphrased": fact_accuracy(model, tok, paraphrased)["exact"] if paraphrased else None,
             "perplexity": perplexity(model, tok, heldout),
             "retain_recall": fact_accuracy(model, tok, retain)["exact"] if retain else None,
-            "ndcg10": 1.0 if model is base else next_token_ndcg(model, base, tok, heldout)}
+            "ndcg10": 1.0 if model is base else next_token_ndcg(model, base, tok, heldout),
+            "utility": {name: fact_accuracy(model, tok, probes)["exact"] for name, probes in (suites or {}).items()}}
 
 
 def run_one(wb, editor: str, set_name: str, forgets: list, *, base, heldout, retain_given, retain_scored,
             before: dict, params: dict | None = None, exposure_samples: int = 100, seed: int = 0,
-            holdouts: list | None = None, oracle: dict | None = None) -> dict:
+            holdouts: list | None = None, oracle: dict | None = None, suites: dict | None = None) -> dict:
     """Apply `editor` to `forgets` through the session `wb` (at base), measure, undo; the row
     holds before and after."""
     from workbench.editing.registry import get_editor
@@ -85,7 +93,7 @@ def run_one(wb, editor: str, set_name: str, forgets: list, *, base, heldout, ret
     event = wb.edit(editor, with_retain(forgets, retain_given), params or {}, seed=seed)
     try:
         after = measure(wb.model, wb.tok, base, forgets, heldout, retain_scored, exposure_samples=exposure_samples,
-                        holdouts=holdouts, oracle=oracle)
+                        holdouts=holdouts, oracle=oracle, suites=suites)
     finally:
         wb.undo(note="bench: back to base for the next editor")
     return {"editor": editor, "set": set_name, "n": len(forgets), "before": before, "after": after,
@@ -116,7 +124,8 @@ def run(editors: list[str], sets: list[str], *, model_dir=None, params: dict[str
         limit: int | None = None, heldout_limit: int | None = None, exposure_samples: int = 100,
         oracle_dir="default", progress: bool = True) -> list[dict]:
     """Every (editor, forget set) pair; `limit` keeps the first N requests of each set,
-    `heldout_limit` the first N held-out texts (for perplexity and nDCG). `oracle_dir`: a retrain
+    `heldout_limit` the first N held-out texts (for perplexity and nDCG) and the first N items
+    of each utility suite. `oracle_dir`: a retrain
     oracle's folder or shipped name, measured as one more row per set ("default": the shipped
     oracle when the default model is benched; None: no oracle row)."""
     from workbench.bench.scratch import scratch_session
@@ -137,6 +146,8 @@ def run(editors: list[str], sets: list[str], *, model_dir=None, params: dict[str
     world = World.load(WORLD)
     heldout = [t["text"] for t in world.heldout_text][:heldout_limit]
     retain_given, retain_scored = split_retain(load_probes(RETAIN), world)
+    # a version-2 world's general skills and the memorized items no forget set names
+    suites = {name: load_probes(path)[:heldout_limit] for name, path in UTILITY_SETS.items() if path.is_file()}
     if oracle_dir == "default":
         oracle_dir = default_oracle(model_dir)
     elif oracle_dir is not None and not model_path(oracle_dir).is_dir():
@@ -152,7 +163,8 @@ def run(editors: list[str], sets: list[str], *, model_dir=None, params: dict[str
             if oracle is not None:
                 holdouts = [r for r in load_requests(HOLDOUT_SETS[set_name]) if isinstance(r, ForgetRequest)][:limit]
                 against = oracle_stats(oracle, tok, forgets, holdouts)
-            scores = dict(heldout=heldout, exposure_samples=exposure_samples, holdouts=holdouts, oracle=against)
+            scores = dict(heldout=heldout, exposure_samples=exposure_samples, holdouts=holdouts, oracle=against,
+                          suites=suites)
             before = measure(base, tok, base, forgets, retain=retain_scored, **scores)
             for name in editors:
                 rows.append(run_one(wb, name, set_name, forgets, base=base, retain_given=retain_given,
@@ -174,15 +186,29 @@ def _cell(key: str, before, after) -> str:
     return f"{'—' if before is None else format(before, fmt)} → {format(after, fmt)}"
 
 
+def utility_shares(row: dict) -> dict:
+    """Each utility suite's accuracy after the edit as a share of before."""
+    before, after = row["before"].get("utility", {}), row["after"].get("utility", {})
+    return {k: after[k] / before[k] for k in after if before.get(k)}
+
+
+def _worst_suite(row: dict) -> str:
+    shares = utility_shares(row)
+    if not shares:
+        return "—"
+    name = min(shares, key=shares.get)
+    return f"{shares[name]:.2f} ({name})"
+
+
 def table(rows: list[dict]) -> str:
     """A Markdown table (the README's): each cell is before → after."""
-    head = "| editor | set | " + " | ".join(t for _, t in COLUMNS) + " | nDCG@10 | seconds |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 4)]
+    head = "| editor | set | " + " | ".join(t for _, t in COLUMNS) + " | utility (worst suite) | nDCG@10 | seconds |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 5)]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['editor']} | {r['set']} | {r['skipped']} |" + " |" * (len(COLUMNS) + 1))
+            lines.append(f"| {r['editor']} | {r['set']} | {r['skipped']} |" + " |" * (len(COLUMNS) + 2))
             continue
         cells = " | ".join(_cell(k, r["before"][k], r["after"][k]) for k, _ in COLUMNS)
         seconds = "—" if r["seconds"] is None else f"{r['seconds']:.1f}"
-        lines.append(f"| {r['editor']} | {r['set']} | {cells} | {r['after']['ndcg10']:.3f} | {seconds} |")
+        lines.append(f"| {r['editor']} | {r['set']} | {cells} | {_worst_suite(r)} | {r['after']['ndcg10']:.3f} | {seconds} |")
     return "\n".join(lines)

@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
     ul.add_argument("--sets", default="canaries,people", help="comma-separated forget sets: canaries, people, quotes")
     ul.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
     ul.add_argument("--limit", type=int, default=None, help="only the first N requests of each set")
-    ul.add_argument("--heldout", type=int, default=None, help="only the first N held-out texts (perplexity, nDCG)")
+    ul.add_argument("--heldout", type=int, default=None, help="only the first N held-out texts (perplexity, nDCG) and items of each utility suite")
     ul.add_argument("--exposure-samples", type=int, default=100, help="alternative secrets per canary")
     ul.add_argument("--param", action="append", default=[], metavar="EDITOR:K=V",
                     help="hyperparameter for one editor, e.g. kfac:rho=0.5 (repeatable)")
