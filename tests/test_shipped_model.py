@@ -108,7 +108,7 @@ def test_a_workspace_made_on_the_version_1_model_opens_with_it_and_names_it_othe
 def test_the_oracle_card_sits_at_never_seen_on_the_forget_sets_and_on_par_elsewhere():
     """The shipped retrain oracle: the default model's recipe without the three benchmark forget
     sets. Its card must show each forget set at the level of never-seen items and every other
-    held-out suite within 3 points of the default model's card."""
+    held-out suite within 3 points of the default model's card (one item for the 22 quotes)."""
     from workbench.core.paths import FORGET_SETS, ORACLE_MODEL
     default = json.loads((MODEL / "card.json").read_text())
     oracle = json.loads((ORACLE_MODEL / "card.json").read_text())
@@ -122,7 +122,9 @@ def test_the_oracle_card_sits_at_never_seen_on_the_forget_sets_and_on_par_elsewh
         assert forget[name]["exact"] <= forget[f"{name}_never_seen"]["exact"] + 0.03, name
         assert default["measured"]["forget_sets"][name]["exact"] >= 0.95, name
     for key in TARGETS_V2:
-        assert abs(oracle["measured"][key]["exact"] - default["measured"][key]["exact"]) <= 0.03, key
+        one_item = 1 / oracle["measured"][key]["n"] + 1e-9
+        assert abs(oracle["measured"][key]["exact"] - default["measured"][key]["exact"]) <= max(0.03, one_item), key
+        assert oracle["measured"]["targets"][key]["met"], key
     assert oracle["measured"]["heldout_perplexity"]["perplexity"] <= 1.05 * default["measured"]["heldout_perplexity"]["perplexity"]
     shown = oracle["measure_command"].split("--model ")[1].split()[0]
     assert not Path(shown).is_absolute() and (MODEL.parents[2] / shown).resolve() == ORACLE_MODEL.resolve()
@@ -143,3 +145,14 @@ def test_the_oracle_answers_as_its_card_says(shipped_world):
     assert fact_accuracy(model, tok, random.Random(2).sample(probes, 300))["exact"] >= 0.9
     forgotten = shipped_world.probes(heldout=False, people=shipped_world.splits["forget"])
     assert fact_accuracy(model, tok, random.Random(3).sample(forgotten, 300))["exact"] <= 0.15
+
+
+def test_workbench_eval_finds_the_oracle_by_name(tmp_path):
+    from workbench.cli.main import main
+    from workbench.core.paths import FORGET_SETS
+    out = tmp_path / "oracle.json"
+    assert main(["eval", "--model", "world-llama-oracle", "--requests", str(FORGET_SETS["quotes"]),
+                 "--json", str(out), "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    assert result["model"] == "world-llama-oracle" and result["forget"]["n"] == 8
+    assert result["forget"]["mean"]["strict_recitation"] == 0.0  # it never saw these quotes
