@@ -37,6 +37,17 @@ def test_tiny_training_writes_a_plain_hf_folder_and_is_reproducible(tiny_world, 
     assert json.loads((tmp_path / "m1" / "training.json").read_text())["best"]["step"] in (3, 6)
 
 
+def test_compiled_training_is_reproducible_bit_for_bit(tiny_world, tmp_path):
+    """torch.compile's CPU kernels vary from run to run unless deterministic algorithms are on;
+    training turns them on for the run and restores the caller's setting."""
+    cfg = TrainConfig(seed=5, **{**TINY, "compile": 1, "hidden_size": 128, "intermediate_size": 384,
+                                 "num_heads": 4, "batch_size": 8, "max_steps": 8, "eval_every": 8})
+    runs = [train(tiny_world, tmp_path / f"c{i}", cfg, progress=False, log=lambda *a, **k: None) for i in (1, 2)]
+    w1, w2 = (load_file(tmp_path / f"c{i}" / "model.safetensors") for i in (1, 2))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert runs[0]["deterministic"] and not torch.are_deterministic_algorithms_enabled()
+
+
 def test_other_seed_gives_other_weights(tiny_world, tmp_path):
     train(tiny_world, tmp_path / "a", TrainConfig(seed=1, **TINY), progress=False, log=lambda *a, **k: None)
     train(tiny_world, tmp_path / "b", TrainConfig(seed=2, **TINY), progress=False, log=lambda *a, **k: None)

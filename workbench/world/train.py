@@ -225,6 +225,20 @@ def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite
     """
     import torch
 
+    # Compiled (Inductor) CPU kernels otherwise differ from run to run, and the suites learnt in
+    # a late jump (reading, boolean rules) then differ by points (README, "Reproducing a run").
+    # In this mode, runs are identical bit for bit on the same machine and thread count.
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(world_dir, out, cfg, overwrite=overwrite, log=log, progress=progress, without=without)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _train(world_dir, out, cfg: TrainConfig, *, overwrite: bool, log, progress: bool, without) -> dict:
+    import torch
+
     world = World.load(world_dir)
     out = Path(out)
     if out.exists() and not overwrite:
@@ -277,7 +291,8 @@ def train(world_dir: str | Path, out: str | Path, cfg: TrainConfig, *, overwrite
     model.eval()
     summary = {"config": asdict(cfg), "parameters": n_params, "best": best, "history": history,
                "train_seconds": round(time.time() - t0, 1), "world_seed": world.meta["seed"],
-               "torch": torch.__version__, "threads": torch.get_num_threads(), "compiled": compile_state["compiled"]}
+               "torch": torch.__version__, "threads": torch.get_num_threads(), "compiled": compile_state["compiled"],
+               "deterministic": torch.are_deterministic_algorithms_enabled()}
     if world.version == 2:
         # how often each memorized item was trained on before the kept checkpoint: the frequency axis
         summary["epochs"] = batches.epoch
