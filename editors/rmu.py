@@ -151,16 +151,23 @@ def _activations(model, block, seqs: list[list[int]], pad: int) -> torch.Tensor:
     sink whose activation norm is ~4x the others' on the shipped model, and in a 15-token probe
     (theirs: 512-token documents) it would dominate both the adaptive coefficient and the loss."""
     ids, mask = right_pad(seqs, pad)  # (b, seq)
-    mask[:, 0] = 0
     device = next(model.parameters()).device
     seen = {}
 
     def grab(_mod, _args, out):
         seen["h"] = out[0] if isinstance(out, tuple) else out  # (b, seq, d)
+        raise _Reached  # the layers above ℓ and the LM head are not needed: stop the forward here
 
     handle = block.register_forward_hook(grab)
     try:
-        model(input_ids=ids.to(device), attention_mask=mask.to(device))
+        model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+    except _Reached:
+        pass
     finally:
         handle.remove()
+    mask[:, 0] = 0  # the model read BOS; the loss leaves it out
     return seen["h"][mask.to(device).bool()].float()  # (tokens, d)
+
+
+class _Reached(Exception):
+    """Raised from the steered layer's hook to end a forward pass there."""

@@ -58,7 +58,7 @@ def test_forgets_the_canaries_and_keeps_the_quotes(base, cls, hp):
 
 def test_rmu_steers_the_forget_activations_toward_the_scaled_direction(base):
     model, tok, adapter, requests, _ = base
-    hp = RMUHParams().derive(adapter)
+    hp = RMUHParams(steps=10).derive(adapter)
     assert hp.layer == 1  # ~25% of 4 layers; updates layers 0 and 1 (there is no layer -1)
     pairs = [p + a for p, a in ((tok(r.prefix)["input_ids"], tok(" " + r.suffix, add_special_tokens=False)["input_ids"])
                                 for r in requests)]
