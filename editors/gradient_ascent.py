@@ -46,13 +46,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from editors.common.losses import answer_logprobs as _answer_logprobs
+from editors.common.losses import answer_logprobs as _answer_logprobs, retain_pairs
 from workbench.core.offload import onload
 from workbench.core.patch import Patch
 from workbench.editing.contract import (Batch, Capabilities, EditContext, Editor, HParams, check_choice, check_number,
                                         trainable_only)
 from workbench.editing.registry import register_editor
-from workbench.eval.scoring import encode_pairs, pad_id
+from workbench.eval.scoring import pad_id
 
 PARAMS = ("mlp", "all")
 
@@ -144,9 +144,7 @@ class _Unlearner(Editor):
     capabilities = Capabilities(batch=True, sequential=True, forget=True, single_revert=False)
 
     def run(self, ctx: EditContext, batch: Batch, hp: GAHParams) -> Patch:
-        unique = sorted({(p.prompt, p.answer) for r in batch for p in r.retain})
-        retain = encode_pairs(ctx.tokenizer, [p for p, _ in unique], [a for _, a in unique]) if unique else []
-        retain = [pa for pa in retain if pa[0] and pa[1]]
+        retain = retain_pairs(ctx.tokenizer, batch)
         params = _trainable(ctx, hp.params)  # [(state_dict name, parameter)]
         rec = ctx.recorder([n for n, _ in params])
         stats = _unlearn(ctx, [p for _, p in params], list(batch.pairs), retain, hp, self._forget_loss)

@@ -39,13 +39,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from editors.common.losses import retain_pairs
 from workbench.core.arch import get_adapter
 from workbench.core.offload import onload
 from workbench.core.patch import Patch
 from workbench.editing.contract import (Batch, Capabilities, EditContext, Editor, HParams, check_number,
                                         trainable_only)
 from workbench.editing.registry import register_editor
-from workbench.eval.scoring import encode_pairs, pad_id, right_pad
+from workbench.eval.scoring import pad_id, right_pad
 
 
 @dataclass
@@ -105,8 +106,7 @@ class RMUEditor(Editor):
             params += [(ad.param_name(m, k), p) for k, p in m.named_parameters(recurse=False)]
         rec = ctx.recorder([n for n, _ in params])
         forget = [p + a for p, a in batch.pairs]
-        unique = sorted({(p.prompt, p.answer) for r in batch for p in r.retain})
-        retain = [p + a for p, a in encode_pairs(ctx.tokenizer, [p for p, _ in unique], [a for _, a in unique])]
+        retain = [p + a for p, a in retain_pairs(ctx.tokenizer, batch)]
         gen = torch.Generator().manual_seed(ctx.seed)  # local RNG: the direction and retain draws
         u = torch.rand(ad.hidden_size, generator=gen)  # (d,) uniform entries, as theirs
         u = u / u.norm()

@@ -28,3 +28,12 @@ def answer_logprobs(model, chunk, pad_id: int, device=None) -> tuple[torch.Tenso
     nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels, reduction="none")  # (b, seq-1); 0 where ignored
     keep = (labels != -100).float()
     return -(nll * keep).sum(1), keep.sum(1)
+
+
+def retain_pairs(tokenizer, batch) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, answer ids) of the distinct retain probes attached to the batch's requests
+    (`with_retain` often attaches one shared set to every request), in a fixed order."""
+    from workbench.eval.scoring import encode_pairs
+    unique = sorted({(p.prompt, p.answer) for r in batch for p in r.retain})
+    pairs = encode_pairs(tokenizer, [p for p, _ in unique], [a for _, a in unique]) if unique else []
+    return [pa for pa in pairs if pa[0] and pa[1]]

@@ -59,18 +59,20 @@ def split_retain(probes: list, world) -> tuple[list, list]:
 
 
 def measure(model, tok, base, forgets: list, heldout: list[str], retain: list, *, exposure_samples: int,
-            holdouts: list | None = None, oracle: dict | None = None, suites: dict | None = None) -> dict:
+            holdouts: list | None = None, oracle: dict | None = None, suites: dict | None = None,
+            stats: dict | None = None) -> dict:
     """Every metric of the module docstring for `model` (`base`: the unedited model, for nDCG;
     `oracle`: the oracle's `oracle_stats` on `forgets` against `holdouts`, else no oracle columns;
-    `suites`: name -> probes, each scored greedy exact under "utility")."""
+    `suites`: name -> probes, each scored greedy exact under "utility"; `stats`: this model's
+    `oracle_stats` when already computed, e.g. the oracle's own)."""
     from workbench.eval.evaluate import evaluate_forgets, next_token_ndcg, perplexity
     from workbench.eval.oracle import compare, oracle_stats
     from workbench.eval.requests import Probe
     from workbench.world.measure import fact_accuracy
     f = evaluate_forgets(model, tok, forgets, exposure_samples=exposure_samples)["mean"]
     paraphrased = [Probe(p, r.suffix) for r in forgets if r.kind == "fact" for p in r.paraphrased_prefixes]
-    against = compare(oracle_stats(model, tok, forgets, holdouts), oracle) if oracle is not None else \
-        {"forget_quality": None, "privleak": None}
+    against = {"forget_quality": None, "privleak": None} if oracle is None else \
+        compare(stats if stats is not None else oracle_stats(model, tok, forgets, holdouts), oracle)
     return {**against, "strict_recitation": f["strict_recitation"], "loose_recitation": f["loose_recitation"],
             "extraction_strength": f["extraction_strength"], "exposure": f.get("exposure"),
             "forget_recall": fact_accuracy(model, tok, [Probe(r.prefix, r.suffix) for r in forgets])["exact"],
@@ -173,7 +175,8 @@ def run(editors: list[str], sets: list[str], *, model_dir=None, params: dict[str
                 advance(1)
             if oracle is not None:
                 rows.append({"editor": ORACLE_ROW, "set": set_name, "n": len(forgets), "before": before,
-                             "after": measure(oracle, tok, base, forgets, retain=retain_scored, **scores),
+                             "after": measure(oracle, tok, base, forgets, retain=retain_scored, stats=against,
+                                              **scores),
                              "seconds": None, "oracle": model_path(oracle_dir).name})
     return rows
 
