@@ -98,3 +98,85 @@ def test_missing_layer_and_unreproduced_forget_set_are_refused():
     with pytest.raises(InputError, match="does not reproduce"):
         ed.edit(EditContext(model, tok, ad), [ForgetRequest("text", "The code is", "zq xv wk jj")])
     assert weights_hash(model) == h
+
+
+def test_auto_candidates_are_every_run_of_adjacent_layers():
+    assert K.candidate_layers(4, 2) == [(0,), (1,), (2,), (3,), (0, 1), (1, 2), (2, 3)]
+    assert K.candidate_layers(2, 5) == [(0,), (1,), (0, 1)]
+
+
+def _cand(layers, rho, loose, ext, reading, ppl):
+    return {"layers": layers, "rho": rho, "loose_recitation": loose, "extraction_strength": ext,
+            "suites": {"reading": reading}, "perplexity": ppl}
+
+
+def test_auto_rule_picks_the_lowest_recitation_within_the_guard():
+    before = {"suites": {"reading": 0.8}, "perplexity": 3.0}
+    cands = [_cand([0], 0.6, 0.0, 0.0, 0.70, 3.1),   # reading 0.875 of before: outside the 0.95 guard
+             _cand([1], 0.6, 0.2, 0.1, 0.79, 3.1),
+             _cand([1], 0.9, 0.2, 0.1, 0.80, 3.0),   # same recitation, higher rho: the smaller change
+             _cand([1, 2], 0.6, 0.1, 0.3, 0.78, 3.6),  # perplexity 1.2x: outside the 1.15 guard
+             _cand([2], 0.7, 0.3, 0.0, 0.80, 3.0)]
+    assert K.choose_candidate(before, cands, 0.95, 1.15) == (2, True)
+    # With a looser perplexity guard the two-layer run's lower recitation wins.
+    assert K.choose_candidate(before, cands, 0.95, 1.25) == (3, True)
+    # Nothing within the guard: the candidate whose worst share is highest.
+    assert K.choose_candidate(before, cands[:2], 0.999, 1.0) == (1, False)
+
+
+def test_auto_sweeps_on_the_shipped_model_and_the_ledger_records_the_choice(tmp_path, monkeypatch):
+    from workbench.core.paths import BENCHMARKS, DEFAULT_MODEL
+    from workbench.editing.session import Workbench
+    from workbench.eval.requests import load_requests
+    import editors.common.corpus as C
+    if not (DEFAULT_MODEL / "config.json").is_file():
+        pytest.skip("the shipped model is absent")
+    dev = C.default_dev_suites()
+    assert set(dev) == {"reading", "rules"} and all(len(v) >= 50 for v in dev.values())
+    # A smaller dev split keeps the test quick; the rule is the same.
+    monkeypatch.setattr(C, "default_dev_suites", lambda: {k: v[:20] for k, v in dev.items()})
+    canaries = load_requests(BENCHMARKS / "forget_canaries.jsonl")[:6]
+    wb = Workbench(None, tmp_path / "ws")
+    try:
+        base = weights_hash(wb.model)
+        ev = wb.edit("kfac", canaries, {"auto": "true", "auto_rhos": "0.6,0.9", "auto_span": "1",
+                                        "max_tokens": "20480", "block_size": "64"})
+        sweep = wb.patch(ev.id).meta["auto"]
+        assert len(sweep["candidates"]) == wb.adapter.num_layers * 2
+        assert sweep["dev_forget_ids"] == [r.id for r in canaries[::2]]
+        chosen = sweep["candidates"][sweep["chosen"]]
+        # The ledger records what ran: the sweep's choice, not the default layers and rho.
+        assert ev.hparams["auto"] is True
+        assert ev.hparams["layers"] == chosen["layers"] and ev.hparams["rho"] == chosen["rho"]
+        assert wb.patch(ev.id).meta["rho"] == chosen["rho"]
+        if sweep["eligible"]:
+            assert chosen["loose_recitation"] == min(c["loose_recitation"] for c in sweep["candidates"]
+                                                     if c["perplexity"] <= 1.15 * sweep["before"]["perplexity"]
+                                                     and all(c["suites"][n] >= 0.95 * sweep["before"]["suites"][n]
+                                                             for n in c["suites"]))
+        assert 0 <= ev.hparams["rho"] <= 1 and ev.metrics_after["strict_recitation"] <= ev.metrics_before["strict_recitation"]
+        wb.rollback("base")
+        assert weights_hash(wb.model) == base
+    finally:
+        wb.close()
+
+
+def test_output_projection_is_edited_when_asked():
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    ad = get_adapter(model)
+    blocks = torch.randint(3, 200, (4, 16), generator=torch.Generator().manual_seed(0))
+    f = K.collect_factors(model, ad, blocks, (1,), fisher="empirical", batch_size=2, seed=0, projections="in+out")
+    d_ff = ad.num_neurons(1)
+    assert f["A.1.out"].shape == (d_ff, d_ff) and f["G.1.out"].shape == (ad.weight(ad.mlp_out(1)).shape[0],) * 2
+    names = [ad.param_name(m) for m, _, _ in K.targets(ad, 1, "in+out")]
+    assert names[-1] == ad.param_name(ad.mlp_out(1)) and len(names) == len(ad.mlp_in(1)) + 1
+
+
+def test_bos_share_measures_what_bos_rows_contribute():
+    # A from two kinds of rows: BOS rows along e0 only, text rows along e1 only.
+    bos_rows = torch.tensor([[3.0, 0.0]] * 4)
+    text_rows = torch.tensor([[0.0, 1.0]] * 4)
+    A = (bos_rows.T @ bos_rows + text_rows.T @ text_rows) / 8
+    A_bos = bos_rows.T @ bos_rows / 8
+    assert K.bos_share(A, A_bos, top=1) == pytest.approx(1.0)  # the top direction is all BOS
+    assert K.bos_share(A, A_bos, top=2) == pytest.approx(36 / 40)

@@ -69,3 +69,16 @@ def read_corpus(path: str | Path) -> list[str]:
 def load_corpus(path: str | Path | None) -> list[str]:
     """`default_corpus()` for None, else `read_corpus(path)`."""
     return default_corpus() if path is None else read_corpus(path)
+
+
+def default_dev_suites(names: tuple[str, ...] = ("reading", "rules")) -> dict[str, list]:
+    """The bundled version-2 world's dev items of each named skill suite, as probes: what an
+    editor may tune on without touching what the benches report (dev items are never trained
+    on and never scored). Empty for a world without those suites."""
+    from workbench.eval.requests import Probe
+    from workbench.world import World
+    if not (WORLD / "world.json").is_file():
+        return {}
+    world = World.load(WORLD)
+    return {n: [Probe(r["prompt"], r["answer"]) for r in world.suite_items(n, split="dev")]
+            for n in names if n in world.suite_names()}

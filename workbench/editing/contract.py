@@ -10,7 +10,8 @@ An editor subclasses `Editor` and writes only its method:
   defaults filled in `derive`, layers resolved through the architecture adapter);
 - `run(ctx, batch, hp) -> Patch`: change `ctx.model` so that it satisfies the checked requests
   in `batch`, and return the change as a `Patch` (use `ctx.recorder(...)` to capture the
-  before/after of the weights it touches, `ctx.on_error(...)` to undo anything else it adds).
+  before/after of the weights it touches, `ctx.on_error(...)` to undo anything else it adds,
+  `ctx.choose(hp)` when it picked hyper-parameters from the data, so the ledger records those).
 
 `Editor` owns the ritual every method shares (peft's `BaseTuner` is the model): one
 validation pass of the requests (`Editor.check`, which the session runs once before it
@@ -241,6 +242,12 @@ class EditContext:
     def __init__(self, model, tokenizer, adapter, seed: int = 0):
         self.model, self.tokenizer, self.adapter, self.seed = model, tokenizer, adapter, seed
         self._undo: list[Callable[[], None]] = []
+        self.chosen: HParams | None = None
+
+    def choose(self, hp: "HParams") -> None:
+        """Report hyper-parameters the method chose from the data while running (e.g. K-FAC's
+        `auto` layer and ρ sweep): the ledger then records these, not the ones it was given."""
+        self.chosen = hp
 
     def recorder(self, param_names: list[str]):
         from workbench.core.patch import WeightRecorder
@@ -358,6 +365,7 @@ class Editor:
             model.eval()  # no dropout: an edit is a deterministic function of weights, requests and seed
             with _seeded(ctx.seed):
                 patch = self.run(ctx, batch, hp)
+            hp = ctx.chosen if ctx.chosen is not None else hp
             from workbench.core.patch import Patch
             if not isinstance(patch, Patch):
                 raise WorkbenchError(f"editor {self.name!r}: run() returned {type(patch).__name__}, not a Patch")
