@@ -49,7 +49,7 @@ def test_rotation_is_undone_for_non_diagonal_factors():
 
 
 def test_factors_equal_direct_computation():
-    model, tok = tiny_model("llama"), tiny_tokenizer()
+    model = tiny_model("llama")
     ad = get_adapter(model)
     blocks = torch.randint(3, 200, (3, 16), generator=torch.Generator().manual_seed(0))
     f = K.collect_factors(model, ad, blocks, (1,), fisher="empirical", batch_size=2, seed=0)
@@ -162,7 +162,7 @@ def test_auto_sweeps_on_the_shipped_model_and_the_ledger_records_the_choice(tmp_
 
 
 def test_output_projection_is_edited_when_asked():
-    model, tok = tiny_model("llama"), tiny_tokenizer()
+    model = tiny_model("llama")
     ad = get_adapter(model)
     blocks = torch.randint(3, 200, (4, 16), generator=torch.Generator().manual_seed(0))
     f = K.collect_factors(model, ad, blocks, (1,), fisher="empirical", batch_size=2, seed=0, projections="in+out")
