@@ -28,9 +28,10 @@ def test_gradient_ascent_on_canaries_lowers_recitation_and_keeps_the_rest(tmp_pa
                oracle_dir="world-llama", progress=False)
     ga, ft, oracle = rows
     assert oracle["editor"] == ORACLE_ROW and oracle["oracle"] == "world-llama" and oracle["seconds"] is None
-    flat = lambda m: {k: v for k, v in m.items() if k != "utility"}  # noqa: E731
+    flat = lambda m: {k: v for k, v in m.items() if k not in ("utility", "by_repeats")}  # noqa: E731
     assert flat(oracle["after"]) == pytest.approx(flat(oracle["before"]), abs=1e-6) and oracle["before"] == ga["before"]
     assert oracle["after"]["utility"] == oracle["before"]["utility"]
+    assert oracle["after"]["by_repeats"] == oracle["before"]["by_repeats"]
     # judged against itself, the unedited model is the oracle: forget quality 1; gradient ascent
     # makes the true secrets less likely next to wrong ones of the same shape
     assert ga["before"]["forget_quality"] == 1.0 and ga["after"]["truth_ratio"] > ga["before"]["truth_ratio"]
@@ -48,6 +49,13 @@ def test_gradient_ascent_on_canaries_lowers_recitation_and_keeps_the_rest(tmp_pa
     assert after["perplexity"] < 1.2 * before["perplexity"] and after["retain_recall"] > 0.8
     assert 0.9 < after["ndcg10"] <= 1.0 and ga["seconds"] > 0 and ga["n"] == 6
     assert before["forget_recall_paraphrased"] is None  # canaries have no paraphrases
+    # recitation per repetition count, the frequency axis: the mean of those keys is the whole mean
+    from workbench.eval.requests import load_requests
+    from workbench.core.paths import FORGET_SETS
+    reps = [r.meta["repeats"] for r in load_requests(FORGET_SETS["canaries"])[:6]]
+    assert sorted(before["by_repeats"], key=int) == [str(k) for k in sorted(set(reps))]
+    assert sum(before["by_repeats"][str(k)] for k in reps) / 6 == pytest.approx(before["strict_recitation"])
+    assert "utility_vs_oracle" in ga and "utility_vs_oracle" not in oracle
     text = table(rows)
     assert f"| ga | canaries | {before['strict_recitation']:.3f} → " in text and len(text.splitlines()) == 5
     shares = utility_shares(ga)

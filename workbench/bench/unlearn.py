@@ -15,7 +15,11 @@ user would, measured again, and the edit undone (exactly) before the next editor
 - utility: greedy exact accuracy on each version-2 general suite (held-out reading, rules,
   arithmetic) and on the memorized items no forget set names (`retain_memorized.jsonl`); the
   table shows the worst suite's accuracy as a share of before;
-- seconds the edit took (K-FAC factor collection included when its cache was cold).
+- strict recitation per training-repetition count (`by_repeats`, for requests whose meta
+  says how often the string was trained on: canaries and quotes);
+- seconds the edit took (K-FAC factor collection included when its cache was cold);
+- with `relearn`, relearning; with `sustain`, utility as k forget requests accumulate
+  (`workbench.bench.robustness`).
 
 Each set also gets a row for the retrain oracle (`--oracle`, by default the shipped
 `world-llama-oracle` when the default model is benched): the same measures on a model trained
@@ -69,7 +73,12 @@ def measure(model, tok, base, forgets: list, heldout: list[str], retain: list, *
     from workbench.eval.oracle import compare, oracle_stats
     from workbench.eval.requests import Probe
     from workbench.world.measure import fact_accuracy
-    f = evaluate_forgets(model, tok, forgets, exposure_samples=exposure_samples)["mean"]
+    ev = evaluate_forgets(model, tok, forgets, exposure_samples=exposure_samples)
+    f = ev["mean"]
+    by_repeats: dict[str, list[float]] = {}
+    for r, row in zip(forgets, ev["per_request"]):
+        if isinstance(r.meta.get("repeats"), int):
+            by_repeats.setdefault(str(r.meta["repeats"]), []).append(row["strict_recitation"])
     paraphrased = [Probe(p, r.suffix) for r in forgets if r.kind == "fact" for p in r.paraphrased_prefixes]
     against = {"forget_quality": None, "privleak": None} if oracle is None else \
         compare(stats if stats is not None else oracle_stats(model, tok, forgets, holdouts), oracle)
@@ -80,26 +89,35 @@ def measure(model, tok, base, forgets: list, heldout: list[str], retain: list, *
             "perplexity": perplexity(model, tok, heldout),
             "retain_recall": fact_accuracy(model, tok, retain)["exact"] if retain else None,
             "ndcg10": 1.0 if model is base else next_token_ndcg(model, base, tok, heldout),
+            "by_repeats": {k: sum(v) / len(v) for k, v in sorted(by_repeats.items(), key=lambda kv: int(kv[0]))},
             "utility": {name: fact_accuracy(model, tok, probes)["exact"] for name, probes in (suites or {}).items()}}
 
 
 def run_one(wb, editor: str, set_name: str, forgets: list, *, base, heldout, retain_given, retain_scored,
             before: dict, params: dict | None = None, exposure_samples: int = 100, seed: int = 0,
-            holdouts: list | None = None, oracle: dict | None = None, suites: dict | None = None) -> dict:
+            holdouts: list | None = None, oracle: dict | None = None, suites: dict | None = None,
+            relearn: bool = False, sustain: bool = False) -> dict:
     """Apply `editor` to `forgets` through the session `wb` (at base), measure, undo; the row
-    holds before and after."""
+    holds before and after (and with `relearn` / `sustain`, those checks)."""
+    from workbench.bench import robustness
     from workbench.editing.registry import get_editor
     from workbench.eval.requests import with_retain
     if not get_editor(editor).capabilities.forget:
         return {"editor": editor, "set": set_name, "skipped": "not a forget editor"}
     event = wb.edit(editor, with_retain(forgets, retain_given), params or {}, seed=seed)
+    extra = {}
     try:
         after = measure(wb.model, wb.tok, base, forgets, heldout, retain_scored, exposure_samples=exposure_samples,
                         holdouts=holdouts, oracle=oracle, suites=suites)
+        if relearn:
+            extra["relearn"] = robustness.relearn(wb.model, wb.tok, forgets, seed=seed)
     finally:
         wb.undo(note="bench: back to base for the next editor")
+    if sustain:
+        extra["sustain"] = robustness.sustain(wb, editor, forgets, retain_given=retain_given, suites=suites or {},
+                                              params=params, seed=seed)
     return {"editor": editor, "set": set_name, "n": len(forgets), "before": before, "after": after,
-            "seconds": event.duration_s, "hparams": event.hparams}
+            "seconds": event.duration_s, "hparams": event.hparams, **extra}
 
 
 def default_oracle(model_dir):
@@ -124,12 +142,14 @@ def load_oracle(oracle_dir, tok):
 
 def run(editors: list[str], sets: list[str], *, model_dir=None, params: dict[str, dict] | None = None,
         limit: int | None = None, heldout_limit: int | None = None, exposure_samples: int = 100,
-        oracle_dir="default", progress: bool = True) -> list[dict]:
+        oracle_dir="default", relearn: bool = False, sustain: bool = False, progress: bool = True) -> list[dict]:
     """Every (editor, forget set) pair; `limit` keeps the first N requests of each set,
     `heldout_limit` the first N held-out texts (for perplexity and nDCG) and the first N items
     of each utility suite. `oracle_dir`: a retrain
     oracle's folder or shipped name, measured as one more row per set ("default": the shipped
-    oracle when the default model is benched; None: no oracle row)."""
+    oracle when the default model is benched; None: no oracle row). `relearn`, `sustain`: the
+    robustness checks (`workbench.bench.robustness`) for every row (relearning for the oracle too)."""
+    from workbench.bench import robustness
     from workbench.bench.scratch import scratch_session
     from workbench.core.model import load_model, model_path
     from workbench.core.progress import progress_bar
@@ -171,13 +191,18 @@ def run(editors: list[str], sets: list[str], *, model_dir=None, params: dict[str
             for name in editors:
                 rows.append(run_one(wb, name, set_name, forgets, base=base, retain_given=retain_given,
                                     retain_scored=retain_scored, before=before, params=(params or {}).get(name),
-                                    **scores))
+                                    relearn=relearn, sustain=sustain, **scores))
                 advance(1)
             if oracle is not None:
-                rows.append({"editor": ORACLE_ROW, "set": set_name, "n": len(forgets), "before": before,
-                             "after": measure(oracle, tok, base, forgets, retain=retain_scored, stats=against,
-                                              **scores),
-                             "seconds": None, "oracle": model_path(oracle_dir).name})
+                ref = {"editor": ORACLE_ROW, "set": set_name, "n": len(forgets), "before": before,
+                       "after": measure(oracle, tok, base, forgets, retain=retain_scored, stats=against, **scores),
+                       "seconds": None, "oracle": model_path(oracle_dir).name}
+                if relearn:
+                    ref["relearn"] = robustness.relearn(oracle, tok, forgets)
+                for r in rows:
+                    if r["set"] == set_name and "after" in r:
+                        r["utility_vs_oracle"] = utility_shares(r, ref["after"])
+                rows.append(ref)
     return rows
 
 
@@ -189,9 +214,10 @@ def _cell(key: str, before, after) -> str:
     return f"{'—' if before is None else format(before, fmt)} → {format(after, fmt)}"
 
 
-def utility_shares(row: dict) -> dict:
-    """Each utility suite's accuracy after the edit as a share of before."""
-    before, after = row["before"].get("utility", {}), row["after"].get("utility", {})
+def utility_shares(row: dict, ref: dict | None = None) -> dict:
+    """Each utility suite's accuracy after the edit as a share of before (or of `ref`, e.g. the
+    oracle's measurements)."""
+    before, after = (ref if ref is not None else row["before"]).get("utility", {}), row["after"].get("utility", {})
     return {k: after[k] / before[k] for k in after if before.get(k)}
 
 
@@ -203,15 +229,37 @@ def _worst_suite(row: dict) -> str:
     return f"{shares[name]:.2f} ({name})"
 
 
+def _relearned(row: dict) -> str:
+    rl = row.get("relearn")
+    if not rl or rl["rest"] is None:
+        return "—"
+    return f"{rl['rest']['strict_recitation']:.3f}"
+
+
+def _sustained(row: dict) -> str:
+    points = row.get("sustain")
+    if not points:
+        return "—"
+    last = points[-1]["utility"]
+    shares = [last[k] / row["before"]["utility"][k] for k in last if row["before"]["utility"].get(k)]
+    return f"{min(shares):.2f} (k={points[-1]['k']})" if shares else "—"
+
+
 def table(rows: list[dict]) -> str:
-    """A Markdown table (the README's): each cell is before → after."""
-    head = "| editor | set | " + " | ".join(t for _, t in COLUMNS) + " | utility (worst suite) | nDCG@10 | seconds |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 5)]
+    """A Markdown table (the README's): each cell is before → after. With robustness checks in
+    the rows, two more columns: strict recitation of the requests not relearned after relearning
+    on the others, and the worst utility share after the last of k sequential forget requests."""
+    robust = any("relearn" in r or "sustain" in r for r in rows)
+    extra = " relearned: rest strict | sustained: worst utility |" if robust else ""
+    head = "| editor | set | " + " | ".join(t for _, t in COLUMNS) + " | utility (worst suite) | nDCG@10 | seconds |" + extra
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 5 + 2 * robust)]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['editor']} | {r['set']} | {r['skipped']} |" + " |" * (len(COLUMNS) + 2))
+            lines.append(f"| {r['editor']} | {r['set']} | {r['skipped']} |" + " |" * (len(COLUMNS) + 2 + 2 * robust))
             continue
         cells = " | ".join(_cell(k, r["before"][k], r["after"][k]) for k, _ in COLUMNS)
         seconds = "—" if r["seconds"] is None else f"{r['seconds']:.1f}"
-        lines.append(f"| {r['editor']} | {r['set']} | {cells} | {_worst_suite(r)} | {r['after']['ndcg10']:.3f} | {seconds} |")
+        more = f" {_relearned(r)} | {_sustained(r)} |" if robust else ""
+        lines.append(f"| {r['editor']} | {r['set']} | {cells} | {_worst_suite(r)} | {r['after']['ndcg10']:.3f} | "
+                     f"{seconds} |{more}")
     return "\n".join(lines)

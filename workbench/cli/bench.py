@@ -31,7 +31,13 @@ def add_parser(sub) -> None:
     ul.add_argument("--oracle", default="default",
                     help="retrain oracle measured as one more row per set: a model folder or shipped name "
                          "(default: world-llama-oracle when benching the default model; 'none': no oracle row)")
-    ul.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
+    ul.add_argument("--relearn", action="store_true",
+                    help="relearning check: fine-tune each unlearned model on 10%% of the forget set, "
+                         "measure how much of the rest comes back")
+    ul.add_argument("--sustain", action="store_true",
+                    help="sustainability check: forget the set as 8 sequential requests, utility at k = 1, 2, 4, 8")
+    ul.add_argument("--json", type=Path, default=None,
+                    help="write the rows as JSON here, and the plots as HTML next to it")
     ul.set_defaults(func=_cmd_bench_unlearn)
     mg = bsub.add_parser("merge", help="LoRA adapters per edit batch, merged with every peft combination type")
     mg.add_argument("--batches", type=int, default=10, help="number of edit batches = adapters")
@@ -62,8 +68,14 @@ def _cmd_bench_unlearn(args) -> int:
     from workbench.bench.unlearn import run, table
     rows = run(names(args.editors), names(args.sets), model_dir=args.model, params=editor_params(args.param),
                limit=args.limit, heldout_limit=args.heldout, exposure_samples=args.exposure_samples,
-               oracle_dir=None if args.oracle == "none" else args.oracle)
-    return _print_rows(rows, table, args.json)
+               oracle_dir=None if args.oracle == "none" else args.oracle, relearn=args.relearn,
+               sustain=args.sustain)
+    code = _print_rows(rows, table, args.json)
+    if args.json is not None:
+        from workbench.bench.plots import write_figures
+        for path in write_figures(rows, args.json):
+            print(f"wrote {path}")
+    return code
 
 
 def _cmd_bench_merge(args) -> int:
