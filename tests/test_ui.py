@@ -327,3 +327,28 @@ def test_merge_page_merges_two_adapters(app):
     # after the merge: the sources are switched off, the merged adapter is on and preselected
     assert at.multiselect[0].options == ["lora0", "lora1", "lora2"] and at.multiselect[0].value == ["lora2"]
     assert any("merged lora0, lora1 into lora2" in s.value for s in at.success)
+
+
+def test_unlearn_page_shows_bench_results_and_refuses_a_bad_file(app, tmp_path):
+    rows = [{"editor": "ga", "set": "canaries", "n": 2, "seconds": 1.0,
+             "before": {"by_repeats": {"1": 1.0, "8": 1.0}, "utility": {"reading": 0.9}},
+             "after": {"by_repeats": {"1": 0.0, "8": 0.5}, "utility": {"reading": 0.9}},
+             "sustain": [{"k": 1, "n_forgotten": 1, "utility": {"reading": 0.8},
+                          "forgotten": {"strict_recitation": 0.0}, "whole": {"strict_recitation": 0.5}}]}]
+    for r in (rows[0]["before"], rows[0]["after"]):
+        r.update({k: 0.5 for k in ("strict_recitation", "loose_recitation", "extraction_strength", "exposure",
+                                   "forget_recall", "forget_recall_paraphrased", "perplexity", "retain_recall",
+                                   "forget_quality", "privleak", "ndcg10")})
+    good = tmp_path / "unlearn.json"
+    good.write_text(json.dumps(rows))
+    at = app()
+    goto(at, "unlearn")
+    at.text_input(key="unlearn_results_path").set_value(str(good)).run()
+    assert not errors(at), errors(at)
+    assert any("| ga | canaries |" in m.value for m in at.markdown)
+    names = {t.get("name") for t in traces(at)}
+    assert {"before (canaries)", "ga (canaries)"} <= names  # recitation by repeats and utility vs k
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"editor": "ga"}]))
+    at.text_input(key="unlearn_results_path").set_value(str(bad)).run()
+    assert any("bad.json" in e and "set" in e for e in errors(at)), errors(at)

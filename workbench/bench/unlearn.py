@@ -206,6 +206,29 @@ def run(editors: list[str], sets: list[str], *, model_dir=None, params: dict[str
     return rows
 
 
+def load_rows(path) -> list[dict]:
+    """The rows a `workbench bench unlearn --json` run wrote; anything else is refused with the
+    file and the first bad row named."""
+    import json
+    from pathlib import Path
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("no such results file", file=p)
+    try:
+        rows = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"not JSON ({e})", file=p) from None
+    if not isinstance(rows, list) or not rows:
+        raise InputError("expected a non-empty list of rows from `workbench bench unlearn --json`", file=p)
+    for i, r in enumerate(rows):
+        for key in ("editor", "set"):
+            if not isinstance(r, dict) or not isinstance(r.get(key), str):
+                raise InputError(f"row {i}: expected a string", file=p, field=key)
+        if "skipped" not in r and not (isinstance(r.get("before"), dict) and isinstance(r.get("after"), dict)):
+            raise InputError(f"row {i}: expected before and after measurements", file=p, field="after")
+    return rows
+
+
 def _cell(key: str, before, after) -> str:
     if after is None:
         return "—"

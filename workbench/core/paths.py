@@ -24,3 +24,4 @@ FORGET_SETS = {"canaries": BENCHMARKS / "forget_canaries.jsonl",
                "quotes": BENCHMARKS / "forget_quotes.jsonl"}
 HOLDOUT_SETS = {name: BENCHMARKS / f"holdout_{name}.jsonl" for name in FORGET_SETS}  # never-seen twins
 RETAIN = BENCHMARKS / "retain.jsonl"
+BENCH_RESULTS = REPO / "bench" / "results"  # measured benchmark rows (JSON) the README quotes
