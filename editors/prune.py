@@ -13,12 +13,15 @@ and little besides.
   forget performance has dropped enough. The paper collects statistics over *all* tokens of
   its forget/retain texts; that is `tokens="all"`.
 - Chavhan et al. 2024, "Memorized images in diffusion models share a subspace that can be
-  located and deleted". Weights are scored Wanda-style, |W_ij| * ||a_j||_2 (the weight times
-  the norm of its input activation), once on memorized and once on ordinary prompts; the
-  weights in the top share for the memorized set but *not* in the top share for the ordinary
-  set are pruned (`scoring="wxa"`, weight granularity). Their "shared subspace" check -- the
-  units chosen for disjoint halves of the memorized set overlap strongly -- is reported here
-  as `patch.meta["iou"]`.
+  located and deleted" (`scoring="wxa"`, weight granularity, one shot as in the paper).
+  Weights are scored Wanda-style, |W_ij| * ||x_j||_2 over tokens, where each token's
+  activation vector x is first normalised to unit length; in every output row the top
+  `wxa_top` (10%) of entries by the memorized set's score are candidates, and a candidate is
+  pruned only where its memorized score beats the baseline's score of the same entry. The
+  baseline is the empty prompt (`wxa_baseline="empty"`: the BOS token alone, the LM's
+  counterpart of the unconditional prompt) or the retain set (`"retain"`). Their "shared
+  subspace" check -- the units chosen for disjoint halves of the memorized set overlap
+  strongly -- is reported here as `patch.meta["iou"]`.
 - `scoring="zscore"`: (mean_forget - mean_retain) / (std_retain + eps) of |activation|, a
   common contrast score.
 - `scoring="taylor"` (the default; our addition, not in either paper): a neuron's score is the
@@ -37,7 +40,10 @@ last), where recall of a short fact happens; `tokens="all"` is the paper's choic
 always sums over every position (silencing a neuron removes
 it everywhere). Another addition, `guard` (on by default): a step that lowered neither the
 forget token accuracy nor the answers' log-prob is undone and its units are not tried again,
-so the loop never keeps a step that made the forget set *more* likely.
+so the loop never keeps a step that made the forget set *more* likely. `preset="selective"`
+takes the reference code's settings instead (`PRESETS`): ratio of mean |activation| over all
+tokens, 2% of the neurons per step, statistics re-collected after each, no guard and no early
+stop (10 steps unless `max_steps` says otherwise).
 
 A neuron is pruned by zeroing its column of the MLP output projection, so it is silent
 whatever the activation function (its activation still exists, it just reaches nothing);
@@ -71,6 +77,12 @@ from workbench.eval.scoring import encode_pairs, pad_id, right_pad, score_answer
 
 SCORINGS = ("ratio", "zscore", "wxa", "taylor")
 TOKENS = ("answer", "all")
+BASELINES = ("empty", "retain")
+# The reference code's settings (nickypro/selective-pruning: ff_frac 0.02, mean |a| over every
+# token, recalculate_activations); max_steps is only a default there, the user may set it.
+PRESETS = {"selective": {"scoring": "ratio", "tokens": "all", "fraction": 0.02, "restat": True, "guard": False,
+                         "target": None}}
+PRESET_STEPS = {"selective": 10}
 
 
 @dataclass
@@ -88,15 +100,15 @@ class PruneHParams(HParams):
     scoring: str = field(default="taylor", metadata={
         "help": "'taylor': first-order drop of the forget answers' log-odds minus that of the retain "
                 "answers; 'ratio': I_forget/(I_retain+eps) of mean |activation| (Pochinkov & Schoots); "
-                "'zscore': (mean_f-mean_r)/(std_r+eps); 'wxa': |weight| x activation norm, top for forget "
-                "but not for retain, weight granularity (Chavhan et al.)"})
+                "'zscore': (mean_f-mean_r)/(std_r+eps); 'wxa': |weight| x norm of unit-length activations, "
+                "each row's top wxa_top that beat the baseline, weight granularity, one shot (Chavhan et al.)"})
     tokens: str = field(default="answer", metadata={
         "help": "positions whose activations count: 'answer' (those predicting the answer) or 'all' "
                 "(every token, as the paper)"})
     layers: tuple[int, ...] | None = field(default=None, metadata={
         "help": "MLP layers to prune (comma list, negative from the end); default: all"})
     k: int | None = field(default=None, metadata={
-        "help": "units pruned per step (neurons over all layers; for wxa weights per layer); "
+        "help": "neurons pruned per step over all layers (not wxa, which takes wxa_top of each row once); "
                 "overrides fraction (>= 1)"})
     fraction: float = field(default=0.005, metadata={
         "help": "share of the units pruned per step when k is not set (0 < f <= 1)"})
@@ -110,9 +122,30 @@ class PruneHParams(HParams):
     guard: bool = field(default=True, metadata={
         "help": "undo a step that lowered neither the forget token accuracy nor the answers' log-prob "
                 "(its units are not tried again)"})
+    preset: str = field(default="none", metadata={
+        "help": "'selective': the reference code's settings (ratio, all tokens, 2% steps, no guard, no early "
+                "stop, 10 steps); the fields it sets cannot be set as well", "choices": ("none", *PRESETS)})
+    wxa_top: float = field(default=0.1, metadata={
+        "help": "wxa: share of each output row's entries (by memorized score) that are candidates (0 < f <= 1)",
+        "applies_when": {"scoring": ["wxa"]}})
+    wxa_baseline: str = field(default="empty", metadata={
+        "help": "wxa: the scores a candidate must beat, of the empty prompt (as the paper) or of the retain set",
+        "choices": BASELINES, "applies_when": {"scoring": ["wxa"]}})
 
     def __post_init__(self):
+        check_choice(self.preset, "preset", ("none", *PRESETS))
+        if self.preset != "none":
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for name, value in PRESETS[self.preset].items():
+                if getattr(self, name) not in (defaults[name], value):
+                    raise InputError(f"is set by preset {self.preset!r} (to {value!r}); leave it out or use "
+                                     f"preset=none", field=name)
+                setattr(self, name, value)
+            if self.max_steps == defaults["max_steps"]:
+                self.max_steps = PRESET_STEPS[self.preset]
         check_choice(self.scoring, "scoring", SCORINGS)
+        check_choice(self.wxa_baseline, "wxa_baseline", BASELINES)
+        check_number(self.wxa_top, "wxa_top", "in (0, 1]", lambda v: 0 < v <= 1)
         check_choice(self.tokens, "tokens", TOKENS)
         if self.layers is not None:
             if isinstance(self.layers, int) and not isinstance(self.layers, bool):
@@ -146,6 +179,13 @@ class _Stats:
     s2: torch.Tensor   # (texts, layers, d_ff) sum of a^2
     n: torch.Tensor    # (texts,) counted tokens
     s3: torch.Tensor   # (texts, layers, d_ff) sum over all positions of a * dlogodds(answer)/da (taylor)
+    s4: torch.Tensor   # (texts, layers, d_ff) sum over counted tokens of (a / ||a||)^2, a per token (wxa)
+
+    def normalised_rms(self, rows=None) -> torch.Tensor:
+        """(layers, d_ff) root mean square over the counted tokens of each token's unit-length
+        activation vector: the ||x_j|| of wxa's Wanda score, comparable across sets of any size."""
+        s4, n = (self.s4, self.n) if rows is None else (self.s4[rows], self.n[rows])
+        return (s4.sum(0) / n.sum().clamp(min=1)).sqrt()
 
     def moments(self, rows=None):
         """(mean |a|, mean a^2) per neuron over the tokens of `rows` (all texts if None)."""
@@ -164,7 +204,7 @@ def _collect(model, adapter, layers, pairs, tokens: str, pad_id: int, taylor: bo
     device = next(model.parameters()).device
     width = max(adapter.num_neurons(i) for i in layers)
     s1 = torch.zeros(len(pairs), len(layers), width, dtype=torch.float64)
-    s2, s3 = torch.zeros_like(s1), torch.zeros_like(s1)
+    s2, s3, s4 = torch.zeros_like(s1), torch.zeros_like(s1), torch.zeros_like(s1)
     n = torch.zeros(len(pairs), dtype=torch.float64)
     current: dict = {}
 
@@ -173,6 +213,8 @@ def _collect(model, adapter, layers, pairs, tokens: str, pad_id: int, taylor: bo
             a = acts.detach().double() * current["mask"][..., None]  # (batch, seq, d_ff); uncounted -> 0
             s1[current["rows"], li, :a.shape[-1]] = a.abs().sum(1).cpu()
             s2[current["rows"], li, :a.shape[-1]] = (a * a).sum(1).cpu()
+            unit = a / a.norm(dim=-1, keepdim=True).clamp(min=1e-12)  # (batch, seq, d_ff); uncounted rows stay 0
+            s4[current["rows"], li, :a.shape[-1]] = (unit * unit).sum(1).cpu()
             if taylor:  # a leaf that carries the gradient; the forward is unchanged
                 current["leaves"][li] = leaf = acts.detach().requires_grad_(True)
                 return leaf
@@ -201,7 +243,7 @@ def _collect(model, adapter, layers, pairs, tokens: str, pad_id: int, taylor: bo
     finally:
         for h in handles:
             h.remove()
-    return _Stats(s1, s2, n, s3)
+    return _Stats(s1, s2, n, s3, s4)
 
 
 def _answer_logodds(logits: torch.Tensor, chunk) -> torch.Tensor:
@@ -245,25 +287,24 @@ def _pick_neurons(scores: torch.Tensor, pruned: torch.Tensor, k: int) -> torch.T
     return chosen.view_as(pruned)
 
 
-def _pick_weights(weights, forget: _Stats, retain: _Stats, pruned, k: int, rows=None) -> list[torch.Tensor]:
-    """Per layer, the weights in the top-`k` of |W|*||a||_forget but not of |W|*||a||_retain.
+def _pick_weights(weights, forget: _Stats, base_rms: torch.Tensor, top: float, rows=None) -> list[torch.Tensor]:
+    """Per layer, Chavhan et al.'s selection: in each output row, the top `top` share of entries
+    by the memorized score |W_ij| * rms_j (unit-length token activations) are candidates; a
+    candidate is kept for pruning where it beats the baseline's score |W_ij| * base_rms_j.
 
     Each mask is (hidden, d_ff) like the (out, in) view of the output projection.
     """
-    _, f2 = forget.moments(rows)
-    _, r2 = retain.moments()
+    mem_rms = forget.normalised_rms(rows)  # (layers, d_ff)
     out = []
     for li, w in enumerate(weights):
         d = w.shape[1]
-        absw = w.detach().abs().double().cpu()              # (hidden, d_ff)
-        sf = (absw * f2[li, :d].sqrt()).masked_fill(pruned[li], -1).flatten()  # Wanda score, forget
-        sr = (absw * r2[li, :d].sqrt()).flatten()           # Wanda score, retain
-        kk = min(k, int((~pruned[li]).sum()))
-        top_f = torch.zeros_like(sf, dtype=torch.bool)
-        top_f[sf.topk(kk).indices] = True
-        top_r = torch.zeros_like(sr, dtype=torch.bool)
-        top_r[sr.topk(kk).indices] = True
-        out.append((top_f & ~top_r).view_as(absw))
+        absw = w.detach().abs().double().cpu()           # (hidden, d_ff)
+        s_mem = absw * mem_rms[li, :d]                   # (hidden, d_ff)
+        s_base = absw * base_rms[li, :d]
+        per_row = max(1, math.ceil(top * d))
+        cand = torch.zeros_like(s_mem, dtype=torch.bool)
+        cand.scatter_(1, s_mem.topk(per_row, dim=1).indices, True)  # top entries of every row
+        out.append(cand & (s_mem > s_base))
     return out
 
 
@@ -347,16 +388,21 @@ def _prune(ctx: EditContext, hp: PruneHParams, modules, forget_pairs, retain_pai
     collect = lambda pairs: _collect(model, adapter, hp.layers, pairs, hp.tokens, pad,  # noqa: E731
                                      hp.scoring == "taylor")
     forget, retain = collect(forget_pairs), collect(retain_pairs)
+    base_rms = None
+    if hp.scoring == "wxa":  # what a candidate weight's memorized score must beat
+        base = retain if hp.wxa_baseline == "retain" else _collect(
+            model, adapter, hp.layers, [(_empty_prompt(ctx.tokenizer), [])], "all", pad)
+        base_rms = base.normalised_rms()
     first = (forget, retain)
     originals = [w.detach().clone() for w in weights]  # the IoU check scores the unpruned weights
     acc, lp, steps, history = acc0, lp0, 0, []
-    for steps in range(1, hp.max_steps + 1):
+    for steps in range(1, (1 if hp.scoring == "wxa" else hp.max_steps) + 1):  # wxa: one shot, as the paper
         if steps > 1 and hp.restat:
             forget, retain = collect(forget_pairs), collect(retain_pairs)
         saved = [w.detach().clone() for w in weights] if hp.guard else None
         with torch.no_grad():
             if hp.scoring == "wxa":
-                chosen = _pick_weights(weights, forget, retain, wpruned, k)
+                chosen = _pick_weights(weights, forget, base_rms, hp.wxa_top)
                 for w, c, tried in zip(weights, chosen, wpruned):
                     w[c.to(w.device)] = 0
                     tried |= c
@@ -404,11 +450,19 @@ def _prune(ctx: EditContext, hp: PruneHParams, modules, forget_pairs, retain_pai
         # per-layer neuron scores of the first step, 4 significant digits: the UI's histogram
         "scores": {str(i): [float(f"{v:.4g}") for v in scores[li, :w.shape[1]].tolist()]
                    for li, (i, w) in enumerate(zip(hp.layers, weights))},
-        "iou": _half_iou(hp, originals, f0, r0, total, ctx.seed),
+        "iou": _half_iou(hp, originals, f0, r0, total, ctx.seed, base_rms),
+        **({"wxa_baseline": hp.wxa_baseline, "wxa_top": hp.wxa_top} if hp.scoring == "wxa" else {}),
     }
 
 
-def _half_iou(hp: PruneHParams, weights, forget: _Stats, retain: _Stats, total: int, seed: int) -> float | None:
+def _empty_prompt(tok) -> list[int]:
+    """The empty prompt's ids: the tokenizer's BOS alone (or its end-of-text where it adds none)."""
+    ids = tok("", add_special_tokens=True)["input_ids"]
+    return ids or [tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id]
+
+
+def _half_iou(hp: PruneHParams, weights, forget: _Stats, retain: _Stats, total: int, seed: int,
+              base_rms: torch.Tensor | None = None) -> float | None:
     """IoU of the units selected (same count as pruned in all) for two disjoint random halves
     of the forget set, on the unpruned model's statistics: the 'shared subspace' check."""
     n = forget.n.numel()
@@ -418,9 +472,7 @@ def _half_iou(hp: PruneHParams, weights, forget: _Stats, retain: _Stats, total: 
     random.Random(seed).shuffle(order)
     halves = [torch.tensor(sorted(order[:n // 2])), torch.tensor(sorted(order[n // 2:]))]
     if hp.scoring == "wxa":
-        per_layer = max(1, total // len(weights))
-        none = [torch.zeros(w.shape, dtype=torch.bool) for w in weights]
-        picks = [_pick_weights(weights, forget, retain, none, per_layer, rows=h) for h in halves]
+        picks = [_pick_weights(weights, forget, base_rms, hp.wxa_top, rows=h) for h in halves]
         return _iou(torch.cat([p.flatten() for p in picks[0]]), torch.cat([p.flatten() for p in picks[1]]))
     width = forget.s1.shape[2]
     pad = torch.ones(len(weights), width, dtype=torch.bool)

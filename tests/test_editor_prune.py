@@ -97,18 +97,44 @@ def test_scores_and_iou_are_exposed_compactly(base):
     assert patch.meta["history"][0]["step"] == 1
 
 
+def test_wxa_selects_each_rows_top_share_that_beats_the_baseline():
+    from editors.prune import _pick_weights, _Stats
+    # one layer, 4 neurons; memorized tokens' unit-activation rms per neuron: .1 .4 .2 .3
+    n = torch.tensor([2.0], dtype=torch.float64)
+    s4 = (torch.tensor([0.1, 0.4, 0.2, 0.3], dtype=torch.float64) ** 2 * 2).view(1, 1, 4)
+    zeros = torch.zeros_like(s4)
+    mem = _Stats(zeros, zeros, n, zeros, s4)
+    base_rms = torch.tensor([[0.0, 0.5, 0.0, 0.0]], dtype=torch.float64)  # neuron 1 is as strong on the baseline
+    W = torch.tensor([[1.0, 1.0, 1.0, 1.0], [4.0, 0.1, 1.0, 1.0]])
+    (mask,) = _pick_weights([W], mem, base_rms, top=0.5)  # two candidates per row
+    # row 0 scores .1 .4 .2 .3 -> candidates 1, 3; neuron 1 loses to the baseline (.4 < .5)
+    # row 1 scores .4 .04 .2 .3 -> candidates 0, 3; both beat the baseline's 0
+    assert mask.tolist() == [[False, False, False, True], [True, False, False, True]]
+
+
 def test_weight_granularity_wxa_zeroes_single_entries(base):
     model, tok, adapter, requests = base
     h0 = weights_hash(model)
-    patch = _edit(model, tok, adapter, requests, scoring="wxa", layers=(1,), k=500, max_steps=1, target=None,
-                   guard=False)
+    patch = _edit(model, tok, adapter, requests, scoring="wxa", layers=(1,), guard=False)
     patch.revert(model, adapter)
     assert weights_hash(model) == h0
     (w,) = patch.weights
     assert w.name == adapter.param_name(adapter.mlp_out(1))
-    zeroed = int(((w.after == 0) & (w.before != 0)).sum())
-    assert 0 < zeroed <= 500 and zeroed == patch.meta["pruned_total"]
-    assert 0.0 <= patch.meta["iou"] <= 1.0
+    zeroed = (w.after == 0) & (w.before != 0)  # (hidden, d_ff)
+    assert 0 < int(zeroed.sum()) == patch.meta["pruned_total"] and patch.meta["steps"] == 1
+    assert int(zeroed.sum(1).max()) <= -(-adapter.num_neurons(1) // 10)  # at most each row's top 10%
+    assert patch.meta["wxa_baseline"] == "empty" and 0.0 <= patch.meta["iou"] <= 1.0
+
+
+def test_selective_preset_takes_the_reference_settings():
+    hp = PruneHParams(preset="selective")
+    assert (hp.scoring, hp.tokens, hp.fraction, hp.restat, hp.guard, hp.target, hp.max_steps) == \
+        ("ratio", "all", 0.02, True, False, None, 10)
+    assert PruneHParams(preset="selective", max_steps=3).max_steps == 3
+    assert PruneHParams.from_strings({"preset": "selective", "fraction": "0.02"}).fraction == 0.02
+    with pytest.raises(InputError) as e:
+        PruneHParams(preset="selective", scoring="taylor", fraction=0.5)
+    assert e.value.field == "fraction"
 
 
 def test_only_chosen_layers_change(base):
