@@ -24,6 +24,15 @@ and little besides.
   strongly -- is reported here as `patch.meta["iou"]`.
 - `scoring="zscore"`: (mean_forget - mean_retain) / (std_retain + eps) of |activation|, a
   common contrast score.
+- `scoring="nemo"`: NeMo (Hintersdorf et al. 2024, "Finding NeMo: localizing neurons
+  responsible for memorization"), made for memorized strings and localised item by item. For
+  each forget request, a neuron's mean |activation| on it is z-scored against the spread of
+  the same statistic over the retain texts (the out-of-distribution test); the threshold is
+  lowered through `nemo_thresholds` until silencing the neurons above it verifiably stops the
+  model reproducing *that* item (teacher-forced suffix token accuracy <= `nemo_acc`); with
+  `nemo_refine`, each of those neurons is switched back on in turn, lowest z first, and stays
+  on if the item stays forgotten. The pruned set is the union of the items' sets, or with
+  `nemo_combine="shared"` the neurons found for at least two items.
 - `scoring="taylor"` (the default; our addition, not in either paper): a neuron's score is the
   first-order estimate of how much silencing it lowers the forget answers' log-odds, minus how
   much it changes the retain answers' (|.|), from a * d(log-odds)/da summed over positions
@@ -75,7 +84,8 @@ from workbench.editing.contract import (Batch, Capabilities, Chart, EditContext,
 from workbench.editing.registry import register_editor
 from workbench.eval.scoring import encode_pairs, pad_id, right_pad, score_answers
 
-SCORINGS = ("ratio", "zscore", "wxa", "taylor")
+SCORINGS = ("ratio", "zscore", "wxa", "taylor", "nemo")
+COMBINES = ("union", "shared")
 TOKENS = ("answer", "all")
 BASELINES = ("empty", "retain")
 # The reference code's settings (nickypro/selective-pruning: ff_frac 0.02, mean |a| over every
@@ -132,8 +142,27 @@ class PruneHParams(HParams):
         "help": "wxa: the scores a candidate must beat, of the empty prompt (as the paper) or of the retain set",
         "choices": BASELINES, "applies_when": {"scoring": ["wxa"]}})
 
+    nemo_thresholds: tuple[float, ...] = field(default=(6.0, 5.0, 4.0, 3.0, 2.5, 2.0, 1.5, 1.0), metadata={
+        "help": "nemo: z-score thresholds tried per item, high to low", "applies_when": {"scoring": ["nemo"]}})
+    nemo_acc: float = field(default=0.5, metadata={
+        "help": "nemo: an item counts as forgotten at this suffix token accuracy or below (0..1)",
+        "applies_when": {"scoring": ["nemo"]}})
+    nemo_refine: bool = field(default=True, metadata={
+        "help": "nemo: switch each found neuron back on if the item stays forgotten without it",
+        "applies_when": {"scoring": ["nemo"]}})
+    nemo_combine: str = field(default="union", metadata={
+        "help": "nemo: prune the union of the items' neurons, or those 'shared' by two or more items",
+        "choices": COMBINES, "applies_when": {"scoring": ["nemo"]}})
+
     def __post_init__(self):
         check_choice(self.preset, "preset", ("none", *PRESETS))
+        check_choice(self.nemo_combine, "nemo_combine", COMBINES)
+        check_number(self.nemo_acc, "nemo_acc", "in [0, 1]", lambda v: 0 <= v <= 1)
+        check_bool(self.nemo_refine, "nemo_refine")
+        if not self.nemo_thresholds:
+            raise InputError("needs at least one threshold", field="nemo_thresholds")
+        for v in self.nemo_thresholds:
+            check_number(v, "nemo_thresholds", "real numbers", lambda x: True)
         if self.preset != "none":
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
             for name, value in PRESETS[self.preset].items():
@@ -357,7 +386,89 @@ class PruneEditor(Editor):
                         if pa[0] and pa[1]]
         modules = [ctx.adapter.mlp_out(i) for i in hp.layers]
         rec = ctx.recorder([ctx.adapter.param_name(m) for m in modules])
-        return rec.patch(meta=_prune(ctx, hp, modules, list(batch.pairs), retain_pairs))
+        run = _nemo if hp.scoring == "nemo" else _prune
+        return rec.patch(meta=run(ctx, hp, modules, list(batch.pairs), retain_pairs))
+
+
+class _Silenced:
+    """Inside the block, the neurons of `mask` ((layers, width) bool, the editor's layer order)
+    output nothing: a trial of pruning them that leaves the weights untouched."""
+
+    def __init__(self, adapter, layers, mask: torch.Tensor):
+        self.adapter, self.layers, self.mask = adapter, layers, mask
+
+    def __enter__(self):
+        def hook(li):
+            keep = (~self.mask[li]).float()  # (width,)
+            return lambda acts: acts * keep[:acts.shape[-1]].to(acts)
+        self.handles = [self.adapter.hook_mlp_neurons(i, hook(li)) for li, i in enumerate(self.layers)]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+
+def _nemo(ctx: EditContext, hp: PruneHParams, modules, forget_pairs, retain_pairs) -> dict:
+    """NeMo's localisation (module docstring), then the found neurons' output columns zeroed."""
+    model, adapter, layers = ctx.model, ctx.adapter, hp.layers
+    pad = pad_id(ctx.tokenizer)
+    weights = [adapter.weight(m) for m in modules]  # (hidden, d_ff) views
+    width = max(w.shape[1] for w in weights)
+    real = torch.zeros(len(weights), width, dtype=torch.bool)  # narrower layers' padding is never chosen
+    for li, w in enumerate(weights):
+        real[li, :w.shape[1]] = True
+    forget = _collect(model, adapter, layers, forget_pairs, hp.tokens, pad)
+    retain = _collect(model, adapter, layers, retain_pairs, hp.tokens, pad)
+    f_mean = forget.s1 / forget.n.clamp(min=1)[:, None, None]  # (items, layers, width): mean |a| per item
+    r_mean = retain.s1 / retain.n.clamp(min=1)[:, None, None]  # (texts, layers, width)
+    z = (f_mean - r_mean.mean(0)) / (r_mean.std(0) + hp.eps)  # (items, layers, width)
+
+    def token_acc(pair, mask) -> float:
+        with torch.no_grad(), _Silenced(adapter, layers, mask):
+            return score_answers(model, [pair], pad_id=pad)[0].token_accuracy
+
+    none = torch.zeros_like(real)
+    items, chosen_sets = [], []
+    for i, pair in enumerate(forget_pairs):
+        acc0 = token_acc(pair, none)
+        row = {"item": i, "acc_before": round(acc0, 4), "theta": None, "neurons": 0, "forgotten": acc0 <= hp.nemo_acc}
+        items.append(row)
+        if acc0 <= hp.nemo_acc:
+            continue  # not reproduced: nothing of it to localise
+        found = None
+        for theta in hp.nemo_thresholds:
+            cand = (z[i] > theta) & real
+            if cand.any() and token_acc(pair, cand) <= hp.nemo_acc:
+                found, row["theta"] = cand, theta
+                break
+        if found is None:
+            continue
+        if hp.nemo_refine:
+            cells = found.nonzero().tolist()
+            for li, j in sorted(cells, key=lambda c: float(z[i, c[0], c[1]])):  # weakest outliers first
+                found[li, j] = False
+                if token_acc(pair, found) > hp.nemo_acc:
+                    found[li, j] = True  # needed: the item comes back without it
+        row.update(neurons=int(found.sum()), forgotten=True)
+        chosen_sets.append(found)
+    counts = torch.stack(chosen_sets).sum(0) if chosen_sets else torch.zeros(len(weights), width)
+    selected = counts >= (2 if hp.nemo_combine == "shared" else 1)  # (layers, width)
+    with torch.no_grad():
+        for li, w in enumerate(weights):
+            w[:, selected[li, :w.shape[1]].nonzero().flatten().to(w.device)] = 0
+    scores = z.max(0).values  # each neuron's strongest outlier score over the items: the histogram
+    return {
+        "layers": list(layers), "steps": 1, "items": items, "combine": hp.nemo_combine,
+        "items_localised": len(chosen_sets), "pruned_total": int(selected.sum()),
+        "pruned": {str(i): selected[li, :w.shape[1]].nonzero().flatten().tolist()
+                   for li, (i, w) in enumerate(zip(layers, weights))},
+        "scores": {str(i): [float(f"{v:.4g}") for v in scores[li, :w.shape[1]].tolist()]
+                   for li, (i, w) in enumerate(zip(layers, weights))},
+        # the shared-subspace check: how much the neurons of disjoint halves of the items overlap
+        "iou": _iou(*(torch.stack(h).any(0) for h in (chosen_sets[0::2], chosen_sets[1::2])))
+        if len(chosen_sets) >= 2 else None,
+    }
 
 
 def _forget_metric(model, pairs, pad_id) -> tuple[float, float]:

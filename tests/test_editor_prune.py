@@ -213,3 +213,27 @@ def test_layers_out_of_range_and_cli_strings(world):
 def test_registered_under_its_name():
     from workbench.editing.registry import get_editor
     assert get_editor("prune") is PruneEditor
+
+
+def test_nemo_localises_each_canary_and_silences_the_union(base):
+    model, tok, adapter, _ = base
+    bench = REPO / "data" / "benchmarks"
+    canaries = with_retain(load_requests(bench / "forget_canaries.jsonl")[:6], load_probes(bench / "retain.jsonl")[:60])
+    before = evaluate_forgets(model, tok, canaries, exposure_samples=0)["per_request"]
+    patch = _edit(model, tok, adapter, canaries, scoring="nemo")
+    try:
+        after = evaluate_forgets(model, tok, canaries, exposure_samples=0)["per_request"]
+    finally:
+        patch.revert(model, adapter)
+    meta = patch.meta
+    localised = [it for it in meta["items"] if it["theta"] is not None]
+    assert localised and meta["items_localised"] == len(localised)
+    # each item's own neurons were checked causally: refined sets are small, and the union of
+    # them is what was pruned
+    assert all(0 < it["neurons"] <= meta["pruned_total"] for it in localised)
+    assert meta["pruned_total"] == sum(len(v) for v in meta["pruned"].values())
+    assert all(after[it["item"]]["strict_recitation"] == 0.0 for it in localised)
+    assert sum(r["strict_recitation"] for r in after) < sum(r["strict_recitation"] for r in before)
+    shared = _edit(model, tok, adapter, canaries, scoring="nemo", nemo_combine="shared")
+    shared.revert(model, adapter)
+    assert shared.meta["pruned_total"] <= meta["pruned_total"]
