@@ -79,6 +79,13 @@ def test_people_set_scores_paraphrased_recall_through_the_cli(tmp_path, capsys):
     assert "| npo | people |" in out_text and f"| {ORACLE_ROW} | people |" in out_text
 
 
+def test_a_capability_set_has_no_oracle_row_and_is_judged_on_held_out_items():
+    (row,) = run(["ga"], ["arithmetic"], limit=20, heldout_limit=30, params={"ga": {"steps": "15"}}, progress=False)
+    assert row["set"] == "arithmetic" and row["n"] == 20 and row["after"]["forget_quality"] is None
+    before, after = row["before"]["utility"], row["after"]["utility"]
+    assert before["arithmetic"] >= 0.9 and after["arithmetic"] < before["arithmetic"]  # the skill, not 20 items
+
+
 def test_an_oracle_with_another_tokenizer_or_no_folder_is_refused(tmp_path):
     with pytest.raises(InputError, match="no model folder"):
         run(["ga"], ["canaries"], oracle_dir=tmp_path / "missing", progress=False)

@@ -21,7 +21,11 @@ user would, measured again, and the edit undone (exactly) before the next editor
 - with `relearn`, relearning; with `sustain`, utility as k forget requests accumulate
   (`workbench.bench.robustness`).
 
-Each set also gets a row for the retrain oracle (`--oracle`, by default the shipped
+A capability set (`arithmetic`: trained arithmetic items, the selective-pruning paper's setting)
+is forgotten against a retain set of the other skills too (`retain_skills.jsonl` with the retain
+facts); its success is the held-out arithmetic utility falling while the others stay.
+
+Each string set also gets a row for the retrain oracle (`--oracle`, by default the shipped
 `world-llama-oracle` when the default model is benched): the same measures on a model trained
 identically but never on the forget sets, the "after" an exact unlearning method would reach.
 With an oracle, every row also gets (`workbench.eval.oracle`): forget quality (TOFU: KS-test
@@ -36,7 +40,9 @@ from __future__ import annotations
 
 from workbench.core.errors import InputError
 
-from workbench.core.paths import BENCHMARKS, FORGET_SETS as SETS, HOLDOUT_SETS, ORACLE_MODEL, RETAIN, WORLD
+from workbench.core.paths import (BENCHMARKS, CAPABILITY_SETS, FORGET_SETS, HOLDOUT_SETS, ORACLE_MODEL, RETAIN,
+                                  RETAIN_SKILLS, WORLD)
+SETS = {**FORGET_SETS, **CAPABILITY_SETS}
 ORACLE_ROW = "retrain oracle"
 UTILITY_SETS = {"reading": BENCHMARKS / "skills_reading.jsonl", "rules": BENCHMARKS / "skills_rules.jsonl",
                 "arithmetic": BENCHMARKS / "skills_arithmetic.jsonl",
@@ -181,19 +187,21 @@ def run(editors: list[str], sets: list[str], *, model_dir=None, params: dict[str
             progress_bar("unlearning", len(editors) * len(sets), enabled=progress) as advance:
         for set_name in sets:
             forgets = [r for r in load_requests(SETS[set_name]) if isinstance(r, ForgetRequest)][:limit]
+            capability = set_name in CAPABILITY_SETS  # no holdout twin, and the oracle learnt it too
+            given = retain_given + (load_probes(RETAIN_SKILLS) if capability else [])
             holdouts, against = None, None
-            if oracle is not None:
+            if oracle is not None and not capability:
                 holdouts = [r for r in load_requests(HOLDOUT_SETS[set_name]) if isinstance(r, ForgetRequest)][:limit]
                 against = oracle_stats(oracle, tok, forgets, holdouts)
             scores = dict(heldout=heldout, exposure_samples=exposure_samples, holdouts=holdouts, oracle=against,
                           suites=suites)
             before = measure(base, tok, base, forgets, retain=retain_scored, **scores)
             for name in editors:
-                rows.append(run_one(wb, name, set_name, forgets, base=base, retain_given=retain_given,
+                rows.append(run_one(wb, name, set_name, forgets, base=base, retain_given=given,
                                     retain_scored=retain_scored, before=before, params=(params or {}).get(name),
                                     relearn=relearn, sustain=sustain, **scores))
                 advance(1)
-            if oracle is not None:
+            if against is not None:
                 ref = {"editor": ORACLE_ROW, "set": set_name, "n": len(forgets), "before": before,
                        "after": measure(oracle, tok, base, forgets, retain=retain_scored, stats=against, **scores),
                        "seconds": None, "oracle": model_path(oracle_dir).name}

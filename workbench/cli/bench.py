@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
     ll.set_defaults(func=_cmd_bench_lifelong)
     ul = bsub.add_parser("unlearn", help="forget editors on the canaries and forget-split people, before -> after")
     ul.add_argument("--editors", default="kfac,prune,ga,npo", help="comma-separated forget editor names")
-    ul.add_argument("--sets", default="canaries,people", help="comma-separated forget sets: canaries, people, quotes")
+    ul.add_argument("--sets", default="canaries,people", help="comma-separated forget sets: canaries, people, quotes, and the capability arithmetic")
     ul.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
     ul.add_argument("--limit", type=int, default=None, help="only the first N requests of each set")
     ul.add_argument("--heldout", type=int, default=None, help="only the first N held-out texts (perplexity, nDCG) and items of each utility suite")

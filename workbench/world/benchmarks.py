@@ -24,6 +24,11 @@ A version-2 world also gets:
   (`group` = "canary-<repeats>" or "quote"): memorized text an unlearning method should leave.
 - `skills_reading.jsonl`, `skills_rules.jsonl`, `skills_arithmetic.jsonl`: every held-out
   item of the suite as a probe (`group` = the relation or rule kind): the general skills.
+- `forget_arithmetic.jsonl`: a capability to remove rather than strings (the selective-pruning
+  paper's setting): the first `N_CAPABILITY` trained arithmetic items as forget requests (kind
+  "text", prompt -> answer); success is measured on the held-out items (`skills_arithmetic`).
+  `retain_skills.jsonl`: its retain set, the first `N_CAPABILITY // 2` trained items of reading
+  and of rules as probes (with `retain.jsonl`'s facts: every other suite).
 - `holdout_people.jsonl`, `holdout_canaries.jsonl`, `holdout_quotes.jsonl`: requests shaped
   exactly like each forget set about items no model trained on the world has seen (the card's
   never-seen items, `workbench.world.measure.never_seen`): the non-members of membership
@@ -45,6 +50,7 @@ from workbench.world.schema import World
 
 DEFAULT_BENCH_SEED = 4321
 N_PERTURBED = 5  # wrong answers per request (TOFU has five perturbed answers per question)
+N_CAPABILITY = 200  # trained items standing for a capability to forget
 
 
 def _trained(world: World, person: dict, relation: str, kind: str | None = None) -> list[int]:
@@ -128,6 +134,19 @@ def retain_memorized(world: World) -> list[dict]:
     return [r.to_dict() for r in rows]
 
 
+def capability_forget(world: World, suite: str = "arithmetic", n: int = N_CAPABILITY) -> list[ForgetRequest]:
+    """The first `n` trained items of `suite` as forget requests: the skill, not strings."""
+    rows = [r for r in world.suites[suite] if r["split"] == "train"][:n]
+    return [ForgetRequest(kind="text", prefix=r["prompt"], suffix=r["answer"], id=r["id"], meta={"suite": suite})
+            for r in rows]
+
+
+def retain_skills(world: World, suites=("reading", "rules"), n: int = N_CAPABILITY // 2) -> list[dict]:
+    """The first `n` trained items of each of `suites` as probes: what a capability removal keeps."""
+    return [Probe(r["prompt"], r["answer"], group=suite).to_dict() for suite in suites
+            for r in [r for r in world.suites[suite] if r["split"] == "train"][:n]]
+
+
 def skill_probes(world: World, suite: str) -> list[dict]:
     return [Probe(r["prompt"], r["answer"], group=r.get("relation", r["kind"])).to_dict()
             for r in world.suites[suite] if r["split"] == "heldout"]
@@ -187,6 +206,8 @@ def write_benchmarks(world_dir: str | Path, out: str | Path, seed: int = DEFAULT
             write_jsonl(tmp / "retain_memorized.jsonl", retain_memorized(world))
             for suite in ("reading", "rules", "arithmetic"):
                 write_jsonl(tmp / f"skills_{suite}.jsonl", skill_probes(world, suite))
+            dump_requests(tmp / "forget_arithmetic.jsonl", capability_forget(world))
+            write_jsonl(tmp / "retain_skills.jsonl", retain_skills(world))
             _write_holdouts(world, tmp, random.Random(f"holdout:{seed}"), wrong)
     return Path(out)
 
