@@ -96,4 +96,6 @@ def test_plots_and_the_robustness_columns(tmp_path):
     lines = table(rows).splitlines()
     assert lines[0].endswith("relearned: rest strict | sustained: worst utility |")
     assert lines[2].endswith("| 0.250 | 0.75 (k=2) |") and lines[3].endswith("| — | — |")
+    only_relearn = table([_row("ga", {"1": 0.0}, relearn=rl)]).splitlines()
+    assert only_relearn[0].endswith("| relearned: rest strict |") and only_relearn[2].endswith("| 0.250 |")
     json.dumps(rows)

@@ -42,7 +42,7 @@ def test_gradient_ascent_on_canaries_lowers_recitation_and_keeps_the_rest(tmp_pa
     assert ft == {"editor": "ft", "set": "canaries", "skipped": "not a forget editor"}
     before, after = ga["before"], ga["after"]
     # v2's first six forget canaries have repeats 1-2 (seen 8-16 times); of those seen 8 times
-    # the shipped model recites 0.67, so one of the six may start unrecited
+    # the shipped model recites 0.60, so one of the six may start unrecited
     assert before["strict_recitation"] >= 0.8 and before["forget_recall"] >= 0.8
     assert after["forget_recall"] < before["forget_recall"]
     assert after["exposure"] < before["exposure"]

@@ -184,13 +184,15 @@ def test_version_2_benchmarks_three_disjoint_forget_sets_and_skills(world, tmp_p
         rows = [json.loads(line) for line in (out / f"skills_{suite}.jsonl").read_text().splitlines()]
         held = [r for r in world.suites[suite] if r["split"] == "heldout"]
         assert [(r["prompt"], r["answer"]) for r in rows] == [(r["prompt"], r["answer"]) for r in held]
-    # the capability to forget: trained arithmetic items; its retain set: trained reading and rules
+    # the capability to forget: trained arithmetic items; the skills' retain set: trained items of each
     cap = load_requests(out / "forget_arithmetic.jsonl")
     trained = {r["id"]: r for r in world.suites["arithmetic"] if r["split"] == "train"}
     assert len(cap) == min(200, len(trained)) and all(trained[r.id]["answer"] == r.suffix for r in cap)
     skills = [json.loads(line) for line in (out / "retain_skills.jsonl").read_text().splitlines()]
     held_prompts = {r["prompt"] for n in ("reading", "rules") for r in world.suites[n] if r["split"] != "train"}
-    assert {s["group"] for s in skills} == {"reading", "rules"} and not held_prompts & {s["prompt"] for s in skills}
+    held_prompts |= {r["prompt"] for r in world.suites["arithmetic"] if r["split"] != "train"}
+    assert {s["group"] for s in skills} == {"reading", "rules", "arithmetic"}
+    assert not held_prompts & {s["prompt"] for s in skills}
 
 
 def test_forget_sets_have_wrong_answers_and_never_seen_twins(world, tmp_path):

@@ -11,7 +11,9 @@ user would, measured again, and the edit undone (exactly) before the next editor
 - held-out perplexity on the world's held-out clean texts, and nDCG@10 of the next-token
   ranking on them against the unedited model;
 - retain fact recall (greedy exact) on retain-split people the editor never saw: the retain
-  file is split by person, the first half goes to the editor, the second half is scored;
+  file is split by person, the first half goes to the editor, the second half is scored; the
+  editor's retain set also holds trained items of every skill (`retain_skills.jsonl`), so a
+  method that protects its retain set is told what "everything else" is;
 - utility: greedy exact accuracy on each version-2 general suite (held-out reading, rules,
   arithmetic) and on the memorized items no forget set names (`retain_memorized.jsonl`); the
   table shows the worst suite's accuracy as a share of before;
@@ -22,8 +24,8 @@ user would, measured again, and the edit undone (exactly) before the next editor
   (`workbench.bench.robustness`).
 
 A capability set (`arithmetic`: trained arithmetic items, the selective-pruning paper's setting)
-is forgotten against a retain set of the other skills too (`retain_skills.jsonl` with the retain
-facts); its success is the held-out arithmetic utility falling while the others stay.
+is forgotten against the other skills (its own suite's items are left out of the retain set);
+its success is the held-out arithmetic utility falling while the others stay.
 
 Each string set also gets a row for the retrain oracle (`--oracle`, by default the shipped
 `world-llama-oracle` when the default model is benched): the same measures on a model trained
@@ -188,7 +190,8 @@ def run(editors: list[str], sets: list[str], *, model_dir=None, params: dict[str
         for set_name in sets:
             forgets = [r for r in load_requests(SETS[set_name]) if isinstance(r, ForgetRequest)][:limit]
             capability = set_name in CAPABILITY_SETS  # no holdout twin, and the oracle learnt it too
-            given = retain_given + (load_probes(RETAIN_SKILLS) if capability else [])
+            skills = load_probes(RETAIN_SKILLS) if RETAIN_SKILLS.is_file() else []
+            given = retain_given + [p for p in skills if not (capability and p.group == set_name)]
             holdouts, against = None, None
             if oracle is not None and not capability:
                 holdouts = [r for r in load_requests(HOLDOUT_SETS[set_name]) if isinstance(r, ForgetRequest)][:limit]
@@ -277,20 +280,22 @@ def _sustained(row: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """A Markdown table (the README's): each cell is before → after. With robustness checks in
-    the rows, two more columns: strict recitation of the requests not relearned after relearning
-    on the others, and the worst utility share after the last of k sequential forget requests."""
-    robust = any("relearn" in r or "sustain" in r for r in rows)
-    extra = " relearned: rest strict | sustained: worst utility |" if robust else ""
-    head = "| editor | set | " + " | ".join(t for _, t in COLUMNS) + " | utility (worst suite) | nDCG@10 | seconds |" + extra
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 5 + 2 * robust)]
+    """A Markdown table (the README's): each cell is before → after. Rows with robustness checks
+    add a column each: strict recitation of the requests not relearned after relearning on the
+    others, and the worst utility share after the last of k sequential forget requests."""
+    extra = [(title, fn) for key, title, fn in (("relearn", "relearned: rest strict", _relearned),
+                                                 ("sustain", "sustained: worst utility", _sustained))
+             if any(key in r for r in rows)]
+    head = ("| editor | set | " + " | ".join(t for _, t in COLUMNS) + " | utility (worst suite) | nDCG@10 | seconds |"
+            + "".join(f" {t} |" for t, _ in extra))
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 5 + len(extra))]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['editor']} | {r['set']} | {r['skipped']} |" + " |" * (len(COLUMNS) + 2 + 2 * robust))
+            lines.append(f"| {r['editor']} | {r['set']} | {r['skipped']} |" + " |" * (len(COLUMNS) + 2 + len(extra)))
             continue
         cells = " | ".join(_cell(k, r["before"][k], r["after"][k]) for k, _ in COLUMNS)
         seconds = "—" if r["seconds"] is None else f"{r['seconds']:.1f}"
-        more = f" {_relearned(r)} | {_sustained(r)} |" if robust else ""
+        more = "".join(f" {fn(r)} |" for _, fn in extra)
         lines.append(f"| {r['editor']} | {r['set']} | {cells} | {_worst_suite(r)} | {r['after']['ndcg10']:.3f} | "
                      f"{seconds} |{more}")
     return "\n".join(lines)

@@ -24,6 +24,6 @@ FORGET_SETS = {"canaries": BENCHMARKS / "forget_canaries.jsonl",
                "quotes": BENCHMARKS / "forget_quotes.jsonl"}
 HOLDOUT_SETS = {name: BENCHMARKS / f"holdout_{name}.jsonl" for name in FORGET_SETS}  # never-seen twins
 CAPABILITY_SETS = {"arithmetic": BENCHMARKS / "forget_arithmetic.jsonl"}  # a skill to remove, not strings
-RETAIN_SKILLS = BENCHMARKS / "retain_skills.jsonl"  # the other skills a capability removal keeps
+RETAIN_SKILLS = BENCHMARKS / "retain_skills.jsonl"  # trained items of every skill: what unlearning keeps
 RETAIN = BENCHMARKS / "retain.jsonl"
 BENCH_RESULTS = REPO / "bench" / "results"  # measured benchmark rows (JSON) the README quotes

@@ -27,8 +27,9 @@ A version-2 world also gets:
 - `forget_arithmetic.jsonl`: a capability to remove rather than strings (the selective-pruning
   paper's setting): the first `N_CAPABILITY` trained arithmetic items as forget requests (kind
   "text", prompt -> answer); success is measured on the held-out items (`skills_arithmetic`).
-  `retain_skills.jsonl`: its retain set, the first `N_CAPABILITY // 2` trained items of reading
-  and of rules as probes (with `retain.jsonl`'s facts: every other suite).
+  `retain_skills.jsonl`: the first `N_CAPABILITY // 2` trained items of reading, rules and
+  arithmetic as probes (`group` = the suite): with `retain.jsonl`'s facts, what an unlearning
+  run must keep of every skill (a capability removal leaves its own suite out).
 - `holdout_people.jsonl`, `holdout_canaries.jsonl`, `holdout_quotes.jsonl`: requests shaped
   exactly like each forget set about items no model trained on the world has seen (the card's
   never-seen items, `workbench.world.measure.never_seen`): the non-members of membership
@@ -141,8 +142,8 @@ def capability_forget(world: World, suite: str = "arithmetic", n: int = N_CAPABI
             for r in rows]
 
 
-def retain_skills(world: World, suites=("reading", "rules"), n: int = N_CAPABILITY // 2) -> list[dict]:
-    """The first `n` trained items of each of `suites` as probes: what a capability removal keeps."""
+def retain_skills(world: World, suites=("reading", "rules", "arithmetic"), n: int = N_CAPABILITY // 2) -> list[dict]:
+    """The first `n` trained items of each of `suites` as probes: the skills an unlearning run keeps."""
     return [Probe(r["prompt"], r["answer"], group=suite).to_dict() for suite in suites
             for r in [r for r in world.suites[suite] if r["split"] == "train"][:n]]
 
