@@ -69,7 +69,7 @@ class KFACHParams(HParams):
         "choices": PROJECTIONS})
     auto: bool = field(default=False, metadata={
         "help": "sweep layers and rho on a dev split and pick by a stated rule (layers, rho are then chosen)"})
-    auto_rhos: tuple[float, ...] = field(default=(0.6, 0.7, 0.8, 0.9), metadata={
+    auto_rhos: tuple[float, ...] = field(default=(0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9), metadata={
         "help": "rho values the auto sweep tries", "applies_when": {"auto": [True]}})
     auto_span: int = field(default=2, metadata={
         "help": "the auto sweep tries every run of 1..auto_span adjacent layers", "applies_when": {"auto": [True]}})
