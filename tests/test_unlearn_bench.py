@@ -42,8 +42,8 @@ def test_gradient_ascent_on_canaries_lowers_recitation_and_keeps_the_rest(tmp_pa
     assert ft == {"editor": "ft", "set": "canaries", "skipped": "not a forget editor"}
     before, after = ga["before"], ga["after"]
     # v2's first six forget canaries have repeats 1-2 (seen 8-16 times); of those seen 8 times
-    # the shipped model recites 0.60, so one of the six may start unrecited
-    assert before["strict_recitation"] >= 0.8 and before["forget_recall"] >= 0.8
+    # the shipped model recites 0.60, so two of the six start unrecited
+    assert before["strict_recitation"] >= 0.6 and before["forget_recall"] >= 0.6
     assert after["forget_recall"] < before["forget_recall"]
     assert after["exposure"] < before["exposure"]
     assert after["perplexity"] < 1.2 * before["perplexity"] and after["retain_recall"] > 0.8
