@@ -317,9 +317,10 @@ class KFACEditor(Editor):
                       marker=(s["kept"], f"ρ cut: {s['kept']:,} of {s['components']:,} kept"))
                 for name, s in patch.meta.get("spectra", {}).items()]
 
-    def sweep(self, ctx: EditContext, batch: Batch, hp: KFACHParams, factors: dict) -> tuple[KFACHParams, dict]:
+    def sweep(self, ctx: EditContext, batch: Batch, hp: KFACHParams, factors: dict) -> tuple[KFACHParams, dict, dict]:
         """The `auto` sweep: every candidate applied in turn, scored on the dev split, undone;
-        returns the chosen hyper-parameters and the record of the sweep."""
+        returns the chosen hyper-parameters, the record of the sweep and each weight's spectrum
+        (by module id), so the chosen edit needs no second eigendecomposition."""
         import warnings
         from editors.common.corpus import default_dev_suites
         forgets = list(batch)
@@ -361,7 +362,8 @@ class KFACEditor(Editor):
                   "guard_suites": {n: len(p) for n, p in suites.items()}, "dev_text_tokens": ppl_blocks.numel(),
                   "dev_text_overlaps_factor_corpus": overlap, "before": before, "candidates": candidates,
                   "chosen": i, "eligible": ok}
-        return dataclasses.replace(hp, layers=tuple(chosen["layers"]), rho=chosen["rho"]), record
+        return (dataclasses.replace(hp, layers=tuple(chosen["layers"]), rho=chosen["rho"]), record,
+                {k: spec for k, (_, spec) in spectra.items()})
 
     def run(self, ctx: EditContext, batch: Batch, hp: KFACHParams) -> Patch:
         from workbench.eval.evaluate import evaluate_forgets
@@ -372,8 +374,9 @@ class KFACEditor(Editor):
                              f"nothing to remove", field="requests")
         factors, _ = self.factors(ctx)
         meta: dict = {"recitation_before": before}
+        spectra_by_module: dict = {}
         if hp.auto:
-            hp, meta["auto"] = self.sweep(ctx, batch, hp, factors)
+            hp, meta["auto"], spectra_by_module = self.sweep(ctx, batch, hp, factors)
             ctx.choose(hp)
         mods = [m for layer in hp.layers for m, _, _ in targets(ctx.adapter, layer, hp.projections)]
         rec = ctx.recorder([ctx.adapter.param_name(m) for m in mods])
@@ -382,7 +385,8 @@ class KFACEditor(Editor):
             for layer in hp.layers:
                 for mod, a, g in targets(ctx.adapter, layer, hp.projections):
                     W = ctx.adapter.weight(mod)  # (out, in) view
-                    W_new, info = keep_top_curvature(W, factors[a], factors[g], hp.rho)
+                    spec = spectra_by_module.get(id(mod)) or spectrum(W, factors[a], factors[g])
+                    W_new, info = truncate(spec, hp.rho, W.dtype)
                     W.copy_(W_new)
                     spectra[ctx.adapter.param_name(mod)] = info
         meta["bos_top_share"] = {str(layer): bos_share(factors[f"A.{layer}"], factors[f"Abos.{layer}"])
