@@ -32,7 +32,11 @@ and little besides.
   model reproducing *that* item (teacher-forced suffix token accuracy <= `nemo_acc`); with
   `nemo_refine`, each of those neurons is switched back on in turn, lowest z first, and stays
   on if the item stays forgotten. The pruned set is the union of the items' sets, or with
-  `nemo_combine="shared"` the neurons found for at least two items.
+  `nemo_combine="shared"` the neurons found for at least two items. Ours, not NeMo's:
+  `nemo_spare` then switches the combined set's neurons back on one at a time, those the
+  retain answers depend on most first (first-order, as `taylor`), wherever no forgotten item
+  comes back -- localising item by item leaves neurons no item needs once the others are
+  silenced, and a small model's neurons also carry general skills.
 - `scoring="taylor"` (the default; our addition, not in either paper): a neuron's score is the
   first-order estimate of how much silencing it lowers the forget answers' log-odds, minus how
   much it changes the retain answers' (|.|), from a * d(log-odds)/da summed over positions
@@ -153,10 +157,15 @@ class PruneHParams(HParams):
     nemo_combine: str = field(default="union", metadata={
         "help": "nemo: prune the union of the items' neurons, or those 'shared' by two or more items",
         "choices": COMBINES, "applies_when": {"scoring": ["nemo"]}})
+    nemo_spare: bool = field(default=False, metadata={
+        "help": "nemo: after combining, switch each chosen neuron back on, those the retain set leans on most "
+                "first, wherever no item the set forgets comes back",
+        "applies_when": {"scoring": ["nemo"]}})
 
     def __post_init__(self):
         check_choice(self.preset, "preset", ("none", *PRESETS))
         check_choice(self.nemo_combine, "nemo_combine", COMBINES)
+        check_bool(self.nemo_spare, "nemo_spare")
         check_number(self.nemo_acc, "nemo_acc", "in [0, 1]", lambda v: 0 <= v <= 1)
         check_bool(self.nemo_refine, "nemo_refine")
         if not self.nemo_thresholds:
@@ -454,13 +463,15 @@ def _nemo(ctx: EditContext, hp: PruneHParams, modules, forget_pairs, retain_pair
         chosen_sets.append(found)
     counts = torch.stack(chosen_sets).sum(0) if chosen_sets else torch.zeros(len(weights), width)
     selected = counts >= (2 if hp.nemo_combine == "shared" else 1)  # (layers, width)
+    spared = _nemo_spare(model, adapter, layers, hp, forget_pairs, retain_pairs, selected, pad) \
+        if hp.nemo_spare and selected.any() else 0
     with torch.no_grad():
         for li, w in enumerate(weights):
             w[:, selected[li, :w.shape[1]].nonzero().flatten().to(w.device)] = 0
     scores = z.max(0).values  # each neuron's strongest outlier score over the items: the histogram
     return {
         "layers": list(layers), "steps": 1, "items": items, "combine": hp.nemo_combine,
-        "items_localised": len(chosen_sets), "pruned_total": int(selected.sum()),
+        "items_localised": len(chosen_sets), "pruned_total": int(selected.sum()), "spared": spared,
         "pruned": {str(i): selected[li, :w.shape[1]].nonzero().flatten().tolist()
                    for li, (i, w) in enumerate(zip(layers, weights))},
         "scores": {str(i): [float(f"{v:.4g}") for v in scores[li, :w.shape[1]].tolist()]
@@ -469,6 +480,31 @@ def _nemo(ctx: EditContext, hp: PruneHParams, modules, forget_pairs, retain_pair
         "iou": _iou(*(torch.stack(h).any(0) for h in (chosen_sets[0::2], chosen_sets[1::2])))
         if len(chosen_sets) >= 2 else None,
     }
+
+
+def _nemo_spare(model, adapter, layers, hp: PruneHParams, forget_pairs, retain_pairs, selected: torch.Tensor,
+                pad: int) -> int:
+    """Give back what the retain set needs: NeMo localises each item alone, so the combined set
+    can hold neurons that no item needs once the others are silenced, and some of them carry
+    general skills. Each chosen neuron, in order of the retain answers' first-order dependence
+    on it (|a * d log-odds / da| summed over the retain texts), is switched back on and stays
+    on if every item the set forgets stays forgotten. `selected` (layers, width) is updated in
+    place; returns how many neurons were spared."""
+    harm = _collect(model, adapter, layers, retain_pairs, hp.tokens, pad, taylor=True).s3.abs().sum(0)  # (layers, width)
+
+    def forgotten(mask) -> list[bool]:
+        with torch.no_grad(), _Silenced(adapter, layers, mask):
+            return [s.token_accuracy <= hp.nemo_acc for s in score_answers(model, forget_pairs, pad_id=pad)]
+
+    must = forgotten(selected)
+    spared = 0
+    for li, j in sorted(selected.nonzero().tolist(), key=lambda c: -float(harm[c[0], c[1]])):
+        selected[li, j] = False
+        if all(now or not was for now, was in zip(forgotten(selected), must)):
+            spared += 1
+        else:
+            selected[li, j] = True  # an item comes back without it
+    return spared
 
 
 def _forget_metric(model, pairs, pad_id) -> tuple[float, float]:

@@ -144,6 +144,7 @@ def test_auto_sweeps_on_the_shipped_model_and_the_ledger_records_the_choice(tmp_
         sweep = wb.patch(ev.id).meta["auto"]
         assert len(sweep["candidates"]) == wb.adapter.num_layers * 2
         assert sweep["dev_forget_ids"] == [r.id for r in canaries[::2]]
+        assert sweep["dev_text"] == "world dev prose"  # the perplexity guard reads prose, not biographies
         chosen = sweep["candidates"][sweep["chosen"]]
         # The ledger records what ran: the sweep's choice, not the default layers and rho.
         assert ev.hparams["auto"] is True
@@ -180,3 +181,20 @@ def test_bos_share_measures_what_bos_rows_contribute():
     A_bos = bos_rows.T @ bos_rows / 8
     assert K.bos_share(A, A_bos, top=1) == pytest.approx(1.0)  # the top direction is all BOS
     assert K.bos_share(A, A_bos, top=2) == pytest.approx(36 / 40)
+
+
+def test_dev_prose_is_of_the_held_out_kind_and_never_held_out():
+    from workbench.core.paths import WORLD
+    from workbench.world import World
+    from workbench.world.corpus import heldout_sentences
+    import editors.common.corpus as C
+    if not (WORLD / "world.json").is_file():
+        pytest.skip("the bundled world is absent")
+    prose = C.default_dev_prose(300)
+    assert len(prose) == 300 and prose == C.default_dev_prose(300)  # seeded
+    held = heldout_sentences(World.load(WORLD))
+    sentences = {s if s.endswith(".") else s + "." for t in prose for s in t.split(". ")}
+    assert not sentences & held
+    # the same grammar as the held-out text: every held-out text's sentence count and shape
+    assert all(t.count(".") == 2 for t in prose)
+    assert len(set(prose)) > 250

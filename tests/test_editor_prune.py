@@ -237,3 +237,24 @@ def test_nemo_localises_each_canary_and_silences_the_union(base):
     shared = _edit(model, tok, adapter, canaries, scoring="nemo", nemo_combine="shared")
     shared.revert(model, adapter)
     assert shared.meta["pruned_total"] <= meta["pruned_total"]
+
+
+def test_nemo_spare_gives_back_neurons_no_forgotten_item_needs(base):
+    model, tok, adapter, _ = base
+    bench = REPO / "data" / "benchmarks"
+    canaries = with_retain(load_requests(bench / "forget_canaries.jsonl")[:6], load_probes(bench / "retain.jsonl")[:60])
+    union = _edit(model, tok, adapter, canaries, scoring="nemo")
+    union.revert(model, adapter)
+    patch = _edit(model, tok, adapter, canaries, scoring="nemo", nemo_spare=True)
+    try:
+        after = evaluate_forgets(model, tok, canaries, exposure_samples=0)["per_request"]
+    finally:
+        patch.revert(model, adapter)
+    meta = patch.meta
+    # the same localisation, then some of the union switched back on: a subset of it
+    assert meta["items"] == union.meta["items"]
+    assert meta["pruned_total"] + meta["spared"] == union.meta["pruned_total"]
+    for layer, cols in meta["pruned"].items():
+        assert set(cols) <= set(union.meta["pruned"][layer])
+    # ... and still every localised item is forgotten
+    assert all(after[it["item"]]["strict_recitation"] == 0.0 for it in meta["items"] if it["theta"] is not None)

@@ -192,6 +192,10 @@ def test_version_2_benchmarks_three_disjoint_forget_sets_and_skills(world, tmp_p
     held_prompts = {r["prompt"] for n in ("reading", "rules") for r in world.suites[n] if r["split"] != "train"}
     held_prompts |= {r["prompt"] for r in world.suites["arithmetic"] if r["split"] != "train"}
     assert {s["group"] for s in skills} == {"reading", "rules", "arithmetic"}
+    # every kind of rule is kept, in equal shares: the suite stores its items kind by kind
+    kind = {r["prompt"]: r["kind"] for r in world.suites["rules"]}
+    rule_kinds = [kind[s["prompt"]] for s in skills if s["group"] == "rules"]
+    assert len(rule_kinds) == 100 and {rule_kinds.count(k) for k in set(rule_kinds)} == {25}
     assert not held_prompts & {s["prompt"] for s in skills}
 
 

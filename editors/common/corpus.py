@@ -82,3 +82,24 @@ def default_dev_suites(names: tuple[str, ...] = ("reading", "rules")) -> dict[st
     world = World.load(WORLD)
     return {n: [Probe(r["prompt"], r["answer"]) for r in world.suite_items(n, split="dev")]
             for n in names if n in world.suite_names()}
+
+
+DEV_PROSE_SEED = 20261202  # its own stream: the training epochs' and the held-out text's are not touched
+
+
+def default_dev_prose(n: int = 400) -> list[str]:
+    """`n` two-sentence texts from the bundled world's general-prose grammar, none using a
+    held-out sentence: text of the held-out prose's kind that an editor may tune a perplexity
+    guard on without seeing the texts the benches report. Empty without a bundled world."""
+    from workbench.world import World
+    from workbench.world.corpus import filler_sentence, heldout_sentences
+    if not (WORLD / "world.json").is_file():
+        return []
+    banned = heldout_sentences(World.load(WORLD))
+    rng = random.Random(DEV_PROSE_SEED)
+    out: list[str] = []
+    while len(out) < n:
+        a, b = filler_sentence(rng), filler_sentence(rng)
+        if a not in banned and b not in banned:
+            out.append(f"{a} {b}")
+    return out

@@ -27,8 +27,8 @@ A version-2 world also gets:
 - `forget_arithmetic.jsonl`: a capability to remove rather than strings (the selective-pruning
   paper's setting): the first `N_CAPABILITY` trained arithmetic items as forget requests (kind
   "text", prompt -> answer); success is measured on the held-out items (`skills_arithmetic`).
-  `retain_skills.jsonl`: the first `N_CAPABILITY // 2` trained items of reading, rules and
-  arithmetic as probes (`group` = the suite): with `retain.jsonl`'s facts, what an unlearning
+  `retain_skills.jsonl`: `N_CAPABILITY // 2` trained items of reading, rules and arithmetic,
+  each suite's kinds in turn, as probes (`group` = the suite): with `retain.jsonl`'s facts, what an unlearning
   run must keep of every skill (a capability removal leaves its own suite out).
 - `holdout_people.jsonl`, `holdout_canaries.jsonl`, `holdout_quotes.jsonl`: requests shaped
   exactly like each forget set about items no model trained on the world has seen (the card's
@@ -41,6 +41,7 @@ of never-seen quotes), drawn from a stream of their own, for TOFU's truth ratio.
 """
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 
@@ -143,9 +144,19 @@ def capability_forget(world: World, suite: str = "arithmetic", n: int = N_CAPABI
 
 
 def retain_skills(world: World, suites=("reading", "rules", "arithmetic"), n: int = N_CAPABILITY // 2) -> list[dict]:
-    """The first `n` trained items of each of `suites` as probes: the skills an unlearning run keeps."""
-    return [Probe(r["prompt"], r["answer"], group=suite).to_dict() for suite in suites
-            for r in [r for r in world.suites[suite] if r["split"] == "train"][:n]]
+    """`n` trained items of each of `suites` as probes, taken in turn from each of the suite's
+    kinds (the first of each, then the second, ...): the skills an unlearning run keeps. In
+    turn because a suite stores its items kind by kind: the first 100 rules were all boolean,
+    and a retain set without copy, reverse or compare let pruning take the neurons those need."""
+    out = []
+    for suite in suites:
+        by_kind: dict[str, list[dict]] = {}
+        for r in world.suites[suite]:
+            if r["split"] == "train":
+                by_kind.setdefault(r["kind"], []).append(r)
+        turns = [r for group in itertools.zip_longest(*by_kind.values()) for r in group if r is not None]
+        out += [Probe(r["prompt"], r["answer"], group=suite).to_dict() for r in turns[:n]]
+    return out
 
 
 def skill_probes(world: World, suite: str) -> list[dict]:
