@@ -277,7 +277,7 @@ def _collect(model, adapter, layers, pairs, tokens: str, pad_id: int, taylor: bo
                     leaves = [current["leaves"][li] for li in range(len(layers))]
                     grads = torch.autograd.grad(_answer_logodds(logits, chunk), leaves)
                     for li, (x, g) in enumerate(zip(leaves, grads)):  # each (batch, seq, d_ff)
-                        s3[current["rows"], li, :x.shape[-1]] = (x * g).double().sum(1).cpu()
+                        s3[current["rows"], li, :x.shape[-1]] = (x.detach() * g).double().sum(1).cpu()
     finally:
         for h in handles:
             h.remove()

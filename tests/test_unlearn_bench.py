@@ -28,7 +28,7 @@ def test_gradient_ascent_on_canaries_lowers_recitation_and_keeps_the_rest(tmp_pa
                oracle_dir="world-llama", progress=False)
     ga, ft, oracle = rows
     assert oracle["editor"] == ORACLE_ROW and oracle["oracle"] == "world-llama" and oracle["seconds"] is None
-    flat = lambda m: {k: v for k, v in m.items() if k not in ("utility", "by_repeats")}  # noqa: E731
+    flat = lambda m: {k: v for k, v in m.items() if k not in ("utility", "utility_by_group", "by_repeats")}  # noqa: E731
     assert flat(oracle["after"]) == pytest.approx(flat(oracle["before"]), abs=1e-6) and oracle["before"] == ga["before"]
     assert oracle["after"]["utility"] == oracle["before"]["utility"]
     assert oracle["after"]["by_repeats"] == oracle["before"]["by_repeats"]
@@ -39,6 +39,10 @@ def test_gradient_ascent_on_canaries_lowers_recitation_and_keeps_the_rest(tmp_pa
     # utility: every general suite (40 items each here) and the kept memorized items
     assert set(ga["before"]["utility"]) == {"reading", "rules", "arithmetic", "memorized_kept"}
     assert ga["before"]["utility"]["arithmetic"] >= 0.9 and ga["before"]["utility"]["memorized_kept"] >= 0.8
+    # each kind of a suite of several: the rules' four, whose mean weighted by size is the suite's
+    kinds = ga["before"]["utility_by_group"]["rules"]
+    assert set(kinds) == {"boolean", "compare", "copy", "reverse"}
+    assert sum(kinds.values()) / 4 == pytest.approx(ga["before"]["utility"]["rules"])  # 10 of each kind
     assert ft == {"editor": "ft", "set": "canaries", "skipped": "not a forget editor"}
     before, after = ga["before"], ga["after"]
     # v2's first six forget canaries have repeats 1-2 (seen 8-16 times); of those seen 8 times

@@ -98,7 +98,25 @@ def measure(model, tok, base, forgets: list, heldout: list[str], retain: list, *
             "retain_recall": fact_accuracy(model, tok, retain)["exact"] if retain else None,
             "ndcg10": 1.0 if model is base else next_token_ndcg(model, base, tok, heldout),
             "by_repeats": {k: sum(v) / len(v) for k, v in sorted(by_repeats.items(), key=lambda kv: int(kv[0]))},
-            "utility": {name: fact_accuracy(model, tok, probes)["exact"] for name, probes in (suites or {}).items()}}
+            **_utility(model, tok, suites or {})}
+
+
+def _utility(model, tok, suites: dict) -> dict:
+    """Greedy exact accuracy of each suite and, for a suite of several kinds (rules: boolean,
+    compare, copy, reverse), of each kind: a capability removal can take one kind with it."""
+    from workbench.eval.scoring import encode_pairs, score_answers
+    utility, by_group = {}, {}
+    for name, probes in suites.items():
+        exact = [s.exact for s in score_answers(model, encode_pairs(tok, [p.prompt for p in probes],
+                                                                   [p.answer for p in probes]),
+                                                pad_id=tok.pad_token_id)]
+        utility[name] = sum(exact) / len(exact)
+        groups: dict[str, list[bool]] = {}
+        for p, e in zip(probes, exact):
+            groups.setdefault(p.group, []).append(e)
+        if len(groups) > 1:
+            by_group[name] = {g: sum(v) / len(v) for g, v in sorted(groups.items())}
+    return {"utility": utility, "utility_by_group": by_group}
 
 
 def run_one(wb, editor: str, set_name: str, forgets: list, *, base, heldout, retain_given, retain_scored,
@@ -165,6 +183,7 @@ def run(editors: list[str], sets: list[str], *, model_dir=None, params: dict[str
     from workbench.eval.oracle import oracle_stats
     from workbench.eval.requests import ForgetRequest, load_probes, load_requests
     from workbench.world import World
+    from workbench.world.benchmarks import in_turn
     for name in editors:
         get_editor(name)  # unknown names fail before any work
     unknown = [s for s in sets if s not in SETS]
@@ -177,7 +196,9 @@ def run(editors: list[str], sets: list[str], *, model_dir=None, params: dict[str
     heldout = [t["text"] for t in world.heldout_text][:heldout_limit]
     retain_given, retain_scored = split_retain(load_probes(RETAIN), world)
     # a version-2 world's general skills and the memorized items no forget set names
-    suites = {name: load_probes(path)[:heldout_limit] for name, path in UTILITY_SETS.items() if path.is_file()}
+    # a limit takes each suite's kinds in turn: the files store them kind by kind
+    suites = {name: in_turn(load_probes(path), lambda p: p.group)[:heldout_limit]
+              for name, path in UTILITY_SETS.items() if path.is_file()}
     if oracle_dir == "default":
         oracle_dir = default_oracle(model_dir)
     elif oracle_dir is not None and not model_path(oracle_dir).is_dir():

@@ -148,15 +148,22 @@ def retain_skills(world: World, suites=("reading", "rules", "arithmetic"), n: in
     kinds (the first of each, then the second, ...): the skills an unlearning run keeps. In
     turn because a suite stores its items kind by kind: the first 100 rules were all boolean,
     and a retain set without copy, reverse or compare let pruning take the neurons those need."""
-    out = []
-    for suite in suites:
-        by_kind: dict[str, list[dict]] = {}
-        for r in world.suites[suite]:
-            if r["split"] == "train":
-                by_kind.setdefault(r["kind"], []).append(r)
-        turns = [r for group in itertools.zip_longest(*by_kind.values()) for r in group if r is not None]
-        out += [Probe(r["prompt"], r["answer"], group=suite).to_dict() for r in turns[:n]]
-    return out
+    return [Probe(r["prompt"], r["answer"], group=suite).to_dict() for suite in suites
+            for r in in_turn([r for r in world.suites[suite] if r["split"] == "train"], lambda r: r["kind"])[:n]]
+
+
+def in_turn(items: list, key) -> list:
+    """`items` reordered to take each `key` group in turn (first of each, then second, ...), so
+    that any prefix covers every group evenly.
+
+    Example:
+        >>> in_turn(["a1", "a2", "a3", "b1"], key=lambda s: s[0])
+        ['a1', 'b1', 'a2', 'a3']
+    """
+    groups: dict = {}
+    for it in items:
+        groups.setdefault(key(it), []).append(it)
+    return [it for turn in itertools.zip_longest(*groups.values()) for it in turn if it is not None]
 
 
 def skill_probes(world: World, suite: str) -> list[dict]:
