@@ -11,7 +11,7 @@ from workbench.eval import metrics
 from workbench.core.errors import InputError
 from workbench.eval.requests import EditRequest, ForgetRequest, Probe
 
-from .conftest import MODEL, REPO
+from .conftest import REPO
 
 
 def _edits(world, n=12):

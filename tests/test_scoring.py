@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from workbench.eval.scoring import encode_pairs, score_answers, token_nll
+from workbench.eval.scoring import score_answers, token_nll
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,7 @@ def test_reopening_restores_the_edited_state(tmp_path):
 def test_undo_and_revert_out_of_the_middle(wb):
     e1 = wb.edit("test-bump", EDITS[:1], {"layer": "0"})
     h1 = weights_hash(wb.model)
-    e2 = wb.edit("test-bump", EDITS[1:2], {"layer": "2"})
+    wb.edit("test-bump", EDITS[1:2], {"layer": "2"})
     wb.undo()
     assert weights_hash(wb.model) == h1
     e3 = wb.edit("test-bump", EDITS[1:2], {"layer": "2"})
@@ -117,7 +117,7 @@ def test_tampering_with_a_row_or_a_patch_is_named(tmp_path):
 
 def test_deleting_a_row_breaks_the_chain(tmp_path):
     w = Workbench(None, tmp_path / "ws")
-    e1 = w.edit("test-bump", EDITS[:1])
+    w.edit("test-bump", EDITS[:1])
     e2 = w.edit("test-bump", EDITS[1:2])
     w.edit("test-bump", EDITS[2:3])
     w.close()
