@@ -62,6 +62,30 @@ def test_sustainability_forgets_slice_by_slice_then_rolls_back(tmp_path):
         wb.close()
 
 
+def test_sustainability_records_a_refused_slice_and_goes_on(tmp_path, monkeypatch):
+    from workbench.core.errors import InputError
+    from workbench.editing.session import Workbench
+    forgets = load_requests(BENCHMARKS / "forget_canaries.jsonl")[:3]
+    wb = Workbench(None, tmp_path / "ws")
+    real, calls = wb.edit, []
+
+    def edit(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # as K-FAC refuses a slice the model no longer reproduces
+            raise InputError("nothing to remove", field="requests")
+        return real(*a, **k)
+    monkeypatch.setattr(wb, "edit", edit)
+    try:
+        base = weights_hash(wb.model)
+        points = R.sustain(wb, "ga", forgets, retain_given=[], suites={}, params={"steps": "5"}, ks=(1, 2, 3), n_slices=3)
+        assert [p["k"] for p in points] == [1, 2, 3] and len(calls) == 3
+        assert points[0]["refused"] == [] and [r["slice"] for r in points[2]["refused"]] == [2]
+        assert "nothing to remove" in points[1]["refused"][0]["why"]
+        assert wb.active() == [] and weights_hash(wb.model) == base
+    finally:
+        wb.close()
+
+
 def _row(editor, by_repeats_after, sustain=None, relearn=None):
     row = {"editor": editor, "set": "canaries", "n": 4, "seconds": 1.0,
            "before": {"by_repeats": {"1": 1.0, "8": 1.0}, "utility": {"reading": 0.8, "rules": 1.0}},

@@ -90,6 +90,7 @@ def sustain(wb, editor: str, forgets: list, *, retain_given: list, suites: dict,
     """k sequential forget edits through the session `wb`, one slice each; at each k in `ks`:
     utility (greedy exact per suite), recitation of the slices forgotten so far and of the whole
     set. The session is rolled back to where it was afterwards, also if an edit fails."""
+    from workbench.core.errors import InputError
     from workbench.editing.registry import get_editor
     from workbench.eval.requests import with_retain
     from workbench.world.measure import fact_accuracy
@@ -99,12 +100,18 @@ def sustain(wb, editor: str, forgets: list, *, retain_given: list, suites: dict,
     start = wb.active()
     points = []
     try:
+        refused: list[dict] = []
         for i, part in enumerate(parts, 1):
-            wb.edit(editor, with_retain(part, retain_given), params or {}, seed=seed,
-                    note=f"bench: sustainability slice {i} of {len(parts)}")
+            try:
+                wb.edit(editor, with_retain(part, retain_given), params or {}, seed=seed,
+                        note=f"bench: sustainability slice {i} of {len(parts)}")
+            except InputError as e:
+                # an editor may refuse a slice the earlier ones already took (K-FAC: "the model
+                # does not reproduce this forget set"); the run goes on, the refusal recorded
+                refused.append({"slice": i, "why": str(e)})
             if i in ks:
                 done = [r for p in parts[:i] for r in p]
-                points.append({"k": i, "n_forgotten": len(done),
+                points.append({"k": i, "n_forgotten": len(done), "refused": list(refused),
                                "utility": {name: fact_accuracy(wb.model, wb.tok, probes)["exact"]
                                            for name, probes in suites.items()},
                                "forgotten": _recitation(wb.model, wb.tok, done),
