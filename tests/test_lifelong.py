@@ -23,6 +23,16 @@ def test_sequential_edits_are_all_scored_on_the_final_model():
     assert "| ft | 5 |" in table([row])
 
 
+def test_checkpoints_of_one_run_equal_fresh_runs():
+    from workbench.bench.lifelong import run_series
+    series = run_series("ft", [3, 1], REQS, params={"steps": "10"})
+    assert [r["T"] for r in series] == [1, 3]
+    for row in series:  # each checkpoint scores what a run of exactly T edits would
+        fresh = run_one("ft", row["T"], REQS, params={"steps": "10"})
+        assert {m: row[m] for m in METRICS} == pytest.approx({m: fresh[m] for m in METRICS}, abs=1e-9)
+    assert series[1]["total_edit_s"] > series[0]["total_edit_s"]
+
+
 def test_bad_arguments_fail_before_any_work(tmp_path):
     with pytest.raises(UnknownEditor):
         run(["nope"], [1], progress=False)

@@ -2,7 +2,8 @@
 
 T sequential single edits from a request set are applied to a fresh copy of the model, one
 `Workbench.edit` each in a scratch workspace (as a user would apply them), and then *all T are
-scored on the final model*: reliability, generality and locality, teacher-forced and greedy
+scored on the final model*; several T are checkpoints of one run (the first T requests scored
+when the T-th edit is in): reliability, generality and locality, teacher-forced and greedy
 exact. Also reported: the median seconds per edit and the inference overhead of the edited
 model (forward time over a fixed probe batch, after vs before).
 
@@ -38,27 +39,40 @@ def _forward_seconds(model, tok, prompts: list[str], repeats: int = 5) -> float:
 def run_one(editor: str, T: int, requests: list, *, model_dir=None, params: dict | None = None,
             progress=None) -> dict:
     """Apply `requests[:T]` one by one through a session, score all of them on the final model."""
+    return run_series(editor, [T], requests, model_dir=model_dir, params=params, progress=progress)[0]
+
+
+def run_series(editor: str, Ts: list[int], requests: list, *, model_dir=None, params: dict | None = None,
+               progress=None) -> list[dict]:
+    """One sequence of single edits, `requests[:max(Ts)]`, scored at each checkpoint T: the
+    first T requests on the model as it stands after the T-th edit. A row per T, each what a
+    fresh run of T edits would give (edit i is seeded i either way), for the cost of the longest."""
     from workbench.bench.scratch import scratch_session
     from workbench.editing.registry import get_editor
     from workbench.eval.evaluate import evaluate_edits, reference
-    if T > 1 and not get_editor(editor).capabilities.sequential:
-        return {"editor": editor, "T": T, "skipped": "not a sequential editor"}
-    reqs = requests[:T]
-    with scratch_session(model_dir) as wb:
-        ref = reference(wb.model, wb.tok, reqs)
-        probe = [p.prompt for r in requests[:256] for p in r.locality][:256]
-        t_before = _forward_seconds(wb.model, wb.tok, probe)
-        times = []
-        for i, r in enumerate(reqs):
-            event = wb.edit(editor, [r], params or {}, seed=i)
-            times.append(event.duration_s)  # the editor's own time, without the session's measuring
-            if progress is not None:
-                progress(1)
-        scores = evaluate_edits(wb.model, wb.tok, reqs, ref)["mean"]
-        t_after = _forward_seconds(wb.model, wb.tok, probe)
-    return {"editor": editor, "T": T, **{m: scores[m] for m in METRICS},
-            "median_edit_s": statistics.median(times), "total_edit_s": sum(times),
-            "inference_overhead": t_after / t_before - 1.0, "hparams": event.hparams}
+    Ts = sorted(set(Ts))
+    sequential = get_editor(editor).capabilities.sequential
+    rows = {T: {"editor": editor, "T": T, "skipped": "not a sequential editor"} for T in Ts if T > 1 and not sequential}
+    todo = [T for T in Ts if T not in rows]
+    if todo:
+        reqs = requests[:max(todo)]
+        with scratch_session(model_dir) as wb:
+            ref = reference(wb.model, wb.tok, reqs)  # keyed by request index: a prefix's is its part
+            probe = [p.prompt for r in requests[:256] for p in r.locality][:256]
+            t_before = _forward_seconds(wb.model, wb.tok, probe)
+            times = []
+            for i, r in enumerate(reqs):
+                event = wb.edit(editor, [r], params or {}, seed=i)
+                times.append(event.duration_s)  # the editor's own time, without the session's measuring
+                if progress is not None:
+                    progress(1)
+                if i + 1 in todo:
+                    scores = evaluate_edits(wb.model, wb.tok, reqs[:i + 1], ref)["mean"]
+                    t_after = _forward_seconds(wb.model, wb.tok, probe)
+                    rows[i + 1] = {"editor": editor, "T": i + 1, **{m: scores[m] for m in METRICS},
+                                   "median_edit_s": statistics.median(times), "total_edit_s": sum(times),
+                                   "inference_overhead": t_after / t_before - 1.0, "hparams": event.hparams}
+    return [rows[T] for T in Ts]
 
 
 def run(editors: list[str], Ts: list[int], *, requests_path=DEFAULT_REQUESTS, model_dir=None,
@@ -76,11 +90,10 @@ def run(editors: list[str], Ts: list[int], *, requests_path=DEFAULT_REQUESTS, mo
         raise InputError(f"T={max(Ts)} needs {max(Ts)} edit requests; {requests_path} has {len(reqs)}",
                          field="--T")
     rows = []
-    with progress_bar("lifelong editing", sum(Ts) * len(editors), enabled=progress) as advance:
+    with progress_bar("lifelong editing", max(Ts) * len(editors), enabled=progress) as advance:
         for name in editors:
-            for T in Ts:
-                rows.append(run_one(name, T, reqs, model_dir=model_dir, params=(params or {}).get(name),
-                                    progress=advance))
+            rows += run_series(name, Ts, reqs, model_dir=model_dir, params=(params or {}).get(name),
+                               progress=advance)
     return rows
 
 

@@ -12,7 +12,8 @@ def add_parser(sub) -> None:
     bsub = b.add_subparsers(dest="bench_cmd", required=True)
     ll = bsub.add_parser("lifelong", help="T sequential edits, scored on the final model (the WISE protocol)")
     ll.add_argument("--editors", default="ft", help="comma-separated editor names")
-    ll.add_argument("--T", default="1,10,100", help="comma-separated numbers of sequential edits")
+    ll.add_argument("--T", default="1,10,100", help="comma-separated numbers of sequential edits: checkpoints "
+                                                    "of one run per editor")
     ll.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
     ll.add_argument("--requests", type=Path, default=None, help="edit requests (default: the world's counterfactuals)")
     ll.add_argument("--param", action="append", default=[], metavar="EDITOR:K=V",
