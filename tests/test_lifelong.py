@@ -31,6 +31,13 @@ def test_checkpoints_of_one_run_equal_fresh_runs():
         fresh = run_one("ft", row["T"], REQS, params={"steps": "10"})
         assert {m: row[m] for m in METRICS} == pytest.approx({m: fresh[m] for m in METRICS}, abs=1e-9)
     assert series[1]["total_edit_s"] > series[0]["total_edit_s"]
+    # the chart: per metric, the teacher-forced and the exact line, points at each T
+    from workbench.bench.plots import figures
+    fig = figures(series + [{"editor": "x", "T": 2, "skipped": "not a sequential editor"}])["lifelong_vs_T"]
+    assert len(fig.data) == 6 and all(list(t.x) == [1, 3] for t in fig.data)
+    gen_exact = next(t for t in fig.data if t.name == "ft exact" and t.xaxis == "x2")
+    assert list(gen_exact.y) == [r["generality_exact"] for r in series]
+    assert "lifelong_vs_T" not in figures([{"editor": "ga", "set": "canaries", "skipped": "x"}])
 
 
 def test_bad_arguments_fail_before_any_work(tmp_path):

@@ -1,7 +1,8 @@
-"""Plotly figures of the unlearning benchmark's rows: recitation against how often a string was
-trained on (the K-FAC paper's frequency axis) and utility as forget requests accumulate
-(sustainability). `workbench bench unlearn --json F` writes them next to F as HTML; the UI's
-Unlearn page draws the same figures from a results file.
+"""Plotly figures of the benchmarks' rows: for unlearning, recitation against how often a string
+was trained on (the K-FAC paper's frequency axis) and utility as forget requests accumulate
+(sustainability); for lifelong editing, reliability, generality and locality against T.
+`workbench bench unlearn --json F` and `bench lifelong --json F` write them next to F as HTML;
+the UI's Unlearn page draws the unlearning figures from a results file.
 
 Example:
     >>> figs = figures(json.loads(Path("bench/results/unlearn_v2.json").read_text()))  # doctest: +SKIP
@@ -65,9 +66,33 @@ def utility_vs_k(rows: list[dict]):
     return fig
 
 
+def lifelong_vs_T(rows: list[dict]):
+    """Reliability, generality and locality against T for every editor of a lifelong run,
+    teacher-forced (solid) and exact (dashed); None when no row has a T."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    scored = [r for r in rows if "T" in r and "skipped" not in r]
+    if not scored:
+        return None
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("reliability", "generality", "locality"))
+    for editor in dict.fromkeys(r["editor"] for r in scored):
+        mine = sorted((r for r in scored if r["editor"] == editor), key=lambda r: r["T"])
+        for col, metric in enumerate(("reliability", "generality", "locality"), 1):
+            for suffix, dash in (("", None), ("_exact", "dash")):
+                fig.add_trace(go.Scatter(x=[r["T"] for r in mine], y=[r[metric + suffix] for r in mine],
+                                         name=f"{editor}{' exact' if suffix else ''}", legendgroup=editor + suffix,
+                                         showlegend=col == 1, mode="lines+markers", line={"dash": dash}),
+                              row=1, col=col)
+    fig.update_xaxes(title_text="T (sequential edits)", type="log")
+    fig.update_yaxes(range=[-0.02, 1.02])
+    fig.update_layout(title="Lifelong editing: every edit so far scored at T")
+    return fig
+
+
 def figures(rows: list[dict]) -> dict:
     """{file suffix: figure} of every figure these rows can draw."""
-    out = {"recitation_by_repeats": recitation_by_repeats(rows), "utility_vs_k": utility_vs_k(rows)}
+    out = {"recitation_by_repeats": recitation_by_repeats(rows), "utility_vs_k": utility_vs_k(rows),
+           "lifelong_vs_T": lifelong_vs_T(rows)}
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -62,7 +62,16 @@ def _cmd_bench_lifelong(args) -> int:
         raise InputError(f"expected comma-separated integers, got {args.T!r}", field="--T") from None
     rows = run(names(args.editors), Ts, requests_path=args.requests or DEFAULT_REQUESTS, model_dir=args.model,
                params=editor_params(args.param))
-    return _print_rows(rows, table, args.json)
+    code = _print_rows(rows, table, args.json)
+    _write_figures(rows, args.json)
+    return code
+
+
+def _write_figures(rows: list[dict], json_path) -> None:
+    if json_path is not None:
+        from workbench.bench.plots import write_figures
+        for path in write_figures(rows, json_path):
+            print(f"wrote {path}")
 
 
 def _cmd_bench_unlearn(args) -> int:
@@ -72,10 +81,7 @@ def _cmd_bench_unlearn(args) -> int:
                oracle_dir=None if args.oracle == "none" else args.oracle, relearn=args.relearn,
                sustain=args.sustain)
     code = _print_rows(rows, table, args.json)
-    if args.json is not None:
-        from workbench.bench.plots import write_figures
-        for path in write_figures(rows, args.json):
-            print(f"wrote {path}")
+    _write_figures(rows, args.json)
     return code
 
 
