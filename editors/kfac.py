@@ -338,9 +338,9 @@ class KFACEditor(Editor):
             # General prose, not the factor corpus's remainder: that mixes in biographies, whose
             # facts K-FAC is known to lose (reported, not guarded), and a guard on it refused the
             # cut held-out prose perplexity would have accepted (canaries: x1.16 on corpus text
-            # where held-out prose and this text both moved x1.13).
-            # text by text, as the benches measure held-out perplexity (packed blocks read x1.150
-            # where the same texts one by one read x1.158)
+            # where held-out prose and this text both moved x1.13). Scored text by text, as the
+            # benches score held-out perplexity (packed blocks read x1.150 where the same texts
+            # one by one read x1.158).
             ppl_texts, dev_text = prose, "world dev prose"
         else:
             texts = self._texts()

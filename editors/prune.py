@@ -418,6 +418,12 @@ class _Silenced:
             h.remove()
 
 
+def _silenced_token_accuracy(model, adapter, layers, pairs, mask: torch.Tensor, pad: int) -> list[float]:
+    """Teacher-forced answer token accuracy of each pair with the neurons of `mask` silenced."""
+    with torch.no_grad(), _Silenced(adapter, layers, mask):
+        return [s.token_accuracy for s in score_answers(model, pairs, pad_id=pad)]
+
+
 def _nemo(ctx: EditContext, hp: PruneHParams, modules, forget_pairs, retain_pairs) -> dict:
     """NeMo's localisation (module docstring), then the found neurons' output columns zeroed."""
     model, adapter, layers = ctx.model, ctx.adapter, hp.layers
@@ -434,8 +440,7 @@ def _nemo(ctx: EditContext, hp: PruneHParams, modules, forget_pairs, retain_pair
     z = (f_mean - r_mean.mean(0)) / (r_mean.std(0) + hp.eps)  # (items, layers, width)
 
     def token_acc(pair, mask) -> float:
-        with torch.no_grad(), _Silenced(adapter, layers, mask):
-            return score_answers(model, [pair], pad_id=pad)[0].token_accuracy
+        return _silenced_token_accuracy(model, adapter, layers, [pair], mask, pad)[0]
 
     none = torch.zeros_like(real)
     items, chosen_sets = [], []
@@ -493,8 +498,7 @@ def _nemo_spare(model, adapter, layers, hp: PruneHParams, forget_pairs, retain_p
     harm = _collect(model, adapter, layers, retain_pairs, hp.tokens, pad, taylor=True).s3.abs().sum(0)  # (layers, width)
 
     def forgotten(mask) -> list[bool]:
-        with torch.no_grad(), _Silenced(adapter, layers, mask):
-            return [s.token_accuracy <= hp.nemo_acc for s in score_answers(model, forget_pairs, pad_id=pad)]
+        return [a <= hp.nemo_acc for a in _silenced_token_accuracy(model, adapter, layers, forget_pairs, mask, pad)]
 
     must = forgotten(selected)
     spared = 0

@@ -104,18 +104,13 @@ def measure(model, tok, base, forgets: list, heldout: list[str], retain: list, *
 def _utility(model, tok, suites: dict) -> dict:
     """Greedy exact accuracy of each suite and, for a suite of several kinds (rules: boolean,
     compare, copy, reverse), of each kind: a capability removal can take one kind with it."""
-    from workbench.eval.scoring import encode_pairs, score_answers
+    from workbench.world.measure import fact_accuracy
     utility, by_group = {}, {}
     for name, probes in suites.items():
-        exact = [s.exact for s in score_answers(model, encode_pairs(tok, [p.prompt for p in probes],
-                                                                   [p.answer for p in probes]),
-                                                pad_id=tok.pad_token_id)]
-        utility[name] = sum(exact) / len(exact)
-        groups: dict[str, list[bool]] = {}
-        for p, e in zip(probes, exact):
-            groups.setdefault(p.group, []).append(e)
-        if len(groups) > 1:
-            by_group[name] = {g: sum(v) / len(v) for g, v in sorted(groups.items())}
+        acc = fact_accuracy(model, tok, probes, by_group=True)
+        utility[name] = acc["exact"]
+        if len(acc["by_group"]) > 1:
+            by_group[name] = acc["by_group"]
     return {"utility": utility, "utility_by_group": by_group}
 
 
