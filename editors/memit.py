@@ -56,29 +56,17 @@ MEMIT_DEPTHS = (0.1, 0.3)  # first and last edited layer as shares of the depth
 
 
 @dataclass
-class MEMITHParams(ValueHParams):
-    """Hyperparameters of `memit`; defaults are MEMIT's (GPT-J) apart from the derived layers.
-
-    Example:
-        >>> MEMITHParams().mom2_update_weight
-        300.0
-        >>> MEMITHParams(layers=(2, 1))
-        Traceback (most recent call last):
-        ...
-        workbench.core.errors.InputError: field "layers": must be distinct and increasing; got (2, 1)
-    """
+class SpreadHParams(ValueHParams):
+    """Fields of the editors that spread one update over several layers (MEMIT, AlphaEdit)."""
     v_num_grad_steps: int = field(default=25, metadata={"help": "Adam steps on each z delta (1..1000)"})
     clamp_norm_factor: float = field(default=2.0, metadata={
         "help": "|delta| is clamped to this times |original residual| (> 0)"})
     layers: tuple[int, ...] | None = field(default=None, metadata={
         "help": "blocks whose MLP output projections share the update, increasing, e.g. 0,1; "
                 "default: from ~10% to ~30% of the depth"})
-    mom2_update_weight: float = field(default=300.0, metadata={
-        "help": "λ: weight of the preserved keys' second moment against the new keys (>= 0)"})
 
     def __post_init__(self):
         super().__post_init__()
-        check_number(self.mom2_update_weight, "mom2_update_weight", ">= 0", lambda v: v >= 0)
         if self.layers is not None:
             if isinstance(self.layers, list):
                 self.layers = tuple(self.layers)
@@ -89,7 +77,7 @@ class MEMITHParams(ValueHParams):
             if list(self.layers) != sorted(set(self.layers)):
                 raise InputError(f"must be distinct and increasing; got {self.layers!r}", field="layers")
 
-    def derive(self, adapter) -> "MEMITHParams":
+    def derive(self, adapter):
         """Fill `layers` (~10%..~30% depth) and check they fit the model."""
         if self.layers is None:
             lo, hi = (adapter.default_layer(f) for f in MEMIT_DEPTHS)
@@ -100,6 +88,26 @@ class MEMITHParams(ValueHParams):
                 raise InputError(f"must be distinct and increasing in this model; got {self.layers!r}",
                                  field="layers")
         return dataclasses.replace(self, layers=layers)
+
+
+@dataclass
+class MEMITHParams(SpreadHParams):
+    """Hyperparameters of `memit`; defaults are MEMIT's (GPT-J) apart from the derived layers.
+
+    Example:
+        >>> MEMITHParams().mom2_update_weight
+        300.0
+        >>> MEMITHParams(layers=(2, 1))
+        Traceback (most recent call last):
+        ...
+        workbench.core.errors.InputError: field "layers": must be distinct and increasing; got (2, 1)
+    """
+    mom2_update_weight: float = field(default=300.0, metadata={
+        "help": "λ: weight of the preserved keys' second moment against the new keys (>= 0)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_number(self.mom2_update_weight, "mom2_update_weight", ">= 0", lambda v: v >= 0)
 
 
 @register_editor
@@ -116,49 +124,72 @@ class MEMITEditor(SubjectEditor):
     def run(self, ctx: EditContext, batch: Batch, hp: MEMITHParams) -> Patch:
         names = [ctx.adapter.param_name(ctx.adapter.mlp_out(layer)) for layer in hp.layers]
         rec = ctx.recorder(names)
-        stats = spread_update(ctx, list(batch), hp)
+        requests = list(batch)
+        covs = preserved_moments(ctx, requests, hp)
+        stats = spread_update(ctx, requests, hp, lambda layer, K, share: memit_solve(
+            covs[layer], K, share, hp.mom2_update_weight))
         patch = rec.patch(meta={"params": names, **stats})
         patch.meta["params"] = [w.name for w in patch.weights]  # those really written (see "site")
         return patch
 
 
-def _memit_keys(model, tok, adapter, layer: int, requests) -> torch.Tensor:
+def memit_keys(model, tok, adapter, layer: int, requests) -> torch.Tensor:
     """(n, d_ff) keys as `compute_ks` averages them: per context type, then across types."""
     keys = kv.subject_keys(model, tok, adapter, layer, requests)  # (n, n_templates, d_ff)
     bare, prefixed = keys[:, 0], keys[:, 1:].mean(1)  # template 0 is "{}"
     return (bare + prefixed) / 2 if keys.shape[1] > 1 else bare
 
 
-def spread_update(ctx: EditContext, requests: list, hp: MEMITHParams) -> dict:
-    """MEMIT's `execute_memit`, in place on the model; returns diagnostics."""
+def edit_site(ctx: EditContext, requests: list, hp: SpreadHParams) -> tuple[list[int], str]:
+    """The layers written and where z is read: ("block", all of `hp.layers`), or, where the MLP
+    output is normalised before it joins the residual (Gemma 2/3), MEMIT's one-layer case."""
+    z_layer = hp.layers[-1]
+    if kv.mlp_adds_to_residual(ctx.model, ctx.tokenizer, ctx.adapter, z_layer, requests[0]):
+        return list(hp.layers), "block"
+    # A share of a residual target is not what W k adds there, so the target is taken at the
+    # last layer's MLP output and written there alone.
+    return [z_layer], "mlp_out"
+
+
+def preserved_moments(ctx: EditContext, requests: list, hp: SpreadHParams) -> dict[int, torch.Tensor]:
+    """{layer: C (d_ff, d_ff)} of the keys before this editor's own edits, as in the paper (the
+    projections it writes are left out of the statistics' cache key)."""
+    layers, _ = edit_site(ctx, requests, hp)
+    own = tuple(ctx.adapter.param_name(ctx.adapter.mlp_out(layer)) for layer in layers)
+    return kv_stats.second_moments(ctx.model, ctx.tokenizer, ctx.adapter, layers, corpus=hp.corpus,
+                                   n_samples=hp.mom2_n_samples, exclude=own)
+
+
+def memit_solve(C: torch.Tensor, K: torch.Tensor, share: torch.Tensor, lam: float) -> torch.Tensor:
+    """MEMIT's eq. 14: (hidden, d_ff) ΔW = shareᵀ K (λ C + Kᵀ K)⁻¹ for keys K (n, d_ff) and the
+    layer's share of the residual (n, hidden), all float64."""
+    A = lam * C.double().to(K.device) + K.T @ K  # (d_ff, d_ff)
+    adj = solve_psd(A, K.T)  # (d_ff, n) = (λC + KᵀK)⁻¹ Kᵀ
+    return share.T @ adj.T  # (hidden, d_ff)
+
+
+def spread_update(ctx: EditContext, requests: list, hp: SpreadHParams, solve) -> dict:
+    """MEMIT's `execute_memit`, in place on the model; returns diagnostics.
+    `solve(layer, K (n, d_ff), share (n, hidden)) -> ΔW (hidden, d_ff)`, float64, is the one
+    step in which MEMIT and AlphaEdit differ."""
     model, tok, adapter = ctx.model, ctx.tokenizer, ctx.adapter
-    layers, z_layer, site = list(hp.layers), hp.layers[-1], "block"
-    if not kv.mlp_adds_to_residual(model, tok, adapter, z_layer, requests[0]):
-        # The MLP output is normalised before it reaches the residual (Gemma 2/3), so a share of
-        # a residual target is not what W k adds. Then only MEMIT's one-layer case is sound:
-        # the target is taken at the last layer's MLP output and written there alone.
-        layers, site = [z_layer], "mlp_out"
+    layers, site = edit_site(ctx, requests, hp)
+    z_layer = layers[-1]
     zs, steps = [], []
     for req in requests:  # targets on the unedited model, one optimisation per fact
         z = kv.compute_z(model, tok, adapter, req, layer=z_layer, site=site, **hp.z_kwargs())
         zs.append(z.target)
         steps.append(z.steps)
     zs = torch.stack(zs)  # (n, hidden)
-    own = tuple(adapter.param_name(adapter.mlp_out(layer)) for layer in layers)
-    covs = kv_stats.second_moments(model, tok, adapter, layers, corpus=hp.corpus, n_samples=hp.mom2_n_samples,
-                             exclude=own)  # C of the keys before MEMIT's own edits, as in the paper
     first_residual = None
     for i, layer in enumerate(layers):
-        K = _memit_keys(model, tok, adapter, layer, requests).double()  # (n, d_ff)
+        K = memit_keys(model, tok, adapter, layer, requests).double()  # (n, d_ff)
         cur = kv.values_at_subject(model, tok, adapter, z_layer, site, requests)  # (n, hidden)
         resid = (zs - cur).double()  # (n, hidden) what is still missing at the z layer
         if first_residual is None:
             first_residual = float(resid.norm(dim=1).mean())
         share = resid / (len(layers) - i)  # this layer's part; later layers fix the rest
-        C = covs[layer].double().to(K.device)  # (d_ff, d_ff)
-        A = hp.mom2_update_weight * C + K.T @ K  # (d_ff, d_ff)
-        adj = solve_psd(A, K.T)  # (d_ff, n) = (λC + KᵀK)⁻¹ Kᵀ
-        upd = share.T @ adj.T  # (hidden, d_ff)
+        upd = solve(layer, K, share)  # (hidden, d_ff)
         module = adapter.mlp_out(layer)
         w = adapter.weight(module)  # (hidden, d_ff) view
         adapter.set_weight(module, (w.detach().double() + upd).to(w.dtype))

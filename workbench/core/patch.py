@@ -103,8 +103,13 @@ def _replace(model, name: str, old: torch.Tensor, values: torch.Tensor) -> None:
 class Attachment:
     """A module an edit adds to the model. Subclasses set `kind`, and implement
     `attach(model, adapter)`, `detach(model, adapter)`, `state()` (tensors) and `config()`
-    (JSON), and `from_saved(config, state)`. Register with `register_attachment`."""
+    (JSON), and `from_saved(config, state)`. Register with `register_attachment`.
+
+    `inert = True` declares state an editor keeps for its later edits that changes no output
+    (AlphaEdit's record of the keys it has already written): it is attached and reverted with
+    its patch like any other, but a plain checkpoint export may leave it behind."""
     kind: ClassVar[str] = ""
+    inert: ClassVar[bool] = False
 
     def attach(self, model, adapter) -> None:
         raise NotImplementedError
@@ -151,7 +156,8 @@ class Patch:
 
     @property
     def weights_only(self) -> bool:
-        return not self.attachments
+        """Only weight changes reach the outputs (inert attachments aside): a plain checkpoint holds it."""
+        return all(a.inert for a in self.attachments)
 
     @property
     def nbytes(self) -> int:

@@ -1,0 +1,223 @@
+"""MEMOIR's residual memory: the module that lives in the model, its masks and its router.
+
+One zero-initialised matrix W_m (out, in) sits beside the MLP output projection W of one layer:
+the layer writes `W a + W_m (a ⊙ m)`, where m (in,) is a sparse mask of the *query*. An edit
+trains only the columns of W_m its mask picks, so edits with different masks overwrite little
+of each other. Everything is a buffer (a later edit is a plain list of `WeightChange`s):
+
+- `residual` (out, in): W_m;
+- `perm` (in,) int64: TopHash's fixed random permutation;
+- `background` (in,): the mean MLP key over generic text, subtracted before the top-k
+  (the paper's "mean_decentered" aggregation);
+- `masks` (capacity, in) bool and `count` (1,) int64: every edit's mask, in edit order; the
+  capacity doubles when full, so an edit's patch records one new row, not the whole table.
+
+A row's mask (`mask_of`): its keys a_t averaged over its real positions, minus `background`;
+the k = `top_k` largest magnitudes; their indices sent through `perm` (TopHash). With
+`masks="random"` (the paper's ablation) the k positions are instead drawn from a generator
+seeded by the row's token ids: a mask that identifies the exact input but carries nothing of
+its meaning.
+
+Routing (`router="mask"`, the paper): a row reads the memory iff its mask's best overlap
+with a stored edit mask, |m ∩ m_e| / k, is at least τ = `threshold`; it then reads W_m through
+its *own* mask. `router="none"` (the paper's ablation "without conditional routing") reads W_m
+for every row.
+
+The decision and the mask use every real position of the forward call, as WISE's router does;
+in cached decoding a call that only extends earlier ones (its attention mask is longer than its
+tokens) keeps the decision and mask its prompt got, so a generated answer is read as the prompt
+was routed.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import nn
+
+from workbench.core.patch import Attachment, register_attachment
+
+ATTR = "memoir_memory"  # state_dict keys "memoir_memory.*"
+MASKS = ("tophash", "random")
+ROUTERS = ("mask", "none")
+
+
+class MEMOIRMemory(nn.Module):
+    """Residual memory + mask router for the MLP output projection of one layer.
+
+    Example:
+        >>> mem = MEMOIRMemory(layer=0, out_features=2, in_features=8, top_k=3)
+        >>> int(mem.count), mem.masks.shape
+        (0, torch.Size([4, 8]))
+    """
+
+    def __init__(self, layer: int, out_features: int, in_features: int, top_k: int, threshold: float = 0.4,
+                 masks: str = "tophash", router: str = "mask", seed: int = 0,
+                 dtype=torch.float32, capacity: int = 4):
+        super().__init__()
+        self.layer, self.top_k, self.tau = int(layer), int(top_k), float(threshold)
+        self.mask_kind, self.router, self.seed = str(masks), str(router), int(seed)
+        o, i = int(out_features), int(in_features)
+        g = torch.Generator().manual_seed(self.seed)
+        self.register_buffer("residual", torch.zeros(o, i, dtype=dtype))
+        self.register_buffer("perm", torch.randperm(i, generator=g))
+        self.register_buffer("background", torch.zeros(i, dtype=torch.float32))
+        self.register_buffer("masks", torch.zeros(capacity, i, dtype=torch.bool))
+        self.register_buffer("count", torch.zeros(1, dtype=torch.int64))
+        # Not state: set by the trainer, the columns being trained and their values (out, k).
+        self.train_cols: torch.Tensor | None = None
+        self.train_values: torch.Tensor | None = None
+        self._handles: list = []
+        self._lead = None  # ((batch, seq) | None, attention mask | None, input ids | None) of this call
+        self._last = None  # (masks (b, in) bool, use (b,) bool) of the last routed call
+
+    def config(self) -> dict:
+        return {"layer": self.layer, "out_features": self.residual.shape[0], "in_features": self.residual.shape[1],
+                "top_k": self.top_k, "threshold": self.tau, "masks": self.mask_kind, "router": self.router,
+                "seed": self.seed,
+                "dtype": str(self.residual.dtype).removeprefix("torch.")}
+
+    @property
+    def n(self) -> int:
+        return int(self.count)
+
+    # -- masks ---------------------------------------------------------------------------
+    def mask_of(self, a: torch.Tensor, real: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, in) bool masks of rows of keys a (batch, seq, in) with real positions (batch, seq)."""
+        b, _, d = a.shape
+        out = torch.zeros(b, d, dtype=torch.bool, device=a.device)
+        if self.mask_kind == "random":
+            for r in range(b):  # a per-input random draw: the input's token ids seed it
+                toks = ids[r][real[r].bool()] if ids is not None else torch.zeros(0, dtype=torch.long)
+                digest = hashlib.sha256(toks.cpu().numpy().tobytes() + str(self.seed).encode()).digest()
+                g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2 ** 63 - 1))
+                out[r, torch.randperm(d, generator=g)[:self.top_k].to(a.device)] = True
+            return out
+        w = real.to(a.dtype)[..., None]  # (batch, seq, 1)
+        agg = (a * w).sum(1) / w.sum(1).clamp_min(1.0) - self.background.to(a.dtype)  # (batch, in)
+        idx = agg.abs().topk(self.top_k, dim=-1).indices  # (batch, k)
+        out.scatter_(1, self.perm.to(a.device)[idx], True)  # TopHash: the top-k sent through perm
+        return out
+
+    def overlaps(self, m: torch.Tensor) -> torch.Tensor:
+        """(batch, n) |m ∩ m_e| / k of query masks m (batch, in) with every stored edit mask."""
+        stored = self.masks[:self.n].to(m.device)
+        return (m.float() @ stored.float().T) / self.top_k
+
+    def append(self, mask: torch.Tensor) -> None:
+        """Store one edit's mask (in,), doubling the capacity when full."""
+        n = self.n
+        if n == self.masks.shape[0]:
+            self.masks = torch.cat([self.masks, torch.zeros_like(self.masks)])
+        self.masks[n] = mask.to(self.masks.device)
+        self.count += 1
+
+    # -- hooks ---------------------------------------------------------------------------
+    def install(self, model, adapter) -> None:
+        model.add_module(ATTR, self)
+        self._handles = [model.register_forward_pre_hook(self._see_inputs, with_kwargs=True),
+                         adapter.mlp_out(self.layer).register_forward_hook(self._route)]
+
+    def uninstall(self, model) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if getattr(model, ATTR, None) is self:
+            delattr(model, ATTR)
+
+    def _see_inputs(self, _model, args, kwargs):
+        x = args[0] if args else kwargs.get("input_ids")
+        ids = x if isinstance(x, torch.Tensor) and not x.is_floating_point() else None
+        if x is None:
+            x = kwargs.get("inputs_embeds")
+        mask = kwargs.get("attention_mask")
+        if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
+            mask = args[1]
+        lead = tuple(x.shape[:2]) if x is not None else None
+        if mask is not None and (mask.dim() != 2 or lead is None or mask.shape[0] != lead[0]):
+            mask = None
+        self._lead = (lead, mask, ids)
+        return None
+
+    def _route(self, _module, args, output):
+        a = args[0]  # (batch, seq, in), or (batch*seq, in) for OPT
+        lead, mask, ids = self._lead if self._lead else (None, None, None)
+        if a.dim() == 2:
+            a = a.reshape(*(lead if lead else (1, a.shape[0])), a.shape[-1])
+        if self.train_cols is not None:  # training one edit: its columns, every position
+            add = a[..., self.train_cols] @ self.train_values.T  # (batch, seq, out)
+            return output + add.reshape(output.shape).to(output.dtype)
+        if self.n == 0:
+            return None
+        b, s = a.shape[:2]
+        continuing = mask is not None and mask.shape[1] > s
+        if continuing and self._last is not None and self._last[0].shape[0] == b:
+            m, use = self._last  # cached decoding: the prompt's decision
+        else:
+            real = mask[:, -s:].to(a.device) if mask is not None and mask.shape[1] >= s else \
+                torch.ones(b, s, device=a.device)
+            m = self.mask_of(a.detach().float(), real, ids)
+            use = self.decide(m, ids, real)
+            self._last = (m, use)
+        if not bool(use.any()):
+            return None
+        add = (a * m[:, None, :].to(a.dtype)) @ self.residual.to(a.dtype).T  # (batch, seq, out)
+        add = add * use[:, None, None].to(a.dtype)
+        return output + add.reshape(output.shape)
+
+    def decide(self, m: torch.Tensor, ids, real) -> torch.Tensor:
+        """(batch,) bool: which rows read the memory."""
+        if self.router == "none":
+            return torch.ones(m.shape[0], dtype=torch.bool, device=m.device)
+        return self.overlaps(m).max(-1).values >= self.tau
+
+
+@register_attachment
+class MEMOIRAttachment(Attachment):
+    """The first MEMOIR edit of a model attaches the memory; later edits change its buffers.
+
+    Example:
+        >>> mem = MEMOIRMemory(0, 2, 8, 3)
+        >>> MEMOIRAttachment(mem.config(), mem.state_dict()).kind
+        'memoir_memory'
+    """
+    kind = "memoir_memory"
+
+    def __init__(self, config: dict, state: dict[str, torch.Tensor]):
+        self._config = dict(config)
+        self._state = {k: v.detach().clone() for k, v in state.items()}
+
+    @classmethod
+    def of(cls, memory: MEMOIRMemory) -> "MEMOIRAttachment":
+        return cls(memory.config(), memory.state_dict())
+
+    def build(self) -> MEMOIRMemory:
+        c = self._config
+        mem = MEMOIRMemory(c["layer"], c["out_features"], c["in_features"], c["top_k"], c["threshold"],
+                           c["masks"], c["router"], c["seed"], getattr(torch, c["dtype"]))
+        for k, v in self._state.items():  # the mask table may have grown
+            mem.register_buffer(k, v.detach().clone())
+        return mem
+
+    def attach(self, model, adapter) -> None:
+        if getattr(model, ATTR, None) is not None:
+            raise ValueError("the model already has a MEMOIR memory attached")
+        from workbench.core.arch import get_adapter
+        mem = self.build()
+        mem.to(next(model.parameters()).device)
+        mem.install(model, adapter or get_adapter(model))
+
+    def detach(self, model, adapter) -> None:
+        mem = getattr(model, ATTR, None)
+        if isinstance(mem, MEMOIRMemory):
+            mem.uninstall(model)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return self._state
+
+    def config(self) -> dict:
+        return dict(self._config)
+
+    @classmethod
+    def from_saved(cls, config: dict, state: dict[str, torch.Tensor]) -> "MEMOIRAttachment":
+        return cls(config, state)
