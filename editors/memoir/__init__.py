@@ -70,8 +70,11 @@ class MEMOIRHParams(HParams):
     masks: str = field(default="tophash", metadata={
         "help": "'tophash' (the paper) or 'random' (its ablation: a random mask per input)"})
     router: str = field(default="mask", metadata={
-        "help": "'mask' (the paper: read the memory when the best mask overlap reaches τ) or 'none' (its "
-                "ablation: always read it)"})
+        "help": "'mask' (the paper: read the memory when the best mask overlap reaches τ), 'none' (its "
+                "ablation: always read it) or 'key' (ours: per position, by the cosine of the centred key "
+                "with the edits' keys at their answer positions, reading the matched edit's mask)"})
+    key_threshold: float = field(default=0.7, metadata={
+        "help": "router='key': least cosine with a stored edit key for a position to read the memory [-1, 1]"})
     background_samples: int = field(default=200, metadata={
         "help": "corpus texts whose mean key is subtracted before the top-k (1..100000)"})
 
@@ -83,6 +86,7 @@ class MEMOIRHParams(HParams):
         check_number(self.threshold, "threshold", "in [0, 1]", lambda v: 0 <= v <= 1)
         check_choice(self.masks, "masks", MASKS)
         check_choice(self.router, "router", ROUTERS)
+        check_number(self.key_threshold, "key_threshold", "in [-1, 1]", lambda v: -1 <= v <= 1)
         check_number(self.background_samples, "background_samples", "an integer in 1..100000",
                      lambda v: 1 <= v <= 100_000, integer=True)
 
@@ -116,8 +120,10 @@ def background_mean(model, tok, adapter, layer: int, n_texts: int) -> torch.Tens
     return (total / rows).cpu()
 
 
-def _edit_mask(model, adapter, mem: MEMOIRMemory, ids: torch.Tensor) -> torch.Tensor:
-    """(d_ff,) bool: the mask of one edit row (1, seq), as the router will compute it."""
+def _edit_mask(model, adapter, mem: MEMOIRMemory, ids: torch.Tensor, answer_from: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d_ff,) bool: the mask of one edit row (1, seq), as the router will compute it; and the
+    row's centred keys (p, d_ff) at the positions that predict the answer (from `answer_from` − 1)."""
     grabbed: list[torch.Tensor] = []
     handle = adapter.hook_mlp_neurons(mem.layer, lambda acts: grabbed.append(acts.detach().float()))
     try:
@@ -126,13 +132,17 @@ def _edit_mask(model, adapter, mem: MEMOIRMemory, ids: torch.Tensor) -> torch.Te
     finally:
         handle.remove()
     a = grabbed[0].reshape(*ids.shape, -1)  # (1, seq, d_ff)
-    return mem.mask_of(a, torch.ones(ids.shape, device=a.device), ids)[0]
+    keys = mem.centred_keys(a[0, answer_from - 1:-1])  # (p, d_ff)
+    return mem.mask_of(a, torch.ones(ids.shape, device=a.device), ids)[0], keys
 
 
-def train_edit(model, adapter, mem: MEMOIRMemory, ids: torch.Tensor, labels: torch.Tensor,
+def train_edit(model, adapter, mem: MEMOIRMemory, ids: torch.Tensor, answer_from: int,
                hp: MEMOIRHParams) -> dict:
-    """Train the columns of W_m one edit's mask picks; store the mask. ids/labels (1, seq)."""
-    mask = _edit_mask(model, adapter, mem, ids)
+    """Train the columns of W_m one edit's mask picks; store the mask (and keys). ids (1, seq),
+    the answer from position `answer_from` on."""
+    labels = ids.clone()
+    labels[0, :answer_from] = -100  # only the target is learnt
+    mask, keys = _edit_mask(model, adapter, mem, ids, answer_from)
     cols = mask.nonzero().flatten()  # (k,)
     values = mem.residual[:, cols].clone().float().requires_grad_(True)  # (out, k)
     opt = torch.optim.SGD([values], lr=hp.lr)
@@ -150,7 +160,7 @@ def train_edit(model, adapter, mem: MEMOIRMemory, ids: torch.Tensor, labels: tor
         mem.train_cols = mem.train_values = None
     with torch.no_grad():
         mem.residual[:, cols] = values.detach().to(mem.residual.dtype)
-    mem.append(mask)
+    mem.append(mask, keys)
     return {"loss_first": losses[0], "loss_last": losses[-1]}
 
 
@@ -173,7 +183,8 @@ class MEMOIREditor(Editor):
         if mem is None:
             return hp
         return dataclasses.replace(hp, layer=mem.layer, top_k_ratio=mem.top_k / mem.residual.shape[1],
-                                   threshold=mem.tau, masks=mem.mask_kind, router=mem.router)
+                                   threshold=mem.tau, masks=mem.mask_kind, router=mem.router,
+                                   key_threshold=mem.key_tau)
 
     def run(self, ctx: EditContext, batch: Batch, hp: MEMOIRHParams) -> Patch:
         model, adapter = ctx.model, ctx.adapter
@@ -183,7 +194,7 @@ class MEMOIREditor(Editor):
             w = adapter.weight(adapter.mlp_out(hp.layer))  # (out, in)
             k = max(1, round(hp.top_k_ratio * w.shape[1]))
             mem = MEMOIRMemory(hp.layer, w.shape[0], w.shape[1], k, hp.threshold, hp.masks, hp.router,
-                               dtype=w.dtype)
+                               dtype=w.dtype, key_threshold=hp.key_threshold)
             mem.background.copy_(background_mean(model, ctx.tokenizer, adapter, hp.layer, hp.background_samples))
             mem.to(w.device)
             mem.install(model, adapter)
@@ -196,9 +207,7 @@ class MEMOIREditor(Editor):
         device = mem.residual.device
         for (prompt_ids, answer_ids) in batch.pairs:
             ids = torch.tensor([prompt_ids + answer_ids], device=device)  # (1, seq)
-            labels = ids.clone()
-            labels[0, :len(prompt_ids)] = -100  # only the target is learnt
-            stats.append(train_edit(model, adapter, mem, ids, labels, hp))
+            stats.append(train_edit(model, adapter, mem, ids, len(prompt_ids), hp))
         meta = {"loss_first": sum(s["loss_first"] for s in stats) / len(stats),
                 "loss_last": sum(s["loss_last"] for s in stats) / len(stats),
                 "edits_total": mem.n, "top_k": mem.top_k}

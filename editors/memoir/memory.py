@@ -10,7 +10,10 @@ of each other. Everything is a buffer (a later edit is a plain list of `WeightCh
 - `background` (in,): the mean MLP key over generic text, subtracted before the top-k
   (the paper's "mean_decentered" aggregation);
 - `masks` (capacity, in) bool and `count` (1,) int64: every edit's mask, in edit order; the
-  capacity doubles when full, so an edit's patch records one new row, not the whole table.
+  capacity doubles when full, so an edit's patch records one new row, not the whole table;
+- `keys` (capacity, in), `key_edit` (capacity,) int64, `key_count` (1,): only with
+  `router="key"` (ours): the centred, unit-norm keys of each edit row at the positions that
+  predict its target, and the edit each belongs to.
 
 A row's mask (`mask_of`): its keys a_t averaged over its real positions, minus `background`;
 the k = `top_k` largest magnitudes; their indices sent through `perm` (TopHash). With
@@ -22,6 +25,14 @@ Routing (`router="mask"`, the paper): a row reads the memory iff its mask's best
 with a stored edit mask, |m ∩ m_e| / k, is at least τ = `threshold`; it then reads W_m through
 its *own* mask. `router="none"` (the paper's ablation "without conditional routing") reads W_m
 for every row.
+
+`router="key"` (ours, not the paper's) decides per position instead of per row: position t reads
+the memory iff its centred, unit-norm key (a_t − background)/‖·‖ has cosine ≥ τ with a stored edit
+key, and then reads W_m through *that edit's* mask. A position sees only itself, so the decision is
+causal and the same in teacher-forced scoring, in one call and in cached decoding. Why: on the
+shipped model a query's mean-pooled mask is mostly its template (see the README), so the paper's
+router sends nearly every same-template prompt to the memory; the key at the answer position
+tells edits apart (measured in the README and issue 16's note).
 
 The decision and the mask use every real position of the forward call, as WISE's router does;
 in cached decoding a call that only extends earlier ones (its attention mask is longer than its
@@ -39,7 +50,7 @@ from workbench.core.patch import Attachment, register_attachment
 
 ATTR = "memoir_memory"  # state_dict keys "memoir_memory.*"
 MASKS = ("tophash", "random")
-ROUTERS = ("mask", "none")
+ROUTERS = ("mask", "none", "key")
 
 
 class MEMOIRMemory(nn.Module):
@@ -53,9 +64,10 @@ class MEMOIRMemory(nn.Module):
 
     def __init__(self, layer: int, out_features: int, in_features: int, top_k: int, threshold: float = 0.4,
                  masks: str = "tophash", router: str = "mask", seed: int = 0,
-                 dtype=torch.float32, capacity: int = 4):
+                 dtype=torch.float32, capacity: int = 4, key_threshold: float = 0.7):
         super().__init__()
         self.layer, self.top_k, self.tau = int(layer), int(top_k), float(threshold)
+        self.key_tau = float(key_threshold)
         self.mask_kind, self.router, self.seed = str(masks), str(router), int(seed)
         o, i = int(out_features), int(in_features)
         g = torch.Generator().manual_seed(self.seed)
@@ -64,6 +76,10 @@ class MEMOIRMemory(nn.Module):
         self.register_buffer("background", torch.zeros(i, dtype=torch.float32))
         self.register_buffer("masks", torch.zeros(capacity, i, dtype=torch.bool))
         self.register_buffer("count", torch.zeros(1, dtype=torch.int64))
+        kc = capacity if router == "key" else 0
+        self.register_buffer("keys", torch.zeros(kc, i, dtype=torch.float32))
+        self.register_buffer("key_edit", torch.zeros(kc, dtype=torch.int64))
+        self.register_buffer("key_count", torch.zeros(1, dtype=torch.int64))
         # Not state: set by the trainer, the columns being trained and their values (out, k).
         self.train_cols: torch.Tensor | None = None
         self.train_values: torch.Tensor | None = None
@@ -74,7 +90,7 @@ class MEMOIRMemory(nn.Module):
     def config(self) -> dict:
         return {"layer": self.layer, "out_features": self.residual.shape[0], "in_features": self.residual.shape[1],
                 "top_k": self.top_k, "threshold": self.tau, "masks": self.mask_kind, "router": self.router,
-                "seed": self.seed,
+                "seed": self.seed, "key_threshold": self.key_tau,
                 "dtype": str(self.residual.dtype).removeprefix("torch.")}
 
     @property
@@ -104,13 +120,26 @@ class MEMOIRMemory(nn.Module):
         stored = self.masks[:self.n].to(m.device)
         return (m.float() @ stored.float().T) / self.top_k
 
-    def append(self, mask: torch.Tensor) -> None:
-        """Store one edit's mask (in,), doubling the capacity when full."""
+    def append(self, mask: torch.Tensor, keys: torch.Tensor | None = None) -> None:
+        """Store one edit's mask (in,) and, for router="key", its keys (p, in), doubling the
+        tables when full (so a patch records the new rows, not the whole table, most times)."""
         n = self.n
         if n == self.masks.shape[0]:
             self.masks = torch.cat([self.masks, torch.zeros_like(self.masks)])
         self.masks[n] = mask.to(self.masks.device)
+        if self.router == "key" and keys is not None:
+            nk, p = int(self.key_count), keys.shape[0]
+            while nk + p > self.keys.shape[0]:
+                self.keys = torch.cat([self.keys, torch.zeros_like(self.keys)])
+                self.key_edit = torch.cat([self.key_edit, torch.zeros_like(self.key_edit)])
+            self.keys[nk:nk + p] = keys.to(self.keys.device, self.keys.dtype)
+            self.key_edit[nk:nk + p] = n
+            self.key_count += p
         self.count += 1
+
+    def centred_keys(self, a: torch.Tensor) -> torch.Tensor:
+        """(..., in) unit-norm a − background: what router="key" compares."""
+        return torch.nn.functional.normalize(a.float() - self.background.to(a.device), dim=-1)
 
     # -- hooks ---------------------------------------------------------------------------
     def install(self, model, adapter) -> None:
@@ -149,6 +178,8 @@ class MEMOIRMemory(nn.Module):
             return output + add.reshape(output.shape).to(output.dtype)
         if self.n == 0:
             return None
+        if self.router == "key":
+            return output + self._by_key(a).reshape(output.shape).to(output.dtype)
         b, s = a.shape[:2]
         continuing = mask is not None and mask.shape[1] > s
         if continuing and self._last is not None and self._last[0].shape[0] == b:
@@ -164,6 +195,20 @@ class MEMOIRMemory(nn.Module):
         add = (a * m[:, None, :].to(a.dtype)) @ self.residual.to(a.dtype).T  # (batch, seq, out)
         add = add * use[:, None, None].to(a.dtype)
         return output + add.reshape(output.shape)
+
+    def _by_key(self, a: torch.Tensor) -> torch.Tensor:
+        """(batch, seq, out) router="key": each position reads W_m through the mask of the edit
+        whose key it matches best, if the cosine reaches key_tau; else nothing."""
+        nk = int(self.key_count)
+        q = self.centred_keys(a.detach())  # (batch, seq, in)
+        best, which = (q @ self.keys[:nk].to(q.device).T).max(-1)  # (batch, seq) each
+        use = best >= self.key_tau  # (batch, seq)
+        out = torch.zeros(*a.shape[:2], self.residual.shape[0], dtype=a.dtype, device=a.device)
+        if bool(use.any()):
+            pos = use.nonzero(as_tuple=True)
+            m = self.masks[self.key_edit[which[pos]]].to(a.dtype)  # (p, in): each position's edit mask
+            out[pos] = (a[pos] * m) @ self.residual.to(a.dtype).T  # (p, out)
+        return out
 
     def decide(self, m: torch.Tensor, ids, real) -> torch.Tensor:
         """(batch,) bool: which rows read the memory."""
@@ -194,7 +239,8 @@ class MEMOIRAttachment(Attachment):
     def build(self) -> MEMOIRMemory:
         c = self._config
         mem = MEMOIRMemory(c["layer"], c["out_features"], c["in_features"], c["top_k"], c["threshold"],
-                           c["masks"], c["router"], c["seed"], getattr(torch, c["dtype"]))
+                           c["masks"], c["router"], c["seed"], getattr(torch, c["dtype"]),
+                           key_threshold=c.get("key_threshold", 0.7))
         for k, v in self._state.items():  # the mask table may have grown
             mem.register_buffer(k, v.detach().clone())
         return mem
