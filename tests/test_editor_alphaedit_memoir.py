@@ -240,3 +240,90 @@ def test_memoir_ablations_change_what_the_paper_says(world):
     assert scores["random"]["reliability"] >= 0.8
     # As published, the router reads the memory iff a stored mask overlaps by τ; the ablation always.
     assert scores["paper"]["by_overlap"] and scores["none"]["routes_unrelated"]
+
+
+# ------------------------------------------------------------------------- memoir-key (ours)
+
+@pytest.fixture(scope="module")
+def key_run(world):
+    """12 sequential memoir-key edits on a model of its own (the shared one may hold a memory)."""
+    from workbench.core.model import load_model
+    model, tok = load_model()
+    adapter = get_adapter(model)
+    reqs = world[3]
+    ref = reference(model, tok, reqs)
+    h0 = weights_hash(model)
+    with torch.no_grad():
+        probes = {"loc": tok(reqs[0].locality[0].prompt, return_tensors="pt")["input_ids"],
+                  "other": tok(reqs[0].prompt.replace(reqs[0].subject, "Ada Brook"), return_tensors="pt")["input_ids"]}
+        base = {k: model(input_ids=v).logits for k, v in probes.items()}
+    from editors.memoir import MEMOIRKeyEditor, MEMOIRKeyHParams
+    patches = [MEMOIRKeyEditor(MEMOIRKeyHParams().derive(adapter)).edit(EditContext(model, tok, adapter, seed=i), [r])
+               for i, r in enumerate(reqs)]
+    return dict(model=model, tok=tok, adapter=adapter, reqs=reqs, ref=ref, h0=h0, patches=patches, probes=probes,
+                base=base)
+
+
+def test_memoir_key_sequence_is_reliable_general_and_local(key_run):
+    m = evaluate_edits(key_run["model"], key_run["tok"], key_run["reqs"], key_run["ref"])["mean"]
+    print("memoir-key T=12:", {k: round(m[k], 3) for k in ("reliability", "generality", "locality",
+                                                          "reliability_exact", "generality_exact")})
+    assert m["reliability"] >= 0.9 and m["reliability_exact"] >= 0.9
+    assert m["generality"] >= 0.75
+    assert m["locality"] == 1.0 and m["locality_exact"] == 1.0  # no probe names an edited subject
+
+
+def test_memoir_key_reads_nothing_for_a_query_without_an_edited_subject(key_run):
+    model = key_run["model"]
+    with torch.no_grad():  # bit for bit the unedited model's logits: the memory adds nothing at all
+        for k, ids in key_run["probes"].items():
+            assert torch.equal(model(input_ids=ids).logits, key_run["base"][k]), k
+
+
+def test_memoir_key_subject_hits_and_causal_gate(key_run):
+    model, tok, reqs = key_run["model"], key_run["tok"], key_run["reqs"]
+    mem = getattr(model, MEMOIR_ATTR)
+    r = reqs[3]
+    text = "Yesterday " + r.rephrase_prompts[0]
+    ids = torch.tensor([tok(text)["input_ids"]])
+    rows, ends, edits = mem.subject_hits(ids)
+    want = {i for i, q in enumerate(reqs) if q.subject == r.subject}
+    assert set(edits.tolist()) == want and set(rows.tolist()) == {0}
+    # Every position before the subject's last token is refused whatever its key.
+    best, _ = mem._gated_scores(torch.randn(1, ids.shape[1], mem.residual.shape[1]), ids, None)
+    assert torch.isinf(best[0, :int(ends.min())]).all() and torch.isfinite(best[0, int(ends.min()):]).all()
+
+
+def test_memoir_key_batched_and_generated_like_one_at_a_time(key_run):
+    model, tok, reqs = key_run["model"], key_run["tok"], key_run["reqs"]
+    texts = [reqs[0].prompt + " " + reqs[0].target_new, reqs[1].locality[0].prompt,
+             reqs[2].rephrase_prompts[0] + " " + reqs[2].target_new, "The old bridge was praised"]
+    seqs = tok(texts)["input_ids"]
+    ids, mask = right_pad(seqs, tok.pad_token_id)
+    with torch.no_grad():
+        batched = model(input_ids=ids, attention_mask=mask).logits
+        for r, s in enumerate(seqs):
+            torch.testing.assert_close(batched[r, :len(s)], model(input_ids=torch.tensor([s])).logits[0],
+                                       rtol=1e-4, atol=1e-4)
+    # Cached greedy decoding (a call per new token) keeps the subject an earlier call saw.
+    pairs = encode_pairs(tok, [q.rephrase_prompts[0] for q in reqs[:6]], [q.target_new for q in reqs[:6]])
+    got = greedy_continuations(model, [p for p, _ in pairs], [len(a) for _, a in pairs], pad_id=tok.pad_token_id)
+    multi = [i for i, (_, a) in enumerate(pairs) if len(a) > 1]
+    assert multi and sum(got[i] == pairs[i][1] for i in range(len(pairs))) >= 4
+
+
+def test_memoir_key_needs_subjects_and_reverts_exactly(key_run):
+    import dataclasses
+    from editors.memoir import MEMOIRKeyEditor, MEMOIRKeyHParams
+    from workbench.core.errors import InputError
+    model, tok, adapter = key_run["model"], key_run["tok"], key_run["adapter"]
+    h = weights_hash(model)
+    bad = dataclasses.replace(key_run["reqs"][0], subject="Nobody Here")
+    with pytest.raises(InputError, match="subject"):
+        MEMOIRKeyEditor(MEMOIRKeyHParams().derive(adapter)).edit(EditContext(model, tok, adapter), [bad])
+    assert weights_hash(model) == h
+    _revert_all(model, adapter, key_run["patches"])
+    assert getattr(model, MEMOIR_ATTR, None) is None and weights_hash(model) == key_run["h0"]
+    for p in key_run["patches"]:
+        p.apply(model, adapter)
+    assert weights_hash(model) == h

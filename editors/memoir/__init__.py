@@ -18,6 +18,17 @@ Inference: a query's mask is computed the same way from its own keys; the memory
 The paper's two ablations are options: `router="none"` reads the memory for every query
 (no conditional routing), `masks="random"` replaces TopHash by a mask drawn at random per input.
 
+`memoir-key` (ours; the same memory and training, other defaults) changes two things, because
+on the shipped model the paper's router reads the memory for nearly every prompt that shares an
+edit's template (a prompt's pooled key is mostly its template):
+- the router (`router="key"`, `key_gate="subject"`, `key_threshold` 0.8): each *position* is
+  matched on its own centred key against the keys the edits' rows had where they predict their
+  answers, only among the edits whose subject's tokens the query contains before it; a match reads
+  W_m through that edit's mask (`memory.py`);
+- the edit masks (`masks="random"`): with routing done by keys, a mask need not carry meaning, and
+  random masks overlap no more than chance, where TopHash masks of same-template edits share most
+  columns and later edits overwrite earlier ones.
+
 Not in the published description we could read (the reference repository's method code is not
 available here; its config is): which positions the aggregation pools — here every real position
 of the forward call, the edit row's prompt and target included, as WISE's router does, and in
@@ -42,11 +53,12 @@ from workbench.editing.contract import (Batch, Capabilities, EditContext, Editor
                                         check_layer_value, check_number, resolve_layer)
 from workbench.editing.registry import register_editor
 
-from .memory import ATTR, MASKS, ROUTERS, MEMOIRAttachment, MEMOIRMemory
+from .memory import ATTR, GATES, MASKS, ROUTERS, MEMOIRAttachment, MEMOIRMemory
 
 MEMOIR_DEPTH = 27 / 31  # the paper's layer 27 of LLaMA-3-8B's 32 blocks
 
-__all__ = ["MEMOIREditor", "MEMOIRHParams", "MEMOIRMemory", "MEMOIRAttachment"]
+__all__ = ["MEMOIREditor", "MEMOIRHParams", "MEMOIRKeyEditor", "MEMOIRKeyHParams", "MEMOIRMemory",
+           "MEMOIRAttachment"]
 
 
 @dataclass
@@ -73,8 +85,11 @@ class MEMOIRHParams(HParams):
         "help": "'mask' (the paper: read the memory when the best mask overlap reaches τ), 'none' (its "
                 "ablation: always read it) or 'key' (ours: per position, by the cosine of the centred key "
                 "with the edits' keys at their answer positions, reading the matched edit's mask)"})
-    key_threshold: float = field(default=0.7, metadata={
+    key_threshold: float = field(default=0.8, metadata={
         "help": "router='key': least cosine with a stored edit key for a position to read the memory [-1, 1]"})
+    key_gate: str = field(default="none", metadata={
+        "help": "router='key': 'none' (compare with every edit's keys) or 'subject' (only with the edits whose "
+                "subject's tokens occur in the query before the position; every request needs its subject)"})
     background_samples: int = field(default=200, metadata={
         "help": "corpus texts whose mean key is subtracted before the top-k (1..100000)"})
 
@@ -87,6 +102,7 @@ class MEMOIRHParams(HParams):
         check_choice(self.masks, "masks", MASKS)
         check_choice(self.router, "router", ROUTERS)
         check_number(self.key_threshold, "key_threshold", "in [-1, 1]", lambda v: -1 <= v <= 1)
+        check_choice(self.key_gate, "key_gate", GATES)
         check_number(self.background_samples, "background_samples", "an integer in 1..100000",
                      lambda v: 1 <= v <= 100_000, integer=True)
 
@@ -136,8 +152,21 @@ def _edit_mask(model, adapter, mem: MEMOIRMemory, ids: torch.Tensor, answer_from
     return mem.mask_of(a, torch.ones(ids.shape, device=a.device), ids)[0], keys
 
 
+def subject_variants(tok, req) -> list[list[int]]:
+    """The subject's token ids as the prompt has them, and alone with and without a leading space
+    (how a query may spell it at its start or mid-sentence)."""
+    span = req.subject_span() if req.subject else None
+    if span is None:
+        raise req.input_error("key_gate='subject' needs each request's subject, occurring in its prompt"
+                              if not req.subject else
+                              f"subject {req.subject!r} does not occur in the prompt {req.prompt!r}", field="subject")
+    enc = tok(req.prompt, add_special_tokens=False, return_offsets_mapping=True)
+    inside = [i for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"]) if b > span[0] and a < span[1]]
+    return [inside] + [tok(t, add_special_tokens=False)["input_ids"] for t in (req.subject, " " + req.subject)]
+
+
 def train_edit(model, adapter, mem: MEMOIRMemory, ids: torch.Tensor, answer_from: int,
-               hp: MEMOIRHParams) -> dict:
+               hp: MEMOIRHParams, subjects: list[list[int]] | None = None) -> dict:
     """Train the columns of W_m one edit's mask picks; store the mask (and keys). ids (1, seq),
     the answer from position `answer_from` on."""
     labels = ids.clone()
@@ -160,7 +189,7 @@ def train_edit(model, adapter, mem: MEMOIRMemory, ids: torch.Tensor, answer_from
         mem.train_cols = mem.train_values = None
     with torch.no_grad():
         mem.residual[:, cols] = values.detach().to(mem.residual.dtype)
-    mem.append(mask, keys)
+    mem.append(mask, keys, subjects)
     return {"loss_first": losses[0], "loss_last": losses[-1]}
 
 
@@ -184,7 +213,7 @@ class MEMOIREditor(Editor):
             return hp
         return dataclasses.replace(hp, layer=mem.layer, top_k_ratio=mem.top_k / mem.residual.shape[1],
                                    threshold=mem.tau, masks=mem.mask_kind, router=mem.router,
-                                   key_threshold=mem.key_tau)
+                                   key_threshold=mem.key_tau, key_gate=mem.key_gate)
 
     def run(self, ctx: EditContext, batch: Batch, hp: MEMOIRHParams) -> Patch:
         model, adapter = ctx.model, ctx.adapter
@@ -194,7 +223,7 @@ class MEMOIREditor(Editor):
             w = adapter.weight(adapter.mlp_out(hp.layer))  # (out, in)
             k = max(1, round(hp.top_k_ratio * w.shape[1]))
             mem = MEMOIRMemory(hp.layer, w.shape[0], w.shape[1], k, hp.threshold, hp.masks, hp.router,
-                               dtype=w.dtype, key_threshold=hp.key_threshold)
+                               dtype=w.dtype, key_threshold=hp.key_threshold, key_gate=hp.key_gate)
             mem.background.copy_(background_mean(model, ctx.tokenizer, adapter, hp.layer, hp.background_samples))
             mem.to(w.device)
             mem.install(model, adapter)
@@ -205,12 +234,45 @@ class MEMOIREditor(Editor):
             p.requires_grad_(False)
         stats = []
         device = mem.residual.device
-        for (prompt_ids, answer_ids) in batch.pairs:
+        for req, (prompt_ids, answer_ids) in zip(batch, batch.pairs):
             ids = torch.tensor([prompt_ids + answer_ids], device=device)  # (1, seq)
-            stats.append(train_edit(model, adapter, mem, ids, len(prompt_ids), hp))
+            subjects = subject_variants(ctx.tokenizer, req) if mem.key_gate == "subject" else None
+            stats.append(train_edit(model, adapter, mem, ids, len(prompt_ids), hp, subjects))
         meta = {"loss_first": sum(s["loss_first"] for s in stats) / len(stats),
                 "loss_last": sum(s["loss_last"] for s in stats) / len(stats),
                 "edits_total": mem.n, "top_k": mem.top_k}
         if first:
             return Patch([], [MEMOIRAttachment.of(mem)], meta)
         return rec.patch(meta=meta)
+
+
+@dataclass
+class MEMOIRKeyHParams(MEMOIRHParams):
+    """`memoir-key`: MEMOIR's memory and training with our router (see the module docstring).
+
+    Example:
+        >>> hp = MEMOIRKeyHParams()
+        >>> hp.router, hp.masks, hp.key_gate, hp.key_threshold
+        ('key', 'random', 'subject', 0.8)
+    """
+    masks: str = field(default="random", metadata={
+        "help": "'random' (ours: the edit row's mask is a random draw, so edits overlap no more than chance) "
+                "or 'tophash' (the paper's)"})
+    router: str = field(default="key", metadata={
+        "help": "'key' (ours), 'mask' or 'none' (the paper's router and its ablation)"})
+    key_gate: str = field(default="subject", metadata={
+        "help": "'subject' (only edits whose subject's tokens occur in the query before the position; "
+                "every request needs its subject) or 'none' (compare with every edit's keys)"})
+
+
+@register_editor
+class MEMOIRKeyEditor(MEMOIREditor):
+    """MEMOIR with our router: per-position key matching gated by the edited subject, each edit's
+    columns a random draw. Shares the model's MEMOIR memory with `memoir` (the first edit fixes it).
+
+    Example:
+        >>> ed = MEMOIRKeyEditor()                                             # doctest: +SKIP
+        >>> for r in requests: ed.edit(EditContext(model, tok, adapter), [r])   # doctest: +SKIP
+    """
+    name = "memoir-key"
+    hparams_class = MEMOIRKeyHParams
