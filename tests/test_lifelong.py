@@ -60,3 +60,21 @@ def test_cli_writes_json(tmp_path):
     r = subprocess.run([sys.executable, "-m", "workbench.cli", "bench", "lifelong", "--T", "a"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--T" in r.stderr
+
+
+def test_rows_of_several_runs_keep_their_runs_apart(tmp_path):
+    from workbench.bench.lifelong import load_rows
+    from workbench.bench.plots import lifelong_vs_T
+    row = {"editor": "memoir", "T": 10, **{m: 0.5 for m in METRICS}, "median_edit_s": 0.1, "inference_overhead": 0.0}
+    for name in ("paper", "no_routing"):
+        (tmp_path / f"{name}.json").write_text(json.dumps([row, {**row, "T": 100}]))
+    rows = load_rows([tmp_path / "paper.json", tmp_path / "no_routing.json"])
+    assert [r["label"] for r in rows] == ["memoir (paper)"] * 2 + ["memoir (no_routing)"] * 2
+    assert "| memoir (no_routing) | 100 |" in table(rows)
+    names = {t.name for t in lifelong_vs_T(rows).data}
+    assert names == {"memoir (paper)", "memoir (paper) exact", "memoir (no_routing)", "memoir (no_routing) exact"}
+    assert load_rows(tmp_path / "paper.json")[0]["label"] == "memoir"  # one file: the editor's name
+    (tmp_path / "bad.json").write_text(json.dumps([{**row, "T": "ten"}]))
+    with pytest.raises(InputError, match="row 0") as e:
+        load_rows(tmp_path / "bad.json")
+    assert "bad.json" in str(e.value) and "T" in str(e.value)

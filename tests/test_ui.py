@@ -352,3 +352,23 @@ def test_unlearn_page_shows_bench_results_and_refuses_a_bad_file(app, tmp_path):
     bad.write_text(json.dumps([{"editor": "ga"}]))
     at.text_input(key="unlearn_results_path").set_value(str(bad)).run()
     assert any("bad.json" in e and "set" in e for e in errors(at)), errors(at)
+
+
+def test_edit_page_charts_lifelong_results_and_refuses_a_bad_file(app, tmp_path):
+    def row(editor, T, rel):
+        return {"editor": editor, "T": T, "reliability": rel, "reliability_exact": rel, "generality": 0.5,
+                "generality_exact": 0.4, "locality": 1.0, "locality_exact": 1.0, "median_edit_s": 0.1,
+                "inference_overhead": 0.02}
+    a, b = tmp_path / "lifelong_a.json", tmp_path / "lifelong_b.json"
+    a.write_text(json.dumps([row("memoir", 1, 1.0), row("memoir", 10, 0.9)]))
+    b.write_text(json.dumps([{"editor": "memoir", "T": 10}]))  # no scores: refused, file and field named
+    at = app()
+    goto(at, "edit")
+    at.text_input(key="edit_results_path").set_value(str(a)).run()
+    assert not errors(at), errors(at)
+    assert any("| memoir | 10 | 0.900 |" in m.value for m in at.markdown)
+    names = {t.get("name") for t in traces(at)}
+    assert {"memoir", "memoir exact"} <= names
+    assert [t["y"] for t in traces(at) if t.get("name") == "memoir"][0] == [1.0, 0.9]
+    at.text_input(key="edit_results_path").set_value(str(b)).run()
+    assert any("lifelong_b.json" in e and "median_edit_s" in e for e in errors(at)), errors(at)

@@ -5,7 +5,7 @@ T sequential single edits from a request set are applied to a fresh copy of the 
 scored on the final model*; several T are checkpoints of one run (the first T requests scored
 when the T-th edit is in): reliability, generality and locality, teacher-forced and greedy
 exact. Also reported: the median seconds per edit and the inference overhead of the edited
-model (forward time over a fixed probe batch, after vs before).
+model (forward time over a fixed probe batch against an unedited copy, the two timed in turn).
 
     workbench bench lifelong --editors wise,grace,rome,memit,ft --T 1,10,100,1000
 """
@@ -22,18 +22,22 @@ from workbench.core.paths import COUNTERFACTUAL as DEFAULT_REQUESTS
 METRICS = ("reliability", "reliability_exact", "generality", "generality_exact", "locality", "locality_exact")
 
 
-def _forward_seconds(model, tok, prompts: list[str], repeats: int = 5) -> float:
-    """Median wall time of one batched forward pass over `prompts` (the inference probe)."""
+def _forward_seconds(models, tok, prompts: list[str], repeats: int = 7) -> list[float]:
+    """Median wall time of one batched forward pass over `prompts` (the inference probe) for each
+    model, the models' passes interleaved so that a change in the machine's speed during the
+    measurement reaches all of them alike."""
     from workbench.eval.scoring import right_pad
     ids, mask = right_pad(tok(prompts)["input_ids"], tok.pad_token_id)
-    times = []
+    times = [[] for _ in models]
     with torch.no_grad():
-        model(input_ids=ids, attention_mask=mask)  # warm-up
+        for m in models:
+            m(input_ids=ids, attention_mask=mask)  # warm-up
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(input_ids=ids, attention_mask=mask)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            for m, out in zip(models, times):
+                t0 = time.perf_counter()
+                m(input_ids=ids, attention_mask=mask)
+                out.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def run_one(editor: str, T: int, requests: list, *, model_dir=None, params: dict | None = None,
@@ -48,6 +52,7 @@ def run_series(editor: str, Ts: list[int], requests: list, *, model_dir=None, pa
     first T requests on the model as it stands after the T-th edit. A row per T, each what a
     fresh run of T edits would give (edit i is seeded i either way), for the cost of the longest."""
     from workbench.bench.scratch import scratch_session
+    from workbench.core.model import load_model
     from workbench.editing.registry import get_editor
     from workbench.eval.evaluate import evaluate_edits, reference
     Ts = sorted(set(Ts))
@@ -59,7 +64,7 @@ def run_series(editor: str, Ts: list[int], requests: list, *, model_dir=None, pa
         with scratch_session(model_dir) as wb:
             ref = reference(wb.model, wb.tok, reqs)  # keyed by request index: a prefix's is its part
             probe = [p.prompt for r in requests[:256] for p in r.locality][:256]
-            t_before = _forward_seconds(wb.model, wb.tok, probe)
+            base, _ = load_model(model_dir)  # the unedited model, timed beside the edited one
             times = []
             for i, r in enumerate(reqs):
                 event = wb.edit(editor, [r], params or {}, seed=i)
@@ -68,7 +73,7 @@ def run_series(editor: str, Ts: list[int], requests: list, *, model_dir=None, pa
                     progress(1)
                 if i + 1 in todo:
                     scores = evaluate_edits(wb.model, wb.tok, reqs[:i + 1], ref)["mean"]
-                    t_after = _forward_seconds(wb.model, wb.tok, probe)
+                    t_after, t_before = _forward_seconds([wb.model, base], wb.tok, probe)
                     rows[i + 1] = {"editor": editor, "T": i + 1, **{m: scores[m] for m in METRICS},
                                    "median_edit_s": statistics.median(times), "total_edit_s": sum(times),
                                    "inference_overhead": t_after / t_before - 1.0, "hparams": event.hparams}
@@ -97,6 +102,39 @@ def run(editors: list[str], Ts: list[int], *, requests_path=DEFAULT_REQUESTS, mo
     return rows
 
 
+def load_rows(paths) -> list[dict]:
+    """The rows one or more `workbench bench lifelong --json` runs wrote, each labelled with its
+    editor (and, from several files, the file it came from, so ablation runs of one editor stay
+    apart); anything else is refused with the file, row and field named."""
+    import json
+    from pathlib import Path
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    out = []
+    for p in paths:
+        if not p.is_file():
+            raise InputError("no such results file", file=p)
+        try:
+            rows = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"not JSON ({e})", file=p) from None
+        if not isinstance(rows, list) or not rows:
+            raise InputError("expected a non-empty list of rows from `workbench bench lifelong --json`", file=p)
+        for i, r in enumerate(rows):
+            if not isinstance(r, dict) or not isinstance(r.get("editor"), str):
+                raise InputError(f"row {i}: expected a string", file=p, field="editor")
+            if not isinstance(r.get("T"), int) or isinstance(r.get("T"), bool) or r["T"] < 1:
+                raise InputError(f"row {i}: expected a positive integer", file=p, field="T")
+            if "skipped" not in r:
+                for m in METRICS:
+                    if r.get(m) is not None and not isinstance(r.get(m), (int, float)):
+                        raise InputError(f"row {i}: expected a number or null", file=p, field=m)
+                for m in ("median_edit_s", "inference_overhead"):
+                    if not isinstance(r.get(m), (int, float)):
+                        raise InputError(f"row {i}: expected a number", file=p, field=m)
+            out.append({**r, "label": r["editor"] if len(paths) == 1 else f"{r['editor']} ({p.stem})"})
+    return out
+
+
 def table(rows: list[dict]) -> str:
     """A Markdown table of the results (the README's)."""
     head = ("| editor | T | rel. | rel. exact | gen. | gen. exact | loc. | loc. exact | median s/edit | "
@@ -104,9 +142,9 @@ def table(rows: list[dict]) -> str:
     lines = [head, "|" + "---|" * 10]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['editor']} | {r['T']} | {r['skipped']} |" + " |" * 8)
+            lines.append(f"| {r.get('label', r['editor'])} | {r['T']} | {r['skipped']} |" + " |" * 8)
             continue
-        vals = " | ".join("—" if r[m] is None else f"{r[m]:.3f}" for m in METRICS)
-        lines.append(f"| {r['editor']} | {r['T']} | {vals} | {r['median_edit_s']:.3f} | "
+        vals = " | ".join("—" if r.get(m) is None else f"{r[m]:.3f}" for m in METRICS)
+        lines.append(f"| {r.get('label', r['editor'])} | {r['T']} | {vals} | {r['median_edit_s']:.3f} | "
                      f"{100 * r['inference_overhead']:+.1f}% |")
     return "\n".join(lines)

@@ -75,8 +75,12 @@ def lifelong_vs_T(rows: list[dict]):
     if not scored:
         return None
     fig = make_subplots(rows=1, cols=3, subplot_titles=("reliability", "generality", "locality"))
-    for editor in dict.fromkeys(r["editor"] for r in scored):
-        mine = sorted((r for r in scored if r["editor"] == editor), key=lambda r: r["T"])
+
+    def name(r):  # a row's series: its label (ablation runs of one editor), else its editor
+        return r.get("label") or r["editor"]
+
+    for editor in dict.fromkeys(name(r) for r in scored):
+        mine = sorted((r for r in scored if name(r) == editor), key=lambda r: r["T"])
         for col, metric in enumerate(("reliability", "generality", "locality"), 1):
             for suffix, dash in (("", None), ("_exact", "dash")):
                 fig.add_trace(go.Scatter(x=[r["T"] for r in mine], y=[r[metric + suffix] for r in mine],
