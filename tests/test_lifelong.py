@@ -78,3 +78,19 @@ def test_rows_of_several_runs_keep_their_runs_apart(tmp_path):
     with pytest.raises(InputError, match="row 0") as e:
         load_rows(tmp_path / "bad.json")
     assert "bad.json" in str(e.value) and "T" in str(e.value)
+
+
+def test_sequential_batches_are_checkpoints_too():
+    from workbench.bench.lifelong import run_series
+    series = run_series("ft", [2, 4], REQS, params={"steps": "10"}, batch=2)
+    assert [(r["T"], r["batch"]) for r in series] == [(2, 2), (4, 2)]
+    fresh = run_series("ft", [2], REQS, params={"steps": "10"}, batch=2)[0]
+    assert {m: series[0][m] for m in METRICS} == pytest.approx({m: fresh[m] for m in METRICS}, abs=1e-9)
+    one_by_one = run_series("ft", [2], REQS, params={"steps": "10"})[0]
+    assert "batch" not in one_by_one
+    assert run_series("rome", [2], REQS, batch=2) == [{"editor": "rome", "T": 2,
+                                                       "skipped": "edits one request at a time"}]
+    with pytest.raises(InputError, match="multiple of the batch size 2"):
+        run(["ft"], [3], batch=2, progress=False)
+    with pytest.raises(InputError, match="--batch"):
+        run(["ft"], [2], batch=0, progress=False)

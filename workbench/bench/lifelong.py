@@ -47,17 +47,22 @@ def run_one(editor: str, T: int, requests: list, *, model_dir=None, params: dict
 
 
 def run_series(editor: str, Ts: list[int], requests: list, *, model_dir=None, params: dict | None = None,
-               progress=None) -> list[dict]:
-    """One sequence of single edits, `requests[:max(Ts)]`, scored at each checkpoint T: the
-    first T requests on the model as it stands after the T-th edit. A row per T, each what a
-    fresh run of T edits would give (edit i is seeded i either way), for the cost of the longest."""
+               progress=None, batch: int = 1) -> list[dict]:
+    """One sequence of edits, `requests[:max(Ts)]`, `batch` requests per edit (sequential batches,
+    AlphaEdit's and MEMIT's protocol; 1 = single edits), scored at each checkpoint T: the first T
+    requests on the model as it stands after the edit that brought in the T-th. A row per T, each
+    what a fresh run of T would give (the edit from request i on is seeded i either way), for the
+    cost of the longest. With batches, each T must be a multiple of `batch`."""
     from workbench.bench.scratch import scratch_session
     from workbench.core.model import load_model
     from workbench.editing.registry import get_editor
     from workbench.eval.evaluate import evaluate_edits, reference
     Ts = sorted(set(Ts))
-    sequential = get_editor(editor).capabilities.sequential
-    rows = {T: {"editor": editor, "T": T, "skipped": "not a sequential editor"} for T in Ts if T > 1 and not sequential}
+    caps = get_editor(editor).capabilities
+    rows = {T: {"editor": editor, "T": T, "skipped": "not a sequential editor"}
+            for T in Ts if T > batch and not caps.sequential}
+    if batch > 1 and not caps.batch:
+        rows = {T: {"editor": editor, "T": T, "skipped": "edits one request at a time"} for T in Ts}
     todo = [T for T in Ts if T not in rows]
     if todo:
         reqs = requests[:max(todo)]
@@ -65,24 +70,29 @@ def run_series(editor: str, Ts: list[int], requests: list, *, model_dir=None, pa
             ref = reference(wb.model, wb.tok, reqs)  # keyed by request index: a prefix's is its part
             probe = [p.prompt for r in requests[:256] for p in r.locality][:256]
             base, _ = load_model(model_dir)  # the unedited model, timed beside the edited one
-            times = []
-            for i, r in enumerate(reqs):
-                event = wb.edit(editor, [r], params or {}, seed=i)
-                times.append(event.duration_s)  # the editor's own time, without the session's measuring
+            times, total = [], 0.0  # seconds per request, one entry per edit; all seconds so far
+            for i in range(0, len(reqs), batch):
+                chunk = reqs[i:i + batch]
+                event = wb.edit(editor, chunk, params or {}, seed=i)
+                times.append(event.duration_s / len(chunk))  # the editor's own time, not the session's measuring
+                total += event.duration_s
                 if progress is not None:
-                    progress(1)
-                if i + 1 in todo:
-                    scores = evaluate_edits(wb.model, wb.tok, reqs[:i + 1], ref)["mean"]
+                    progress(len(chunk))
+                done = i + len(chunk)
+                if done in todo:
+                    scores = evaluate_edits(wb.model, wb.tok, reqs[:done], ref)["mean"]
                     t_after, t_before = _forward_seconds([wb.model, base], wb.tok, probe)
-                    rows[i + 1] = {"editor": editor, "T": i + 1, **{m: scores[m] for m in METRICS},
-                                   "median_edit_s": statistics.median(times), "total_edit_s": sum(times),
-                                   "inference_overhead": t_after / t_before - 1.0, "hparams": event.hparams}
+                    rows[done] = {"editor": editor, "T": done, **{m: scores[m] for m in METRICS},
+                                  "median_edit_s": statistics.median(times), "total_edit_s": total,
+                                  "inference_overhead": t_after / t_before - 1.0, "hparams": event.hparams,
+                                  **({"batch": batch} if batch > 1 else {})}
     return [rows[T] for T in Ts]
 
 
 def run(editors: list[str], Ts: list[int], *, requests_path=DEFAULT_REQUESTS, model_dir=None,
-        params: dict[str, dict] | None = None, progress: bool = True) -> list[dict]:
-    """Every (editor, T) pair; `params` maps an editor name to its hyperparameter strings."""
+        params: dict[str, dict] | None = None, progress: bool = True, batch: int = 1) -> list[dict]:
+    """Every (editor, T) pair; `params` maps an editor name to its hyperparameter strings;
+    `batch` requests per edit (each T a multiple of it)."""
     from workbench.core.progress import progress_bar
     from workbench.editing.registry import get_editor
     from workbench.eval.requests import EditRequest, load_requests
@@ -90,6 +100,10 @@ def run(editors: list[str], Ts: list[int], *, requests_path=DEFAULT_REQUESTS, mo
         get_editor(name)  # unknown names fail before any work
     if not Ts or min(Ts) < 1:
         raise InputError(f"T values must be positive integers, got {Ts}", field="--T")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise InputError(f"must be a positive integer, got {batch!r}", field="--batch")
+    if any(T % batch for T in Ts):
+        raise InputError(f"every T must be a multiple of the batch size {batch}, got {Ts}", field="--T")
     reqs = [r for r in load_requests(requests_path) if isinstance(r, EditRequest)]
     if max(Ts) > len(reqs):
         raise InputError(f"T={max(Ts)} needs {max(Ts)} edit requests; {requests_path} has {len(reqs)}",
@@ -98,7 +112,7 @@ def run(editors: list[str], Ts: list[int], *, requests_path=DEFAULT_REQUESTS, mo
     with progress_bar("lifelong editing", max(Ts) * len(editors), enabled=progress) as advance:
         for name in editors:
             rows += run_series(name, Ts, reqs, model_dir=model_dir, params=(params or {}).get(name),
-                               progress=advance)
+                               progress=advance, batch=batch)
     return rows
 
 

@@ -18,6 +18,8 @@ def add_parser(sub) -> None:
     ll.add_argument("--requests", type=Path, default=None, help="edit requests (default: the world's counterfactuals)")
     ll.add_argument("--param", action="append", default=[], metavar="EDITOR:K=V",
                     help="hyperparameter for one editor, e.g. wise:steps=50 (repeatable)")
+    ll.add_argument("--batch", type=int, default=1,
+                    help="requests per edit: sequential batches (AlphaEdit's and MEMIT's protocol); each T a multiple")
     ll.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
     ll.set_defaults(func=_cmd_bench_lifelong)
     ul = bsub.add_parser("unlearn", help="forget editors on the canaries and forget-split people, before -> after")
@@ -61,7 +63,7 @@ def _cmd_bench_lifelong(args) -> int:
     except ValueError:
         raise InputError(f"expected comma-separated integers, got {args.T!r}", field="--T") from None
     rows = run(names(args.editors), Ts, requests_path=args.requests or DEFAULT_REQUESTS, model_dir=args.model,
-               params=editor_params(args.param))
+               params=editor_params(args.param), batch=args.batch)
     code = _print_rows(rows, table, args.json)
     _write_figures(rows, args.json)
     return code
