@@ -261,7 +261,7 @@ class MEMOIRMemory(nn.Module):
         if rows.numel() == 0:
             return best, which
         nk = int(self.key_count)
-        key_edit = self.key_edit[:nk]
+        key_edit = self.key_edit[:nk].cpu()  # index bookkeeping on the CPU, as subject_hits returns it
         lo = torch.searchsorted(key_edit, edits)  # each hit's edit's first key (keys are in edit order)
         hi = torch.searchsorted(key_edit, edits, right=True)
         width = int((hi - lo).max())
