@@ -54,9 +54,9 @@ from __future__ import annotations
 import hashlib
 
 import torch
-from torch import nn
 
-from workbench.core.patch import Attachment, register_attachment
+from editors.common.side_module import SideModule, SideModuleAttachment
+from workbench.core.patch import register_attachment
 
 ATTR = "memoir_memory"  # state_dict keys "memoir_memory.*"
 MASKS = ("tophash", "random")
@@ -65,7 +65,7 @@ GATES = ("none", "subject")
 _P1, _P2, _BASE = 2_147_483_629, 2_147_483_587, 1_000_003  # two primes < 2^31 and a base: a 62-bit n-gram hash
 
 
-class MEMOIRMemory(nn.Module):
+class MEMOIRMemory(SideModule):
     """Residual memory + mask router for the MLP output projection of one layer.
 
     Example:
@@ -74,11 +74,13 @@ class MEMOIRMemory(nn.Module):
         (0, torch.Size([4, 8]))
     """
 
+    attr, label = ATTR, "MEMOIR memory"
+
     def __init__(self, layer: int, out_features: int, in_features: int, top_k: int, threshold: float = 0.4,
                  masks: str = "tophash", router: str = "mask", seed: int = 0,
                  dtype=torch.float32, capacity: int = 4, key_threshold: float = 0.7, key_gate: str = "none"):
-        super().__init__()
-        self.layer, self.top_k, self.tau = int(layer), int(top_k), float(threshold)
+        super().__init__(layer)
+        self.top_k, self.tau = int(top_k), float(threshold)
         self.key_tau, self.key_gate = float(key_threshold), str(key_gate)
         self.mask_kind, self.router, self.seed = str(masks), str(router), int(seed)
         o, i = int(out_features), int(in_features)
@@ -100,8 +102,6 @@ class MEMOIRMemory(nn.Module):
         # Not state: set by the trainer, the columns being trained and their values (out, k).
         self.train_cols: torch.Tensor | None = None
         self.train_values: torch.Tensor | None = None
-        self._handles: list = []
-        self._lead = None  # ((batch, seq) | None, attention mask | None, input ids | None) of this call
         self._last = None  # (masks (b, in) bool, use (b,) bool) of the last routed call
 
     def config(self) -> dict:
@@ -144,65 +144,37 @@ class MEMOIRMemory(nn.Module):
         rows, not the whole table, most times)."""
         n = self.n
         if self.key_gate == "subject" and subjects:
-            ns, variants = int(self.subj_count), list({tuple(v) for v in subjects if v})
-            while ns + len(variants) > self.subj_hash.shape[0]:
-                for name in ("subj_hash", "subj_len", "subj_edit"):
-                    t = getattr(self, name)
-                    setattr(self, name, torch.cat([t, torch.zeros_like(t)]))
-            for j, v in enumerate(sorted(variants)):
+            ns, variants = int(self.subj_count), sorted({tuple(v) for v in subjects if v})
+            self._room(("subj_hash", "subj_len", "subj_edit"), ns + len(variants))
+            for j, v in enumerate(variants):
                 self.subj_hash[ns + j] = ngram_hashes(torch.tensor([v]), len(v))[0, 0]
                 self.subj_len[ns + j] = len(v)
                 self.subj_edit[ns + j] = n
             self.subj_count += len(variants)
-        if n == self.masks.shape[0]:
-            self.masks = torch.cat([self.masks, torch.zeros_like(self.masks)])
+        self._room(("masks",), n + 1)
         self.masks[n] = mask.to(self.masks.device)
         if self.router == "key" and keys is not None:
             nk, p = int(self.key_count), keys.shape[0]
-            while nk + p > self.keys.shape[0]:
-                self.keys = torch.cat([self.keys, torch.zeros_like(self.keys)])
-                self.key_edit = torch.cat([self.key_edit, torch.zeros_like(self.key_edit)])
+            self._room(("keys", "key_edit"), nk + p)
             self.keys[nk:nk + p] = keys.to(self.keys.device, self.keys.dtype)
             self.key_edit[nk:nk + p] = n
             self.key_count += p
         self.count += 1
 
+    def _room(self, names: tuple[str, ...], rows: int) -> None:
+        """Double the buffers `names` (rows along dim 0) until they hold `rows` rows."""
+        while getattr(self, names[0]).shape[0] < rows:
+            for name in names:
+                t = getattr(self, name)
+                setattr(self, name, torch.cat([t, t.new_zeros((max(t.shape[0], 1),) + t.shape[1:])]))
+
     def centred_keys(self, a: torch.Tensor) -> torch.Tensor:
         """(..., in) unit-norm a − background: what router="key" compares."""
         return torch.nn.functional.normalize(a.float() - self.background.to(a.device), dim=-1)
 
-    # -- hooks ---------------------------------------------------------------------------
-    def install(self, model, adapter) -> None:
-        model.add_module(ATTR, self)
-        self._handles = [model.register_forward_pre_hook(self._see_inputs, with_kwargs=True),
-                         adapter.mlp_out(self.layer).register_forward_hook(self._route)]
-
-    def uninstall(self, model) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        if getattr(model, ATTR, None) is self:
-            delattr(model, ATTR)
-
-    def _see_inputs(self, _model, args, kwargs):
-        x = args[0] if args else kwargs.get("input_ids")
-        ids = x if isinstance(x, torch.Tensor) and not x.is_floating_point() else None
-        if x is None:
-            x = kwargs.get("inputs_embeds")
-        mask = kwargs.get("attention_mask")
-        if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
-            mask = args[1]
-        lead = tuple(x.shape[:2]) if x is not None else None
-        if mask is not None and (mask.dim() != 2 or lead is None or mask.shape[0] != lead[0]):
-            mask = None
-        self._lead = (lead, mask, ids)
-        return None
-
     def _route(self, _module, args, output):
-        a = args[0]  # (batch, seq, in), or (batch*seq, in) for OPT
-        lead, mask, ids = self._lead if self._lead else (None, None, None)
-        if a.dim() == 2:
-            a = a.reshape(*(lead if lead else (1, a.shape[0])), a.shape[-1])
+        a = self.keys_of(args[0])  # (batch, seq, in)
+        _, mask, ids = self.seen if self.seen else (None, None, None)
         if self.train_cols is not None:  # training one edit: its columns, every position
             add = a[..., self.train_cols] @ self.train_values.T  # (batch, seq, out)
             return output + add.reshape(output.shape).to(output.dtype)
@@ -357,7 +329,7 @@ def _first_of(values: torch.Tensor) -> torch.Tensor:
 
 
 @register_attachment
-class MEMOIRAttachment(Attachment):
+class MEMOIRAttachment(SideModuleAttachment):
     """The first MEMOIR edit of a model attaches the memory; later edits change its buffers.
 
     Example:
@@ -366,43 +338,11 @@ class MEMOIRAttachment(Attachment):
         'memoir_memory'
     """
     kind = "memoir_memory"
-
-    def __init__(self, config: dict, state: dict[str, torch.Tensor]):
-        self._config = dict(config)
-        self._state = {k: v.detach().clone() for k, v in state.items()}
-
-    @classmethod
-    def of(cls, memory: MEMOIRMemory) -> "MEMOIRAttachment":
-        return cls(memory.config(), memory.state_dict())
+    module_class = MEMOIRMemory
 
     def build(self) -> MEMOIRMemory:
         c = self._config
-        mem = MEMOIRMemory(c["layer"], c["out_features"], c["in_features"], c["top_k"], c["threshold"],
-                           c["masks"], c["router"], c["seed"], getattr(torch, c["dtype"]),
-                           key_threshold=c.get("key_threshold", 0.7), key_gate=c.get("key_gate", "none"))
-        for k, v in self._state.items():  # the mask table may have grown
-            mem.register_buffer(k, v.detach().clone())
-        return mem
-
-    def attach(self, model, adapter) -> None:
-        if getattr(model, ATTR, None) is not None:
-            raise ValueError("the model already has a MEMOIR memory attached")
-        from workbench.core.arch import get_adapter
-        mem = self.build()
-        mem.to(next(model.parameters()).device)
-        mem.install(model, adapter or get_adapter(model))
-
-    def detach(self, model, adapter) -> None:
-        mem = getattr(model, ATTR, None)
-        if isinstance(mem, MEMOIRMemory):
-            mem.uninstall(model)
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return self._state
-
-    def config(self) -> dict:
-        return dict(self._config)
-
-    @classmethod
-    def from_saved(cls, config: dict, state: dict[str, torch.Tensor]) -> "MEMOIRAttachment":
-        return cls(config, state)
+        return self._load_buffers(MEMOIRMemory(
+            c["layer"], c["out_features"], c["in_features"], c["top_k"], c["threshold"], c["masks"], c["router"],
+            c["seed"], getattr(torch, c["dtype"]), key_threshold=c.get("key_threshold", 0.7),
+            key_gate=c.get("key_gate", "none")))

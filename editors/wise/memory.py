@@ -37,14 +37,14 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
-from workbench.core.patch import Attachment, register_attachment
+from editors.common.side_module import SideModule, SideModuleAttachment
+from workbench.core.patch import register_attachment
 
 ATTR = "wise_memory"  # the memory's name on the model: state_dict keys are "wise_memory.*"
 
 
-class WISEMemory(nn.Module):
+class WISEMemory(SideModule):
     """Side memory + router for the MLP output projection of one layer (all state in buffers).
 
     Example:
@@ -53,10 +53,12 @@ class WISEMemory(nn.Module):
         inf
     """
 
+    attr, label = ATTR, "WISE memory"
+
     def __init__(self, layer: int, out_features: int, in_features: int, shards: int,
                  act_ratio: float = 0.88, retrieve: bool = False, dtype=torch.float32, route: str = "mean"):
-        super().__init__()
-        self.layer, self.act_ratio, self.retrieve = int(layer), float(act_ratio), bool(retrieve)
+        super().__init__(layer)
+        self.act_ratio, self.retrieve = float(act_ratio), bool(retrieve)
         self.route = str(route)  # "mean" (paper / EasyEdit) or "max" over a row's real positions
         o, i = int(out_features), int(in_features)
         self.register_buffer("delta", torch.zeros(o, i, dtype=dtype))
@@ -69,8 +71,6 @@ class WISEMemory(nn.Module):
         self.register_buffer("counts", torch.zeros(2, dtype=torch.int64))
         # Not state: set by the trainer to force one side weight on every position (no routing).
         self.train_delta: torch.Tensor | None = None
-        self._handles: list = []
-        self._lead: tuple[tuple[int, int], torch.Tensor | None] | None = None
 
     def config(self) -> dict:
         return {"layer": self.layer, "out_features": self.delta.shape[0], "in_features": self.delta.shape[1],
@@ -81,41 +81,8 @@ class WISEMemory(nn.Module):
         """(1,) the live memory's routing threshold: act_ratio × the weakest edit's score."""
         return self.min_score * self.act_ratio
 
-    # -- hooks ---------------------------------------------------------------------------
-    def install(self, model, adapter) -> None:
-        """Put the memory on `model` and hook the layer's MLP output projection."""
-        model.add_module(ATTR, self)
-        self._handles = [model.register_forward_pre_hook(self._see_inputs, with_kwargs=True),
-                         adapter.mlp_out(self.layer).register_forward_hook(self._route)]
-
-    def uninstall(self, model) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        if getattr(model, ATTR, None) is self:
-            delattr(model, ATTR)
-
-    def _see_inputs(self, _model, args, kwargs):
-        # The MLP never sees the attention mask; keep it (and the (batch, seq) shape that OPT's
-        # flattened MLP loses) for this forward.
-        x = args[0] if args else kwargs.get("input_ids")
-        if x is None:
-            x = kwargs.get("inputs_embeds")
-        mask = kwargs.get("attention_mask")
-        if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
-            mask = args[1]
-        lead = tuple(x.shape[:2]) if x is not None else None
-        if mask is not None and (mask.dim() != 2 or lead is None or mask.shape[0] != lead[0]):
-            mask = None  # a 4-D or otherwise prepared mask: treat every position as real
-        self._lead = (lead, mask)
-        return None
-
     def _route(self, _module, args, output):
-        a = args[0]  # (batch, seq, d_ff), or (batch*seq, d_ff) for OPT
-        flat = a.dim() == 2
-        if flat:
-            lead = self._lead[0] if self._lead and self._lead[0] else (1, a.shape[0])
-            a = a.reshape(*lead, a.shape[-1])
+        a = self.keys_of(args[0])  # (batch, seq, d_ff)
         if self.train_delta is not None:
             return output + (a @ self.train_delta.T).reshape(output.shape)
         deltas, thr = self._active()
@@ -146,7 +113,7 @@ class WISEMemory(nn.Module):
 
     def _mask(self, a: torch.Tensor) -> torch.Tensor:
         b, s = a.shape[:2]
-        mask = self._lead[1] if self._lead else None
+        mask = self.seen[1] if self.seen else None
         if mask is None or mask.shape[0] != b or mask.shape[1] < s:
             return torch.ones(b, s, device=a.device)
         # Cached decoding passes the mask of past + new tokens; the new ones are the last s.
@@ -176,7 +143,7 @@ def row_score(dist: torch.Tensor, mask: torch.Tensor, route: str = "mean") -> to
 
 
 @register_attachment
-class WISEAttachment(Attachment):
+class WISEAttachment(SideModuleAttachment):
     """The first WISE edit of a model: attaches a `WISEMemory` (state snapshot) to it.
 
     Later edits change the memory's buffers through ordinary `WeightChange`s; reverting the
@@ -189,43 +156,10 @@ class WISEAttachment(Attachment):
         'wise_memory'
     """
     kind = "wise_memory"
-
-    def __init__(self, config: dict, state: dict[str, torch.Tensor]):
-        self._config = dict(config)
-        self._state = {k: v.detach().clone() for k, v in state.items()}
-
-    @classmethod
-    def of(cls, memory: WISEMemory) -> "WISEAttachment":
-        return cls(memory.config(), memory.state_dict())
+    module_class = WISEMemory
 
     def build(self) -> WISEMemory:
         c = self._config
-        mem = WISEMemory(c["layer"], c["out_features"], c["in_features"], c["shards"], c["act_ratio"],
-                         c["retrieve"], getattr(torch, c["dtype"]), c.get("route", "mean"))
-        for k, v in self._state.items():  # buffers may have been resized (archived memories)
-            mem.register_buffer(k, v.detach().clone())
-        return mem
-
-    def attach(self, model, adapter) -> None:
-        if getattr(model, ATTR, None) is not None:
-            raise ValueError("the model already has a WISE memory attached")
-        from workbench.core.arch import get_adapter
-        mem = self.build()
-        ref = next(model.parameters())
-        mem.to(ref.device)
-        mem.install(model, adapter or get_adapter(model))
-
-    def detach(self, model, adapter) -> None:
-        mem = getattr(model, ATTR, None)
-        if isinstance(mem, WISEMemory):
-            mem.uninstall(model)
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return self._state
-
-    def config(self) -> dict:
-        return dict(self._config)
-
-    @classmethod
-    def from_saved(cls, config: dict, state: dict[str, torch.Tensor]) -> "WISEAttachment":
-        return cls(config, state)
+        return self._load_buffers(WISEMemory(c["layer"], c["out_features"], c["in_features"], c["shards"],
+                                             c["act_ratio"], c["retrieve"], getattr(torch, c["dtype"]),
+                                             c.get("route", "mean")))
