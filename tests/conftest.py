@@ -66,3 +66,17 @@ def assert_patch_round_trips(model, adapter, patch, h0: str, h1: str, path) -> N
     assert weights_hash(model) == h1
     loaded.revert(model, adapter)
     assert weights_hash(model) == h0
+
+
+def assert_batched_equals_alone(model, tok, texts: list[str]) -> None:
+    """A right-padded batch of `texts` gives each row the logits it gets alone (1e-4): a router
+    that decides per example never lets one row, or padding, change another."""
+    import torch
+    from workbench.eval.scoring import right_pad
+    seqs = tok(texts)["input_ids"]
+    ids, mask = right_pad(seqs, tok.pad_token_id)
+    with torch.no_grad():
+        batched = model(input_ids=ids, attention_mask=mask).logits
+        for r, s in enumerate(seqs):
+            alone = model(input_ids=torch.tensor([s])).logits[0]
+            torch.testing.assert_close(batched[r, :len(s)], alone, rtol=1e-4, atol=1e-4)

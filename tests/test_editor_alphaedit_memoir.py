@@ -18,9 +18,9 @@ from workbench.core.patch import Patch, weights_hash
 from workbench.editing.contract import EditContext
 from workbench.eval.evaluate import evaluate_edits, reference
 from workbench.eval.requests import load_requests
-from workbench.eval.scoring import encode_pairs, greedy_continuations, right_pad
+from workbench.eval.scoring import encode_pairs, greedy_continuations
 
-from .conftest import REPO, model_left_unchanged
+from .conftest import REPO, assert_batched_equals_alone, model_left_unchanged
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -183,13 +183,7 @@ def test_memoir_batched_routing_equals_one_at_a_time(world, memoir_run):
     model, tok, _, reqs = world
     texts = [reqs[0].prompt + " " + reqs[0].target_new, reqs[1].locality[0].prompt,
              reqs[2].rephrase_prompts[0], "The old bridge was praised"]
-    seqs = tok(texts)["input_ids"]
-    ids, mask = right_pad(seqs, tok.pad_token_id)
-    with torch.no_grad():
-        batched = model(input_ids=ids, attention_mask=mask).logits
-        for r, s in enumerate(seqs):
-            torch.testing.assert_close(batched[r, :len(s)], model(input_ids=torch.tensor([s])).logits[0],
-                                       rtol=1e-4, atol=1e-4)
+    assert_batched_equals_alone(model, tok, texts)
 
 
 def test_memoir_generation_keeps_the_prompts_route(world, memoir_run):
@@ -298,13 +292,7 @@ def test_memoir_key_batched_and_generated_like_one_at_a_time(key_run):
     model, tok, reqs = key_run["model"], key_run["tok"], key_run["reqs"]
     texts = [reqs[0].prompt + " " + reqs[0].target_new, reqs[1].locality[0].prompt,
              reqs[2].rephrase_prompts[0] + " " + reqs[2].target_new, "The old bridge was praised"]
-    seqs = tok(texts)["input_ids"]
-    ids, mask = right_pad(seqs, tok.pad_token_id)
-    with torch.no_grad():
-        batched = model(input_ids=ids, attention_mask=mask).logits
-        for r, s in enumerate(seqs):
-            torch.testing.assert_close(batched[r, :len(s)], model(input_ids=torch.tensor([s])).logits[0],
-                                       rtol=1e-4, atol=1e-4)
+    assert_batched_equals_alone(model, tok, texts)
     # Cached greedy decoding (a call per new token) keeps the subject an earlier call saw.
     pairs = encode_pairs(tok, [q.rephrase_prompts[0] for q in reqs[:6]], [q.target_new for q in reqs[:6]])
     got = greedy_continuations(model, [p for p, _ in pairs], [len(a) for _, a in pairs], pad_id=tok.pad_token_id)

@@ -19,6 +19,8 @@ from workbench.core.patch import Patch, weights_hash
 from workbench.eval.requests import load_requests
 from workbench.eval.scoring import right_pad
 
+from .conftest import assert_batched_equals_alone
+
 T = 12
 # The paper's lr 1.0 / ρ 0.2 overshoot on this small model (see the module docs of editors.wise);
 # these are the settings measured to work on it (editors/wise docs), with fewer steps than the default.
@@ -72,13 +74,7 @@ def test_batched_routing_equals_one_at_a_time(run):
     # Edited prompts (routed to the side memory) mixed with locality prompts (main memory).
     texts = [reqs[0].prompt + " " + reqs[0].target_new, reqs[1].locality[0].prompt,
              reqs[2].rephrase_prompts[0], "The old bridge was praised"]
-    seqs = tok(texts)["input_ids"]
-    ids, mask = right_pad(seqs, tok.pad_token_id)
-    with torch.no_grad():
-        batched = model(input_ids=ids, attention_mask=mask).logits
-        for r, s in enumerate(seqs):
-            alone = model(input_ids=torch.tensor([s])).logits[0]
-            torch.testing.assert_close(batched[r, :len(s)], alone, rtol=1e-4, atol=1e-4)
+    assert_batched_equals_alone(model, tok, texts)
 
 
 def test_patch_save_load_round_trip(run, tmp_path):

@@ -120,17 +120,12 @@ def load_rows(paths) -> list[dict]:
     """The rows one or more `workbench bench lifelong --json` runs wrote, each labelled with its
     editor (and, from several files, the file it came from, so ablation runs of one editor stay
     apart); anything else is refused with the file, row and field named."""
-    import json
     from pathlib import Path
+    from workbench.core.jsonio import read_json
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     out = []
     for p in paths:
-        if not p.is_file():
-            raise InputError("no such results file", file=p)
-        try:
-            rows = json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InputError(f"not JSON ({e})", file=p) from None
+        rows = read_json(p)  # a missing file or bad JSON: named with its line
         if not isinstance(rows, list) or not rows:
             raise InputError("expected a non-empty list of rows from `workbench bench lifelong --json`", file=p)
         for i, r in enumerate(rows):

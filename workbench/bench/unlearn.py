@@ -236,15 +236,10 @@ def run(editors: list[str], sets: list[str], *, model_dir=None, params: dict[str
 def load_rows(path) -> list[dict]:
     """The rows a `workbench bench unlearn --json` run wrote; anything else is refused with the
     file and the first bad row named."""
-    import json
     from pathlib import Path
+    from workbench.core.jsonio import read_json
     p = Path(path)
-    if not p.is_file():
-        raise InputError("no such results file", file=p)
-    try:
-        rows = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"not JSON ({e})", file=p) from None
+    rows = read_json(p)  # a missing file or bad JSON: named with its line
     if not isinstance(rows, list) or not rows:
         raise InputError("expected a non-empty list of rows from `workbench bench unlearn --json`", file=p)
     for i, r in enumerate(rows):
