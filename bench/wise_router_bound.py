@@ -32,10 +32,12 @@ def packed_acts(model, tok, adapter, layer: int, rows: list[list[int]], chunk: i
     """`Packed` MLP-out inputs at `layer` of token-id rows, computed in chunks."""
     from editors.wise.train import Packed, _activations
     from workbench.eval.scoring import right_pad
+    proj = adapter.mlp_out(layer)
+    weight, bias = adapter.weight(proj).detach(), getattr(proj, "bias", None)
     out = None
     for i in range(0, len(rows), chunk):
         ids, mask = right_pad(rows[i:i + chunk], tok.pad_token_id)  # (rows, seq)
-        p = Packed(_activations(model, adapter, layer, ids, mask), mask)
+        p = Packed(_activations(model, adapter, layer, ids, mask), mask, weight, bias)
         out = p if out is None else out.cat(p)
     return out
 
@@ -78,17 +80,19 @@ def main() -> None:
     acts = {k: packed_acts(model, tok, adapter, layer, v) for k, v in sets.items()}
 
     d_out, d_in = adapter.weight(adapter.mlp_out(layer)).shape
+    from editors.wise.memory import WISEMemory
+    mem = WISEMemory(layer, d_out, d_in, score="linear")  # the paper's ||Δ a||, as measured in the README
     delta = (0.01 * torch.randn(d_out, d_in)).requires_grad_(True)  # (out, in)
     opt = torch.optim.Adam([delta], lr=1e-3)
     for _ in range(args.steps):
-        loss = (torch.relu(2.0 - acts["edit"].scores(delta, args.route)).mean()
-                + torch.relu(acts["negatives"].scores(delta, args.route) - 0.5).mean())
+        loss = (torch.relu(2.0 - acts["edit"].scores(mem, delta, args.route)).mean()
+                + torch.relu(acts["negatives"].scores(mem, delta, args.route) - 0.5).mean())
         opt.zero_grad()
         loss.backward()
         opt.step()
 
     with torch.no_grad():
-        s = {k: a.scores(delta, args.route) for k, a in acts.items()}  # (rows,) each
+        s = {k: a.scores(mem, delta, args.route) for k, a in acts.items()}  # (rows,) each
         wise_thr = 0.88 * torch.quantile(s["edit"], 0.05)
         gen_thr = torch.quantile(s["generality"], 0.05)
     print(f"layer {layer}, route {args.route}, T={args.T}, {len(negatives)} negative sentences, "

@@ -128,7 +128,7 @@ def test_irrelevant_rows_come_from_the_corpus_and_avoid_the_request(run):
 
 @pytest.mark.parametrize("score", ["act", "linear"])
 def test_packed_scores_equal_padded_scores(score):
-    from editors.wise.memory import row_mean
+    from editors.wise.memory import row_mean, row_score
     from editors.wise.train import Packed
     g = torch.Generator().manual_seed(0)
     a = torch.randn(3, 5, 8, generator=g)  # (rows, seq, d_ff)
@@ -140,7 +140,9 @@ def test_packed_scores_equal_padded_scores(score):
     d = a @ delta.T
     want = (torch.nn.functional.silu(base + d) - torch.nn.functional.silu(base)).norm(dim=-1) if score == "act" \
         else d.norm(dim=-1)  # (rows, seq)
-    torch.testing.assert_close(Packed(a, mask, weight, bias).scores(mem, delta), row_mean(want, mask.float()))
+    packed = Packed(a, mask, weight, bias)
+    torch.testing.assert_close(packed.scores(mem, delta), row_mean(want, mask.float()))
+    torch.testing.assert_close(packed.scores(mem, delta, "max"), row_score(want, mask.float(), "max"))
 
 
 def test_rows_over_100_tokens_route_on_their_max_token():
@@ -320,3 +322,26 @@ def test_ledger_records_the_settings_a_later_edit_ran_with(tmp_path):
             later.hparams["prefixes"]) == (2, 10, "mean", False, 1)
     assert later.hparams["steps"] == 5  # settings the memory does not fix are the ones asked for
     assert wb.patch(later.id).meta["layer"] == 2 and wb.show(later.id).hparams == later.hparams
+
+
+def test_paper_defaults_on_the_shipped_model():
+    # `wise` at its defaults (EasyEdit's LLaMA config): 3 edits on a model of its own.
+    from workbench.core.model import load_model
+    from editors.wise.train import PREFIX_STARTS
+    model, tok = load_model()
+    adapter = get_adapter(model)
+    reqs = load_requests("data/benchmarks/edits_counterfactual.jsonl")[:3]
+    patches = [WISEEditor(WISEHParams().derive(adapter)).edit(EditContext(model, tok, adapter, seed=0), [r])
+               for r in reqs]
+    mem = getattr(model, ATTR)
+    prefixes = patches[0].attachments[0].config()["prefixes"]
+    assert len(set(prefixes)) == 10 and all(p.startswith(PREFIX_STARTS) and len(p) > 3 for p in prefixes)
+    assert mem.layer == adapter.default_layer(0.8) and mem.score == "act" and mem.route == "auto"
+    assert mem.counts.tolist() == [3, 3] and mem.memories.shape[0] == 0 and not mem.merged.any()
+    scores = [p.meta["edit_score"] for p in patches]
+    assert float(mem.min_score) == pytest.approx(min(scores)) and all(1 <= p.meta["steps"] <= 70 for p in patches)
+    # Weight decay acts on the whole side weight (EasyEdit's optimiser holds W + Δ), the gradient
+    # only inside the shard's mask; the clamp keeps Δ within ±1.
+    assert bool(mem.delta[~mem.mask].ne(0).any()) and float(mem.delta.abs().max()) <= 1.0
+    outside, inside = mem.delta[~mem.mask].abs().mean(), mem.delta[mem.mask].abs().mean()
+    assert outside < inside / 10

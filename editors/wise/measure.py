@@ -19,7 +19,7 @@ import torch
 
 
 def run(T: int, params: dict, threads: int = 1, editor_name: str = "wise", model_dir=None,
-        requests: str = "data/benchmarks/edits_counterfactual.jsonl") -> dict:
+        requests: str = "data/benchmarks/edits_counterfactual.jsonl", seed: int = 0) -> dict:
     from workbench.core.arch import get_adapter
     from workbench.editing.contract import EditContext
     from workbench.eval.evaluate import evaluate_edits, reference
@@ -40,7 +40,7 @@ def run(T: int, params: dict, threads: int = 1, editor_name: str = "wise", model
         cls = get_editor(editor_name)
         editor = cls(cls.hparams_class.from_strings(params).derive(adapter))  # a fresh editor per edit
         t0 = time.perf_counter()
-        editor.edit(EditContext(model, tok, adapter, seed=0), [r])
+        editor.edit(EditContext(model, tok, adapter, seed=seed), [r])
         times.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
     mean = evaluate_edits(model, tok, reqs, ref)["mean"]
@@ -94,10 +94,11 @@ def main(argv=None) -> None:
     ap.add_argument("--editor", default="wise", help="wise (the paper's) or wise-tuned (ours)")
     ap.add_argument("--model", default=None, help="model folder (default: the shipped model)")
     ap.add_argument("--requests", default="data/benchmarks/edits_counterfactual.jsonl")
+    ap.add_argument("--seed", type=int, default=0, help="every edit's seed (its random mask)")
     ap.add_argument("--set", nargs="*", default=[], help="hyperparameters as k=v")
     args = ap.parse_args(argv)
     params = dict(kv.split("=", 1) for kv in args.set)
-    print(json.dumps(run(args.T, params, args.threads, args.editor, args.model, args.requests), indent=2))
+    print(json.dumps(run(args.T, params, args.threads, args.editor, args.model, args.requests, args.seed), indent=2))
 
 
 if __name__ == "__main__":

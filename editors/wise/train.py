@@ -308,10 +308,13 @@ class Packed:
         out.count = torch.cat([self.count, other.count])
         return out
 
-    def scores(self, mem: WISEMemory, delta: torch.Tensor) -> torch.Tensor:
+    def scores(self, mem: WISEMemory, delta: torch.Tensor, route: str = "mean") -> torch.Tensor:
         """(rows,) mean over each row's real positions of the memory's token score for side memory
-        `delta` (out, in) — the mean, as in training (EasyEdit's `euc` without `infer`)."""
+        `delta` (out, in) — the mean, as in training (EasyEdit's `euc` without `infer`) — or their
+        max (route="max")."""
         norms = mem.token_scores(self.base, self.tokens @ delta.T)  # (n_tok,)
+        if route == "max":  # norms >= 0, so a start of 0 is neutral
+            return norms.new_zeros(self.count.shape).scatter_reduce(0, self.row, norms, "amax")
         return norms.new_zeros(self.count.shape).index_add(0, self.row, norms) / self.count
 
 
