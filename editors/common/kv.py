@@ -32,10 +32,12 @@ Example:
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 
+from editors.common.frozen import lower_blocks_cached
 from editors.common.corpus import default_corpus  # noqa: F401 (re-exported: WISE's irrelevant pool reads kv.default_corpus)
 from workbench.core.errors import InputError
 from workbench.eval.scoring import pad_id
@@ -237,36 +239,45 @@ def compute_z(model, tok, adapter, req, *, layer: int, site: str, templates=CONT
     kl_rows = torch.arange(n_rw, len(rows), device=device)
     kl_pos = torch.tensor(where[n_rw:], device=device)
 
+    # Logits only at the positions the loss reads (targets, KL tokens): `logits_to_keep` takes one
+    # index list for all rows, so the union, and each position's index in it.
+    keep = torch.unique(torch.cat([pos, kl_pos]))  # (k,) sorted
+    kw = {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    at = torch.searchsorted(keep, pos) if kw else pos
+    kl_at = torch.searchsorted(keep, kl_pos) if kw else kl_pos
     hidden = adapter.hidden_size
     delta = torch.zeros(hidden, device=device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=lr)
     hook = _AddAt(_site_module(adapter, layer, site), tuple(ids.shape), where, delta)
     init = kl_init = None
     losses = []
+    forward = lambda: model(input_ids=ids, attention_mask=mask, **kw).logits  # noqa: E731
     try:
-        for _ in range(steps):
-            with torch.enable_grad():
-                logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (b, seq, vocab)
-                if init is None:
-                    init = hook.seen[0].clone()  # value at the bare prompt's subject token, delta = 0
-                logp = torch.log_softmax(logits, -1)
-                nll = -logp[row, pos, tgt].sum() / (n_rw * len(target))  # mean over prompts and target tokens
-                kl_logp = logp[kl_rows, kl_pos]  # (n_kl, vocab)
-                if kl_init is None:
-                    kl_init = kl_logp.detach().clone()
-                kl = torch.nn.functional.kl_div(kl_init, kl_logp, log_target=True, reduction="batchmean")
-                decay = delta.norm() / init.norm() ** 2
-                loss = nll + kl_factor * kl + weight_decay * decay
-                losses.append(loss.item())
-                if loss.item() < early_stop:
-                    break
-                (grad,) = torch.autograd.grad(loss, [delta])  # no .grad left on the model's weights
-            delta.grad = grad
-            opt.step()
-            with torch.no_grad():  # keep the new value within a ball around the old one
-                max_norm = clamp_norm_factor * init.norm()
-                if delta.norm() > max_norm:
-                    delta.mul_(max_norm / delta.norm())
+        # blocks below `layer` see no delta: they run once
+        with lower_blocks_cached(adapter, layer, forward):
+            for _ in range(steps):
+                with torch.enable_grad():
+                    logits = forward().float()  # (b, k, vocab)
+                    if init is None:
+                        init = hook.seen[0].clone()  # value at the bare prompt's subject token, delta = 0
+                    logp = torch.log_softmax(logits, -1)
+                    nll = -logp[row, at, tgt].sum() / (n_rw * len(target))  # mean over prompts and target tokens
+                    kl_logp = logp[kl_rows, kl_at]  # (n_kl, vocab)
+                    if kl_init is None:
+                        kl_init = kl_logp.detach().clone()
+                    kl = torch.nn.functional.kl_div(kl_init, kl_logp, log_target=True, reduction="batchmean")
+                    decay = delta.norm() / init.norm() ** 2
+                    loss = nll + kl_factor * kl + weight_decay * decay
+                    losses.append(loss.item())
+                    if loss.item() < early_stop:
+                        break
+                    (grad,) = torch.autograd.grad(loss, [delta])  # no .grad left on the model's weights
+                delta.grad = grad
+                opt.step()
+                with torch.no_grad():  # keep the new value within a ball around the old one
+                    max_norm = clamp_norm_factor * init.norm()
+                    if delta.norm() > max_norm:
+                        delta.mul_(max_norm / delta.norm())
     finally:
         hook.remove()
     return ZResult(target=(init + delta.detach()).float(), init=init, steps=len(losses),

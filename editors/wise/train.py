@@ -41,6 +41,8 @@ import random
 from pathlib import Path
 
 import torch
+
+from editors.common.frozen import lower_blocks_cached
 from workbench.editing.contract import trainable_only
 from workbench.eval.scoring import encode_pairs, pad_id, right_pad
 
@@ -189,27 +191,6 @@ def subject_mask(tok, rows, mask: torch.Tensor) -> torch.Tensor:
             out[r].zero_()
             out[r, idx] = 1
     return out
-
-
-@contextlib.contextmanager
-def lower_blocks_cached(adapter, layer: int, run):
-    """Run `run()` once, then make blocks 0..layer-1 return those outputs until exit."""
-    blocks = [adapter.layer(i) for i in range(layer)]
-    seen: dict[int, object] = {}
-    hooks = [b.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(i, out)) for i, b in enumerate(blocks)]
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for h in hooks:
-            h.remove()
-    for i, b in enumerate(blocks):
-        b.forward = lambda *a, _o=seen[i], **k: _o  # the block's input never changes in this edit
-    try:
-        yield
-    finally:
-        for b in blocks:
-            del b.forward  # back to the class's forward
 
 
 def _hidden(out):

@@ -1,0 +1,31 @@
+"""Blocks whose output cannot change during an edit, run once.
+
+An editor that optimises something at layer L (a side memory, a value vector) and runs the model
+many times on the same inputs need not run blocks 0..L-1 again: their outputs are constant.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+@contextlib.contextmanager
+def lower_blocks_cached(adapter, layer: int, run):
+    """Run `run()` once, then make blocks 0..layer-1 return those outputs until exit."""
+    blocks = [adapter.layer(i) for i in range(layer)]
+    seen: dict[int, object] = {}
+    hooks = [b.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(i, out)) for i, b in enumerate(blocks)]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in hooks:
+            h.remove()
+    for i, b in enumerate(blocks):
+        b.forward = lambda *a, _o=seen[i], **k: _o  # the block's input never changes in this edit
+    try:
+        yield
+    finally:
+        for b in blocks:
+            del b.forward  # back to the class's forward
