@@ -31,7 +31,6 @@ PARAMS = {"kfac": {"max_tokens": "20480"}}  # K-FAC warns below 20000 collected 
 
 def max_abs_diff(a: dict, b: dict) -> float:
     """max |a - b| over every entry (inf when the key sets or shapes differ)."""
-    import torch
     if sorted(a) != sorted(b):
         return float("inf")
     worst = 0.0
