@@ -345,3 +345,15 @@ def test_paper_defaults_on_the_shipped_model():
     assert bool(mem.delta[~mem.mask].ne(0).any()) and float(mem.delta.abs().max()) <= 1.0
     outside, inside = mem.delta[~mem.mask].abs().mean(), mem.delta[mem.mask].abs().mean()
     assert outside < inside / 10
+
+
+def test_swapped_forward_puts_back_an_instance_wrapper():
+    # accelerate's offload hook is an instance-level `forward`; a cached block must get it back
+    from editors.common.frozen import swapped_forward
+    hooked, plain = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    def wrapper(x):
+        return x * 0
+    hooked.forward = wrapper
+    with swapped_forward([hooked, plain], [lambda x: x + 1, lambda x: x + 1]):
+        assert hooked(torch.ones(2)).sum() == 4 and plain(torch.ones(2)).sum() == 4
+    assert hooked.forward is wrapper and "forward" not in plain.__dict__

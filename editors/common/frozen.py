@@ -22,10 +22,22 @@ def lower_blocks_cached(adapter, layer: int, run):
     finally:
         for h in hooks:
             h.remove()
-    for i, b in enumerate(blocks):
-        b.forward = lambda *a, _o=seen[i], **k: _o  # the block's input never changes in this edit
+    with swapped_forward(blocks, [lambda *a, _o=seen[i], **k: _o for i in range(layer)]):  # inputs never change
+        yield
+
+
+@contextlib.contextmanager
+def swapped_forward(modules, forwards):
+    """Within: each module's `forward` is the given function. After: what it was — the class's,
+    or an instance-level wrapper such as accelerate's offload hook, which must survive."""
+    saved = [m.__dict__.get("forward") for m in modules]
+    for m, f in zip(modules, forwards):
+        m.forward = f
     try:
         yield
     finally:
-        for b in blocks:
-            del b.forward  # back to the class's forward
+        for m, old in zip(modules, saved):
+            if old is None:
+                del m.forward
+            else:
+                m.forward = old

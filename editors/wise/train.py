@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from editors.common.frozen import lower_blocks_cached
+from editors.common.frozen import lower_blocks_cached, swapped_forward
 from workbench.editing.contract import trainable_only
 from workbench.eval.scoring import encode_pairs, pad_id, right_pad
 
@@ -227,11 +227,8 @@ def edited_block_linear(adapter, mem: WISEMemory, acts: torch.Tensor, w: torch.T
     def forward(*_a, **_k):
         h = base + (acts @ (w - w0).T).reshape(base.shape)  # (rows, seq, hidden)
         return (h, *rest) if rest is not None else h
-    block.forward = forward
-    try:
+    with swapped_forward([block], [forward]):
         yield
-    finally:
-        del block.forward
 
 
 def margin_loss(edit_s: torch.Tensor, irr_s: torch.Tensor, hp) -> torch.Tensor:
