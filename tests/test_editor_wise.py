@@ -171,7 +171,8 @@ def test_ties_merge_is_peft_ties_for_equal_weights_and_a_weighted_mean_otherwise
                                           ("margin_scale", 0), ("shard_size", -1), ("merge_every", 700),
                                           ("act_ratio", 2.0), ("retrieve", "yes"), ("weight_decay", -1),
                                           ("contrast_subject", -1), ("score_tokens", "max"), ("route", "top"),
-                                          ("score", "cosine"), ("stop", "never"), ("prefixes", 11)])
+                                          ("score", "cosine"), ("stop", "never"), ("prefixes", 11),
+                                          ("target_loss", "sum"), ("threshold_from", "first")])
 def test_bad_hparams_name_the_field(field, value):
     with pytest.raises(InputError) as e:
         WISEHParams(**{field: value})
@@ -357,3 +358,13 @@ def test_swapped_forward_puts_back_an_instance_wrapper():
     with swapped_forward([hooked, plain], [lambda x: x + 1, lambda x: x + 1]):
         assert hooked(torch.ones(2)).sum() == 4 and plain(torch.ones(2)).sum() == 4
     assert hooked.forward is wrapper and "forward" not in plain.__dict__
+
+
+def test_easyedit_target_loss_divides_each_row_by_its_target_count_plus_one():
+    firsts = {}
+    for rule in ("mean", "easyedit"):
+        model, tok, adapter, reqs = _tiny(1)
+        hp = WISEHParams(steps=1, prefixes=0, target_loss=rule).derive(adapter)
+        firsts[rule] = WISEEditor(hp).edit(EditContext(model, tok, adapter), reqs).meta["ce_first"]
+    t = len(tok(" " + reqs[0].target_new, add_special_tokens=False)["input_ids"])
+    assert firsts["easyedit"] == pytest.approx(firsts["mean"] * t / (t + 1), rel=1e-5)

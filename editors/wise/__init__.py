@@ -20,7 +20,8 @@ so a new editor instance per edit, exact reverts and patch files all work. See `
 (EasyEdit's `euc`; max over tokens for inputs over 100 tokens), α, β, γ = 5, 20, 10, SGD lr 1.0 with
 weight decay 1e-5 on the full side weight, ≤ 70 steps stopped by EasyEdit's loss meter, ρ = 0.2,
 clamp ±1, shards of 500, merges every 1000 with TIES density 0.53, threshold 0.88 × the weakest
-edit's mean score over its training rows at its last pass; each edit trained as the prompt plus
+edit's mean score over its training rows at its last pass, the target loss normalised as its code
+does (each row's sum over its t target tokens / (t + 1)); each edit trained as the prompt plus
 10 generated context prefixes, with one irrelevant text.
 
 Differs from EasyEdit, deliberately: the irrelevant text comes from the workbench's generic corpus
@@ -38,7 +39,7 @@ one shard that goes on learning (no saves or merges) under a fresh random mask p
 absolute scores sized for LLaMA-2-7B), ≤ 25 steps stopped when the target cross-entropy is below
 0.01 and every margin holds (`stop="margins"`), the threshold from the edit's score through the
 trained memory (`threshold_from="final"`, so its own rows always reach it), the paper's score formula ||Δ a|| (`score="linear"`)
-with mean routing, the bare prompt only (`prefixes=0`), no weight decay, and 8 corpus texts plus 3
+with mean routing, the bare prompt only (`prefixes=0`), the mean target loss (`target_loss="mean"`), no weight decay, and 8 corpus texts plus 3
 subject-scrambled copies of the prompt as irrelevant rows (`contrast_subject`: teaches the router
 that the subject, not the template, calls for the memory). Every one of these is an option of
 `wise` too. `score_tokens="subject"` (EasyEdit's act_mask for subject-bearing prompts) is an option
@@ -71,6 +72,7 @@ SCORES = ("act", "linear")
 SCORE_TOKENS = ("all", "subject")
 STOPS = ("loss", "margins")
 THRESHOLD_FROM = ("last_pass", "final")
+TARGET_LOSSES = ("easyedit", "mean")
 MAX_PREFIXES = 10
 
 __all__ = ["WISEEditor", "WISEHParams", "WISETunedEditor", "WISETunedHParams", "WISEMemory", "WISEAttachment"]
@@ -132,6 +134,10 @@ class WISEHParams(HParams):
         "help": "'loss' (EasyEdit: the last two steps' total loss <= early_stop_loss and changed <= 1e-4) or "
                 "'margins' (ours: cross-entropy below early_stop_loss and every margin met)"})
     early_stop_loss: float = field(default=0.02, metadata={"help": "the loss bound of `stop` (>= 0)"})
+    target_loss: str = field(default="easyedit", metadata={
+        "help": "'easyedit' (each row's summed target cross-entropy over its target token count + 1, averaged "
+                "over rows: the reference code's label mask starts one position early) or 'mean' (over all "
+                "target tokens)"})
     threshold_from: str = field(default="last_pass", metadata={
         "help": "the edit's score that sets the router's threshold: 'last_pass' (EasyEdit: the mean over its "
                 "training rows in the last forward pass, before the last step) or 'final' (ours: the weakest of the same rows "
@@ -180,6 +186,7 @@ class WISEHParams(HParams):
             raise InputError("retrieve mode keeps one memory per shard: give shard_size", field="retrieve")
         check_choice(self.stop, "stop", STOPS)
         check_choice(self.threshold_from, "threshold_from", THRESHOLD_FROM)
+        check_choice(self.target_loss, "target_loss", TARGET_LOSSES)
         check_choice(self.score, "score", SCORES)
         check_choice(self.score_tokens, "score_tokens", SCORE_TOKENS)
         check_choice(self.route, "route", ROUTES)
@@ -216,6 +223,7 @@ class WISETunedHParams(WISEHParams):
     stop: str = field(default="margins", metadata={"help": "'margins' (ours) or 'loss' (EasyEdit)"})
     early_stop_loss: float = field(default=0.01, metadata={"help": "the loss bound of `stop` (>= 0)"})
     threshold_from: str = field(default="final", metadata={"help": "'final' (ours) or 'last_pass' (EasyEdit)"})
+    target_loss: str = field(default="mean", metadata={"help": "'mean' over target tokens or 'easyedit'"})
     score: str = field(default="linear", metadata={"help": "'linear' ||Δ a|| or 'act' (EasyEdit)"})
     route: str = field(default="mean", metadata={"help": "'mean', 'max' or 'auto' (EasyEdit)"})
     prefixes: int = field(default=0, metadata={"help": "generated context prefixes (0..10)"})

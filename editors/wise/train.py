@@ -353,7 +353,11 @@ def train_edit(model, adapter, mem: WISEMemory, batch, hp, seed: int, n_edits: i
             for steps in range(1, hp.steps + 1):
                 opt.zero_grad(set_to_none=True)
                 logits = forward().float()  # (rows, seq, vocab)
-                ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels)
+                if hp.target_loss == "easyedit":  # a row's sum over its t target tokens / (t + 1), mean over rows
+                    per = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")  # (rows, k)
+                    ce = (per.sum(1) / ((labels != -100).sum(1) + 1)).mean()
+                else:
+                    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels)
                 edit_s = a_act.scores(mem, w)  # (n_e,)
                 irr_s = a_irr.scores(mem, w) if a_irr is not None else edit_s[:0]  # (n_i,)
                 act = margin_loss(edit_s, irr_s, hp)
