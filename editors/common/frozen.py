@@ -6,6 +6,7 @@ many times on the same inputs need not run blocks 0..L-1 again: their outputs ar
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import torch
 
@@ -41,3 +42,9 @@ def swapped_forward(modules, forwards):
                 del m.forward
             else:
                 m.forward = old
+
+
+def logits_only_at(model, positions: torch.Tensor) -> dict:
+    """Forward kwargs that make the model compute logits only at `positions` (one index list for
+    every row, `logits_to_keep`), or {} for a model whose forward does not take it."""
+    return {"logits_to_keep": positions} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}

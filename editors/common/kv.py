@@ -32,12 +32,11 @@ Example:
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
 
-from editors.common.frozen import lower_blocks_cached
+from editors.common.frozen import logits_only_at, lower_blocks_cached
 from editors.common.corpus import default_corpus  # noqa: F401 (re-exported: WISE's irrelevant pool reads kv.default_corpus)
 from workbench.core.errors import InputError
 from workbench.eval.scoring import pad_id
@@ -242,7 +241,7 @@ def compute_z(model, tok, adapter, req, *, layer: int, site: str, templates=CONT
     # Logits only at the positions the loss reads (targets, KL tokens): `logits_to_keep` takes one
     # index list for all rows, so the union, and each position's index in it.
     keep = torch.unique(torch.cat([pos, kl_pos]))  # (k,) sorted
-    kw = {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    kw = logits_only_at(model, keep)
     at = torch.searchsorted(keep, pos) if kw else pos
     kl_at = torch.searchsorted(keep, kl_pos) if kw else kl_pos
     hidden = adapter.hidden_size

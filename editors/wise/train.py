@@ -36,13 +36,12 @@ scores are computed from cached (tokens, d_ff) and (tokens, out) tensors.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import random
 from pathlib import Path
 
 import torch
 
-from editors.common.frozen import lower_blocks_cached, swapped_forward
+from editors.common.frozen import logits_only_at, lower_blocks_cached, swapped_forward
 from workbench.editing.contract import trainable_only
 from workbench.eval.scoring import encode_pairs, pad_id, right_pad
 
@@ -339,7 +338,7 @@ def train_edit(model, adapter, mem: WISEMemory, batch, hp, seed: int, n_edits: i
     # Logits only where some row has a target token (the loss reads nothing else): the positions'
     # union, as `logits_to_keep` takes one index list for every row.
     keep = (labels != -100).any(0).nonzero().flatten()  # (k,)
-    kw = {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    kw = logits_only_at(model, keep)
     labels = labels[:, keep] if kw else labels  # (rows, k)
     forward = lambda: model(input_ids=ids, attention_mask=mask, use_cache=False, **kw).logits  # noqa: E731
     losses: list[tuple[float, float]] = []
