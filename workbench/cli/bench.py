@@ -20,8 +20,19 @@ def add_parser(sub) -> None:
                     help="hyperparameter for one editor, e.g. wise:steps=50 (repeatable)")
     ll.add_argument("--batch", type=int, default=1,
                     help="requests per edit: sequential batches (AlphaEdit's and MEMIT's protocol); each T a multiple")
+    ll.add_argument("--repeats", type=int, default=7,
+                    help="timed forward passes of the edited and the unedited model per checkpoint (overhead spread)")
+    ll.add_argument("--baseline", default=None,
+                    help="one of --editors: every other editor's rows are also compared with its, paired by request "
+                         "(difference [95%% interval], McNemar or Wilcoxon, Holm-corrected)")
     ll.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
     ll.set_defaults(func=_cmd_bench_lifelong)
+    cp = bsub.add_parser("compare", help="paired comparison of saved lifelong runs on the same requests")
+    cp.add_argument("files", type=Path, nargs="+", help="`bench lifelong --json` files (one file may hold several editors)")
+    cp.add_argument("--baseline", default=None,
+                    help="the row label to compare against (default: the first file's first editor)")
+    cp.add_argument("--alpha", type=float, default=0.05, help="significance level after Holm's correction")
+    cp.set_defaults(func=_cmd_bench_compare)
     ul = bsub.add_parser("unlearn", help="forget editors on the canaries and forget-split people, before -> after")
     ul.add_argument("--editors", default="kfac,prune,ga,npo", help="comma-separated forget editor names")
     ul.add_argument("--sets", default="canaries,people", help="comma-separated forget sets: canaries, people, quotes, and the capability arithmetic")
@@ -62,11 +73,29 @@ def _cmd_bench_lifelong(args) -> int:
         Ts = [int(t) for t in args.T.split(",") if t.strip()]
     except ValueError:
         raise InputError(f"expected comma-separated integers, got {args.T!r}", field="--T") from None
-    rows = run(names(args.editors), Ts, requests_path=args.requests or DEFAULT_REQUESTS, model_dir=args.model,
-               params=editor_params(args.param), batch=args.batch)
+    editors = names(args.editors)
+    if args.baseline is not None and args.baseline not in editors:
+        raise InputError(f"{args.baseline!r} is not one of --editors ({', '.join(editors)})", field="--baseline")
+    rows = run(editors, Ts, requests_path=args.requests or DEFAULT_REQUESTS, model_dir=args.model,
+               params=editor_params(args.param), batch=args.batch, repeats=args.repeats)
     code = _print_rows(rows, table, args.json)
     _write_figures(rows, args.json)
+    if args.baseline is not None:
+        from workbench.bench.lifelong import paired_table
+        print()
+        print(paired_table(rows, args.baseline))
     return code
+
+
+def _cmd_bench_compare(args) -> int:
+    from workbench.core.errors import InputError
+    from workbench.bench.lifelong import load_rows, paired_table
+    if not 0 < args.alpha < 1:
+        raise InputError(f"must be between 0 and 1, got {args.alpha}", field="--alpha")
+    rows = load_rows(args.files)
+    baseline = args.baseline or rows[0]["label"]
+    print(paired_table(rows, baseline, alpha=args.alpha))
+    return 0
 
 
 def _write_figures(rows: list[dict], json_path) -> None:

@@ -1,0 +1,216 @@
+"""Uncertainty for every number the workbench reports: intervals, paired tests, corrections.
+
+A rate over requests gets a 95% interval:
+- **Wilson** (statsmodels' `proportion_confint`) when every request scored 0 or 1 — exact-match
+  metrics with one probe per request, and token accuracies that are all 0 or 1 (a bootstrap
+  would give a zero-width interval for ten requests at 1.0; Wilson gives [0.72, 1.00]);
+- else a **percentile bootstrap over requests** (scipy's `bootstrap`, 2000 resamples, fixed seed):
+  a request's several probes (rephrasings, locality prompts) are one resampling unit, since they
+  share the edit and are not independent.
+
+Two runs on the same requests are compared pairwise (`compare_paired`): the mean difference
+with a paired-bootstrap interval, McNemar's exact test when both sides are 0/1 per request
+(statsmodels), else Wilcoxon's signed-rank test (scipy), and Holm's correction across the
+metrics compared (statsmodels' `multipletests`).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+CONFIDENCE = 0.95
+RESAMPLES = 2000
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its interval; `method` says how the interval was made.
+
+    Example:
+        >>> str(Interval(0.95, 0.7639, 0.9911, "wilson", 20))
+        '0.950 [0.76, 0.99]'
+    """
+    value: float
+    lo: float
+    hi: float
+    method: str
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} [{self.lo:.2f}, {self.hi:.2f}]"
+
+    def as_dict(self) -> dict:
+        return {"value": self.value, "lo": self.lo, "hi": self.hi, "method": self.method, "n": self.n}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Interval":
+        return cls(float(d["value"]), float(d["lo"]), float(d["hi"]), str(d["method"]), int(d["n"]))
+
+
+def _clean(values) -> list[float]:
+    return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+
+
+def _binary(values: list[float]) -> bool:
+    return all(v in (0.0, 1.0) for v in values)
+
+
+def wilson(successes: int, n: int, *, confidence: float = CONFIDENCE) -> Interval:
+    """Wilson score interval of a proportion.
+
+    Example:
+        >>> str(wilson(19, 20))
+        '0.950 [0.76, 0.99]'
+    """
+    from statsmodels.stats.proportion import proportion_confint
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n > 0, got {successes} of {n}")
+    lo, hi = proportion_confint(successes, n, alpha=1 - confidence, method="wilson")
+    return Interval(successes / n, float(lo), float(hi), "wilson", n)
+
+
+def bootstrap_mean(values, *, confidence: float = CONFIDENCE, resamples: int = RESAMPLES,
+                   seed: int = SEED) -> Interval:
+    """Percentile-bootstrap interval of the mean over the given units (requests).
+
+    Example:
+        >>> iv = bootstrap_mean([0.5, 0.75, 1.0, 0.25])
+        >>> iv.value, iv.lo <= iv.value <= iv.hi, iv.method
+        (0.625, True, 'bootstrap')
+    """
+    import numpy as np
+    from scipy.stats import bootstrap
+    vals = np.asarray(_clean(values), dtype=float)  # (n,)
+    if vals.size == 0:
+        raise ValueError("no values to bootstrap")
+    m = float(vals.mean())
+    if vals.size == 1 or np.all(vals == vals[0]):
+        return Interval(m, m, m, "bootstrap", int(vals.size))  # every resample has this mean
+    res = bootstrap((vals,), np.mean, confidence_level=confidence, n_resamples=resamples, method="percentile",
+                    rng=np.random.default_rng(seed), vectorized=True)
+    return Interval(m, float(res.confidence_interval.low), float(res.confidence_interval.high), "bootstrap",
+                    int(vals.size))
+
+
+def interval(values, *, confidence: float = CONFIDENCE) -> Interval | None:
+    """The interval of a mean over requests, by the module's rule (Wilson if all 0/1, else
+    bootstrap); None when nothing was measured.
+
+    Example:
+        >>> interval([1, 1, 1, 1, 1, 1, 1, 1, 1, 1]).method, round(interval([1] * 10).lo, 3)
+        ('wilson', 0.722)
+    """
+    vals = _clean(values)
+    if not vals:
+        return None
+    if _binary(vals):
+        return wilson(int(sum(vals)), len(vals), confidence=confidence)
+    return bootstrap_mean(vals, confidence=confidence)
+
+
+def spread(values) -> dict:
+    """Median and spread of repeated measurements (timings): median, quartiles, min, max, count.
+
+    Example:
+        >>> spread([1.0, 2.0, 3.0, 10.0])["median"]
+        2.5
+    """
+    vals = sorted(_clean(values))
+    if not vals:
+        raise ValueError("no measurements")
+    q = statistics.quantiles(vals, n=4, method="inclusive") if len(vals) > 1 else [vals[0]] * 3
+    return {"median": statistics.median(vals), "q1": q[0], "q3": q[2], "min": vals[0], "max": vals[-1],
+            "n": len(vals)}
+
+
+def mcnemar_exact(a, b) -> dict:
+    """McNemar's exact test on paired 0/1 outcomes (statsmodels): `a_only` requests where only
+    `a` succeeded, `b_only` where only `b` did, and the two-sided p-value.
+
+    Example:
+        >>> mcnemar_exact([1, 1, 1, 1, 0], [0, 0, 0, 0, 0])["pvalue"]  # 4 discordant, all one way
+        0.125
+    """
+    from statsmodels.stats.contingency_tables import mcnemar
+    a, b = _paired(a, b)
+    a_only = sum(1 for x, y in zip(a, b) if x == 1.0 and y == 0.0)
+    b_only = sum(1 for x, y in zip(a, b) if x == 0.0 and y == 1.0)
+    both = sum(1 for x, y in zip(a, b) if x == 1.0 and y == 1.0)
+    neither = len(a) - a_only - b_only - both
+    p = 1.0 if a_only + b_only == 0 else float(mcnemar([[both, a_only], [b_only, neither]], exact=True).pvalue)
+    return {"test": "mcnemar", "a_only": a_only, "b_only": b_only, "pvalue": p}
+
+
+def wilcoxon_paired(a, b) -> dict:
+    """Wilcoxon's signed-rank test on paired scores (scipy); p = 1 when every pair is equal.
+
+    Example:
+        >>> round(wilcoxon_paired([0.5, 0.6, 0.7, 0.8, 0.9, 1.0], [0.0] * 6)["pvalue"], 5)
+        0.03125
+    """
+    from scipy.stats import wilcoxon
+    a, b = _paired(a, b)
+    if all(x == y for x, y in zip(a, b)):
+        return {"test": "wilcoxon", "pvalue": 1.0}
+    return {"test": "wilcoxon", "pvalue": float(wilcoxon(a, b).pvalue)}
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (statsmodels), in the order given.
+
+    Example:
+        >>> [round(p, 3) for p in holm([0.01, 0.04, 0.03])]
+        [0.03, 0.06, 0.06]
+    """
+    from statsmodels.stats.multitest import multipletests
+    if not pvalues:
+        return []
+    return [float(p) for p in multipletests(pvalues, method="holm")[1]]
+
+
+def _paired(a, b) -> tuple[list[float], list[float]]:
+    a, b = list(a), list(b)
+    if len(a) != len(b):
+        raise ValueError(f"paired outcomes need equal lengths, got {len(a)} and {len(b)}")
+    keep = [(float(x), float(y)) for x, y in zip(a, b) if x is not None and y is not None]
+    if not keep:
+        raise ValueError("no pair has both outcomes measured")
+    return [x for x, _ in keep], [y for _, y in keep]
+
+
+def compare_paired(rows_a: list[dict], rows_b: list[dict], metrics: list[str], *, alpha: float = 0.05) -> list[dict]:
+    """B against A on the same requests, matched by each row's "id": per metric the means, the
+    mean difference B − A with a paired-bootstrap interval, the test (McNemar for 0/1 outcomes,
+    else Wilcoxon), its p-value, Holm's adjusted p across `metrics`, and whether that is < alpha.
+
+    Example:
+        >>> a = [{"id": i, "m": 1.0} for i in range(10)]
+        >>> b = [{"id": i, "m": 0.0} for i in range(10)]
+        >>> r = compare_paired(a, b, ["m"])[0]
+        >>> r["diff"]["value"], r["test"], r["significant"]
+        (-1.0, 'mcnemar', True)
+    """
+    by_id = {r["id"]: r for r in rows_b}
+    missing = [r["id"] for r in rows_a if r["id"] not in by_id]
+    if missing or len(rows_a) != len(rows_b):
+        raise ValueError(f"the two runs must score the same requests; {len(missing)} of A's are not in B "
+                         f"(first: {missing[:3]}), {len(rows_a)} vs {len(rows_b)} rows")
+    out = []
+    for m in metrics:
+        pairs = [(r.get(m), by_id[r["id"]].get(m)) for r in rows_a]
+        pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+        if not pairs:
+            out.append({"metric": m, "n": 0, "pvalue": None})
+            continue
+        a, b = [x for x, _ in pairs], [y for _, y in pairs]
+        test = mcnemar_exact(a, b) if _binary(a) and _binary(b) else wilcoxon_paired(a, b)
+        diff = bootstrap_mean([y - x for x, y in pairs])
+        out.append({"metric": m, "n": len(pairs), "a": statistics.fmean(a), "b": statistics.fmean(b),
+                    "diff": diff.as_dict(), **test})
+    tested = [r for r in out if r["pvalue"] is not None]
+    for r, p in zip(tested, holm([r["pvalue"] for r in tested])):
+        r["p_holm"] = p
+        r["significant"] = p < alpha
+    return out
