@@ -206,23 +206,41 @@ FORGET_METRICS = metric_names("forget", summary=True)
 def before_after_chart(event, metrics=EDIT_METRICS, key: str = "chart"):
     """Grouped bars of the event's metrics before and after; returns the figure."""
     import plotly.graph_objects as go
+    from workbench.bench.plots import error_bars
     names = [m for m in metrics if (event.metrics_after or {}).get(m) is not None]
-    fig = go.Figure([go.Bar(name=label, x=names, y=[(getattr(event, attr) or {}).get(m) for m in names],
-                            text=[f"{(getattr(event, attr) or {}).get(m):.2f}" for m in names])
-                     for label, attr in (("before", "metrics_before"), ("after", "metrics_after"))])
-    fig.update_layout(barmode="group", yaxis_range=[0, 1.05], height=340, margin=dict(t=30, b=10),
+    ctx = event.context or {}
+    bars = []
+    for label, attr, ivs in (("before", "metrics_before", ctx.get("intervals_before") or {}),
+                             ("after", "metrics_after", ctx.get("intervals_after") or {})):
+        vals = [(getattr(event, attr) or {}).get(m) for m in names]
+        bars.append(go.Bar(name=label, x=names, y=vals, text=["—" if v is None else f"{v:.2f}" for v in vals],
+                           textposition="outside", error_y=error_bars([ivs.get(m) for m in names])))
+    fig = go.Figure(bars)
+    fig.update_layout(barmode="group", yaxis_range=[0, 1.15], height=340, margin=dict(t=30, b=10),
                       title=f"{event.id}: {event.editor} ({event.kind})")
     st.plotly_chart(fig, key=key)
     return fig
 
 
 def metrics_table(event) -> None:
+    """Every metric before and after, each with its 95% interval where the event recorded one."""
     import pandas as pd
     keys = list(event.metrics_after or {})
+    ctx = event.context or {}
+
+    def bounds(which: str, k: str):
+        iv = (ctx.get(f"intervals_{which}") or {}).get(k)
+        return "" if not iv else f"[{iv['lo']:.3f}, {iv['hi']:.3f}]"
+
     st.dataframe(pd.DataFrame({"metric": keys,
                                "before": [(event.metrics_before or {}).get(k) for k in keys],
-                               "after": [(event.metrics_after or {}).get(k) for k in keys]}),
+                               "before 95% interval": [bounds("before", k) for k in keys],
+                               "after": [(event.metrics_after or {}).get(k) for k in keys],
+                               "after 95% interval": [bounds("after", k) for k in keys]}),
                  hide_index=True)
+    if ctx.get("intervals_after"):
+        st.caption("95% intervals over the requests: Wilson where every request scored 0 or 1, else a "
+                   "percentile bootstrap over requests.")
 
 
 def editor_charts(wb, event, *, key: str) -> None:

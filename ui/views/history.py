@@ -38,6 +38,20 @@ if events:
     st.plotly_chart(fig, key="history_timeline")
     st.dataframe(table, hide_index=True, width="stretch")
 
+    cardable = [e for e in events if e.kind in ("edit", "rejected")]
+    if cardable:
+        from workbench.core.model import model_path
+        from workbench.editing.card import evaluation_card, shown_path
+        st.subheader("Evaluation card")
+        pick = st.selectbox("edit", [e.id for e in reversed(cardable)], key="history_card_pick")
+        chosen = next(e for e in cardable if e.id == pick)
+        card = evaluation_card(chosen, events, active, base_model=shown_path(wb.model_dir, model_path(None)),
+                               workspace=shown_path(wb.workspace))
+        with st.expander(f"card of {pick}", expanded=True):
+            st.markdown(card)
+        st.download_button("this card (Markdown)", card, file_name=f"{pick}_card.md", mime="text/markdown",
+                           key="history_card_download")
+
     edits = [e for e in events if e.kind in ("edit", "rejected") and e.metrics_after]
     if edits:
         st.subheader("Metrics over edits")

@@ -66,6 +66,21 @@ def utility_vs_k(rows: list[dict]):
     return fig
 
 
+def error_bars(intervals: list[dict | None]) -> dict | None:
+    """Plotly `error_y` for points with these 95% intervals ({value, lo, hi} each); a zero-length
+    bar where a point has none (rows written before intervals were recorded), None when none has.
+
+    Example:
+        >>> error_bars([{"value": 0.5, "lo": 0.25, "hi": 0.75}, None])["arrayminus"]
+        [0.25, 0.0]
+    """
+    if not any(intervals):
+        return None
+    return {"type": "data", "symmetric": False, "thickness": 1,
+            "array": [iv["hi"] - iv["value"] if iv else 0.0 for iv in intervals],
+            "arrayminus": [iv["value"] - iv["lo"] if iv else 0.0 for iv in intervals]}
+
+
 def lifelong_vs_T(rows: list[dict]):
     """Reliability, generality and locality against T for every editor of a lifelong run,
     teacher-forced (solid) and exact (dashed); None when no row has a T."""
@@ -83,13 +98,15 @@ def lifelong_vs_T(rows: list[dict]):
         mine = sorted((r for r in scored if name(r) == editor), key=lambda r: r["T"])
         for col, metric in enumerate(("reliability", "generality", "locality"), 1):
             for suffix, dash in (("", None), ("_exact", "dash")):
-                fig.add_trace(go.Scatter(x=[r["T"] for r in mine], y=[r[metric + suffix] for r in mine],
+                m = metric + suffix
+                fig.add_trace(go.Scatter(x=[r["T"] for r in mine], y=[r[m] for r in mine],
+                                         error_y=error_bars([(r.get("intervals") or {}).get(m) for r in mine]),
                                          name=f"{editor}{' exact' if suffix else ''}", legendgroup=editor + suffix,
                                          showlegend=col == 1, mode="lines+markers", line={"dash": dash}),
                               row=1, col=col)
     fig.update_xaxes(title_text="T (sequential edits)", type="log")
     fig.update_yaxes(range=[-0.02, 1.02])
-    fig.update_layout(title="Lifelong editing: every edit so far scored at T")
+    fig.update_layout(title="Lifelong editing: every edit so far scored at T (bars: 95% intervals over the requests)")
     return fig
 
 

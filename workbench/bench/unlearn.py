@@ -90,15 +90,25 @@ def measure(model, tok, base, forgets: list, heldout: list[str], retain: list, *
     paraphrased = [Probe(p, r.suffix) for r in forgets if r.kind == "fact" for p in r.paraphrased_prefixes]
     against = {"forget_quality": None, "privleak": None} if oracle is None else \
         compare(stats if stats is not None else oracle_stats(model, tok, forgets, holdouts), oracle)
+    recall = {"forget_recall": fact_accuracy(model, tok, [Probe(r.prefix, r.suffix) for r in forgets]),
+              "forget_recall_paraphrased": fact_accuracy(model, tok, paraphrased) if paraphrased else None,
+              "retain_recall": fact_accuracy(model, tok, retain) if retain else None}
+    intervals = {k: v for k, v in ev["intervals"].items()
+                 if k in ("strict_recitation", "loose_recitation", "extraction_strength", "exposure")}
+    intervals.update({k: _exact_interval(acc) for k, acc in recall.items() if acc is not None})
     return {**against, "strict_recitation": f["strict_recitation"], "loose_recitation": f["loose_recitation"],
             "extraction_strength": f["extraction_strength"], "exposure": f.get("exposure"),
-            "forget_recall": fact_accuracy(model, tok, [Probe(r.prefix, r.suffix) for r in forgets])["exact"],
-            "forget_recall_paraphrased": fact_accuracy(model, tok, paraphrased)["exact"] if paraphrased else None,
-            "perplexity": perplexity(model, tok, heldout),
-            "retain_recall": fact_accuracy(model, tok, retain)["exact"] if retain else None,
+            **{k: None if acc is None else acc["exact"] for k, acc in recall.items()},
+            "intervals": intervals, "perplexity": perplexity(model, tok, heldout),
             "ndcg10": 1.0 if model is base else next_token_ndcg(model, base, tok, heldout),
             "by_repeats": {k: sum(v) / len(v) for k, v in sorted(by_repeats.items(), key=lambda kv: int(kv[0]))},
             **_utility(model, tok, suites or {})}
+
+
+def _exact_interval(acc: dict) -> dict:
+    """The Wilson interval of a greedy exact-match share over its probes (`fact_accuracy`'s)."""
+    from workbench.eval.stats import wilson
+    return wilson(round(acc["exact"] * acc["n"]), acc["n"]).as_dict()
 
 
 def _utility(model, tok, suites: dict) -> dict:
@@ -251,12 +261,13 @@ def load_rows(path) -> list[dict]:
     return rows
 
 
-def _cell(key: str, before, after) -> str:
+def _cell(key: str, before, after, interval: dict | None = None) -> str:
     if after is None:
         return "—"
     # p-values span orders of magnitude; PrivLeak is a percentage
     fmt = {"forget_quality": ".2g", "privleak": ".1f"}.get(key, ".3f")
-    return f"{'—' if before is None else format(before, fmt)} → {format(after, fmt)}"
+    bounds = "" if not interval else f" [{format(interval['lo'], '.2f')}, {format(interval['hi'], '.2f')}]"
+    return f"{'—' if before is None else format(before, fmt)} → {format(after, fmt)}{bounds}"
 
 
 def utility_shares(row: dict, ref: dict | None = None) -> dict:
@@ -291,7 +302,8 @@ def _sustained(row: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """A Markdown table (the README's): each cell is before → after. Rows with robustness checks
+    """A Markdown table (the README's): each cell is before → after [95% interval of after: Wilson
+    for exact-match shares, else a bootstrap over the requests]. Rows with robustness checks
     add a column each: strict recitation of the requests not relearned after relearning on the
     others, and the worst utility share after the last of k sequential forget requests."""
     extra = [(title, fn) for key, title, fn in (("relearn", "relearned: rest strict", _relearned),
@@ -304,7 +316,8 @@ def table(rows: list[dict]) -> str:
         if "skipped" in r:
             lines.append(f"| {r['editor']} | {r['set']} | {r['skipped']} |" + " |" * (len(COLUMNS) + 2 + len(extra)))
             continue
-        cells = " | ".join(_cell(k, r["before"][k], r["after"][k]) for k, _ in COLUMNS)
+        ivs = r["after"].get("intervals") or {}
+        cells = " | ".join(_cell(k, r["before"][k], r["after"][k], ivs.get(k)) for k, _ in COLUMNS)
         seconds = "—" if r["seconds"] is None else f"{r['seconds']:.1f}"
         more = "".join(f" {fn(r)} |" for _, fn in extra)
         lines.append(f"| {r['editor']} | {r['set']} | {cells} | {_worst_suite(r)} | {r['after']['ndcg10']:.3f} | "

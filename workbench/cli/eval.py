@@ -93,20 +93,28 @@ def _print(result: dict) -> None:
     for key, columns in (("edit", EDIT_COLUMNS), ("forget", FORGET_COLUMNS)):
         if key not in result:
             continue
-        mean = result[key]["mean"]
-        table = Table(title=f"{key} requests (n={result[key]['n']})")
+        mean, ivs = result[key]["mean"], result[key].get("intervals", {})
+        table = Table(title=f"{key} requests (n={result[key]['n']}); [95% interval over requests]")
         table.add_column("metric")
         table.add_column("token-level / rate")
         table.add_column("greedy exact")
         for name, label, exact in columns:
-            table.add_row(label, _fmt(mean.get(name)), _fmt(mean.get(exact) if exact else None))
+            table.add_row(label, _fmt(mean.get(name), ivs.get(name)),
+                          _fmt(mean.get(exact), ivs.get(exact)) if exact else "—")
         console.print(table)
+        methods = sorted({iv["method"] for iv in ivs.values()})
+        if methods:
+            console.print("intervals: " + ", ".join({"wilson": "Wilson where every request scored 0 or 1",
+                                                      "bootstrap": "percentile bootstrap over requests"}[m]
+                                                     for m in methods))
     if "text" in result:
         console.print(", ".join(f"{k}: {v:.4f}" for k, v in result["text"].items()))
 
 
-def _fmt(v) -> str:
-    return "—" if v is None else f"{v:.4f}"
+def _fmt(v, iv: dict | None = None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.4f}" + (f" [{iv['lo']:.3f}, {iv['hi']:.3f}]" if iv else "")
 
 
 def _write_json_atomic(path: Path, obj) -> None:

@@ -39,9 +39,14 @@ def add_parsers(sub) -> None:
             p.add_argument("--no-replay", action="store_true", help="check hashes and files only, no replay")
         p.set_defaults(func=func)
 
-    s = sub.add_parser("show", help="one event in full")
+    s = sub.add_parser("show", help="one event in full, or its evaluation card")
     _common(s)
     s.add_argument("id")
+    s.add_argument("--card", action="store_true",
+                   help="the evaluation card (Markdown): requests, hyper-parameters, metrics with intervals, gates "
+                        "and margins, locality probes that changed, the commands to reproduce it")
+    s.add_argument("--requests-out", type=Path, default=None,
+                   help="write the event's requests here as native JSONL (what the card's reproduce command reads)")
     s.set_defaults(func=_cmd_show)
     r = sub.add_parser("rollback", help="roll back to an edit (or 'base'), reverting everything after it")
     _common(r)
@@ -95,10 +100,17 @@ def _print_metrics(event) -> None:
     t = Table(title=f"{event.id}: {event.kind} ({event.editor}, {event.duration_s:.2f} s)")
     for col in ("metric", "before", "after"):
         t.add_column(col)
+    ctx = event.context or {}
+    ivb, iva = ctx.get("intervals_before") or {}, ctx.get("intervals_after") or {}
     for k in event.metrics_after:
         b, a = event.metrics_before.get(k), event.metrics_after.get(k)
-        t.add_row(k, "—" if b is None else f"{b:.4f}", "—" if a is None else f"{a:.4f}")
+        t.add_row(k, _with_interval(b, ivb.get(k)), _with_interval(a, iva.get(k)))
     Console().print(t)
+    if iva:
+        print("[95% intervals over the requests: Wilson where every request scored 0 or 1, else a bootstrap]")
+    for g in ctx.get("gates") or []:
+        print(f"gate {g['gate']}: {'passed' if g['passed'] else 'FAILED'}"
+              + ("" if g["margin"] is None else f" (margin {g['margin']:+.4f})"))
     if event.note:
         print(event.note)
 
@@ -121,12 +133,34 @@ def _cmd_log(args) -> int:
     return 0
 
 
+def _with_interval(v, iv: dict | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.4f}" + (f" [{iv['lo']:.3f}, {iv['hi']:.3f}]" if iv else "")
+
+
 def _f(v) -> str:
     return "" if v is None else f"{v:.3f}"
 
 
 def _cmd_show(args) -> int:
-    print(json.dumps(_open(args).show(args.id).to_dict(), indent=2, sort_keys=True))
+    from workbench.core.errors import InputError
+    wb = _open(args)
+    event = wb.show(args.id)
+    if args.requests_out is not None:
+        if not event.requests:
+            raise InputError(f"event {event.id} ({event.kind}) holds no requests", field="--requests-out")
+        args.requests_out.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in event.requests))
+        print(f"wrote {len(event.requests)} request(s) to {args.requests_out}")
+    if args.card:
+        from workbench.editing.card import evaluation_card
+        if event.kind not in ("edit", "rejected"):
+            raise InputError(f"{event.id} is a {event.kind}, not an edit: only edits have an evaluation card",
+                             field="id")
+        print(evaluation_card(event, wb.log(), wb.active(), base_model=str(args.model) if args.model else None,
+                              workspace=str(args.workspace)), end="")
+    elif args.requests_out is None:
+        print(json.dumps(event.to_dict(), indent=2, sort_keys=True))
     return 0
 
 

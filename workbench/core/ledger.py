@@ -19,7 +19,7 @@ from pathlib import Path
 
 from workbench.core.errors import InputError, WorkbenchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the `context` column (seed, gates and their outcome, intervals, changed probes)
 EVENT_KINDS = ("edit", "rejected", "undo", "rollback", "revert")
 
 _SCHEMA = """
@@ -45,9 +45,13 @@ CREATE TABLE IF NOT EXISTS events (
     duration_s REAL,
     note TEXT,
     parent_hash TEXT NOT NULL,
-    record_hash TEXT NOT NULL
+    record_hash TEXT NOT NULL,
+    context TEXT
 );
 """
+# Columns added after schema 1: a workspace made before gains them on open, and a row hashes them
+# only when set, so every row written before still verifies.
+_ADDED_COLUMNS = {"context": "TEXT"}
 
 
 def _v1_hint(recorded_hash: str | None, given_model: str) -> str:
@@ -92,18 +96,19 @@ class Event:
     note: str | None
     parent_hash: str
     record_hash: str
+    context: dict | None = None  # how the event came about and what it measured beyond the means
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-_JSON_COLUMNS = ("hparams", "requests", "metrics_before", "metrics_after", "targets")
+_JSON_COLUMNS = ("hparams", "requests", "metrics_before", "metrics_after", "targets", "context")
 _COLUMNS = [f.name for f in fields(Event)]
 
 
 def record_hash(row: dict) -> str:
     """sha256 of the canonical JSON of every column but `record_hash` (JSON columns decoded)."""
-    body = {k: row[k] for k in _COLUMNS if k != "record_hash"}
+    body = {k: row.get(k) for k in _COLUMNS if k != "record_hash" and not (k in _ADDED_COLUMNS and row.get(k) is None)}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -139,6 +144,13 @@ class Ledger:
             conn.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
             raise InputError(f"not a workbench ledger: {e}", file=root / "ledger.sqlite") from None
+        have = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+        try:
+            for name, sql_type in _ADDED_COLUMNS.items():
+                if name not in have:
+                    conn.execute(f"ALTER TABLE events ADD COLUMN {name} {sql_type}")
+        except sqlite3.OperationalError as e:
+            raise InputError(f"cannot bring the ledger to schema {SCHEMA_VERSION}: {e}", file=root / "ledger.sqlite") from None
         led = cls(root, conn)
         meta = led.meta()
         if not meta:

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from workbench.core.errors import InputError, WorkbenchError
-from workbench.core.gates import Gate, check_gates
+from workbench.core.gates import Gate, check_gates, gate_metrics
 from workbench.core.ledger import Event, Ledger, LedgerError, utc_now
 from workbench.core.patch import Patch, weights_hash
 from workbench.editing.live import LiveModel
@@ -131,11 +131,13 @@ class Workbench:
         batch = cls.check(requests, self.tok, self.adapter, context=context_length(self.model))  # the one check
         gate_list = Gate.parse_all(gates) if isinstance(gates, str) else list(gates or [])
         instance = cls(cls.prepare(self.adapter, params))
-        ref, before = self._measure(batch.requests, None)
-        unknown = sorted({g.metric for g in gate_list} - set(before))
+        ref, ev_before = self._measure(batch.requests, None)
+        before = ev_before["mean"]
+        known = gate_metrics(before, ev_before["intervals"])
+        unknown = sorted({g.metric for g in gate_list} - set(known))
         if unknown:  # a misspelt gate would reject every edit: refuse it before editing
             raise InputError(f"gate metric(s) {', '.join(unknown)} are not metrics of this edit "
-                             f"(known: {', '.join(sorted(before))})", field="gate")
+                             f"(known: {', '.join(sorted(known))})", field="gate")
         h_before = self.live.hash()
         t0 = time.perf_counter()
         applied = instance.apply(EditContext(self.model, self.tok, self.adapter, seed), batch)
@@ -143,11 +145,16 @@ class Workbench:
         patch = applied.patch
         try:
             self.live.edited(patch)
-            _, after = self._measure(batch.requests, ref)
+            _, ev_after = self._measure(batch.requests, ref)
+            after = ev_after["mean"]
             h_after = self.live.hash()
-            failed = check_gates(gate_list, after)
+            measured = gate_metrics(after, ev_after["intervals"])
+            failed = check_gates(gate_list, measured)
+            context = {"seed": seed, "gates": [g.outcome(measured) for g in gate_list],
+                       "intervals_before": ev_before["intervals"], "intervals_after": ev_after["intervals"],
+                       **_changed_probes(ev_after)}
             common = dict(editor=editor, hparams=applied.hparams.to_dict(), requests=[r.to_dict() for r in batch],
-                          metrics_before=before, metrics_after=after, weights_before=h_before,
+                          metrics_before=before, metrics_after=after, weights_before=h_before, context=context,
                           author=author or self.author, created_at=utc_now(), duration_s=round(duration, 4), note=note)
             if failed:
                 self.live.revert(patch)
@@ -175,8 +182,8 @@ class Workbench:
         from workbench.eval.requests import EditRequest
         if isinstance(requests[0], EditRequest):
             ref = ref or ev.reference(self.model, self.tok, requests)
-            return ref, ev.evaluate_edits(self.model, self.tok, requests, ref)["mean"]
-        return ref, ev.evaluate_forgets(self.model, self.tok, requests, exposure_samples=0)["mean"]
+            return ref, ev.evaluate_edits(self.model, self.tok, requests, ref)
+        return ref, ev.evaluate_forgets(self.model, self.tok, requests, exposure_samples=0)
 
     def evaluate(self, requests, *, reference_model=None) -> dict:
         """Score the current model on `requests` (locality against `reference_model` if given)."""
@@ -346,6 +353,7 @@ class Workbench:
         note = f"replayed from bundle {Path(path).name} (was {rec['id']} by {rec['author']} at {rec['created_at']})"
         fields = {k: rec[k] for k in ("editor", "hparams", "requests", "metrics_before", "metrics_after",
                                       "weights_before", "weights_after", "patch_sha256", "patch_bytes", "duration_s")}
+        fields["context"] = rec.get("context")  # absent from bundles written before schema 2
         return self.ledger.append(id=eid, kind="edit", patch_file=rel, author=self.author, created_at=utc_now(),
                                   note=note + (f": {rec['note']}" if rec.get("note") else ""), **fields)
 
@@ -392,6 +400,18 @@ def _load_patch(path: Path, editor: str | None) -> Patch:
         from workbench.editing.registry import get_editor
         get_editor(editor)
     return Patch.load(path)
+
+
+CHANGED_EXAMPLES = 5  # locality probes whose prediction the edit changed, kept in the event
+
+
+def _changed_probes(evaluation: dict) -> dict:
+    """The first few locality probes whose greedy tokens the edit changed (for the evaluation
+    card), and how many there were in all; {} for forget requests (no locality probes)."""
+    changed = [c for r in evaluation["per_request"] for c in r.get("locality_changed", [])]
+    if not any("locality_changed" in r for r in evaluation["per_request"]):
+        return {}
+    return {"locality_changed": changed[:CHANGED_EXAMPLES], "locality_changed_count": len(changed)}
 
 
 def _touched(patch: Patch) -> set[str]:

@@ -62,7 +62,7 @@ def reference(model, tok, requests: list[EditRequest], *, batch_size: int = 64) 
 
 def evaluate_edits(model, tok, requests: list[EditRequest], ref: Reference | None = None, *,
                    batch_size: int = 64, progress=None) -> dict:
-    """Per-request and mean scores. Without `ref`, locality is reported as the model's
+    """Per-request and mean scores, each mean with its 95% interval (`intervals`). Without `ref`, locality is reported as the model's
     accuracy on the locality answers (`locality_answer_acc`) and `locality` is None.
 
     Example:
@@ -72,8 +72,9 @@ def evaluate_edits(model, tok, requests: list[EditRequest], ref: Reference | Non
     items = _edit_items(requests)
     scores = _score_items(model, tok, requests, items, batch_size, progress)
     per = [{"id": r.id, **{m: [] for m in EDIT_METRICS}, "locality_answer": []} for r in requests]
+    changed: list[list[dict]] = [[] for _ in requests]  # locality probes whose greedy tokens moved
     loc_seen: dict[int, int] = {}
-    for (i, metric, *_), s in zip(items, scores):
+    for (i, metric, prompt, answer, _), s in zip(items, scores):
         if metric == "locality":
             per[i]["locality_answer"].append((s.token_accuracy, s.exact))
             if ref is not None:
@@ -81,10 +82,17 @@ def evaluate_edits(model, tok, requests: list[EditRequest], ref: Reference | Non
                 loc_seen[i] = loc_seen.get(i, 0) + 1
                 share = metrics.locality_unchanged(before, s.predicted)
                 per[i]["locality"].append((share, share == 1.0))
+                if share < 1.0:
+                    changed[i].append({"request": requests[i].id, "prompt": prompt, "answer": answer,
+                                       "before": tok.decode(before), "after": tok.decode(s.predicted),
+                                       "unchanged": share})
         else:
             per[i][metric].append((s.token_accuracy, s.exact))
     rows = [_summarize(p) for p in per]
-    return {"per_request": rows, "mean": _mean_rows(rows), "n": len(rows)}
+    if ref is not None:
+        for row, ch in zip(rows, changed):
+            row["locality_changed"] = ch
+    return {"per_request": rows, "mean": _mean_rows(rows), "intervals": _interval_rows(rows), "n": len(rows)}
 
 
 def _summarize(p: dict) -> dict:
@@ -96,12 +104,28 @@ def _summarize(p: dict) -> dict:
     return row
 
 
+_NOT_SCORES = ("id", "kind", "locality_changed")  # per-request fields that are not numbers to average
+
+
 def _mean_rows(rows: list[dict]) -> dict:
-    keys = [k for k in rows[0] if k != "id"] if rows else []
+    keys = [k for k in rows[0] if k not in _NOT_SCORES] if rows else []
     out = {}
     for k in keys:
         vals = [r[k] for r in rows if r[k] is not None]
         out[k] = mean(vals) if vals else None
+    return out
+
+
+def _interval_rows(rows: list[dict]) -> dict:
+    """Each mean's 95% interval over the requests (`workbench.eval.stats.interval`: Wilson when
+    every request scored 0 or 1, else a bootstrap over requests), as JSON-ready dicts."""
+    from workbench.eval.stats import interval
+    keys = [k for k in rows[0] if k not in _NOT_SCORES] if rows else []
+    out = {}
+    for k in keys:
+        iv = interval([r[k] for r in rows])
+        if iv is not None:
+            out[k] = iv.as_dict()
     return out
 
 
@@ -121,8 +145,7 @@ def evaluate_forgets(model, tok, requests: list[ForgetRequest], *, exposure_samp
                      "suffix_logprob": sum(s.logprobs), "exposure": None, "retain_acc": None})
     _add_exposure(model, tok, requests, rows, exposure_samples, seed, batch_size)
     _add_retain(model, tok, requests, rows, batch_size)
-    return {"per_request": rows, "mean": _mean_rows([{k: v for k, v in r.items() if k != "kind"} for r in rows]),
-            "n": len(rows)}
+    return {"per_request": rows, "mean": _mean_rows(rows), "intervals": _interval_rows(rows), "n": len(rows)}
 
 
 def _add_exposure(model, tok, requests, rows, n_samples, seed, batch_size):
