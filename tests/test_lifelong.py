@@ -94,3 +94,40 @@ def test_sequential_batches_are_checkpoints_too():
         run(["ft"], [3], batch=2, progress=False)
     with pytest.raises(InputError, match="--batch"):
         run(["ft"], [2], batch=0, progress=False)
+
+
+def test_rows_carry_intervals_per_request_scores_and_paired_comparisons(tmp_path):
+    from workbench.bench.lifelong import load_rows, paired, paired_table, run_series
+    from workbench.bench.plots import lifelong_vs_T
+    weak, = run_series("ft", [5], REQS, params={"steps": "1", "lr": "1e-6"}, repeats=3)
+    strong, = run_series("ft", [5], REQS, params={"steps": "10"}, repeats=3)
+    per = strong["per_request"]
+    assert per["id"] == [r.id for r in REQS] and all(len(per[m]) == 5 for m in METRICS)
+    for m in METRICS:
+        iv = strong["intervals"][m]
+        assert iv["lo"] <= strong[m] <= iv["hi"] and iv["n"] == 5
+        assert sum(per[m]) / 5 == pytest.approx(strong[m], abs=1e-5)
+    assert strong["inference_overhead_spread"]["n"] == 3 and strong["edit_s"]["n"] == 5
+    assert "[" in table([strong]).splitlines()[2]  # "1.000 [0.57, 1.00]"
+    # error bars on the chart: the interval around each point
+    rel = next(t for t in lifelong_vs_T([strong]).data if t.name == "ft" and t.xaxis == "x")
+    assert rel.error_y.arrayminus[0] == pytest.approx(strong["reliability"] - strong["intervals"]["reliability"]["lo"])
+    # paired: an edit that barely moves the weights against one that learns the targets
+    cmp = {c["metric"]: c for c in paired({**weak, "label": "weak"}, {**strong, "label": "strong"})}
+    assert cmp["reliability"]["diff"]["value"] == pytest.approx(strong["reliability"] - weak["reliability"])
+    assert cmp["locality"]["n"] == 5 and "p_holm" in cmp["locality"]
+    out = paired_table([{**weak, "label": "weak"}, {**strong, "label": "strong"}], "weak")
+    assert out.splitlines()[0].startswith("| editor vs weak | T | reliability") and "| strong | 5 |" in out
+    # saved and read back; a row from another request set is refused by id
+    (tmp_path / "a.json").write_text(json.dumps([weak]))
+    (tmp_path / "b.json").write_text(json.dumps([strong]))
+    rows = load_rows([tmp_path / "a.json", tmp_path / "b.json"])
+    assert "| ft (b) | 5 |" in paired_table(rows, "ft (a)")
+    other = {**strong, "per_request": {**per, "id": ["x"] * 5}}
+    with pytest.raises(InputError, match="same requests"):
+        paired(weak, other)
+    with pytest.raises(InputError, match="no per-request scores"):
+        paired({k: v for k, v in weak.items() if k != "per_request"}, strong)
+    (tmp_path / "bad.json").write_text(json.dumps([{**strong, "per_request": {**per, "reliability": [1.0]}}]))
+    with pytest.raises(InputError, match="per_request.reliability"):
+        load_rows(tmp_path / "bad.json")

@@ -19,6 +19,11 @@ def test_wilson_matches_the_formula():
     assert str(iv) == "0.950 [0.76, 0.99]"
 
 
+def test_bounds_at_none_and_all_are_exact():
+    assert stats.wilson(0, 7).lo == 0.0 and stats.wilson(7, 7).hi == 1.0
+    assert stats.wilson(0, 7).hi == pytest.approx(1.959963984540054 ** 2 / (7 + 1.959963984540054 ** 2))
+
+
 def test_ten_perfect_requests_are_not_certainty():
     iv = stats.interval([1.0] * 10)
     assert iv.method == "wilson" and iv.value == 1.0 and iv.hi == pytest.approx(1.0)

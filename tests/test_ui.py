@@ -167,6 +167,13 @@ def test_gate_rejects_and_one_edit_reverts_out_of_the_middle(app):
     assert not errors(at), errors(at)
     assert any("reverted e0003" in s.value for s in at.success)
     assert wb.active() == ["e0002", "e0004"]
+    # the evaluation card of the rejected edit: its failed gate and the margin it missed by
+    at.selectbox(key="history_card_pick").set_value("e0001").run()
+    card = next(m.value for m in at.markdown if m.value.startswith("# Evaluation card: e0001"))
+    assert "status: rejected" in card and "| `reliability>=0.9` |" in card and "| **no** |" in card
+    at.selectbox(key="history_card_pick").set_value("e0003").run()
+    card = next(m.value for m in at.markdown if m.value.startswith("# Evaluation card: e0003"))
+    assert "status: reverted by e0005 (revert)" in card and "workbench edit --editor grace" in card
 
 
 def test_sessions_never_see_each_other(app):

@@ -28,8 +28,14 @@ def test_gradient_ascent_on_canaries_lowers_recitation_and_keeps_the_rest(tmp_pa
                oracle_dir="world-llama", progress=False)
     ga, ft, oracle = rows
     assert oracle["editor"] == ORACLE_ROW and oracle["oracle"] == "world-llama" and oracle["seconds"] is None
-    flat = lambda m: {k: v for k, v in m.items() if k not in ("utility", "utility_by_group", "by_repeats")}  # noqa: E731
+    flat = lambda m: {k: v for k, v in m.items()  # noqa: E731
+                      if k not in ("utility", "utility_by_group", "by_repeats", "intervals")}
     assert flat(oracle["after"]) == pytest.approx(flat(oracle["before"]), abs=1e-6) and oracle["before"] == ga["before"]
+    assert oracle["after"]["intervals"] == oracle["before"]["intervals"]
+    # every rate the table shows carries its interval, and the interval holds the rate
+    for k in ("strict_recitation", "extraction_strength", "forget_recall", "retain_recall"):
+        iv = ga["after"]["intervals"][k]
+        assert iv["lo"] <= ga["after"][k] <= iv["hi"] and iv["n"] > 0, k
     assert oracle["after"]["utility"] == oracle["before"]["utility"]
     assert oracle["after"]["by_repeats"] == oracle["before"]["by_repeats"]
     # judged against itself, the unedited model is the oracle: forget quality 1; gradient ascent

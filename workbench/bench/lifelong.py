@@ -166,11 +166,8 @@ def load_rows(paths) -> list[dict]:
 def _cell(r: dict, m: str) -> str:
     """A metric with its 95% interval when the row carries one (rows written before intervals
     were recorded show the value alone)."""
-    from workbench.eval.stats import Interval
-    if r.get(m) is None:
-        return "—"
-    iv = (r.get("intervals") or {}).get(m)
-    return str(Interval.from_dict(iv)) if iv else f"{r[m]:.3f}"
+    from workbench.eval.stats import fmt
+    return fmt(r.get(m), (r.get("intervals") or {}).get(m))
 
 
 def _seconds(r: dict) -> str:

@@ -29,10 +29,14 @@ DENSITY_TYPES = ("ties", "ties_svd", "dare_ties", "dare_linear", "dare_ties_svd"
 ALL_TYPES = ("linear", "cat", "svd") + DENSITY_TYPES
 
 
+SCORED = ("reliability", "generality", "locality")
+
+
 def _scores(model, tok, reqs, ref) -> dict:
+    """The three means and their 95% intervals over the requests."""
     from workbench.eval.evaluate import evaluate_edits
-    mean = evaluate_edits(model, tok, reqs, ref)["mean"]
-    return {k: mean[k] for k in ("reliability", "generality", "locality")}
+    ev = evaluate_edits(model, tok, reqs, ref)
+    return {**{k: ev["mean"][k] for k in SCORED}, "intervals": {k: ev["intervals"][k] for k in SCORED}}
 
 
 def run(*, batches: int = 10, size: int = 50, types=ALL_TYPES, lora_params: dict | None = None,
@@ -101,8 +105,11 @@ def _wise_row(model_dir, reqs, ref, advance) -> dict:
 
 
 def table(rows: list[dict]) -> str:
+    """A Markdown table: each rate with its 95% interval over the edits (bootstrap over requests)
+    where the row recorded one."""
+    from workbench.eval.stats import fmt
     lines = ["| method | rel. | gen. | loc. | rank | size (KiB) | seconds |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['reliability']:.3f} | {r['generality']:.3f} | {r['locality']:.3f} | "
+        lines.append(f"| {r['method']} | {' | '.join(fmt(r[k], (r.get('intervals') or {}).get(k)) for k in SCORED)} | "
                      f"{r.get('rank', '—')} | {r['bytes'] / 1024:.1f} | {r['seconds']:.2f} |")
     return "\n".join(lines)

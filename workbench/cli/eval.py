@@ -112,9 +112,8 @@ def _print(result: dict) -> None:
 
 
 def _fmt(v, iv: dict | None = None) -> str:
-    if v is None:
-        return "—"
-    return f"{v:.4f}" + (f" [{iv['lo']:.3f}, {iv['hi']:.3f}]" if iv else "")
+    from workbench.eval.stats import fmt
+    return fmt(v, iv, digits=4, bound_digits=3)
 
 
 def _write_json_atomic(path: Path, obj) -> None:

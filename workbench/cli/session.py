@@ -95,6 +95,7 @@ def _cmd_edit(args) -> int:
 
 
 def _print_metrics(event) -> None:
+    from workbench.eval.stats import fmt
     from rich.console import Console
     from rich.table import Table
     t = Table(title=f"{event.id}: {event.kind} ({event.editor}, {event.duration_s:.2f} s)")
@@ -104,7 +105,7 @@ def _print_metrics(event) -> None:
     ivb, iva = ctx.get("intervals_before") or {}, ctx.get("intervals_after") or {}
     for k in event.metrics_after:
         b, a = event.metrics_before.get(k), event.metrics_after.get(k)
-        t.add_row(k, _with_interval(b, ivb.get(k)), _with_interval(a, iva.get(k)))
+        t.add_row(k, fmt(b, ivb.get(k), digits=4, bound_digits=3), fmt(a, iva.get(k), digits=4, bound_digits=3))
     Console().print(t)
     if iva:
         print("[95% intervals over the requests: Wilson where every request scored 0 or 1, else a bootstrap]")
@@ -131,12 +132,6 @@ def _cmd_log(args) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps([e.to_dict() for e in events], indent=2, sort_keys=True) + "\n")
     return 0
-
-
-def _with_interval(v, iv: dict | None) -> str:
-    if v is None:
-        return "—"
-    return f"{v:.4f}" + (f" [{iv['lo']:.3f}, {iv['hi']:.3f}]" if iv else "")
 
 
 def _f(v) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 
 from workbench.core.ledger import Event
+from workbench.eval.stats import fmt
 
 _INTERVALS = ("95% intervals over the requests: Wilson where every request scored 0 or 1, "
               "else a percentile bootstrap over requests")
@@ -36,16 +37,6 @@ def status(event: Event, events: list[Event], active: list[str]) -> str:
 def _md(text) -> str:
     """A table cell: pipes and newlines would break the Markdown table."""
     return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _num(v) -> str:
-    return "—" if v is None else f"{v:.3f}"
-
-
-def _with_interval(v, iv: dict | None) -> str:
-    if v is None:
-        return "—"
-    return f"{v:.3f} [{iv['lo']:.2f}, {iv['hi']:.2f}]" if iv else f"{v:.3f}"
 
 
 def _param(v) -> str:
@@ -87,7 +78,7 @@ def _metrics(event: Event) -> list[str]:
     for k in after:
         b, a = before.get(k), after.get(k)
         change = "—" if a is None or b is None else f"{a - b:+.3f}"
-        lines.append(f"| {k} | {_with_interval(b, ivb.get(k))} | {_with_interval(a, iva.get(k))} | {change} |")
+        lines.append(f"| {k} | {fmt(b, ivb.get(k))} | {fmt(a, iva.get(k))} | {change} |")
     return lines
 
 
@@ -99,7 +90,7 @@ def _gates(event: Event) -> list[str]:
     if not gates:
         return ["## Gates", "", "None: the edit was admitted without a threshold."]
     lines = ["## Gates", "", "| gate | measured | passed | margin |", "|---|---|---|---|"]
-    lines += [f"| `{g['gate']}` | {_num(g['measured'])} | {'yes' if g['passed'] else '**no**'} | "
+    lines += [f"| `{g['gate']}` | {fmt(g['measured'], digits=4)} | {'yes' if g['passed'] else '**no**'} | "
               + ("—" if g["margin"] is None else f"{g['margin']:+.4f}") + " |" for g in gates]
     return lines
 

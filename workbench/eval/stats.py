@@ -39,7 +39,7 @@ class Interval:
     n: int
 
     def __str__(self) -> str:
-        return f"{self.value:.3f} [{self.lo:.2f}, {self.hi:.2f}]"
+        return fmt(self.value, {"lo": self.lo, "hi": self.hi})
 
     def as_dict(self) -> dict:
         return {"value": self.value, "lo": self.lo, "hi": self.hi, "method": self.method, "n": self.n}
@@ -47,6 +47,21 @@ class Interval:
     @classmethod
     def from_dict(cls, d: dict) -> "Interval":
         return cls(float(d["value"]), float(d["lo"]), float(d["hi"]), str(d["method"]), int(d["n"]))
+
+
+def fmt(value, interval: dict | None = None, *, digits: int = 3, bound_digits: int = 2) -> str:
+    """A value with its interval as every table prints it; "—" when nothing was measured.
+
+    Example:
+        >>> fmt(0.95, {"lo": 0.7639, "hi": 0.9911}), fmt(0.5), fmt(None)
+        ('0.950 [0.76, 0.99]', '0.500', '—')
+    """
+    if value is None:
+        return "—"
+    text = f"{value:.{digits}f}"
+    if interval:
+        text += f" [{interval['lo']:.{bound_digits}f}, {interval['hi']:.{bound_digits}f}]"
+    return text
 
 
 def _clean(values) -> list[float]:
@@ -68,7 +83,11 @@ def wilson(successes: int, n: int, *, confidence: float = CONFIDENCE) -> Interva
     if n <= 0 or not 0 <= successes <= n:
         raise ValueError(f"need 0 <= successes <= n and n > 0, got {successes} of {n}")
     lo, hi = proportion_confint(successes, n, alpha=1 - confidence, method="wilson")
-    return Interval(successes / n, float(lo), float(hi), "wilson", n)
+    # The formula's bounds at 0 of n and n of n are 0 and 1 up to rounding (2.8e-17): make them
+    # exact, so that an interval always holds its own estimate.
+    lo = 0.0 if successes == 0 else max(0.0, float(lo))
+    hi = 1.0 if successes == n else min(1.0, float(hi))
+    return Interval(successes / n, lo, hi, "wilson", n)
 
 
 def bootstrap_mean(values, *, confidence: float = CONFIDENCE, resamples: int = RESAMPLES,
