@@ -48,8 +48,18 @@ def test_locality_is_one_against_itself_and_drops_after_damage(shipped_world, sh
     with torch.no_grad():
         for p in damaged.model.layers[1].mlp.parameters():
             p.add_(torch.randn_like(p) * 0.5, alpha=1.0)
-    out = ev.evaluate_edits(damaged, tok, reqs, ref)["mean"]
+    result = ev.evaluate_edits(damaged, tok, reqs, ref)
+    out = result["mean"]
     assert out["locality"] < 0.9
+    # each changed probe is listed with the tokens before and after, and they account for the mean
+    changed = [c for r in result["per_request"] for c in r["locality_changed"]]
+    assert changed and all(c["before"] != c["after"] and c["unchanged"] < 1.0 for c in changed)
+    n_probes = sum(len(r.locality) for r in reqs)
+    assert out["locality_exact"] == pytest.approx(1 - len(changed) / n_probes)
+    # every mean has its interval, holding the mean; locality_exact here is a share per request (2 probes)
+    for k, iv in result["intervals"].items():
+        assert iv["lo"] - 1e-12 <= out[k] <= iv["hi"] + 1e-12 and iv["n"] == len(reqs), k
+    assert result["intervals"]["reliability"]["method"] in ("wilson", "bootstrap")
     # Unedited model: the new targets are not known yet, the portability facts are.
     base = ev.evaluate_edits(model, tok, reqs, ref)["mean"]
     assert base["reliability"] < 0.5 and base["portability"] > 0.9
@@ -127,7 +137,9 @@ def test_cli_eval_writes_per_request_and_aggregate_json(tmp_path):
     assert n >= 20 and res["forget"]["n"] == n and len(res["forget"]["per_request"]) == n
     # five of the 30 were seen only 8 times, and the shipped model recites 3 of those (card: 0.933)
     assert res["forget"]["mean"]["strict_recitation"] >= 0.9 and res["forget"]["mean"]["retain_acc"] > 0.9
-    assert "strict recit." in r.stdout
+    assert "strict recit." in r.stdout and "intervals: " in r.stdout
+    iv = res["forget"]["intervals"]["strict_recitation"]
+    assert iv["method"] == "wilson" and iv["lo"] <= res["forget"]["mean"]["strict_recitation"] <= iv["hi"]
 
 
 def test_cli_eval_bad_inputs(tmp_path):

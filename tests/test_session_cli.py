@@ -1,5 +1,6 @@
 """The session CLI end to end with the real `ft` editor on the shipped model."""
 import json
+import shlex
 import subprocess
 import sys
 
@@ -32,6 +33,22 @@ def test_edit_log_undo_rollback_verify_export_bundle(tmp_path):
     r = _wb("log", "--json", tmp_path / "log.json", *ws, cwd=tmp_path)
     log = json.loads((tmp_path / "log.json").read_text())
     assert [e["kind"] for e in log] == ["edit", "edit", "rejected"] and "e0002" in r.stdout
+    r = _wb("show", "e0003", "--card", *ws, cwd=tmp_path)
+    assert r.returncode == 0 and "status: rejected" in r.stdout and "| `reliability>=1.5` |" in r.stdout
+    r = _wb("show", "e0002", "--card", *ws, cwd=tmp_path)
+    assert "applied on top of: e0001" in r.stdout and "--param objective=last" in r.stdout
+    # the card's two commands redo e0001 (made on the base model) on a fresh workspace: the same weights
+    r = _wb("show", "e0001", "--card", *ws, cwd=tmp_path)
+    redo = [line for line in r.stdout.splitlines() if line.startswith("workbench ")]
+    assert redo[0].startswith("workbench show e0001") and "applied on top of: nothing" in r.stdout
+    r = _wb(*shlex.split(redo[0])[1:], "--workspace", tmp_path / "ws", cwd=tmp_path)
+    assert r.returncode == 0 and len((tmp_path / "e0001_requests.jsonl").read_text().splitlines()) == 1
+    r = _wb(*shlex.split(redo[1])[1:], "--workspace", tmp_path / "ws_redo", "--json", tmp_path / "redo.json",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "redo.json").read_text())["weights_after"] == log[0]["weights_after"]
+    r = _wb("show", "e0003", "--card", "--workspace", tmp_path / "ws_redo", cwd=tmp_path)
+    assert r.returncode == 2 and "e0003" in r.stderr
     r = _wb("bundle", tmp_path / "h.wbbundle", *ws, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     r = _wb("undo", *ws, cwd=tmp_path)

@@ -100,9 +100,21 @@ if world_json.exists():
         measured = json.loads(card.read_text()).get("measured", {})
         targets = measured.get("targets", {})
         if targets:
-            st.caption("the shipped model on each target of its card (bars; held-out items except the training "
-                       "phrasings and the memorized text) and the target (marks)")
-            fig = go.Figure([go.Bar(x=list(targets), y=[t["measured"] for t in targets.values()], name="measured"),
+            from workbench.bench.plots import error_bars
+            from workbench.eval.stats import wilson
+
+            def interval(name: str):  # Wilson over the measurement's items, where the card gives their count
+                d = measured.get(name)
+                if not isinstance(d, dict) or not isinstance(d.get("n"), int) \
+                        or not isinstance(d.get("exact"), (int, float)):
+                    return None
+                return wilson(round(d["exact"] * d["n"]), d["n"]).as_dict()
+
+            st.caption("the shipped model on each target of its card (bars, with 95% Wilson intervals over the "
+                       "items; held-out items except the training phrasings and the memorized text) and the target "
+                       "(marks)")
+            fig = go.Figure([go.Bar(x=list(targets), y=[t["measured"] for t in targets.values()], name="measured",
+                                    error_y=error_bars([interval(k) for k in targets])),
                              go.Scatter(x=list(targets), y=[t["target"] for t in targets.values()],
                                         mode="markers", marker_symbol="line-ew-open", marker_size=28,
                                         name="target")])

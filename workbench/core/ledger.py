@@ -150,7 +150,8 @@ class Ledger:
                 if name not in have:
                     conn.execute(f"ALTER TABLE events ADD COLUMN {name} {sql_type}")
         except sqlite3.OperationalError as e:
-            raise InputError(f"cannot bring the ledger to schema {SCHEMA_VERSION}: {e}", file=root / "ledger.sqlite") from None
+            raise InputError(f"cannot bring the ledger to schema {SCHEMA_VERSION}: {e}",
+                             file=root / "ledger.sqlite") from None
         led = cls(root, conn)
         meta = led.meta()
         if not meta:

@@ -34,6 +34,12 @@ def status(event: Event, events: list[Event], active: list[str]) -> str:
     return f"reverted by {undoer.id} ({undoer.kind})" if undoer else "not in force"
 
 
+def in_force_before(event: Event, events: list[Event]) -> list[str]:
+    """The edits in force when `event` was made: redoing it needs a model in that state."""
+    from workbench.core.ledger import active_edits
+    return active_edits([e for e in events if e.seq < event.seq])
+
+
 def _md(text) -> str:
     """A table cell: pipes and newlines would break the Markdown table."""
     return str(text).replace("|", "\\|").replace("\n", " ")
@@ -65,7 +71,8 @@ def _requests(event: Event) -> list[str]:
         lines += [f"| {_md(r.get('id', '—'))} | {r['kind']} | {_md(r['prefix'])} | {_md(r['suffix'])} |"
                   for r in forget[:MAX_REQUEST_ROWS]]
     if len(reqs) > MAX_REQUEST_ROWS:
-        lines.append(f"\n… and {len(reqs) - MAX_REQUEST_ROWS} more (`workbench show {event.id} --requests-out FILE`).")
+        lines.append(f"\n… and {len(reqs) - MAX_REQUEST_ROWS} more "
+                     f"(`workbench show {event.id} --requests-out FILE`).")
     return lines
 
 
@@ -122,8 +129,9 @@ def shown_path(path, default=None) -> str | None:
 
 
 def reproduce_command(event: Event, *, base_model: str | None, requests_file: str) -> str:
-    """The `workbench edit` command that applies this edit again to the same base model, from its
-    requests written to `requests_file` (`workbench show ID --requests-out FILE`)."""
+    """The `workbench edit` command that applies this edit again, from its requests written to
+    `requests_file` (`workbench show ID --requests-out FILE`), to a model in the state it was
+    made on (the base model with `in_force_before` applied)."""
     ctx = event.context or {}
     parts = ["workbench", "edit", *(["--model", base_model] if base_model else []), "--editor", event.editor,
              "--requests", requests_file]
@@ -151,7 +159,9 @@ def evaluation_card(event: Event, events: list[Event], active: list[str], *, bas
     lines = [f"# Evaluation card: {event.id} ({event.editor})", "",
              f"- status: {status(event, events, active)}",
              f"- author: {event.author}, {event.created_at}; the editor ran {event.duration_s:.2f} s",
-             f"- base model: {f'`{base_model}`' if base_model else 'the shipped default'}; weights {event.weights_before[:12]}… → {event.weights_after[:12]}…",
+             f"- base model: {f'`{base_model}`' if base_model else 'the shipped default'}; "
+             f"weights {event.weights_before[:12]}… → {event.weights_after[:12]}…",
+             f"- applied on top of: {', '.join(in_force_before(event, events)) or 'nothing (the base model)'}",
              f"- seed: {ctx.get('seed', 'not recorded')}"]
     if event.note:
         lines.append(f"- note: {event.note}")
@@ -163,7 +173,10 @@ def evaluation_card(event: Event, events: list[Event], active: list[str], *, bas
     if changed:
         lines += [""] + changed
     req_file = f"{event.id}_requests.jsonl"
-    lines += ["", "## Reproduce", "", "```",
+    before = in_force_before(event, events)
+    lines += ["", "## Reproduce", "",
+              "On the base model" + (f" with {', '.join(before)} applied (e.g. a workspace rolled back to "
+                                     f"{before[-1]}, or their bundle replayed)" if before else "") + ":", "", "```",
               shlex.join(["workbench", "show", event.id, "--workspace", workspace, "--requests-out", req_file]),
               reproduce_command(event, base_model=base_model, requests_file=req_file), "```"]
     return "\n".join(lines) + "\n"
