@@ -124,7 +124,7 @@ def test_edit_shows_metrics_and_rollback_restores_the_answer(app):
 
     goto(at, "history")
     assert len(at.get("plotly_chart")) == 3  # timeline, metrics over edits, per-layer map
-    assert len(at.get("download_button")) == 2  # the JSON report and the bundle
+    assert len(at.get("download_button")) == 3  # the evaluation card, the JSON report and the bundle
     heat = [t for t in traces(at) if t["type"] == "heatmap"][0]
     changed = [i for i, v in enumerate(heat["z"][0]) if v > 0]
     assert len(changed) == 1  # GRACE attaches its codebook to one layer
