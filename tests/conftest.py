@@ -30,6 +30,15 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture
+def wb(tmp_path):
+    """A session on the shipped model in a fresh workspace, author "tester" (the session tests)."""
+    from workbench.editing.session import Workbench
+    w = Workbench(None, tmp_path / "ws", author="tester")
+    yield w
+    w.close()
+
+
 @pytest.fixture(scope="session")
 def shipped_world():
     from workbench.world import World

@@ -7,6 +7,10 @@ from workbench.editing.contract import Capabilities, Editor, HParams
 from workbench.core.errors import InputError
 from workbench.core.patch import Attachment, Patch, register_attachment
 from workbench.editing.registry import register_editor
+from workbench.core.paths import REPO
+from workbench.eval.requests import load_requests
+
+EDITS = load_requests(REPO / "data" / "benchmarks" / "edits_counterfactual.jsonl")[:40]  # the session tests' edits
 
 
 @dataclass

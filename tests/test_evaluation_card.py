@@ -12,17 +12,7 @@ from workbench.editing.card import evaluation_card
 from workbench.editing.session import Workbench
 from workbench.eval.requests import load_requests
 
-from . import session_helpers  # noqa: F401  (registers the test editors)
-from .conftest import REPO
-
-EDITS = load_requests(REPO / "data" / "benchmarks" / "edits_counterfactual.jsonl")[:40]
-
-
-@pytest.fixture
-def wb(tmp_path):
-    w = Workbench(None, tmp_path / "ws", author="tester")
-    yield w
-    w.close()
+from .session_helpers import EDITS  # importing it registers the test editors
 
 
 def test_gate_on_the_lower_bound_rejects_what_the_mean_admits(wb):

@@ -10,20 +10,10 @@ import torch
 
 from workbench.core.errors import InputError
 from workbench.core.patch import weights_hash
-from workbench.eval.requests import EditRequest, ForgetRequest, load_requests
+from workbench.eval.requests import EditRequest, ForgetRequest
 from workbench.editing.session import Workbench
 
-from . import session_helpers  # noqa: F401  (registers the test editors)
-from .conftest import REPO
-
-EDITS = load_requests(REPO / "data" / "benchmarks" / "edits_counterfactual.jsonl")[:40]
-
-
-@pytest.fixture
-def wb(tmp_path):
-    w = Workbench(None, tmp_path / "ws", author="tester")
-    yield w
-    w.close()
+from .session_helpers import EDITS  # importing it registers the test editors
 
 
 def test_many_edits_then_rollback_to_base_is_bit_exact(wb):

@@ -239,8 +239,8 @@ def metrics_table(event) -> None:
                                "after 95% interval": [bounds("after", k) for k in keys]}),
                  hide_index=True)
     if ctx.get("intervals_after"):
-        st.caption("95% intervals over the requests: Wilson where every request scored 0 or 1, else a "
-                   "percentile bootstrap over requests.")
+        from workbench.eval.stats import RULE
+        st.caption(RULE + ".")
 
 
 def editor_charts(wb, event, *, key: str) -> None:

@@ -40,15 +40,14 @@ def _forward_seconds(models, tok, prompts: list[str], repeats: int = 7) -> list[
 
 
 def scored_row(editor: str, T: int, evaluation: dict, times: list[float], overheads: list[float]) -> dict:
-    """One checkpoint's row: each metric's mean with its interval over the T requests
-    (`workbench.eval.stats.interval`), the per-request scores (for paired comparisons between
-    runs), seconds per edit and the inference overhead with their spread over the repeats."""
-    from workbench.eval.stats import interval, spread
+    """One checkpoint's row from `evaluate_edits`' result: each metric's mean with its interval
+    over the T requests, the per-request scores (for paired comparisons between runs), seconds
+    per edit and the inference overhead with their spread over the repeats."""
+    from workbench.eval.stats import spread
     per = evaluation["per_request"]
-    intervals = {m: interval([r[m] for r in per]) for m in METRICS}
     edit_s, over = spread(times), spread(overheads)
     return {"editor": editor, "T": T, **{m: evaluation["mean"][m] for m in METRICS},
-            "intervals": {m: iv.as_dict() for m, iv in intervals.items() if iv is not None},
+            "intervals": {m: evaluation["intervals"][m] for m in METRICS if m in evaluation["intervals"]},
             "per_request": {"id": [r["id"] for r in per],
                             **{m: [None if r[m] is None else round(r[m], 6) for r in per] for m in METRICS}},
             "median_edit_s": edit_s["median"], "edit_s": edit_s, "total_edit_s": sum(times),

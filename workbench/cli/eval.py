@@ -104,9 +104,8 @@ def _print(result: dict) -> None:
         console.print(table)
         methods = sorted({iv["method"] for iv in ivs.values()})
         if methods:
-            console.print("intervals: " + ", ".join({"wilson": "Wilson where every request scored 0 or 1",
-                                                      "bootstrap": "percentile bootstrap over requests"}[m]
-                                                     for m in methods))
+            from workbench.eval.stats import METHODS
+            console.print("intervals: " + ", ".join(METHODS[m] for m in methods))
     if "text" in result:
         console.print(", ".join(f"{k}: {v:.4f}" for k, v in result["text"].items()))
 

@@ -95,7 +95,7 @@ def _cmd_edit(args) -> int:
 
 
 def _print_metrics(event) -> None:
-    from workbench.eval.stats import fmt
+    from workbench.eval.stats import RULE, fmt
     from rich.console import Console
     from rich.table import Table
     t = Table(title=f"{event.id}: {event.kind} ({event.editor}, {event.duration_s:.2f} s)")
@@ -108,7 +108,7 @@ def _print_metrics(event) -> None:
         t.add_row(k, fmt(b, ivb.get(k), digits=4, bound_digits=3), fmt(a, iva.get(k), digits=4, bound_digits=3))
     Console().print(t)
     if iva:
-        print("[95% intervals over the requests: Wilson where every request scored 0 or 1, else a bootstrap]")
+        print(f"[{RULE}]")
     for g in ctx.get("gates") or []:
         print(f"gate {g['gate']}: {'passed' if g['passed'] else 'FAILED'}"
               + ("" if g["margin"] is None else f" (margin {g['margin']:+.4f})"))

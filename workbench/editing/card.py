@@ -10,10 +10,8 @@ from __future__ import annotations
 import shlex
 
 from workbench.core.ledger import Event
-from workbench.eval.stats import fmt
+from workbench.eval.stats import RULE, fmt
 
-_INTERVALS = ("95% intervals over the requests: Wilson where every request scored 0 or 1, "
-              "else a percentile bootstrap over requests")
 MAX_REQUEST_ROWS = 10
 
 
@@ -80,7 +78,7 @@ def _metrics(event: Event) -> list[str]:
     ctx = event.context or {}
     ivb, iva = ctx.get("intervals_before") or {}, ctx.get("intervals_after") or {}
     after, before = event.metrics_after or {}, event.metrics_before or {}
-    lines = ["## Metrics", "", _INTERVALS + "." if iva else "No intervals were recorded for this event "
+    lines = ["## Metrics", "", RULE + "." if iva else "No intervals were recorded for this event "
              "(written before schema 2).", "", "| metric | before | after | change |", "|---|---|---|---|"]
     for k in after:
         b, a = before.get(k), after.get(k)

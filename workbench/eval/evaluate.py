@@ -62,8 +62,9 @@ def reference(model, tok, requests: list[EditRequest], *, batch_size: int = 64) 
 
 def evaluate_edits(model, tok, requests: list[EditRequest], ref: Reference | None = None, *,
                    batch_size: int = 64, progress=None) -> dict:
-    """Per-request and mean scores, each mean with its 95% interval (`intervals`). Without `ref`, locality is reported as the model's
-    accuracy on the locality answers (`locality_answer_acc`) and `locality` is None.
+    """Per-request and mean scores, each mean with its 95% interval (`intervals`). Without `ref`,
+    locality is reported as the model's accuracy on the locality answers (`locality_answer_acc`)
+    and `locality` is None.
 
     Example:
         >>> ref = reference(base, tok, reqs); edit(...)  # doctest: +SKIP
@@ -107,8 +108,12 @@ def _summarize(p: dict) -> dict:
 _NOT_SCORES = ("id", "kind", "locality_changed")  # per-request fields that are not numbers to average
 
 
+def _score_keys(rows: list[dict]) -> list[str]:
+    return [k for k in rows[0] if k not in _NOT_SCORES] if rows else []
+
+
 def _mean_rows(rows: list[dict]) -> dict:
-    keys = [k for k in rows[0] if k not in _NOT_SCORES] if rows else []
+    keys = _score_keys(rows)
     out = {}
     for k in keys:
         vals = [r[k] for r in rows if r[k] is not None]
@@ -120,9 +125,8 @@ def _interval_rows(rows: list[dict]) -> dict:
     """Each mean's 95% interval over the requests (`workbench.eval.stats.interval`: Wilson when
     every request scored 0 or 1, else a bootstrap over requests), as JSON-ready dicts."""
     from workbench.eval.stats import interval
-    keys = [k for k in rows[0] if k not in _NOT_SCORES] if rows else []
     out = {}
-    for k in keys:
+    for k in _score_keys(rows):
         iv = interval([r[k] for r in rows])
         if iv is not None:
             out[k] = iv.as_dict()

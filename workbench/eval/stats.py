@@ -22,6 +22,9 @@ from dataclasses import dataclass
 CONFIDENCE = 0.95
 RESAMPLES = 2000
 SEED = 0
+METHODS = {"wilson": "Wilson where every request scored 0 or 1",
+           "bootstrap": "a percentile bootstrap over requests"}
+RULE = f"95% intervals over the requests: {METHODS['wilson']}, else {METHODS['bootstrap']}"  # what every table says
 
 
 @dataclass(frozen=True)
