@@ -243,6 +243,7 @@ def paired(row_a: dict, row_b: dict, *, alpha: float = 0.05) -> list[dict]:
 def paired_table(rows: list[dict], baseline: str, *, alpha: float = 0.05) -> str:
     """A Markdown table of every other editor's rows against `baseline`'s at the same T: each
     metric's difference (other − baseline) [95% interval] and Holm-adjusted p, * where < alpha."""
+    from workbench.eval.stats import fmt_paired
     base = {r["T"]: r for r in rows if r.get("label", r["editor"]) == baseline and "skipped" not in r}
     if not base:
         raise InputError(f"no scored rows of {baseline!r} among {sorted({r.get('label', r['editor']) for r in rows})}",
@@ -253,13 +254,6 @@ def paired_table(rows: list[dict], baseline: str, *, alpha: float = 0.05) -> str
         name = r.get("label", r["editor"])
         if name == baseline or "skipped" in r or r["T"] not in base:
             continue
-        cells = []
-        for c in paired(base[r["T"]], r, alpha=alpha):
-            if c["pvalue"] is None:
-                cells.append("—")
-                continue
-            d = c["diff"]
-            cells.append(f"{d['value']:+.3f} [{d['lo']:+.2f}, {d['hi']:+.2f}] p={c['p_holm']:.3g}"
-                         + (" *" if c["significant"] else ""))
+        cells = [fmt_paired(c) for c in paired(base[r["T"]], r, alpha=alpha)]
         lines.append(f"| {name} | {r['T']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -19,7 +19,10 @@ user would, measured again, and the edit undone (exactly) before the next editor
   table shows the worst suite's accuracy as a share of before;
 - strict recitation per training-repetition count (`by_repeats`, for requests whose meta
   says how often the string was trained on: canaries and quotes);
-- seconds the edit took (K-FAC factor collection included when its cache was cold);
+- seconds the edit took (K-FAC factor collection included when its cache was cold); with
+  `repeats`, the median and quartiles over that many applications of the same edit;
+- with `baseline`, every row against the baseline's (an editor, the retrain oracle, or each
+  row's own "before") paired by request and item (`paired_table`);
 - with `relearn`, relearning; with `sustain`, utility as k forget requests accumulate
   (`workbench.bench.robustness`).
 
@@ -70,16 +73,23 @@ def split_retain(probes: list, world) -> tuple[list, list]:
     return given, scored
 
 
+FORGET_METRICS = ("strict_recitation", "loose_recitation", "extraction_strength", "exposure", "forget_recall",
+                  "forget_recall_paraphrased")
+
+
 def measure(model, tok, base, forgets: list, heldout: list[str], retain: list, *, exposure_samples: int,
             holdouts: list | None = None, oracle: dict | None = None, suites: dict | None = None,
             stats: dict | None = None) -> dict:
     """Every metric of the module docstring for `model` (`base`: the unedited model, for nDCG;
     `oracle`: the oracle's `oracle_stats` on `forgets` against `holdouts`, else no oracle columns;
     `suites`: name -> probes, each scored greedy exact under "utility"; `stats`: this model's
-    `oracle_stats` when already computed, e.g. the oracle's own)."""
-    from workbench.eval.evaluate import evaluate_forgets, next_token_ndcg, perplexity
+    `oracle_stats` when already computed, e.g. the oracle's own). Besides the means: their 95%
+    intervals, each forget request's scores (`per_request`) and each retain / utility item's
+    exact match (`per_item`, a string of 0s and 1s), so that two rows on the same set pair up."""
+    from workbench.eval.evaluate import evaluate_forgets, next_token_ndcg, perplexity_interval
     from workbench.eval.oracle import compare, oracle_stats
     from workbench.eval.requests import Probe
+    from workbench.eval.stats import bootstrap_ratio, interval
     from workbench.world.measure import fact_accuracy
     ev = evaluate_forgets(model, tok, forgets, exposure_samples=exposure_samples)
     f = ev["mean"]
@@ -87,55 +97,89 @@ def measure(model, tok, base, forgets: list, heldout: list[str], retain: list, *
     for r, row in zip(forgets, ev["per_request"]):
         if isinstance(r.meta.get("repeats"), int):
             by_repeats.setdefault(str(r.meta["repeats"]), []).append(row["strict_recitation"])
-    paraphrased = [Probe(p, r.suffix) for r in forgets if r.kind == "fact" for p in r.paraphrased_prefixes]
     against = {"forget_quality": None, "privleak": None} if oracle is None else \
         compare(stats if stats is not None else oracle_stats(model, tok, forgets, holdouts), oracle)
-    recall = {"forget_recall": fact_accuracy(model, tok, [Probe(r.prefix, r.suffix) for r in forgets]),
-              "forget_recall_paraphrased": fact_accuracy(model, tok, paraphrased) if paraphrased else None,
-              "retain_recall": fact_accuracy(model, tok, retain) if retain else None}
+    recall = fact_accuracy(model, tok, [Probe(r.prefix, r.suffix) for r in forgets], each=True)["each"]
+    # a fact's paraphrased prefixes are scored together; the request is the resampling unit
+    owners = [k for k, r in enumerate(forgets) if r.kind == "fact" for _ in r.paraphrased_prefixes]
+    paraphrased = [Probe(p, r.suffix) for r in forgets if r.kind == "fact" for p in r.paraphrased_prefixes]
+    hits = fact_accuracy(model, tok, paraphrased, each=True)["each"] if paraphrased else []
+    para_hits, para_n = [0] * len(forgets), [0] * len(forgets)
+    for k, h in zip(owners, hits):
+        para_hits[k] += h
+        para_n[k] += 1
+    retain_each = fact_accuracy(model, tok, retain, each=True)["each"] if retain else None
+    per_request = {"id": [r.id or f"#{k}" for k, r in enumerate(forgets)],
+                   **{m: [None if row[m] is None else round(row[m], 6) for row in ev["per_request"]]
+                      for m in ("strict_recitation", "loose_recitation", "extraction_strength", "exposure")},
+                   "forget_recall": recall,
+                   "forget_recall_paraphrased": [round(h / n, 6) if n else None for h, n in zip(para_hits, para_n)]}
     intervals = {k: v for k, v in ev["intervals"].items()
                  if k in ("strict_recitation", "loose_recitation", "extraction_strength", "exposure")}
-    intervals.update({k: _exact_interval(acc) for k, acc in recall.items() if acc is not None})
+    intervals["forget_recall"] = interval(recall).as_dict()
+    if paraphrased:
+        units = [k for k, n in enumerate(para_n) if n]
+        intervals["forget_recall_paraphrased"] = bootstrap_ratio([para_hits[k] for k in units],
+                                                                 [para_n[k] for k in units]).as_dict()
+    if retain_each:
+        intervals["retain_recall"] = interval(retain_each).as_dict()
+    ppl = perplexity_interval(model, tok, heldout)
+    intervals["perplexity"] = ppl.as_dict()
+    utility, utility_each = _utility(model, tok, suites or {})
+    for name, bits in utility_each.items():
+        intervals[f"utility.{name}"] = interval(bits).as_dict()
+    per_item = {**({"retain_recall": _bits(retain_each)} if retain_each else {}),
+                **{f"utility.{name}": _bits(v) for name, v in utility_each.items()}}
     return {**against, "strict_recitation": f["strict_recitation"], "loose_recitation": f["loose_recitation"],
             "extraction_strength": f["extraction_strength"], "exposure": f.get("exposure"),
-            **{k: None if acc is None else acc["exact"] for k, acc in recall.items()},
-            "intervals": intervals, "perplexity": perplexity(model, tok, heldout),
+            "forget_recall": sum(recall) / len(recall),
+            "forget_recall_paraphrased": sum(hits) / len(hits) if hits else None,
+            "retain_recall": sum(retain_each) / len(retain_each) if retain_each else None,
+            "intervals": intervals, "per_request": per_request, "per_item": per_item, "perplexity": ppl.value,
             "ndcg10": 1.0 if model is base else next_token_ndcg(model, base, tok, heldout),
             "by_repeats": {k: sum(v) / len(v) for k, v in sorted(by_repeats.items(), key=lambda kv: int(kv[0]))},
-            **_utility(model, tok, suites or {})}
+            **utility}
 
 
-def _exact_interval(acc: dict) -> dict:
-    """The Wilson interval of a greedy exact-match share over its probes (`fact_accuracy`'s)."""
-    from workbench.eval.stats import wilson
-    return wilson(round(acc["exact"] * acc["n"]), acc["n"]).as_dict()
+def _bits(values: list[int]) -> str:
+    """0/1 outcomes as one compact string ("0110…"): thousands of items per row stay one JSON line."""
+    return "".join("1" if v else "0" for v in values)
 
 
-def _utility(model, tok, suites: dict) -> dict:
+def _unbits(text: str) -> list[int]:
+    return [1 if c == "1" else 0 for c in text]
+
+
+def _utility(model, tok, suites: dict) -> tuple[dict, dict]:
     """Greedy exact accuracy of each suite and, for a suite of several kinds (rules: boolean,
-    compare, copy, reverse), of each kind: a capability removal can take one kind with it."""
+    compare, copy, reverse), of each kind: a capability removal can take one kind with it; and
+    each suite's items' exact matches."""
     from workbench.world.measure import fact_accuracy
-    utility, by_group = {}, {}
+    utility, by_group, each = {}, {}, {}
     for name, probes in suites.items():
-        acc = fact_accuracy(model, tok, probes, by_group=True)
+        acc = fact_accuracy(model, tok, probes, by_group=True, each=True)
         utility[name] = acc["exact"]
+        each[name] = acc["each"]
         if len(acc["by_group"]) > 1:
             by_group[name] = acc["by_group"]
-    return {"utility": utility, "utility_by_group": by_group}
+    return {"utility": utility, "utility_by_group": by_group}, each
 
 
 def run_one(wb, editor: str, set_name: str, forgets: list, *, base, heldout, retain_given, retain_scored,
             before: dict, params: dict | None = None, exposure_samples: int = 100, seed: int = 0,
             holdouts: list | None = None, oracle: dict | None = None, suites: dict | None = None,
-            relearn: bool = False, sustain: bool = False) -> dict:
+            relearn: bool = False, sustain: bool = False, repeats: int = 1) -> dict:
     """Apply `editor` to `forgets` through the session `wb` (at base), measure, undo; the row
-    holds before and after (and with `relearn` / `sustain`, those checks)."""
+    holds before and after (and with `relearn` / `sustain`, those checks). With `repeats` > 1
+    the same edit is applied and undone that many times in all, for the spread of its seconds."""
     from workbench.bench import robustness
     from workbench.editing.registry import get_editor
     from workbench.eval.requests import with_retain
+    from workbench.eval.stats import spread
     if not get_editor(editor).capabilities.forget:
         return {"editor": editor, "set": set_name, "skipped": "not a forget editor"}
-    event = wb.edit(editor, with_retain(forgets, retain_given), params or {}, seed=seed)
+    requests = with_retain(forgets, retain_given)
+    event = wb.edit(editor, requests, params or {}, seed=seed)
     extra = {}
     try:
         after = measure(wb.model, wb.tok, base, forgets, heldout, retain_scored, exposure_samples=exposure_samples,
@@ -144,6 +188,11 @@ def run_one(wb, editor: str, set_name: str, forgets: list, *, base, heldout, ret
             extra["relearn"] = robustness.relearn(wb.model, wb.tok, forgets, seed=seed)
     finally:
         wb.undo(note="bench: back to base for the next editor")
+    times = [event.duration_s]
+    for _ in range(repeats - 1):  # timing only: the same edit, same seed, undone at once
+        times.append(wb.edit(editor, requests, params or {}, seed=seed).duration_s)
+        wb.undo(note="bench: timing repeat undone")
+    extra["edit_s"] = spread(times)
     if sustain:
         extra["sustain"] = robustness.sustain(wb, editor, forgets, retain_given=retain_given, suites=suites or {},
                                               params=params, seed=seed)
@@ -173,13 +222,17 @@ def load_oracle(oracle_dir, tok):
 
 def run(editors: list[str], sets: list[str], *, model_dir=None, params: dict[str, dict] | None = None,
         limit: int | None = None, heldout_limit: int | None = None, exposure_samples: int = 100,
-        oracle_dir="default", relearn: bool = False, sustain: bool = False, progress: bool = True) -> list[dict]:
+        oracle_dir="default", relearn: bool = False, sustain: bool = False, progress: bool = True,
+        repeats: int = 1) -> list[dict]:
     """Every (editor, forget set) pair; `limit` keeps the first N requests of each set,
     `heldout_limit` the first N held-out texts (for perplexity and nDCG) and the first N items
     of each utility suite. `oracle_dir`: a retrain
     oracle's folder or shipped name, measured as one more row per set ("default": the shipped
     oracle when the default model is benched; None: no oracle row). `relearn`, `sustain`: the
-    robustness checks (`workbench.bench.robustness`) for every row (relearning for the oracle too)."""
+    robustness checks (`workbench.bench.robustness`) for every row (relearning for the oracle too).
+    `repeats`: times each edit is applied (and undone) for the spread of its seconds; the first
+    application is the one measured, and K-FAC's first includes its factor collection when the
+    cache was cold."""
     from workbench.bench import robustness
     from workbench.bench.scratch import scratch_session
     from workbench.core.model import load_model, model_path
@@ -194,8 +247,8 @@ def run(editors: list[str], sets: list[str], *, model_dir=None, params: dict[str
     unknown = [s for s in sets if s not in SETS]
     if unknown or not sets:
         raise InputError(f"unknown forget set(s) {unknown or sets}; choose from {', '.join(SETS)}", field="--sets")
-    for flag, value in (("--limit", limit), ("--heldout", heldout_limit)):
-        if value is not None and value < 1:
+    for flag, value in (("--limit", limit), ("--heldout", heldout_limit), ("--repeats", repeats)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise InputError(f"{flag} must be a positive integer, got {value}", field=flag)
     world = World.load(WORLD)
     heldout = [t["text"] for t in world.heldout_text][:heldout_limit]
@@ -228,7 +281,7 @@ def run(editors: list[str], sets: list[str], *, model_dir=None, params: dict[str
             for name in editors:
                 rows.append(run_one(wb, name, set_name, forgets, base=base, retain_given=given,
                                     retain_scored=retain_scored, before=before, params=(params or {}).get(name),
-                                    relearn=relearn, sustain=sustain, **scores))
+                                    relearn=relearn, sustain=sustain, repeats=repeats, **scores))
                 advance(1)
             if against is not None:
                 ref = {"editor": ORACLE_ROW, "set": set_name, "n": len(forgets), "before": before,
@@ -258,16 +311,46 @@ def load_rows(path) -> list[dict]:
                 raise InputError(f"row {i}: expected a string", file=p, field=key)
         if "skipped" not in r and not (isinstance(r.get("before"), dict) and isinstance(r.get("after"), dict)):
             raise InputError(f"row {i}: expected before and after measurements", file=p, field="after")
+        for side in ("before", "after"):
+            if isinstance(r.get(side), dict):
+                _check_units(r[side], f"row {i}", p, side)
     return rows
 
 
-def _cell(key: str, before, after, interval: dict | None = None) -> str:
-    if after is None:
+def _check_units(m: dict, where: str, path, side: str) -> None:
+    """The optional per-request and per-item fields of a measurement, each refused with its name
+    when malformed (a hand-edited file must not pair the wrong requests)."""
+    per, items = m.get("per_request"), m.get("per_item")
+    if per is not None:
+        ids = per.get("id") if isinstance(per, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise InputError(f"{where}: expected a list of request ids", file=path, field=f"{side}.per_request.id")
+        for k in FORGET_METRICS:
+            vals = per.get(k)
+            if vals is not None and (not isinstance(vals, list) or len(vals) != len(ids) or not all(
+                    v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in vals)):
+                raise InputError(f"{where}: expected {len(ids)} numbers or nulls", file=path,
+                                 field=f"{side}.per_request.{k}")
+    if items is not None:
+        for k, bits in (items.items() if isinstance(items, dict) else [("", None)]):
+            if not isinstance(bits, str) or set(bits) - {"0", "1"}:
+                raise InputError(f"{where}: expected a string of 0s and 1s", file=path, field=f"{side}.per_item.{k}")
+
+
+def _cell(key: str, before: dict, after: dict) -> str:
+    """before → after, each with its 95% interval when the row carries one."""
+    if after.get(key) is None:
         return "—"
     # p-values span orders of magnitude; PrivLeak is a percentage
     fmt = {"forget_quality": ".2g", "privleak": ".1f"}.get(key, ".3f")
-    bounds = "" if not interval else f" [{format(interval['lo'], '.2f')}, {format(interval['hi'], '.2f')}]"
-    return f"{'—' if before is None else format(before, fmt)} → {format(after, fmt)}{bounds}"
+
+    def one(m: dict) -> str:
+        if m.get(key) is None:
+            return "—"
+        iv = (m.get("intervals") or {}).get(key)
+        return format(m[key], fmt) + (f" [{iv['lo']:.2f}, {iv['hi']:.2f}]" if iv else "")
+
+    return f"{one(before)} → {one(after)}"
 
 
 def utility_shares(row: dict, ref: dict | None = None) -> dict:
@@ -278,11 +361,30 @@ def utility_shares(row: dict, ref: dict | None = None) -> dict:
 
 
 def _worst_suite(row: dict) -> str:
+    """The suite whose accuracy fell most, as a share of before, with a paired bootstrap interval
+    over its items when the row carries them."""
+    from workbench.eval.stats import bootstrap_ratio
     shares = utility_shares(row)
     if not shares:
         return "—"
     name = min(shares, key=shares.get)
-    return f"{shares[name]:.2f} ({name})"
+    key = f"utility.{name}"
+    b, a = (row["before"].get("per_item") or {}).get(key), (row["after"].get("per_item") or {}).get(key)
+    bounds = ""
+    if a and b and len(a) == len(b):
+        iv = bootstrap_ratio(_unbits(a), _unbits(b))
+        bounds = f" [{iv.lo:.2f}, {iv.hi:.2f}]"
+    return f"{shares[name]:.2f}{bounds} ({name})"
+
+
+def _seconds(row: dict) -> str:
+    """Median seconds of the edit over its repeats [quartiles when repeated]."""
+    if row["seconds"] is None:
+        return "—"
+    s = row.get("edit_s")
+    if not s or s["n"] < 2:
+        return f"{row['seconds']:.1f}"
+    return f"{s['median']:.1f} [{s['q1']:.1f}, {s['q3']:.1f}]"
 
 
 def _relearned(row: dict) -> str:
@@ -302,8 +404,10 @@ def _sustained(row: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """A Markdown table (the README's): each cell is before → after [95% interval of after: Wilson
-    for exact-match shares, else a bootstrap over the requests]. Rows with robustness checks
+    """A Markdown table (the README's): each cell is before → after, each with its 95% interval
+    (Wilson for exact-match shares, else a bootstrap over the requests; perplexity: over the
+    held-out texts); the worst suite's share with a paired bootstrap over its items; seconds as
+    the median [quartiles] over `repeats` edits. Rows with robustness checks
     add a column each: strict recitation of the requests not relearned after relearning on the
     others, and the worst utility share after the last of k sequential forget requests."""
     extra = [(title, fn) for key, title, fn in (("relearn", "relearned: rest strict", _relearned),
@@ -316,10 +420,83 @@ def table(rows: list[dict]) -> str:
         if "skipped" in r:
             lines.append(f"| {r['editor']} | {r['set']} | {r['skipped']} |" + " |" * (len(COLUMNS) + 2 + len(extra)))
             continue
-        ivs = r["after"].get("intervals") or {}
-        cells = " | ".join(_cell(k, r["before"][k], r["after"][k], ivs.get(k)) for k, _ in COLUMNS)
-        seconds = "—" if r["seconds"] is None else f"{r['seconds']:.1f}"
+        cells = " | ".join(_cell(k, r["before"], r["after"]) for k, _ in COLUMNS)
+        seconds = _seconds(r)
         more = "".join(f" {fn(r)} |" for _, fn in extra)
         lines.append(f"| {r['editor']} | {r['set']} | {cells} | {_worst_suite(r)} | {r['after']['ndcg10']:.3f} | "
                      f"{seconds} |{more}")
     return "\n".join(lines)
+
+
+PAIRED_BASELINES = ("before", ORACLE_ROW)
+
+
+def paired_units(m: dict) -> list[dict]:
+    """One measurement's units for `workbench.eval.stats.compare_paired`: each forget request
+    with its forget metrics, each retain probe and each utility item with its exact match."""
+    per = m.get("per_request")
+    if not isinstance(per, dict):
+        raise InputError("a row without per-request scores (written before they were recorded); re-run it with "
+                         "this version of `workbench bench unlearn`", field="per_request")
+    units = [{"id": f"forget:{i}", **{k: per[k][n] for k in FORGET_METRICS if k in per}}
+             for n, i in enumerate(per["id"])]
+    for key, bits in (m.get("per_item") or {}).items():
+        units += [{"id": f"{key}:{n}", key: v} for n, v in enumerate(_unbits(bits))]
+    return units
+
+
+def paired(base: dict, other: dict, *, alpha: float = 0.05) -> list[dict]:
+    """Measurement `other` against `base` on the same forget set: per metric (the forget metrics,
+    retain recall, each utility suite) the paired difference with its interval, McNemar or
+    Wilcoxon, Holm-corrected across the metrics."""
+    from workbench.eval.stats import compare_paired
+    a, b = paired_units(base), paired_units(other)
+    metrics = [k for k in FORGET_METRICS if k in (base.get("per_request") or {})] + \
+        sorted(set(base.get("per_item") or {}) & set(other.get("per_item") or {}))
+    try:
+        return compare_paired(a, b, metrics, alpha=alpha)
+    except ValueError as e:
+        raise InputError(str(e), field="per_request") from None
+
+
+def paired_table(rows: list[dict], baseline: str, *, alpha: float = 0.05) -> str:
+    """A Markdown table of every row against `baseline` on the same set: an editor's name, the
+    retrain oracle ("oracle") — is the unlearned model told apart from one never trained on the
+    set? — or "before" (each row against the unedited model: which changes are beyond noise).
+    Each cell: the difference (row − baseline) [95% interval], Holm-adjusted p, * where < alpha."""
+    from workbench.eval.stats import fmt_paired
+    baseline = ORACLE_ROW if baseline == "oracle" else baseline
+    scored = [r for r in rows if "skipped" not in r]
+
+    def label(r):
+        return r.get("label", r["editor"])
+
+    if baseline == "before":
+        base = {r["set"]: r["before"] for r in scored}
+    else:
+        base = {r["set"]: r["after"] for r in scored if label(r) == baseline}
+        if not base:
+            raise InputError(f"no scored rows of {baseline!r} among {sorted({label(r) for r in rows})} "
+                             "(or 'before')", field="--baseline")
+    out = []
+    for set_name in dict.fromkeys(r["set"] for r in scored):
+        if set_name not in base:
+            continue
+        results = [(label(r), paired(base[set_name], r["after"], alpha=alpha)) for r in scored
+                   if r["set"] == set_name and label(r) != baseline]
+        if not results:
+            continue
+        metrics = [c["metric"] for c in results[0][1]]
+        out += [f"| {set_name}: vs {baseline} | " + " | ".join(metrics) + " |", "|" + "---|" * (1 + len(metrics))]
+        out += [f"| {name} | " + " | ".join(fmt_paired(c) for c in cells) + " |" for name, cells in results]
+        out.append("")
+    return "\n".join(out).rstrip("\n")
+
+
+def load_runs(paths) -> list[dict]:
+    """The rows of one or more `--json` files for paired comparison; with several files each
+    row's label names its file, so the same editor in two runs stays apart."""
+    from pathlib import Path
+    paths = [Path(p) for p in paths]
+    return [{**r, "label": r["editor"] if len(paths) == 1 else f"{r['editor']} ({p.stem})"}
+            for p in paths for r in load_rows(p)]

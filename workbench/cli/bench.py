@@ -27,10 +27,13 @@ def add_parser(sub) -> None:
                          "(difference [95%% interval], McNemar or Wilcoxon, Holm-corrected)")
     ll.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
     ll.set_defaults(func=_cmd_bench_lifelong)
-    cp = bsub.add_parser("compare", help="paired comparison of saved lifelong runs on the same requests")
-    cp.add_argument("files", type=Path, nargs="+", help="`bench lifelong --json` files (one file may hold several editors)")
+    cp = bsub.add_parser("compare", help="paired comparison of saved lifelong or unlearning runs on the same requests")
+    cp.add_argument("files", type=Path, nargs="+",
+                    help="`bench lifelong --json` or `bench unlearn --json` files, all of one kind "
+                         "(one file may hold several editors)")
     cp.add_argument("--baseline", default=None,
-                    help="the row label to compare against (default: the first file's first editor)")
+                    help="the row label to compare against (default: the first file's first editor); "
+                         "unlearning runs also take 'oracle' and 'before'")
     cp.add_argument("--alpha", type=float, default=0.05, help="significance level after Holm's correction")
     cp.set_defaults(func=_cmd_bench_compare)
     ul = bsub.add_parser("unlearn", help="forget editors on the canaries and forget-split people, before -> after")
@@ -50,6 +53,12 @@ def add_parser(sub) -> None:
                          "measure how much of the rest comes back")
     ul.add_argument("--sustain", action="store_true",
                     help="sustainability check: forget the set as 8 sequential requests, utility at k = 1, 2, 4, 8")
+    ul.add_argument("--repeats", type=int, default=1,
+                    help="apply (and undo) each edit N times: seconds as the median [quartiles]")
+    ul.add_argument("--baseline", default=None,
+                    help="one of --editors, 'oracle' or 'before': every row is also compared with it on the same "
+                         "set, paired by request and item (difference [95%% interval], McNemar or Wilcoxon, "
+                         "Holm-corrected)")
     ul.add_argument("--json", type=Path, default=None,
                     help="write the rows as JSON here, and the plots as HTML next to it")
     ul.set_defaults(func=_cmd_bench_unlearn)
@@ -89,12 +98,17 @@ def _cmd_bench_lifelong(args) -> int:
 
 def _cmd_bench_compare(args) -> int:
     from workbench.core.errors import InputError
-    from workbench.bench.lifelong import load_rows, paired_table
+    from workbench.core.jsonio import read_json
+    from workbench.bench import lifelong, unlearn
     if not 0 < args.alpha < 1:
         raise InputError(f"must be between 0 and 1, got {args.alpha}", field="--alpha")
-    rows = load_rows(args.files)
+    # the kind of run: unlearning rows name a forget set, lifelong rows a T
+    first = read_json(args.files[0])
+    kind = unlearn if isinstance(first, list) and first and isinstance(first[0], dict) and "set" in first[0] \
+        else lifelong
+    rows = kind.load_runs(args.files) if kind is unlearn else kind.load_rows(args.files)
     baseline = args.baseline or rows[0]["label"]
-    print(paired_table(rows, baseline, alpha=args.alpha))
+    print(kind.paired_table(rows, baseline, alpha=args.alpha))
     return 0
 
 
@@ -106,13 +120,24 @@ def _write_figures(rows: list[dict], json_path) -> None:
 
 
 def _cmd_bench_unlearn(args) -> int:
-    from workbench.bench.unlearn import run, table
-    rows = run(names(args.editors), names(args.sets), model_dir=args.model, params=editor_params(args.param),
+    from workbench.core.errors import InputError
+    from workbench.bench.unlearn import ORACLE_ROW, default_oracle, paired_table, run, table
+    editors = names(args.editors)
+    oracle = None if args.oracle == "none" else args.oracle
+    if args.baseline is not None and args.baseline not in (*editors, "before", "oracle", ORACLE_ROW):
+        raise InputError(f"{args.baseline!r} is not one of --editors ({', '.join(editors)}), 'oracle' or 'before'",
+                         field="--baseline")
+    if args.baseline in ("oracle", ORACLE_ROW) and (oracle is None or (oracle == "default"
+                                                                      and default_oracle(args.model) is None)):
+        raise InputError("no oracle row to compare with: pass --oracle MODEL", field="--baseline")
+    rows = run(editors, names(args.sets), model_dir=args.model, params=editor_params(args.param),
                limit=args.limit, heldout_limit=args.heldout, exposure_samples=args.exposure_samples,
-               oracle_dir=None if args.oracle == "none" else args.oracle, relearn=args.relearn,
-               sustain=args.sustain)
+               oracle_dir=oracle, relearn=args.relearn, sustain=args.sustain, repeats=args.repeats)
     code = _print_rows(rows, table, args.json)
     _write_figures(rows, args.json)
+    if args.baseline is not None:
+        print()
+        print(paired_table(rows, args.baseline))
     return code
 
 

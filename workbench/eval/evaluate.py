@@ -14,7 +14,7 @@ from statistics import mean
 
 from workbench.eval import metrics
 from workbench.eval.requests import EditRequest, ForgetRequest
-from workbench.eval.scoring import encode_pairs, greedy_continuations, pad_id, score_answers, token_nll
+from workbench.eval.scoring import encode_pairs, greedy_continuations, pad_id, score_answers
 
 EDIT_METRICS = metrics.metric_names("edit", summary=True)  # each also has an "_exact" variant
 
@@ -183,11 +183,20 @@ def _add_retain(model, tok, requests, rows, batch_size):
 
 
 def perplexity(model, tok, texts: list[str], *, batch_size: int = 32) -> float:
-    """Perplexity over the tokens of `texts` (each after its first token)."""
+    """Perplexity over the tokens of `texts` (each after its first)."""
+    return perplexity_interval(model, tok, texts, batch_size=batch_size).value
+
+
+def perplexity_interval(model, tok, texts: list[str], *, batch_size: int = 32):
+    """Perplexity with its 95% interval (`workbench.eval.stats.Interval`): a bootstrap over the
+    texts of the NLL per token, exponentiated (exp is monotone, so the bounds carry over)."""
     import math
-    nll, count = token_nll(model, tok(texts, add_special_tokens=True)["input_ids"], batch_size=batch_size,
-                           pad_id=pad_id(tok))
-    return math.exp(nll / count)
+    from workbench.eval.scoring import text_nll
+    from workbench.eval.stats import Interval, bootstrap_ratio
+    nll, count = text_nll(model, tok(texts, add_special_tokens=True)["input_ids"], batch_size=batch_size,
+                          pad_id=pad_id(tok))
+    iv = bootstrap_ratio(nll, count)
+    return Interval(math.exp(iv.value), math.exp(iv.lo), math.exp(iv.hi), iv.method, iv.n)
 
 
 def next_token_ndcg(model, base, tok, texts: list[str], *, k: int = 10, batch_size: int = 32) -> float:

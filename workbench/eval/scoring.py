@@ -106,17 +106,28 @@ def token_nll(model, texts_ids: list[list[int]], *, batch_size: int = 32, pad_id
 
     perplexity = exp(nll / count).
     """
+    nll, count = text_nll(model, texts_ids, batch_size=batch_size, pad_id=pad_id)
+    return sum(nll), sum(count)
+
+
+@torch.no_grad()
+def text_nll(model, texts_ids: list[list[int]], *, batch_size: int = 32, pad_id: int = 0
+             ) -> tuple[list[float], list[int]]:
+    """Per text, in the given order: the summed negative log-likelihood (nats) of its tokens after
+    its first, and how many there are (the units a perplexity's interval resamples)."""
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    nll, count = [0.0] * len(texts_ids), [0] * len(texts_ids)
     for idx in length_sorted_batches(len(texts_ids), batch_size, [len(t) for t in texts_ids]):
         ids, mask = right_pad([texts_ids[i] for i in idx], pad_id)
         ids, mask = ids.to(device), mask.to(device)
         logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (batch, seq, vocab)
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
-        keep = mask[:, 1:].bool()
-        total += nll[keep].sum().item()
-        count += int(keep.sum().item())
-    return total, count
+        tok_nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:],
+                                                    reduction="none")  # (batch, seq-1)
+        keep = mask[:, 1:].to(tok_nll.dtype)  # (batch, seq-1)
+        for row, i in enumerate(idx):
+            nll[i] = float((tok_nll[row] * keep[row]).sum())
+            count[i] = int(keep[row].sum())
+    return nll, count
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -67,6 +67,22 @@ def fmt(value, interval: dict | None = None, *, digits: int = 3, bound_digits: i
     return text
 
 
+def fmt_paired(result: dict) -> str:
+    """One metric of `compare_paired` as the paired tables print it: the difference [95%
+    interval], Holm-adjusted p, and * where significant; "—" when nothing was paired.
+
+    Example:
+        >>> fmt_paired({"pvalue": 0.01, "p_holm": 0.02, "significant": True,
+        ...             "diff": {"value": -0.5, "lo": -0.7, "hi": -0.3}})
+        '-0.500 [-0.70, -0.30] p=0.02 *'
+    """
+    if result.get("pvalue") is None:
+        return "—"
+    d = result["diff"]
+    return (f"{d['value']:+.3f} [{d['lo']:+.2f}, {d['hi']:+.2f}] p={result['p_holm']:.3g}"
+            + (" *" if result["significant"] else ""))
+
+
 def _clean(values) -> list[float]:
     return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
 
@@ -114,6 +130,40 @@ def bootstrap_mean(values, *, confidence: float = CONFIDENCE, resamples: int = R
                     rng=np.random.default_rng(seed), vectorized=True)
     return Interval(m, float(res.confidence_interval.low), float(res.confidence_interval.high), "bootstrap",
                     int(vals.size))
+
+
+def bootstrap_ratio(numerators, denominators, *, confidence: float = CONFIDENCE, resamples: int = RESAMPLES,
+                    seed: int = SEED) -> Interval:
+    """Percentile-bootstrap interval of sum(numerators) / sum(denominators), each unit's pair
+    resampled together: a held-out text's summed NLL over its token count (the NLL per token a
+    perplexity exponentiates), or an item's exact match after an edit over before (a share of
+    before on the same items).
+
+    Example:
+        >>> iv = bootstrap_ratio([1, 1, 0, 1], [1, 1, 1, 1])
+        >>> iv.value, iv.lo <= iv.value <= iv.hi
+        (0.75, True)
+    """
+    import numpy as np
+    from scipy.stats import bootstrap
+    num = np.asarray(numerators, dtype=float)  # (n,)
+    den = np.asarray(denominators, dtype=float)  # (n,)
+    if num.shape != den.shape or num.ndim != 1 or num.size == 0:
+        raise ValueError(f"need two equally long non-empty lists, got {num.shape} and {den.shape}")
+    if den.sum() == 0:
+        raise ValueError("the denominators sum to 0: no ratio to estimate")
+    value = float(num.sum() / den.sum())
+    if num.size == 1 or np.allclose(num * den.sum(), den * num.sum()):
+        return Interval(value, value, value, "bootstrap", int(num.size))  # every resample has this ratio
+
+    def ratio(a, b, axis=-1):
+        with np.errstate(divide="ignore", invalid="ignore"):  # a resample may draw only zero denominators
+            return a.sum(axis=axis) / b.sum(axis=axis)
+
+    res = bootstrap((num, den), ratio, paired=True, confidence_level=confidence, n_resamples=resamples,
+                    method="percentile", rng=np.random.default_rng(seed), vectorized=True)
+    return Interval(value, float(res.confidence_interval.low), float(res.confidence_interval.high), "bootstrap",
+                    int(num.size))
 
 
 def interval(values, *, confidence: float = CONFIDENCE) -> Interval | None:

@@ -18,9 +18,11 @@ TARGETS_V2 = {"recall_train_phrasings": 0.95, "recall_heldout_phrasings": 0.85, 
               "arithmetic": 0.90, "canary_exact_8plus": 0.95, "quote_exact": 0.95}
 
 
-def fact_accuracy(model, tok, probes: list, *, batch_size: int = 128, by_group: bool = False) -> dict:
+def fact_accuracy(model, tok, probes: list, *, batch_size: int = 128, by_group: bool = False,
+                  each: bool = False) -> dict:
     """Greedy exact match and teacher-forced token accuracy of each probe's answer; with
-    `by_group`, also "by_group": the exact share of each `Probe.group` (from the same scores)."""
+    `by_group`, also "by_group": the exact share of each `Probe.group` (from the same scores);
+    with `each`, also "each": every probe's exact match (0 or 1) in the given order."""
     pairs = encode_pairs(tok, [p.prompt for p in probes], [p.answer for p in probes])
     scores = score_answers(model, pairs, batch_size=batch_size, pad_id=tok.pad_token_id)
     n = len(scores)
@@ -31,6 +33,8 @@ def fact_accuracy(model, tok, probes: list, *, batch_size: int = 128, by_group: 
         for p, s in zip(probes, scores):
             groups.setdefault(p.group, []).append(s.exact)
         out["by_group"] = {g: sum(v) / len(v) for g, v in sorted(groups.items(), key=lambda kv: str(kv[0]))}
+    if each:
+        out["each"] = [int(s.exact) for s in scores]
     return out
 
 
