@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from editors.common.cache import cache_key, cached_tensors, texts_hash
+from workbench.core.cache import cache_key, cached_tensors, texts_hash
 from editors.common.corpus import default_corpus, read_corpus  # noqa: F401 (default_corpus: tests patch it here)
 from workbench.core.errors import InputError
 from workbench.core.patch import Patch
@@ -310,9 +310,17 @@ class KFACEditor(Editor):
         key = cache_key(model=weights_hash(ctx.model), corpus=texts_hash(texts), fisher=hp.fisher,
                         max_tokens=hp.max_tokens, block=hp.block_size, batch=hp.batch_size, seed=ctx.seed,
                         projections=hp.projections, bos=bos)
-        return cached_tensors("kfac", key, lambda: collect_factors(
-            ctx.model, ctx.adapter, blocks, all_layers, fisher=hp.fisher, batch_size=hp.batch_size,
-            seed=ctx.seed, projections=hp.projections, bos_id=bos, progress=progress))
+
+        def collect(advance):
+            def both(n):  # the terminal's bar and the caller's (the UI's), when it passed one
+                advance(n)
+                if progress is not None:
+                    progress(n)
+            return collect_factors(ctx.model, ctx.adapter, blocks, all_layers, fisher=hp.fisher,
+                                   batch_size=hp.batch_size, seed=ctx.seed, projections=hp.projections, bos_id=bos,
+                                   progress=both)
+
+        return cached_tensors("kfac", key, collect, what="collecting K-FAC factors", total=int(blocks.shape[0]))
 
     @classmethod
     def charts(cls, patch) -> list[Chart]:

@@ -99,3 +99,10 @@ class ShiftEditor(Editor):
         att = ShiftAttachment(torch.full((ctx.model.config.hidden_size,), 0.01))
         att.attach(ctx.model, ctx.adapter)
         return Patch([], [att], {})
+
+
+@register_editor
+class OneAtATimeEditor(BumpEditor):
+    """test-bump without the batch capability: one request per edit, like ROME."""
+    name = "test-one"
+    capabilities = Capabilities(batch=False, sequential=True, single_revert=True)

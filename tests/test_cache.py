@@ -1,11 +1,11 @@
-"""`editors.common.cache` (one on-disk tensor cache under WORKBENCH_CACHE) and `editors.common.corpus`
+"""`workbench.core.cache` (one on-disk tensor cache under WORKBENCH_CACHE) and `editors.common.corpus`
 (one default corpus): what ROME/MEMIT's key statistics and K-FAC's factors share."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from editors.common import cache
+from workbench.core import cache
 
 from editors.common import corpus
 
@@ -67,3 +67,41 @@ def test_read_corpus_takes_txt_lines_and_jsonl_texts(tmp_path):
     assert e.value.line == 2 and e.value.field == "text"
     with pytest.raises(InputError):
         corpus.read_corpus(tmp_path / "missing.txt")
+
+
+def test_a_one_time_cost_says_what_and_where_then_is_silent(capsys, tmp_path):
+    steps = []
+
+    def compute(advance):
+        for _ in range(3):
+            advance(1)
+            steps.append(1)
+        return {"x": torch.ones(2)}
+
+    _, hit = cache.cached_tensors("demo", cache.cache_key(a=2), compute, what="collecting demo statistics", total=3)
+    err = capsys.readouterr().err
+    assert not hit and len(steps) == 3
+    # stderr, not stdout: a piped command's output stays its result; no bar when not a terminal
+    assert f"collecting demo statistics once (cached in {tmp_path / 'wb' / 'demo'})" in err
+    _, hit = cache.cached_tensors("demo", cache.cache_key(a=2), compute, what="collecting demo statistics", total=3)
+    assert hit and len(steps) == 3 and capsys.readouterr().err == ""
+
+
+def test_cache_command_lists_and_clears_by_kind(capsys, tmp_path):
+    from workbench.cli.main import main
+    assert main(["cache"]) == 0 and "empty" in capsys.readouterr().out
+    cache.store_tensors("kfac", cache.cache_key(a=1), {"x": torch.ones(1000)})
+    cache.store_tensors("kv", cache.cache_key(a=1), {"x": torch.ones(10)})
+    cache.store_tensors("kv", cache.cache_key(a=2), {"x": torch.ones(10)})
+    (tmp_path / "wb" / "kv" / "notes.txt").write_text("not ours")
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "wb") in out.splitlines()[0]
+    assert [line.split()[:2] for line in out.splitlines()[1:]] == [["kfac", "1"], ["kv", "2"]]
+    assert main(["cache", "--clear", "--kind", "kv"]) == 0
+    assert "removed 2 file(s)" in capsys.readouterr().out
+    assert [e["kind"] for e in cache.summary() if e["files"]] == ["kfac"]
+    assert (tmp_path / "wb" / "kv" / "notes.txt").is_file()  # only the cache's own files go
+    assert main(["cache", "--clear", "--kind", "nope"]) == 2
+    assert "no cached kind nope" in capsys.readouterr().err
+    assert main(["cache", "--clear"]) == 0 and cache.summary()[0]["files"] == 0

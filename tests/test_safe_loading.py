@@ -70,7 +70,7 @@ def test_remote_code_only_when_asked():
 def test_patch_and_cache_files_are_safetensors(tmp_path, monkeypatch):
     import torch
 
-    from editors.common.cache import cached_tensors
+    from workbench.core.cache import cached_tensors
     from workbench.core.patch import Patch, WeightChange
     p = Patch([WeightChange("w", torch.zeros(2), torch.ones(2))], [], {"why": "test"})
     p.save(tmp_path / "p.safetensors")

@@ -145,10 +145,21 @@ def test_gate_rejects_and_records(wb):
 
 def test_export_weights_only_and_refuse_attachments(wb, tmp_path):
     from transformers import AutoModelForCausalLM
-    wb.edit("test-bump", EDITS[:1])
+    import json
+    import stat
+    first = wb.edit("test-bump", EDITS[:1], note="first")
     out = wb.export(tmp_path / "exp")
     m = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
     assert weights_hash(m) == weights_hash(wb.model)
+    # every file readable like ordinary output (safetensors' own file came out 0600)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()} == {0o666 & ~umask}
+    # the checkpoint says what it holds, with no absolute path
+    prov = json.loads((out / "workbench_edits.json").read_text())
+    assert [e["id"] for e in prov["edits"]] == [first.id] and prov["edits"][0]["note"] == "first"
+    assert prov["weights_hash"] == weights_hash(m) and prov["base_hash"] == wb.base_hash
+    assert str(tmp_path) not in json.dumps(prov) and "/" not in prov["base_model"]
     wb.edit("test-shift", EDITS[:1])
     with pytest.raises(InputError, match="adds modules"):
         wb.export(tmp_path / "exp2")
@@ -176,6 +187,50 @@ def test_bundle_replays_on_another_copy_and_refuses_another_base(tmp_path):
     with pytest.raises(InputError, match="another base model"):
         d.apply_bundle(path)
     assert d.log() == []
+
+
+def test_a_bundle_after_a_revert_out_of_the_middle_replays_on_a_fresh_workspace(tmp_path):
+    # the later edit was recorded on top of the reverted one: its recorded starting hash is no
+    # state a fresh copy of the base can reach, so the bundle carries the hashes of the chain
+    a = Workbench(None, tmp_path / "a")
+    first = a.edit("test-bump", EDITS[:1], {"layer": "0"})
+    second = a.edit("test-bump", EDITS[1:2], {"layer": "2"})
+    a.edit("test-bump", EDITS[2:3], {"layer": "3"})
+    a.revert(first.id)
+    head = weights_hash(a.model)
+    path = a.bundle(tmp_path / "h.wbbundle")
+    assert weights_hash(a.model) == head  # walked back to base and forward again, exactly
+    from workbench.editing.bundle import read_manifest
+    z, manifest = read_manifest(path)
+    z.close()
+    recs = manifest["edits"]
+    assert [r["id"] for r in recs] == [second.id, "e0003"] and recs[0]["weights_before"] == a.base_hash
+    assert recs[0]["recorded_weights_before"] == second.weights_before != a.base_hash
+    assert recs[1]["weights_before"] == recs[0]["weights_after"] and recs[1]["weights_after"] == head
+    b = Workbench(None, tmp_path / "b")
+    events = b.apply_bundle(path)
+    assert len(events) == 2 and weights_hash(b.model) == head and b.verify() == []
+    # without a revert the recorded hashes are the chain's, and nothing is re-walked or renamed
+    c = Workbench(None, tmp_path / "c")
+    c.edit("test-bump", EDITS[:1], {"layer": "0"})
+    z, manifest = read_manifest(c.bundle(tmp_path / "c.wbbundle"))
+    z.close()
+    assert "recorded_weights_before" not in manifest["edits"][0]
+
+
+def test_an_editor_of_one_request_at_a_time_takes_a_file_as_sequential_edits(wb):
+    ticks = []
+    events = wb.edit_each("test-one", EDITS[:3], {"layer": "1"}, note="batch", progress=ticks.append)
+    assert [e.kind for e in events] == ["edit"] * 3 and ticks == [1, 1, 1]
+    assert wb.active() == [e.id for e in events] and events[1].note == "batch (request 2 of 3)"
+    assert [e.requests[0]["prompt"] for e in events] == [r.prompt for r in EDITS[:3]]
+    # bad hyper-parameters are refused before the first edit
+    with pytest.raises(InputError, match="scale"):
+        wb.edit_each("test-one", EDITS[3:5], {"scale": "-1"})
+    assert len(wb.log()) == 3
+    # a gate that fails stops the run at that request; the ones before it stay in force
+    events = wb.edit_each("test-one", EDITS[3:6], gates="reliability>=0.99")
+    assert [e.kind for e in events] == ["rejected"] and len(wb.active()) == 3
 
 
 def test_workspace_refuses_another_base_model(tmp_path):

@@ -92,6 +92,30 @@ def test_bad_inputs_change_nothing(tmp_path):
     assert r.returncode == 2 and "nothing to undo" in r.stderr
 
 
+def test_editors_table_has_a_capabilities_column_each_and_one_editor_its_hyperparameters(tmp_path):
+    r = _wb("editors", cwd=tmp_path)
+    assert r.returncode == 0
+    head = next(line for line in r.stdout.splitlines() if "editor" in line and "forgets" in line)
+    assert all(c in head for c in ("batch", "forgets"))
+    kfac = next(line for line in r.stdout.splitlines() if line.strip("│┃ ").startswith("kfac "))
+    assert "yes" in kfac
+    r = _wb("editors", "rome", cwd=tmp_path)
+    assert r.returncode == 0 and "capabilities:" in r.stdout and "mom2_n_samples" in r.stdout
+    r = _wb("editors", "nope", cwd=tmp_path)
+    assert r.returncode == 2 and "nope" in r.stderr
+
+
+def test_a_closed_pipe_ends_a_command_quietly(tmp_path):
+    # `workbench editors | head -2`: the reader leaves early; no traceback, the shell's SIGPIPE status
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-m", "workbench.cli", "editors"], cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()  # before the command's first line (`head` closes after its own): every write meets a closed pipe
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 141 and "Traceback" not in err and "BrokenPipe" not in err
+
+
 def test_editors_lists_capabilities_and_hyperparameters(tmp_path):
     r = _wb("editors", "--json", cwd=tmp_path)
     info = {e["name"]: e for e in json.loads(r.stdout)}

@@ -9,7 +9,7 @@ things:
   a few context prefixes (`CONTEXT_TEMPLATES`) so the key is not tied to one exact string;
 - `second_moments` (in `editors.common.kv_stats`): C = E[k kᵀ] over the tokens of a generic
   corpus (the papers use Wikipedia; here `editors.common.corpus.default_corpus()`), the
-  statistics of the keys the edit must not disturb, cached on disk (`editors.common.cache`);
+  statistics of the keys the edit must not disturb, cached on disk (`workbench.core.cache`);
 - `compute_z`: the target value v* (ROME: at the MLP output; MEMIT: "z", on the residual
   stream after a block), found by optimising a delta added at the subject's last token so
   that the target is predicted, with a KL term on "{subject} is a" essence prompts, a weight

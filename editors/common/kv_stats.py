@@ -3,7 +3,7 @@
 ROME's u = C⁻¹k* and MEMIT's (λC + KᵀK)⁻¹ need the second moment of the keys (the inputs of
 the MLP output projection) over a generic corpus (`editors.common.corpus`; the papers use
 Wikipedia). One corpus pass collects every missing layer; the result is CACHED ON DISK through
-`editors.common.cache` (kind "kv", one file per layer), keyed by the hash of exactly the weights
+`workbench.core.cache` (kind "kv", one file per layer), keyed by the hash of exactly the weights
 that produce those keys, the layer, the corpus tokens and the sample count — so a second edit
 with an unchanged model below the layer reads the file instead of recomputing.
 
@@ -18,7 +18,7 @@ import json
 import torch
 
 from workbench.core import offload
-from editors.common.cache import cache_key, load_tensors, store_tensors
+from workbench.core.cache import cache_key, load_tensors, store_tensors
 from editors.common.corpus import load_corpus
 from editors.common.kv import _device, _pad_batch
 from workbench.eval.scoring import pad_id
@@ -76,7 +76,11 @@ def second_moments(model, tok, adapter, layers, *, corpus: str | None = None, n_
             out[layer] = hit["mom2"]
     missing = [layer for layer in keys if layer not in out]
     if missing:
-        computed = _collect(model, adapter, missing, seqs, pad_id(tok), batch_size)
+        from workbench.core.cache import cache_dir
+        from workbench.core.progress import one_time_cost
+        what = f"collecting key statistics of layer{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}"
+        with one_time_cost(what, cache_dir() / CACHE_KIND, len(seqs)) as advance:
+            computed = _collect(model, adapter, missing, seqs, pad_id(tok), batch_size, advance)
         for layer, mom2 in computed.items():
             store_tensors(CACHE_KIND, keys[layer], {"mom2": mom2},
                           meta={"stat": "mom2", "layer": layer, "n_texts": len(seqs), "corpus": corpus or "default"})
@@ -85,7 +89,7 @@ def second_moments(model, tok, adapter, layers, *, corpus: str | None = None, n_
 
 
 @torch.no_grad()
-def _collect(model, adapter, layers, seqs, pad: int, batch_size: int) -> dict[int, torch.Tensor]:
+def _collect(model, adapter, layers, seqs, pad: int, batch_size: int, advance=None) -> dict[int, torch.Tensor]:
     global cache_misses
     cache_misses += 1
     device = _device(model)
@@ -108,6 +112,8 @@ def _collect(model, adapter, layers, seqs, pad: int, batch_size: int) -> dict[in
             mask_now[:] = [mask]
             model(input_ids=ids, attention_mask=mask)
             count += int(mask.sum())
+            if advance is not None:
+                advance(len(ids))
     finally:
         for h in handles:
             h.remove()

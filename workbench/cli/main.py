@@ -16,13 +16,16 @@ COMMANDS_GROUP = "workbench.commands"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from workbench.cli import bench, eval as eval_cli, session, world
+    from workbench.cli import audit, bench, cache, eval as eval_cli, plan, session, world
     p = argparse.ArgumentParser(prog="workbench", description="Model editing and unlearning workbench.")
     sub = p.add_subparsers(dest="cmd", required=True)
     world.add_parser(sub)
     eval_cli.add_parser(sub)
     session.add_parsers(sub)
+    plan.add_parsers(sub)
+    audit.add_parsers(sub)
     bench.add_parser(sub)
+    cache.add_parser(sub)
     for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
         ep.load()(sub)  # e.g. `ui`: its module adds its own subcommand
     return p
@@ -39,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`workbench log | head`): what was committed stays committed; stop
+        # quietly, and keep the interpreter's final flush from raising again on the closed pipe.
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by the closed pipe
 
 
 if __name__ == "__main__":

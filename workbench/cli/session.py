@@ -3,6 +3,7 @@ apply-bundle, editors. Each opens `Workbench(--model, --workspace)` and calls on
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from workbench.cli.args import add_placement, parse_params, placement
@@ -68,7 +69,8 @@ def add_parsers(sub) -> None:
     _common(a)
     a.add_argument("bundle", type=Path)
     a.set_defaults(func=_cmd_apply_bundle)
-    ed = sub.add_parser("editors", help="list editors with their capabilities and hyperparameters")
+    ed = sub.add_parser("editors", help="list editors with their capabilities; one editor's hyperparameters")
+    ed.add_argument("name", nargs="?", default=None, help="one editor: its hyperparameters")
     ed.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ed.set_defaults(func=_cmd_editors)
 
@@ -86,12 +88,44 @@ def _cmd_edit(args) -> int:
     gates = Gate.parse_all(args.gate) if args.gate else []
     get_editor(args.editor)  # an unknown name fails before the model loads
     reqs = load_requests(args.requests, args.format)
-    wb = _open(args)
-    event = wb.edit(args.editor, reqs, params, gates=gates, note=args.note, seed=args.seed)
-    _print_metrics(event)
     if args.json is not None:
-        args.json.write_text(json.dumps(event.to_dict(), indent=2, sort_keys=True) + "\n")
-    return 0 if event.kind == "edit" else 3
+        _check_writable(args.json)
+    wb = _open(args)
+    if len(reqs) > 1 and not get_editor(args.editor).capabilities.batch:
+        events = _edit_each(wb, args, reqs, params, gates)
+    else:
+        events = [wb.edit(args.editor, reqs, params, gates=gates, note=args.note, seed=args.seed)]
+        _print_metrics(events[0])
+    if args.json is not None:
+        doc = events[0].to_dict() if len(events) == 1 else [e.to_dict() for e in events]
+        args.json.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return 0 if events[-1].kind == "edit" else 3
+
+
+def _edit_each(wb, args, reqs, params, gates) -> list:
+    """An editor that takes one request at a time: the file as sequential edits, with progress."""
+    from workbench.core.progress import notice, on_terminal, progress_bar
+    from workbench.eval.stats import fmt
+    notice(f"{args.editor} edits one request at a time: {len(reqs)} requests as {len(reqs)} sequential edits")
+    with progress_bar(f"{args.editor} edits", len(reqs), enabled=on_terminal()) as advance:
+        events = wb.edit_each(args.editor, reqs, params, gates=gates, note=args.note, seed=args.seed,
+                              progress=advance)
+    for e in events:
+        m = e.metrics_after or {}
+        print(f"{e.id}: {e.kind}  " + "  ".join(f"{k} {fmt(m.get(k))}" for k in ("reliability", "generality",
+                                                                                  "locality")))
+    if events[-1].kind != "edit":
+        print(f"stopped at request {len(events)} of {len(reqs)}: {events[-1].note}")
+    return events
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse an output file that cannot be written before any work (an edit must not be
+    committed and then fail on its report)."""
+    from workbench.core.errors import InputError
+    if path.is_dir() or not path.parent.is_dir() or not os.access(path.parent, os.W_OK) or (
+            path.exists() and not os.access(path, os.W_OK)):
+        raise InputError("cannot write here (missing folder, a folder, or no permission)", file=path, field="--json")
 
 
 def _print_metrics(event) -> None:
@@ -122,16 +156,25 @@ def _cmd_log(args) -> int:
     wb = _open(args)
     events, active = wb.log(), set(wb.active())
     t = Table(title=f"history of {args.workspace} (base {wb.base_hash[:12]}…)")
-    for col in ("id", "kind", "editor", "author", "time", "in force", "rel.", "loc.", "note"):
-        t.add_column(col)
+    # Fixed columns never wrap or truncate (an auditor reads every id, kind and time); the note
+    # takes what width is left, cut to one line (`workbench show ID` has it in full).
+    for col in ("id", "kind", "editor / targets", "author", "time (UTC)", "in force", "rel.", "loc."):
+        t.add_column(col, no_wrap=True)
+    t.add_column("note", no_wrap=True, overflow="ellipsis", ratio=1)
     for e in events:
         m = e.metrics_after or {}
-        t.add_row(e.id, e.kind, e.editor or (",".join(e.targets or [])), e.author, e.created_at,
-                  "yes" if e.id in active else "", _f(m.get("reliability")), _f(m.get("locality")), e.note or "")
+        what = e.editor if e.kind in ("edit", "rejected") else "→ " + ",".join(e.targets or [])
+        t.add_row(e.id, e.kind, what, e.author, _short_time(e.created_at), "yes" if e.id in active else "",
+                  _f(m.get("reliability")), _f(m.get("locality")), " ".join((e.note or "").split()))
     Console().print(t)
     if args.json is not None:
         args.json.write_text(json.dumps([e.to_dict() for e in events], indent=2, sort_keys=True) + "\n")
     return 0
+
+
+def _short_time(stamp: str) -> str:
+    """"2026-12-02 21:36" from the ledger's ISO stamp (UTC; seconds are in `show` and `--json`)."""
+    return stamp[:16].replace("T", " ")
 
 
 def _f(v) -> str:
@@ -208,19 +251,35 @@ def _cmd_apply_bundle(args) -> int:
 
 def _cmd_editors(args) -> int:
     from workbench.editing.registry import describe_editor, editor_names
-    infos = [describe_editor(n) for n in editor_names()]
+    names = [args.name] if args.name else editor_names()
+    infos = [describe_editor(n) for n in names]
     if args.json:
         print(json.dumps(infos, indent=2, default=str))
         return 0
     from rich.console import Console
     from rich.table import Table
     console = Console()
-    for info in infos:
-        caps = ", ".join(k for k, v in info["capabilities"].items() if v) or "none"
-        t = Table(title=f"{info['name']}: {info.get('doc', '')} [capabilities: {caps}]")
-        for col in ("hyperparameter", "type", "default", "help"):
-            t.add_column(col)
-        for h in info["hyperparameters"]:
-            t.add_row(h["name"], h["type"], "derived" if h["default"] is None else str(h["default"]), h["help"])
+    if not args.name:
+        t = Table(title="editors (`workbench editors NAME` for one editor's hyperparameters)")
+        for col in ("editor", *CAPABILITIES.values(), "what it does"):
+            t.add_column(col, no_wrap=col != "what it does")
+        for info in infos:
+            caps = info["capabilities"]
+            t.add_row(info["name"], *("yes" if caps.get(k) else "" for k in CAPABILITIES), info.get("doc", ""))
         console.print(t)
+        return 0
+    info = infos[0]
+    caps = ", ".join(CAPABILITIES[k] for k, v in info["capabilities"].items() if v and k in CAPABILITIES) or "none"
+    console.print(f"[bold]{info['name']}[/bold]: {info.get('doc', '')}\ncapabilities: {caps}")
+    t = Table()
+    for col in ("hyperparameter", "type", "default", "help"):
+        t.add_column(col)
+    for h in info["hyperparameters"]:
+        t.add_row(h["name"], h["type"], "derived" if h["default"] is None else str(h["default"]), h["help"])
+    console.print(t)
     return 0
+
+
+# Capability flag -> column title: what a user asks of an editor before choosing it.
+CAPABILITIES = {"batch": "batch", "sequential": "on top of edits", "forget": "forgets", "single_revert": "revert one",
+                "composes": "composes edits"}

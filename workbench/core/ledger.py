@@ -7,7 +7,10 @@ chain and `verify` names the row. Patch files live beside the database; a row st
 sha256 of its patch file, so an altered file is named too.
 
 Which edits are in force ("active") is not stored: it is derived by replaying the events,
-so there is no mutable state that could disagree with the history.
+so there is no mutable state that could disagree with the history. A tag names a point of the
+history (an event, or "base") and is an event itself, so who named what, when, is chained too.
+Which steps of a plan (`workbench run`) have finished is bookkeeping beside the chain
+(`plan_steps`): the events those steps recorded are in the chain.
 """
 from __future__ import annotations
 
@@ -19,8 +22,9 @@ from pathlib import Path
 
 from workbench.core.errors import InputError, WorkbenchError
 
-SCHEMA_VERSION = 2  # 2: the `context` column (seed, gates and their outcome, intervals, changed probes)
-EVENT_KINDS = ("edit", "rejected", "undo", "rollback", "revert")
+SCHEMA_VERSION = 3  # 2: the `context` column (seed, gates and their outcome, intervals, changed probes); 3: tag
+# events and the `plan_steps` table
+EVENT_KINDS = ("edit", "rejected", "undo", "rollback", "revert", "tag")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -47,6 +51,14 @@ CREATE TABLE IF NOT EXISTS events (
     parent_hash TEXT NOT NULL,
     record_hash TEXT NOT NULL,
     context TEXT
+);
+CREATE TABLE IF NOT EXISTS plan_steps (
+    plan_hash TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    summary TEXT,
+    PRIMARY KEY (plan_hash, step)
 );
 """
 # Columns added after schema 1: a workspace made before gains them on open, and a row hashes them
@@ -229,6 +241,23 @@ class Ledger:
                               [stored[k] for k in _COLUMNS])
         return self.get(row["id"])
 
+    def tags(self) -> dict[str, str]:
+        """Tag name -> the event id (or "base") it names, from the tag events."""
+        return {e.context["tag"]: e.targets[0] for e in self.events() if e.kind == "tag"}
+
+    def record_step(self, plan_hash: str, step: int, action: str, summary: dict) -> None:
+        """Mark step `step` (0-based) of the plan hashing to `plan_hash` finished."""
+        with self.transaction():
+            self.conn.execute("INSERT OR REPLACE INTO plan_steps VALUES (?, ?, ?, ?, ?)",
+                              (plan_hash, step, action, utc_now(), json.dumps(summary, sort_keys=True)))
+
+    def steps_done(self, plan_hash: str) -> dict[int, dict]:
+        """The finished steps of a plan: index -> {action, finished_at, summary}."""
+        rows = self.conn.execute("SELECT step, action, finished_at, summary FROM plan_steps WHERE plan_hash = ? "
+                                 "ORDER BY step", (plan_hash,)).fetchall()
+        return {r[0]: {"action": r[1], "finished_at": r[2], "summary": json.loads(r[3]) if r[3] else {}}
+                for r in rows}
+
     # ------------------------------------------------------------------ checking
 
     def verify_chain(self) -> list[str]:
@@ -256,6 +285,25 @@ class Ledger:
         """Patch files no event refers to: left by a crash between writing a patch and its row."""
         known = {e.patch_file for e in self.events() if e.patch_file}
         return [p for p in self.patch_dir.iterdir() if f"patches/{p.name}" not in known]
+
+
+def peek_tags(root, *, plan_hash: str | None = None) -> set[str]:
+    """The tag names a workspace's ledger holds, read without opening the workspace (no model
+    needed: a plan's dry run checks its tags against them); none when there is no ledger yet.
+    With `plan_hash`, only the tags that plan's own steps gave."""
+    path = Path(root) / "ledger.sqlite"
+    if not path.is_file():
+        return set()
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = conn.execute("SELECT context FROM events WHERE kind = 'tag'").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        raise InputError(f"not a workbench ledger: {e}", file=path) from None
+    contexts = [json.loads(r[0]) for r in rows]
+    return {c["tag"] for c in contexts if plan_hash is None or (c.get("plan") or {}).get("hash") == plan_hash}
 
 
 def utc_now() -> str:

@@ -22,18 +22,23 @@ VERSION = 1
 
 
 def write_bundle(path, base_hash: str, edits: list) -> Path:
-    """`edits`: (ledger Event, patch file path) pairs, oldest first. Written atomically."""
+    """`edits`: (ledger Event, patch file path, (weights before, weights after)) triples, oldest
+    first, the hashes those of applying the edits in order on the base model (`Workbench.bundle`:
+    after a revert out of the middle they differ from the recorded ones, which are kept as
+    `recorded_weights_before` / `recorded_weights_after`). Written atomically."""
     path = Path(path)
     if not edits:
         raise InputError("no edit is in force: nothing to bundle", field="bundle")
     manifest = {"format": FORMAT, "version": VERSION, "base_hash": base_hash, "edits": []}
     tmp = path.with_name(f".{path.name}.tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
-        for i, (event, patch_path) in enumerate(edits):
+        for i, (event, patch_path, (before, after)) in enumerate(edits):
             name = f"patches/{i:04d}.safetensors"
             z.write(patch_path, name)
             rec = {k: v for k, v in event.to_dict().items() if k not in ("seq", "parent", "parent_hash")}
-            manifest["edits"].append({**rec, "bundle_file": name})
+            if (before, after) != (event.weights_before, event.weights_after):
+                rec.update(recorded_weights_before=event.weights_before, recorded_weights_after=event.weights_after)
+            manifest["edits"].append({**rec, "weights_before": before, "weights_after": after, "bundle_file": name})
         z.writestr("manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
     os.replace(tmp, path)
     return path

@@ -28,7 +28,8 @@ def status(event: Event, events: list[Event], active: list[str]) -> str:
         return f"{event.kind} of {', '.join(event.targets or [])}"
     if event.id in active:
         return "in force"
-    undoer = next((e for e in events if e.seq > event.seq and event.id in (e.targets or [])), None)
+    undoer = next((e for e in events if e.seq > event.seq and e.kind in ("undo", "rollback", "revert")
+                   and event.id in (e.targets or [])), None)
     return f"reverted by {undoer.id} ({undoer.kind})" if undoer else "not in force"
 
 

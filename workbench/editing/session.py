@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import os
 import time
 from collections import OrderedDict
@@ -24,6 +25,7 @@ from workbench.core.patch import Patch, weights_hash
 from workbench.editing.live import LiveModel
 
 DEFAULT_WORKSPACE = Path(".workbench")
+PROVENANCE = "workbench_edits.json"  # beside an exported checkpoint: its base and the edits it holds
 PATCH_CACHE = 64  # patches held in memory by a session
 
 
@@ -100,8 +102,36 @@ class Workbench:
     def log(self) -> list[Event]:
         return self.ledger.events()
 
-    def show(self, edit_id: str) -> Event:
-        return self.ledger.get(edit_id)
+    def show(self, ref: str) -> Event:
+        """The event `ref` names: an id, or a tag (the event it was put on)."""
+        return self.ledger.get(self.resolve(ref))
+
+    def resolve(self, ref: str) -> str:
+        """An event id from an id, a tag name, or "base" (returned as is)."""
+        if ref == "base":
+            return ref
+        tags = self.ledger.tags()
+        if ref in tags:
+            return tags[ref]
+        self.ledger.get(ref)  # an unknown id is refused with the latest ids named
+        return ref
+
+    def tag(self, name: str, ref: str | None = None, *, note: str | None = None, plan: dict | None = None) -> Event:
+        """Name a point of the history (`ref`: an id, another tag or "base"; default the latest
+        event) so that it can be used wherever an id is. A name is given once."""
+        from workbench.editing.plan import check_tag_name
+        check_tag_name(name or "", lambda msg: InputError(msg, field="tag"))
+        tags = self.ledger.tags()
+        if name in tags:
+            raise InputError(f"tag {name!r} already names {tags[name]}; a tag is given once", field="tag")
+        target = self.resolve(ref) if ref is not None else (self.ledger.events()[-1].id if self.ledger.last_seq()
+                                                            else "base")
+        head = self.ledger.head_hash()
+        with self._commit():
+            return self.ledger.append(id=self.ledger.next_id(), kind="tag", targets=[target], weights_before=head,
+                                      weights_after=head, author=self.author, created_at=utc_now(),
+                                      context={"tag": name, **({"plan": plan} if plan else {})},
+                                      note=note or f"tag {name}")
 
     def patch(self, edit_id: str) -> Patch:
         """The recorded patch of edit `edit_id` (its meta holds what the editor reports, e.g.
@@ -114,12 +144,13 @@ class Workbench:
     # ------------------------------------------------------------------ editing
 
     def edit(self, editor: str, requests: list, params: dict | None = None, *, gates: list[Gate] | str | None = None,
-              note: str | None = None, seed: int = 0, author: str | None = None) -> Event:
+             note: str | None = None, seed: int = 0, author: str | None = None, plan: dict | None = None) -> Event:
         """Validate, measure, edit, measure again, gate, and commit (or record as rejected).
 
         Anything invalid (requests, hyperparameters, capabilities) raises before the model
         or the ledger changes. Returns the ledger event (kind "edit" or "rejected"); its
-        `hparams` are the ones that ran (`Editor.effective_hparams`).
+        `hparams` are the ones that ran (`Editor.effective_hparams`); `plan` (a plan's hash,
+        step and item, `workbench.editing.plan`) goes into the event's context.
         """
         from workbench.editing.contract import EditContext, context_length
         from workbench.editing.registry import get_editor
@@ -150,7 +181,7 @@ class Workbench:
             h_after = self.live.hash()
             measured = gate_metrics(after, ev_after["intervals"])
             failed = check_gates(gate_list, measured)
-            context = {"seed": seed, "gates": [g.outcome(measured) for g in gate_list],
+            context = {**({"plan": plan} if plan else {}), "seed": seed, "gates": [g.outcome(measured) for g in gate_list],
                        "intervals_before": ev_before["intervals"], "intervals_after": ev_after["intervals"],
                        **_changed_probes(ev_after)}
             common = dict(editor=editor, hparams=applied.hparams.to_dict(), requests=[r.to_dict() for r in batch],
@@ -176,6 +207,38 @@ class Workbench:
             if self.live.hash() != h_before:
                 self.live.revert(patch)
             raise
+
+    def edit_each(self, editor: str, requests: list, params: dict | None = None, *,
+                  gates: list[Gate] | str | None = None, note: str | None = None, seed: int = 0,
+                  author: str | None = None, progress=None, plan: dict | None = None,
+                  skip: set | None = None) -> list[Event]:
+        """`requests` as sequential edits of one request each (for an editor that takes one at a
+        time, e.g. ROME), each recorded as its own event; stops at the first rejected one (its
+        event is the last returned; the edits before it stay in force). Every request is checked
+        before the first edit, so a bad one late in the file changes nothing. `progress(n)` is
+        called after each request. `plan`: as for `edit`, with each request's index as "item";
+        `skip`: indices already recorded (a resumed plan), not edited again."""
+        from workbench.editing.contract import context_length
+        from workbench.editing.registry import get_editor
+        cls = get_editor(editor)
+        for i, r in enumerate(requests):
+            try:
+                cls.check([r], self.tok, self.adapter, context=context_length(self.model))
+            except InputError as e:
+                raise InputError(f"request {i + 1}: {e.reason}", file=e.file, line=e.line, field=e.field) from None
+        cls.prepare(self.adapter, params)  # bad hyper-parameters fail before the first edit
+        events = []
+        for i, r in enumerate(requests):
+            if skip and i in skip:
+                continue
+            events.append(self.edit(editor, [r], params, gates=gates, seed=seed, author=author,
+                                    plan=None if plan is None else {**plan, "item": i},
+                                    note=f"{note + ' ' if note else ''}(request {i + 1} of {len(requests)})"))
+            if progress is not None:
+                progress(1)
+            if events[-1].kind != "edit":
+                break
+        return events
 
     def _measure(self, requests, ref):
         from workbench.eval import evaluate as ev
@@ -210,6 +273,7 @@ class Workbench:
 
     def rollback(self, edit_id: str, *, note: str | None = None) -> Event:
         """Roll back every edit after `edit_id` ("base" = all of them), newest first."""
+        edit_id = self.resolve(edit_id)
         active = self.active()
         if edit_id != "base" and edit_id not in active:
             raise InputError(f"{edit_id!r} is not an edit in force (in force: {', '.join(active) or 'none'}; "
@@ -223,6 +287,7 @@ class Workbench:
         """Revert one edit out of the middle, where its editor allows it and no later edit
         touched the same weights (otherwise exact revert is impossible and it is refused)."""
         from workbench.editing.registry import get_editor
+        edit_id = self.resolve(edit_id)
         active = self.active()
         if edit_id not in active:
             raise InputError(f"{edit_id!r} is not an edit in force (in force: {', '.join(active) or 'none'})",
@@ -289,6 +354,84 @@ class Workbench:
                 break
         return problems
 
+    def state_at(self, ref: str) -> list[str]:
+        """The edits in force right after event `ref` (an id, tag, or "base": none)."""
+        from workbench.core.ledger import active_edits
+        eid = self.resolve(ref)
+        if eid == "base":
+            return []
+        events = self.ledger.events()
+        seq = self.ledger.get(eid).seq
+        return active_edits([e for e in events if e.seq <= seq])
+
+    def diff(self, a: str, b: str, requests: list | None = None) -> dict:
+        """What differs between the model after `a` and after `b` (ids, tags or "base"): the edits
+        in force in only one, every weight tensor whose values differ (‖B − A‖ and its size
+        relative to ‖A‖), the attachments present in only one, and with `requests` each state
+        scored on them and B compared with A, paired by request
+        (`workbench.eval.stats.compare_paired`). The model is walked to each state and back to
+        the head exactly; nothing is recorded."""
+        import torch
+        from workbench.eval.stats import compare_paired
+        ids_a, ids_b = self.state_at(a), self.state_at(b)
+        events = {e.id: e for e in self.ledger.events()}
+        only_a = [i for i in ids_a if i not in ids_b]
+        only_b = [i for i in ids_b if i not in ids_a]
+        names = sorted({w.name for i in only_a + only_b for w in self._patch(events[i]).weights})
+        attachments = {side: [{"edit": i, "kind": att.kind, **{k: v for k, v in att.config().items()
+                                                               if isinstance(v, (int, str))}}
+                              for i in ids for att in self._patch(events[i]).attachments]
+                       for side, ids in (("a", only_a), ("b", only_b))}
+        params = dict(self.model.named_parameters())
+        snaps, scores = {}, {}
+        with self._walk() as goto:
+            for side, ids in (("a", ids_a), ("b", ids_b)):
+                goto(ids)
+                snaps[side] = {n: params[n].detach().float().clone() for n in names if n in params}
+                if requests:
+                    scores[side] = self.evaluate(requests)
+        tensors = []
+        for n in names:
+            if n not in snaps["a"] or snaps["a"][n].shape != snaps["b"][n].shape:
+                tensors.append({"name": n, "shape": None, "diff_norm": None, "relative": None})
+                continue
+            d = float(torch.linalg.vector_norm(snaps["b"][n] - snaps["a"][n]))
+            base = float(torch.linalg.vector_norm(snaps["a"][n]))
+            if d > 0:
+                tensors.append({"name": n, "shape": list(snaps["a"][n].shape), "diff_norm": d,
+                                "relative": d / base if base else None})
+        out = {"a": a, "b": b, "edits_a": ids_a, "edits_b": ids_b, "only_a": only_a, "only_b": only_b,
+               "tensors": tensors, "attachments": attachments}
+        if requests:
+            kind = "edit" if "edit" in scores["a"] else "forget"
+            ra, rb = scores["a"][kind], scores["b"][kind]
+            metrics = [k for k in ra["mean"] if isinstance(ra["mean"][k], (int, float))]
+            out["metrics"] = {"a": ra["mean"], "b": rb["mean"],
+                              "paired": compare_paired(_units(ra), _units(rb), metrics)}
+        return out
+
+    @contextlib.contextmanager
+    def _walk(self):
+        """Yield `goto(ids)`: put the model in the state of exactly those edits in force (from
+        base, in order); on exit, back at the ledger's head, checked by hash."""
+        head_ids = self.active()
+        events = {e.id: e for e in self.ledger.events()}
+        head = self.live.hash()
+        current = list(head_ids)
+
+        def goto(ids: list[str]) -> None:
+            while current:
+                self.live.revert(self._patch(events[current.pop()]))
+            for i in ids:
+                self.live.apply(self._patch(events[i]))
+                current.append(i)
+
+        try:
+            yield goto
+        finally:
+            goto(head_ids)
+            self._expect_hash(head, "returning to the head after a diff")
+
     def export(self, out) -> Path:
         """Save the edited model as a plain HF checkpoint; refused when an edit is an attachment."""
         from workbench.core.fsutil import atomic_dir
@@ -300,13 +443,61 @@ class Workbench:
         with atomic_dir(out) as tmp:
             self.model.save_pretrained(tmp, safe_serialization=True)
             self.tok.save_pretrained(tmp)
+            (tmp / PROVENANCE).write_text(json.dumps(self._provenance(), indent=2, sort_keys=True) + "\n")
+            _readable(tmp)
         return Path(out)
 
+    def _provenance(self) -> dict:
+        """What an exported checkpoint holds: its base and the edits in force, oldest first (names
+        only, never an absolute path)."""
+        events = {e.id: e for e in self.ledger.events()}
+        return {"format": "workbench-export", "base_model": self.model_dir.name, "base_hash": self.base_hash,
+                "weights_hash": self.live.hash(), "exported_at": utc_now(), "exported_by": self.author,
+                "edits": [{"id": i, "editor": events[i].editor, "author": events[i].author,
+                           "created_at": events[i].created_at, "requests": len(events[i].requests or []),
+                           "note": events[i].note} for i in self.active()]}
+
     def bundle(self, path) -> Path:
+        """Write the edits in force to one file (`workbench.editing.bundle`), each with the weights
+        hashes of applying them in order on the base model: what a replay elsewhere will see."""
         from workbench.editing.bundle import write_bundle
         events = {e.id: e for e in self.ledger.events()}
-        return write_bundle(path, self.base_hash, [(events[i], self.ledger.root / events[i].patch_file)
-                                                    for i in self.active()])
+        active = [events[i] for i in self.active()]
+        return write_bundle(path, self.base_hash, [(e, self.ledger.root / e.patch_file, hashes)
+                                                   for e, hashes in zip(active, self._chain_hashes(active))])
+
+    def _chain_hashes(self, events: list[Event]) -> list[tuple[str, str]]:
+        """(weights before, weights after) of each of `events` (the edits in force, oldest first)
+        applied in order on the base model. These are the recorded hashes unless an edit was
+        reverted out of the middle: the later edits were recorded on top of it, so their recorded
+        hashes include it. Then the live model walks back to base and forward again, hashing each
+        step (revert and apply are exact; the end is checked against the head)."""
+        recorded = [(e.weights_before, e.weights_after) for e in events]
+        starts = [self.base_hash] + [after for _, after in recorded[:-1]]
+        if all(before == start for (before, _), start in zip(recorded, starts)):
+            return recorded
+        head = self.live.hash()
+        patches = [self._patch(e) for e in events]
+        undone = 0
+        try:
+            for patch in reversed(patches):
+                self.live.revert(patch)
+                undone += 1
+            out, before = [], self.live.hash()
+            for patch in patches:
+                self.live.apply(patch)
+                undone -= 1
+                after = self.live.hash()
+                out.append((before, after))
+                before = after
+        except BaseException:
+            for patch in patches[len(patches) - undone:]:  # put back what is still reverted
+                self.live.apply(patch)
+            raise
+        if before != head or out[0][0] != self.base_hash:
+            raise WorkbenchError("replaying the edits in force from the base model does not give the current "
+                                 "weights; run `workbench verify`")
+        return out
 
     def apply_bundle(self, path) -> list[Event]:
         """Replay a bundle's edits (`bundle`) on this model and record each; all or nothing.
@@ -414,10 +605,26 @@ def _changed_probes(evaluation: dict) -> dict:
     return {"locality_changed": changed[:CHANGED_EXAMPLES], "locality_changed_count": len(changed)}
 
 
+def _units(evaluation: dict) -> list[dict]:
+    """An evaluation's per-request rows keyed by position, for `compare_paired` (both sides
+    scored the same requests in the same order)."""
+    return [{**r, "id": i} for i, r in enumerate(evaluation["per_request"])]
+
+
 def _touched(patch: Patch) -> set[str]:
     # Attachments are separate modules; whether one edit's attachment depends on another's is
     # the editor's to declare (single_revert). Weights clash when the same tensor was touched.
     return {w.name for w in patch.weights}
+
+
+def _readable(folder: Path) -> None:
+    """Give every file in `folder` the permissions an ordinary new file gets (0644 under the usual
+    umask): safetensors writes its file through a private (0600) temporary."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in folder.rglob("*"):
+        if f.is_file():
+            os.chmod(f, 0o666 & ~mask)
 
 
 def _user() -> str:
