@@ -92,13 +92,33 @@ def test_bad_inputs_change_nothing(tmp_path):
     assert r.returncode == 2 and "nothing to undo" in r.stderr
 
 
+def test_log_fits_80_columns_with_every_id_kind_and_time_whole(tmp_path):
+    import os
+    one = tmp_path / "one.jsonl"
+    one.write_text(EDITS.read_text().splitlines()[0] + "\n")
+    ws = ["--workspace", tmp_path / "ws"]
+    assert _wb("edit", "--editor", "ft", "--requests", one, "--note", "why " * 40, *ws, cwd=tmp_path).returncode == 0
+    assert _wb("undo", *ws, cwd=tmp_path).returncode == 0
+    r = subprocess.run([sys.executable, "-m", "workbench.cli", "log", *map(str, ws)], capture_output=True, text=True,
+                       cwd=tmp_path, env={**os.environ, "COLUMNS": "80"})
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and max(len(line) for line in lines) <= 80
+    edit = next(line for line in lines if line.strip().startswith("e0001"))
+    undo = next(line for line in lines if line.strip().startswith("e0002"))
+    assert " edit " in edit and " ft " in edit and "why why" in edit and edit.rstrip().endswith("…")
+    assert " undo " in undo and "→ e0001" in undo
+    import re
+    assert all(re.search(r" \d\d-\d\d \d\d:\d\d ", line) for line in (edit, undo))  # the time, whole
+    assert len([line for line in lines if "why" in line]) == 1  # the long note on one line
+
+
 def test_editors_table_has_a_capabilities_column_each_and_one_editor_its_hyperparameters(tmp_path):
     r = _wb("editors", cwd=tmp_path)
     assert r.returncode == 0
-    head = next(line for line in r.stdout.splitlines() if "editor" in line and "forgets" in line)
-    assert all(c in head for c in ("batch", "forgets"))
+    assert "capabilities" in r.stdout and "what it does" in r.stdout
     kfac = next(line for line in r.stdout.splitlines() if line.strip("│┃ ").startswith("kfac "))
-    assert "yes" in kfac
+    rome = next(line for line in r.stdout.splitlines() if line.strip("│┃ ").startswith("rome "))
+    assert "forgets" in kfac and "batch" in kfac and "batch" not in rome and "stacks" in rome
     r = _wb("editors", "rome", cwd=tmp_path)
     assert r.returncode == 0 and "capabilities:" in r.stdout and "mom2_n_samples" in r.stdout
     r = _wb("editors", "nope", cwd=tmp_path)
@@ -106,14 +126,16 @@ def test_editors_table_has_a_capabilities_column_each_and_one_editor_its_hyperpa
 
 
 def test_a_closed_pipe_ends_a_command_quietly(tmp_path):
-    # `workbench editors | head -2`: the reader leaves early; no traceback, the shell's SIGPIPE status
+    # `workbench … | head -2`: the reader leaves early; no traceback, a non-zero status. `cache`
+    # prints plain lines (141, the shell's SIGPIPE status), `editors` a rich table (rich's own 1)
     import subprocess
     import sys
-    p = subprocess.Popen([sys.executable, "-m", "workbench.cli", "editors"], cwd=tmp_path, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
-    p.stdout.close()  # before the command's first line (`head` closes after its own): every write meets a closed pipe
-    err = p.stderr.read().decode()
-    assert p.wait(timeout=60) == 141 and "Traceback" not in err and "BrokenPipe" not in err
+    for cmd, status in ((["cache"], 141), (["editors"], 1)):
+        p = subprocess.Popen([sys.executable, "-m", "workbench.cli", *cmd], cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        p.stdout.close()  # before the first line is written (`head` closes after its own): every write fails
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=60) == status and "Traceback" not in err and "BrokenPipe" not in err, (cmd, err)
 
 
 def test_editors_lists_capabilities_and_hyperparameters(tmp_path):

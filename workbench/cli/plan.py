@@ -42,12 +42,13 @@ def _where(args, plan) -> tuple:
 
 
 def _cmd_run(args) -> int:
-    from workbench.core.ledger import peek_tags
+    from workbench.core.ledger import peek_steps_done, peek_tags
     from workbench.core.progress import on_terminal
     from workbench.editing.plan import PlanProgress, StepFailed, load_plan
     plan = load_plan(args.plan)
     _, workspace, _ = _where(args, plan)
     plan = load_plan(args.plan, existing_tags=_tags_not_from(plan, workspace, peek_tags(workspace)))
+    plan.check_outputs(peek_steps_done(workspace, plan.hash))
     if args.dry_run:
         print(f"plan {plan.path.name}: {len(plan.steps)} step(s) checked (hash {plan.hash[:12]}…)")
         for s in plan.steps:
@@ -91,20 +92,21 @@ def _tags_not_from(plan, workspace, tags: set[str]) -> set[str]:
 def _print_summary(plan, summaries: list[dict], failed) -> None:
     from rich.console import Console
     from rich.table import Table
+    from workbench.editing.plan import short
     t = Table(title=f"plan {plan.path.name}")
-    for col in ("step", "action", "what", "status", "events", "rel.", "gen.", "loc.", "seconds"):
-        t.add_column(col, no_wrap=col not in ("what", "events"))
+    for col in ("step", "action", "what", "result", "rel.", "loc.", "s"):
+        t.add_column(col, no_wrap=col != "what")
     for s in summaries:
         m = s.get("metrics") or {}
         ev = s.get("events") or []
-        t.add_row(str(s["step"]), s["action"], s.get("what", ""), s["status"],
-                  (f"{ev[0]}…{ev[-1]} ({len(ev)})" if len(ev) > 2 else ", ".join(ev)),
-                  *(f"{m[k]:.3f}" if isinstance(m.get(k), (int, float)) else "" for k in ("reliability", "generality",
-                                                                                          "locality")),
+        result = "done before" if s["status"] == "done before" else (
+            f"{ev[0]}–{ev[-1]}" if len(ev) > 1 else (ev[0] if ev else "ok"))
+        t.add_row(str(s["step"]), s["action"], s.get("what", ""), result,
+                  *(f"{m[k]:.3f}" if isinstance(m.get(k), (int, float)) else "" for k in ("reliability", "locality")),
                   "" if s["status"] == "done before" else f"{s['seconds']:.1f}")
     if failed is not None:
-        t.add_row(str(failed.step.index + 1), failed.step.action, failed.step.describe(),
-                  "rejected" if failed.rejected else "failed", "", "", "", "", "")
+        t.add_row(str(failed.step.index + 1), failed.step.action, short(failed.step),
+                  "rejected" if failed.rejected else "failed", "", "", "")
     Console().print(t)
     if failed is not None:
         print(f"step {failed.step.index + 1} {'was rejected' if failed.rejected else 'failed'}: {failed}; "

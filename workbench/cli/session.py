@@ -151,30 +151,39 @@ def _print_metrics(event) -> None:
 
 
 def _cmd_log(args) -> int:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
     wb = _open(args)
     events, active = wb.log(), set(wb.active())
-    t = Table(title=f"history of {args.workspace} (base {wb.base_hash[:12]}…)")
-    # Fixed columns never wrap or truncate (an auditor reads every id, kind and time); the note
-    # takes what width is left, cut to one line (`workbench show ID` has it in full).
-    for col in ("id", "kind", "editor / targets", "author", "time (UTC)", "in force", "rel.", "loc."):
-        t.add_column(col, no_wrap=True)
-    t.add_column("note", no_wrap=True, overflow="ellipsis", ratio=1)
+    console = Console()
+    # At 80 columns every fixed column must fit whole (an auditor reads every id, kind and
+    # time): no vertical rules, and the year only where there is room (`show` has the seconds).
+    wide = console.width >= 100
+    heads = ("id", "kind", "what", "author", "time (UTC)", "on", "rel.", "loc.")
+    rows = []
     for e in events:
         m = e.metrics_after or {}
         what = e.editor if e.kind in ("edit", "rejected") else "→ " + ",".join(e.targets or [])
-        t.add_row(e.id, e.kind, what, e.author, _short_time(e.created_at), "yes" if e.id in active else "",
-                  _f(m.get("reliability")), _f(m.get("locality")), " ".join((e.note or "").split()))
-    Console().print(t)
+        stamp = e.created_at[:16].replace("T", " ")
+        rows.append((e.id, e.kind, what, e.author if len(e.author) <= 12 else e.author[:11] + "…",
+                     stamp if wide else stamp[5:], "✓" if e.id in active else "", _f(m.get("reliability")),
+                     _f(m.get("locality"))))
+    # the note gets the width that is left, one line each (`workbench show ID` has it in full)
+    widths = [max([len(h)] + [len(r[k]) for r in rows]) for k, h in enumerate(heads)]
+    room = max(8, console.width - sum(w + 3 for w in widths) - 2)
+    t = Table(title=f"history of {args.workspace} (base {wb.base_hash[:12]}…)", box=box.SIMPLE_HEAD, pad_edge=False,
+              caption="what: the editor, or → the edits undone, rolled back or tagged · ✓ in force")
+    for col, w in zip(heads, widths):
+        t.add_column(col, no_wrap=True, min_width=w)
+    t.add_column("note", no_wrap=True, max_width=room)
+    for e, row in zip(events, rows):
+        note = " ".join((e.note or "").split())
+        t.add_row(*row, note if len(note) <= room else note[:room - 1] + "…")
+    console.print(t)
     if args.json is not None:
         args.json.write_text(json.dumps([e.to_dict() for e in events], indent=2, sort_keys=True) + "\n")
     return 0
-
-
-def _short_time(stamp: str) -> str:
-    """"2026-12-02 21:36" from the ledger's ISO stamp (UTC; seconds are in `show` and `--json`)."""
-    return stamp[:16].replace("T", " ")
 
 
 def _f(v) -> str:
@@ -260,12 +269,14 @@ def _cmd_editors(args) -> int:
     from rich.table import Table
     console = Console()
     if not args.name:
-        t = Table(title="editors (`workbench editors NAME` for one editor's hyperparameters)")
-        for col in ("editor", *CAPABILITIES.values(), "what it does"):
-            t.add_column(col, no_wrap=col != "what it does")
+        t = Table(title="editors (`workbench editors NAME`: one editor's hyperparameters)",
+                  caption="capabilities: " + "; ".join(f"{v}: {CAPABILITY_HELP[k]}" for k, v in CAPABILITIES.items()))
+        t.add_column("editor", no_wrap=True)
+        t.add_column("capabilities", ratio=1)
+        t.add_column("what it does", ratio=2)
         for info in infos:
             caps = info["capabilities"]
-            t.add_row(info["name"], *("yes" if caps.get(k) else "" for k in CAPABILITIES), info.get("doc", ""))
+            t.add_row(info["name"], ", ".join(v for k, v in CAPABILITIES.items() if caps.get(k)), info.get("doc", ""))
         console.print(t)
         return 0
     info = infos[0]
@@ -281,5 +292,8 @@ def _cmd_editors(args) -> int:
 
 
 # Capability flag -> column title: what a user asks of an editor before choosing it.
-CAPABILITIES = {"batch": "batch", "sequential": "on top of edits", "forget": "forgets", "single_revert": "revert one",
-                "composes": "composes edits"}
+CAPABILITIES = {"batch": "batch", "sequential": "stacks", "forget": "forgets", "single_revert": "revert-one",
+                "composes": "composes"}
+CAPABILITY_HELP = {"batch": "several requests in one edit", "sequential": "applies on top of earlier edits",
+                   "forget": "takes forget requests", "single_revert": "one edit reverts out of the middle",
+                   "composes": "merges or switches earlier adapters"}

@@ -306,6 +306,20 @@ def peek_tags(root, *, plan_hash: str | None = None) -> set[str]:
     return {c["tag"] for c in contexts if plan_hash is None or (c.get("plan") or {}).get("hash") == plan_hash}
 
 
+def peek_steps_done(root, plan_hash: str) -> set[int]:
+    """The finished steps (0-based) of a plan in a workspace, read without opening it."""
+    path = Path(root) / "ledger.sqlite"
+    if not path.is_file():
+        return set()
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {r[0] for r in conn.execute("SELECT step FROM plan_steps WHERE plan_hash = ?", (plan_hash,))}
+    except sqlite3.OperationalError:  # a ledger from before plans: none finished
+        return set()
+    finally:
+        conn.close()
+
+
 def utc_now() -> str:
     """The time stamp every ledger row uses: UTC, ISO 8601, to the second."""
     from datetime import datetime, timezone

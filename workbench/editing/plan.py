@@ -72,12 +72,32 @@ class Step:
         return str(Path(s["out"]).name)
 
 
+def short(step: "Step") -> str:
+    """A few words for the summary table's narrow column."""
+    s = step.spec
+    if step.action in ("edit", "forget", "merge"):
+        return f"{s['editor']} ×{len(step.requests)}"
+    if step.action in ("eval", "gate"):
+        return f"×{len(step.requests)}" + (f" {s['gate']}" if step.action == "gate" else "")
+    if step.action == "tag":
+        return s["name"]
+    return Path(s["out"]).name
+
+
 @dataclass
 class Plan:
     path: Path
     hash: str
     header: dict
     steps: list[Step]
+
+    def check_outputs(self, done: set[int]) -> None:
+        """Refuse an export into an existing folder, unless that step already finished (a
+        resumed plan meets its own export)."""
+        for step in self.steps:
+            if step.action == "export" and step.index not in done and Path(step.spec["out"]).exists():
+                raise InputError(f"step {step.index + 1}: {step.spec['out']} already exists; an export writes a "
+                                 "new folder", file=self.path, field="out")
 
 
 def load_plan(path, *, existing_tags: set[str] = frozenset()) -> Plan:
@@ -197,8 +217,6 @@ def load_plan(path, *, existing_tags: set[str] = frozenset()) -> Plan:
             if spec["out"] in outs:
                 raise bad("an earlier step writes the same path", "out")
             outs.add(spec["out"])
-            if action == "export" and out.exists():
-                raise bad(f"{out} already exists; an export writes a new folder", "out")
             if not out.parent.is_dir():
                 raise bad(f"no folder {out.parent} to write into", "out")
         steps.append(step)
@@ -249,7 +267,7 @@ def run_plan(wb, plan: Plan, *, progress=None, collect: list | None = None) -> l
         finally:
             if progress is not None:
                 progress.end_step()
-        result.update(step=step.index + 1, action=step.action, what=step.describe(),
+        result.update(step=step.index + 1, action=step.action, what=short(step),
                       seconds=round(time.perf_counter() - t0, 2), status="ok")
         wb.ledger.record_step(plan.hash, step.index, step.action, result)
         summaries.append(result)
@@ -262,7 +280,7 @@ def _run_step(wb, plan: Plan, step: Step, progress) -> dict:
         return _edit_step(wb, plan, step, progress)
     if step.action in ("eval", "gate"):
         from workbench.core.gates import check_gates, gate_metrics
-        out = wb.evaluate(step.requests)
+        out = wb.evaluate(step.requests, against_base=True)
         ev = out.get("edit") or out.get("forget")
         result = {"metrics": ev["mean"]}
         if step.action == "gate":

@@ -248,15 +248,22 @@ class Workbench:
             return ref, ev.evaluate_edits(self.model, self.tok, requests, ref)
         return ref, ev.evaluate_forgets(self.model, self.tok, requests, exposure_samples=0)
 
-    def evaluate(self, requests, *, reference_model=None) -> dict:
-        """Score the current model on `requests` (locality against `reference_model` if given)."""
+    def evaluate(self, requests, *, reference_model=None, against_base: bool = False) -> dict:
+        """Score the current model on `requests` (locality against `reference_model` if given;
+        with `against_base`, against this model's base: the model is walked back to base for the
+        reference predictions and forward again, exactly)."""
         from workbench.eval import evaluate as ev
         from workbench.eval.requests import EditRequest
         edits = [r for r in requests if isinstance(r, EditRequest)]
         forgets = [r for r in requests if not isinstance(r, EditRequest)]
         out = {}
+        ref = None
+        if edits and against_base:
+            with self._walk() as goto:
+                goto([])
+                ref = ev.reference(self.model, self.tok, edits)
         if edits:
-            ref = ev.reference(reference_model, self.tok, edits) if reference_model is not None else None
+            ref = ev.reference(reference_model, self.tok, edits) if reference_model is not None else ref
             out["edit"] = ev.evaluate_edits(self.model, self.tok, edits, ref)
         if forgets:
             out["forget"] = ev.evaluate_forgets(self.model, self.tok, forgets)
@@ -384,12 +391,20 @@ class Workbench:
                        for side, ids in (("a", only_a), ("b", only_b))}
         params = dict(self.model.named_parameters())
         snaps, scores = {}, {}
+        from workbench.eval import evaluate as ev
+        from workbench.eval.requests import EditRequest
+        edits = [r for r in requests or [] if isinstance(r, EditRequest)]
         with self._walk() as goto:
+            ref = None
+            if edits:  # locality of both states against the base model's predictions
+                goto([])
+                ref = ev.reference(self.model, self.tok, edits)
             for side, ids in (("a", ids_a), ("b", ids_b)):
                 goto(ids)
                 snaps[side] = {n: params[n].detach().float().clone() for n in names if n in params}
                 if requests:
-                    scores[side] = self.evaluate(requests)
+                    scores[side] = ({"edit": ev.evaluate_edits(self.model, self.tok, edits, ref)} if edits else
+                                    {"forget": ev.evaluate_forgets(self.model, self.tok, requests)})
         tensors = []
         for n in names:
             if n not in snaps["a"] or snaps["a"][n].shape != snaps["b"][n].shape:
