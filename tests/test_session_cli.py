@@ -143,3 +143,20 @@ def test_editors_lists_capabilities_and_hyperparameters(tmp_path):
     info = {e["name"]: e for e in json.loads(r.stdout)}
     assert info["ft"]["capabilities"]["batch"] is True
     assert {h["name"] for h in info["ft"]["hyperparameters"]} >= {"layer", "objective", "lr", "norm_constraint"}
+
+
+def test_the_readme_edit_example_is_admitted_by_its_own_gate(tmp_path):
+    # issue 18: the README's example edit was rejected by its gate, so the commands after it had
+    # nothing in force. Run it as written (the block's `head` and `workbench edit` lines).
+    import re
+    text = (REPO / "README.md").read_text()
+    head = re.search(r"^head -n 3 (\S+) > /tmp/three\.jsonl$", text, re.M)
+    edit = re.search(r"^(workbench edit --editor ft --requests /tmp/three\.jsonl .*?)$(?:\n\s+(.*?)$)?", text, re.M)
+    assert head and edit, "the README's editing example moved; update this test"
+    three = tmp_path / "three.jsonl"
+    three.write_text("".join((REPO / head.group(1)).read_text().splitlines(keepends=True)[:3]))
+    line = (edit.group(1).rstrip("\\ ") + " " + (edit.group(2) or "")).replace("/tmp/three.jsonl", str(three))
+    argv = shlex.split(line.split("#")[0])[1:]
+    r = _wb(*argv, "--workspace", tmp_path / "ws", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "passed" in r.stdout and "FAILED" not in r.stdout
