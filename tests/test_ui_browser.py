@@ -107,3 +107,36 @@ def test_edit_in_the_browser_draws_the_chart(server, browser, tmp_path):
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", chart)
     shot = Path(os.environ.get("WORKBENCH_UI_SCREENSHOT") or tmp_path / "edit.png")
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+def test_the_audit_report_opens_offline_with_its_charts_drawn(browser, tmp_path):
+    # the report of a plan's history: plotly is inline, so a file:// page with no server draws it
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+    from workbench.editing.plan import load_plan, run_plan
+    from workbench.editing.report import write_report
+    from workbench.editing.session import Workbench
+    from workbench.eval.requests import dump_requests
+    from .session_helpers import EDITS
+    dump_requests(tmp_path / "edits.jsonl", EDITS[:8])
+    (tmp_path / "plan.toml").write_text(
+        '[[step]]\naction = "edit"\neditor = "test-bump"\nrequests = "edits.jsonl"\ncount = 4\n'
+        '[[step]]\naction = "edit"\neditor = "test-one"\nrequests = "edits.jsonl"\nstart = 4\nparams = { layer = 2 }\n'
+        '[[step]]\naction = "tag"\nname = "v1"\n')
+    wb = Workbench(None, tmp_path / "ws")
+    run_plan(wb, load_plan(tmp_path / "plan.toml"))
+    wb.undo()
+    out = write_report(wb, tmp_path / "report.html")
+    browser.get(out.as_uri())
+    WebDriverWait(browser, 60).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#fig2 .main-svg")))
+    figs = browser.execute_script("return Array.from(document.querySelectorAll('.js-plotly-plot'))"
+                                  ".map(e => ({id: e.id, traces: (e.data || []).length}))")
+    assert [f["id"] for f in figs] == ["fig0", "fig1", "fig2"] and all(f["traces"] for f in figs)
+    # the per-layer map has a row per applied edit, the undone one marked
+    rows = browser.execute_script("return document.getElementById('fig2').data[0].y")
+    assert len(rows) == 5 and rows[-1].endswith("(reverted)")
+    # every event is there, in full, and opens
+    assert len(browser.find_elements(By.CSS_SELECTOR, "details")) == len(wb.log()) == 7  # 5 edits, tag, undo
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "intact: 7 events" in body and "v1 → e0005" in body
