@@ -243,3 +243,19 @@ def test_the_report_is_one_self_contained_file_with_every_event(wb, tmp_path):
     assert "a &lt;b&gt;bold&lt;/b&gt; note" in text and "<b>bold</b>" not in text  # escaped
     assert "locality&gt;=0.5: passed" in text and EDITS[2].prompt.split()[0] in text
     assert str(tmp_path) not in text and "v1 → e0001" in text
+
+
+def test_edit_takes_a_file_of_several_for_an_editor_of_one_request_at_a_time(tmp_path, capsys):
+    # `workbench edit --editor rome --requests FILE` used to refuse a file of several requests
+    dump_requests(tmp_path / "three.jsonl", EDITS[:3])
+    out = tmp_path / "events.json"
+    assert main(["edit", "--editor", "test-one", "--requests", str(tmp_path / "three.jsonl"), "--workspace",
+                 str(tmp_path / "ws"), "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "test-one edits one request at a time: 3 requests as 3 sequential edits" in captured.err
+    assert [line.split(":")[0] for line in captured.out.splitlines()] == ["e0001", "e0002", "e0003"]
+    assert [e["kind"] for e in json.loads(out.read_text())] == ["edit"] * 3
+    # --json that cannot be written is refused before the model loads or anything is recorded
+    assert main(["edit", "--editor", "test-one", "--requests", str(tmp_path / "three.jsonl"), "--workspace",
+                 str(tmp_path / "ws2"), "--json", str(tmp_path / "missing" / "e.json")]) == 2
+    assert "cannot write here" in capsys.readouterr().err and not (tmp_path / "ws2").exists()

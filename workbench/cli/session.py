@@ -106,6 +106,7 @@ def _edit_each(wb, args, reqs, params, gates) -> list:
     """An editor that takes one request at a time: the file as sequential edits, with progress."""
     from workbench.core.progress import notice, on_terminal, progress_bar
     from workbench.eval.stats import fmt
+    wb.check_each(args.editor, reqs, params)  # every request, before the notice and the first edit
     notice(f"{args.editor} edits one request at a time: {len(reqs)} requests as {len(reqs)} sequential edits")
     with progress_bar(f"{args.editor} edits", len(reqs), enabled=on_terminal()) as advance:
         events = wb.edit_each(args.editor, reqs, params, gates=gates, note=args.note, seed=args.seed,

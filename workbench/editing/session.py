@@ -208,6 +208,19 @@ class Workbench:
                 self.live.revert(patch)
             raise
 
+    def check_each(self, editor: str, requests: list, params: dict | None = None) -> None:
+        """Every request on its own, and the hyper-parameters, as `edit_each` will use them: an
+        InputError naming the request before anything is edited."""
+        from workbench.editing.contract import context_length
+        from workbench.editing.registry import get_editor
+        cls = get_editor(editor)
+        for i, r in enumerate(requests):
+            try:
+                cls.check([r], self.tok, self.adapter, context=context_length(self.model))
+            except InputError as e:
+                raise InputError(f"request {i + 1}: {e.reason}", file=e.file, line=e.line, field=e.field) from None
+        cls.prepare(self.adapter, params)
+
     def edit_each(self, editor: str, requests: list, params: dict | None = None, *,
                   gates: list[Gate] | str | None = None, note: str | None = None, seed: int = 0,
                   author: str | None = None, progress=None, plan: dict | None = None,
@@ -218,15 +231,7 @@ class Workbench:
         before the first edit, so a bad one late in the file changes nothing. `progress(n)` is
         called after each request. `plan`: as for `edit`, with each request's index as "item";
         `skip`: indices already recorded (a resumed plan), not edited again."""
-        from workbench.editing.contract import context_length
-        from workbench.editing.registry import get_editor
-        cls = get_editor(editor)
-        for i, r in enumerate(requests):
-            try:
-                cls.check([r], self.tok, self.adapter, context=context_length(self.model))
-            except InputError as e:
-                raise InputError(f"request {i + 1}: {e.reason}", file=e.file, line=e.line, field=e.field) from None
-        cls.prepare(self.adapter, params)  # bad hyper-parameters fail before the first edit
+        self.check_each(editor, requests, params)
         events = []
         for i, r in enumerate(requests):
             if skip and i in skip:
