@@ -14,7 +14,24 @@ def _wb(*args, cwd):
                           cwd=cwd)
 
 
-def test_edit_log_undo_rollback_verify_export_bundle(tmp_path):
+def _runner(capsys):
+    """`workbench ARGS` in this process: (returncode, stdout, stderr) like subprocess.run's."""
+    from types import SimpleNamespace
+    from workbench.cli.main import main
+
+    def run(*args, cwd=None):
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        got = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=got.out, stderr=got.err)
+    return run
+
+
+def test_edit_log_undo_rollback_verify_export_bundle(tmp_path, capsys, monkeypatch):
+    # the first command through the console script as a user runs it; the rest in-process (the
+    # same main(), without a Python start and torch import per command)
+    monkeypatch.chdir(tmp_path)
+    _in = _runner(capsys)
     one = tmp_path / "one.jsonl"
     one.write_text(EDITS.read_text().splitlines()[0] + "\n")
     two = tmp_path / "two.jsonl"
@@ -25,46 +42,46 @@ def test_edit_log_undo_rollback_verify_export_bundle(tmp_path):
     e1 = json.loads((tmp_path / "e1.json").read_text())
     assert e1["kind"] == "edit" and e1["author"] == "alice" and e1["metrics_after"]["reliability"] >= 0.9
     assert "reliability" in r.stdout and "before" in r.stdout
-    r = _wb("edit", "--editor", "ft", "--requests", two, "--param", "objective=last", "--param", "steps=30", *ws,
+    r = _in("edit", "--editor", "ft", "--requests", two, "--param", "objective=last", "--param", "steps=30", *ws,
             cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    r = _wb("edit", "--editor", "ft", "--requests", two, "--gate", "reliability>=1.5", *ws, cwd=tmp_path)
+    r = _in("edit", "--editor", "ft", "--requests", two, "--gate", "reliability>=1.5", *ws)
     assert r.returncode == 3 and "rejected by gate" in r.stdout
-    r = _wb("log", "--json", tmp_path / "log.json", *ws, cwd=tmp_path)
+    r = _in("log", "--json", tmp_path / "log.json", *ws)
     log = json.loads((tmp_path / "log.json").read_text())
     assert [e["kind"] for e in log] == ["edit", "edit", "rejected"] and "e0002" in r.stdout
-    r = _wb("show", "e0003", "--card", *ws, cwd=tmp_path)
+    r = _in("show", "e0003", "--card", *ws)
     assert r.returncode == 0 and "status: rejected" in r.stdout and "| `reliability>=1.5` |" in r.stdout
-    r = _wb("show", "e0002", "--card", *ws, cwd=tmp_path)
+    r = _in("show", "e0002", "--card", *ws)
     assert "applied on top of: e0001" in r.stdout and "--param objective=last" in r.stdout
     # the card's two commands redo e0001 (made on the base model) on a fresh workspace: the same weights
-    r = _wb("show", "e0001", "--card", *ws, cwd=tmp_path)
+    r = _in("show", "e0001", "--card", *ws)
     redo = [line for line in r.stdout.splitlines() if line.startswith("workbench ")]
     assert redo[0].startswith("workbench show e0001") and "applied on top of: nothing" in r.stdout
-    r = _wb(*shlex.split(redo[0])[1:], "--workspace", tmp_path / "ws", cwd=tmp_path)
+    r = _in(*shlex.split(redo[0])[1:], "--workspace", tmp_path / "ws")
     assert r.returncode == 0 and len((tmp_path / "e0001_requests.jsonl").read_text().splitlines()) == 1
-    r = _wb(*shlex.split(redo[1])[1:], "--workspace", tmp_path / "ws_redo", "--json", tmp_path / "redo.json",
+    r = _in(*shlex.split(redo[1])[1:], "--workspace", tmp_path / "ws_redo", "--json", tmp_path / "redo.json",
             cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "redo.json").read_text())["weights_after"] == log[0]["weights_after"]
-    r = _wb("show", "e0003", "--card", "--workspace", tmp_path / "ws_redo", cwd=tmp_path)
+    r = _in("show", "e0003", "--card", "--workspace", tmp_path / "ws_redo")
     assert r.returncode == 2 and "e0003" in r.stderr
-    r = _wb("bundle", tmp_path / "h.wbbundle", *ws, cwd=tmp_path)
+    r = _in("bundle", tmp_path / "h.wbbundle", *ws)
     assert r.returncode == 0, r.stderr
-    r = _wb("undo", *ws, cwd=tmp_path)
+    r = _in("undo", *ws)
     assert r.returncode == 0 and "e0002" in r.stdout
-    r = _wb("export", tmp_path / "exported", *ws, cwd=tmp_path)
+    r = _in("export", tmp_path / "exported", *ws)
     assert r.returncode == 0 and (tmp_path / "exported" / "model.safetensors").is_file()
-    r = _wb("rollback", "base", *ws, cwd=tmp_path)
+    r = _in("rollback", "base", *ws)
     assert r.returncode == 0, r.stderr
-    r = _wb("verify", *ws, cwd=tmp_path)
+    r = _in("verify", *ws)
     assert r.returncode == 0 and "ok: 5 events" in r.stdout, r.stdout + r.stderr
-    r = _wb("show", "e0001", *ws, cwd=tmp_path)
+    r = _in("show", "e0001", *ws)
     assert json.loads(r.stdout)["hparams"]["objective"] == "target"
     other = ["--workspace", tmp_path / "ws2"]
-    r = _wb("apply-bundle", tmp_path / "h.wbbundle", *other, cwd=tmp_path)
+    r = _in("apply-bundle", tmp_path / "h.wbbundle", *other)
     assert r.returncode == 0 and "replayed 2 edit(s)" in r.stdout, r.stderr
-    r = _wb("verify", *other, cwd=tmp_path)
+    r = _in("verify", *other)
     assert r.returncode == 0, r.stdout
 
 
@@ -92,15 +109,15 @@ def test_bad_inputs_change_nothing(tmp_path):
     assert r.returncode == 2 and "nothing to undo" in r.stderr
 
 
-def test_log_fits_80_columns_with_every_id_kind_and_time_whole(tmp_path):
-    import os
+def test_log_fits_80_columns_with_every_id_kind_and_time_whole(tmp_path, capsys, monkeypatch):
     one = tmp_path / "one.jsonl"
     one.write_text(EDITS.read_text().splitlines()[0] + "\n")
     ws = ["--workspace", tmp_path / "ws"]
-    assert _wb("edit", "--editor", "ft", "--requests", one, "--note", "why " * 40, *ws, cwd=tmp_path).returncode == 0
-    assert _wb("undo", *ws, cwd=tmp_path).returncode == 0
-    r = subprocess.run([sys.executable, "-m", "workbench.cli", "log", *map(str, ws)], capture_output=True, text=True,
-                       cwd=tmp_path, env={**os.environ, "COLUMNS": "80"})
+    run = _runner(capsys)
+    assert run("edit", "--editor", "ft", "--requests", one, "--note", "why " * 40, *ws).returncode == 0
+    assert run("undo", *ws).returncode == 0
+    monkeypatch.setenv("COLUMNS", "80")  # rich reads the width of a terminal that is not there from here
+    r = run("log", *ws)
     lines = r.stdout.splitlines()
     assert r.returncode == 0 and max(len(line) for line in lines) <= 80
     edit = next(line for line in lines if line.strip().startswith("e0001"))
@@ -112,16 +129,18 @@ def test_log_fits_80_columns_with_every_id_kind_and_time_whole(tmp_path):
     assert len([line for line in lines if "why" in line]) == 1  # the long note on one line
 
 
-def test_editors_table_has_a_capabilities_column_each_and_one_editor_its_hyperparameters(tmp_path):
-    r = _wb("editors", cwd=tmp_path)
+def test_editors_table_has_a_capabilities_column_each_and_one_editor_its_hyperparameters(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    _wb = _runner(capsys)  # in-process: the table is the same, without three Python starts
+    r = _wb("editors")
     assert r.returncode == 0
     assert "capabilities" in r.stdout and "what it does" in r.stdout
     kfac = next(line for line in r.stdout.splitlines() if line.strip("│┃ ").startswith("kfac "))
     rome = next(line for line in r.stdout.splitlines() if line.strip("│┃ ").startswith("rome "))
     assert "forgets" in kfac and "batch" in kfac and "batch" not in rome and "stacks" in rome
-    r = _wb("editors", "rome", cwd=tmp_path)
+    r = _wb("editors", "rome")
     assert r.returncode == 0 and "capabilities:" in r.stdout and "mom2_n_samples" in r.stdout
-    r = _wb("editors", "nope", cwd=tmp_path)
+    r = _wb("editors", "nope")
     assert r.returncode == 2 and "nope" in r.stderr
 
 
