@@ -163,6 +163,8 @@ def test_a_killed_plan_process_resumes_without_repeating_a_recorded_edit(plan_di
     ('action = "tag"\nname = "v1"\n[[step]]\naction = "tag"\nname = "v1"', "tag 'v1' is given earlier"),
     ('action = "tag"\nname = "e0004"', "not 'base' or an event id"),
     ('action = "edit"\neditor = "ft"\nrequests = "edits.jsonl"\nlayer = 2', "not layer"),
+    ('action = "edit"\neditor = "ga"\nrequests = "edits.jsonl"', "use action = \"forget\""),
+    ('action = "export"\nout = "no/such/folder/model"', "no folder"),
 ])
 def test_bad_plans_are_refused_before_anything_loads(plan_dir, capsys, step, message):
     path = _write(plan_dir, f'[plan]\nworkspace = "ws"\n[[step]]\n{step}\n')

@@ -136,6 +136,8 @@ def load_plan(path, *, existing_tags: set[str] = frozenset()) -> Plan:
         def bad(msg, key, _where=where):
             return InputError(f"{_where}: {msg}", file=path, field=key)
 
+        if not isinstance(spec, dict):
+            raise bad("expected a table: [[step]] followed by its keys", "step")
         action = spec.get("action")
         if action not in ACTIONS:
             raise bad(f"unknown action {action!r}; one of {', '.join(ACTIONS)}", "action")
