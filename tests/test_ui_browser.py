@@ -110,7 +110,8 @@ def test_edit_in_the_browser_draws_the_chart(server, browser, tmp_path):
 
 
 def test_the_audit_report_opens_offline_with_its_charts_drawn(browser, tmp_path):
-    # the report of a plan's history: plotly is inline, so a file:// page with no server draws it
+    # a plan of 100 edits by three editors with a gate, a tag, an export and a bundle (the issue's
+    # shape, with fast editors), then its report: plotly is inline, so a file:// page draws it
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
@@ -118,14 +119,23 @@ def test_the_audit_report_opens_offline_with_its_charts_drawn(browser, tmp_path)
     from workbench.editing.report import write_report
     from workbench.editing.session import Workbench
     from workbench.eval.requests import dump_requests
-    from .session_helpers import EDITS
-    dump_requests(tmp_path / "edits.jsonl", EDITS[:8])
+    from workbench.eval.requests import load_requests
+    from .conftest import REPO
+    from . import session_helpers  # noqa: F401 (registers the fast test editors)
+    dump_requests(tmp_path / "edits.jsonl",
+                  load_requests(REPO / "data" / "benchmarks" / "edits_counterfactual.jsonl")[:100])
     (tmp_path / "plan.toml").write_text(
-        '[[step]]\naction = "edit"\neditor = "test-bump"\nrequests = "edits.jsonl"\ncount = 4\n'
-        '[[step]]\naction = "edit"\neditor = "test-one"\nrequests = "edits.jsonl"\nstart = 4\nparams = { layer = 2 }\n'
-        '[[step]]\naction = "tag"\nname = "v1"\n')
+        '[[step]]\naction = "edit"\neditor = "test-bump"\nrequests = "edits.jsonl"\ncount = 50\n'
+        'gate = "locality>=0.5"\n'
+        '[[step]]\naction = "edit"\neditor = "test-one"\nrequests = "edits.jsonl"\nstart = 50\ncount = 40\n'
+        'params = { layer = 2 }\n'
+        '[[step]]\naction = "edit"\neditor = "ft"\nrequests = "edits.jsonl"\nstart = 90\none_by_one = true\n'
+        'params = { steps = 1 }\n'
+        '[[step]]\naction = "tag"\nname = "v1"\n[[step]]\naction = "export"\nout = "exported"\n'
+        '[[step]]\naction = "bundle"\nout = "h.wbbundle"\n')
     wb = Workbench(None, tmp_path / "ws")
     run_plan(wb, load_plan(tmp_path / "plan.toml"))
+    assert sum(len(e.requests or []) for e in wb.log() if e.kind == "edit") == 100  # 50 + 40 + 10 requests
     wb.undo()
     out = write_report(wb, tmp_path / "report.html")
     browser.get(out.as_uri())
@@ -133,10 +143,11 @@ def test_the_audit_report_opens_offline_with_its_charts_drawn(browser, tmp_path)
     figs = browser.execute_script("return Array.from(document.querySelectorAll('.js-plotly-plot'))"
                                   ".map(e => ({id: e.id, traces: (e.data || []).length}))")
     assert [f["id"] for f in figs] == ["fig0", "fig1", "fig2"] and all(f["traces"] for f in figs)
-    # the per-layer map has a row per applied edit, the undone one marked
+    # the per-layer map has a row per applied edit (1 + 40 + 10), the undone one marked
     rows = browser.execute_script("return document.getElementById('fig2').data[0].y")
-    assert len(rows) == 5 and rows[-1].endswith("(reverted)")
-    # every event is there, in full, and opens
-    assert len(browser.find_elements(By.CSS_SELECTOR, "details")) == len(wb.log()) == 7  # 5 edits, tag, undo
+    assert len(rows) == 51 and rows[-1].endswith("(reverted)")
+    # every event is there, in full
+    assert len(browser.find_elements(By.CSS_SELECTOR, "details")) == len(wb.log()) == 53  # 51 edits, tag, undo
     body = browser.find_element(By.TAG_NAME, "body").text
-    assert "intact: 7 events" in body and "v1 → e0005" in body
+    assert "intact: 53 events" in body and "v1 → e0051" in body
+    assert (tmp_path / "exported" / "workbench_edits.json").is_file() and (tmp_path / "h.wbbundle").is_file()
