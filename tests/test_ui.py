@@ -149,7 +149,10 @@ def test_gate_rejects_and_one_edit_reverts_out_of_the_middle(app):
     at.text_input(key="edit_gates").set_value("reliability>=0.9")
     at.button(key="edit_apply").click().run()
     assert at.session_state["last_edit"][0].kind == "rejected"
-    assert any("rejected and reverted" in w.value for w in at.warning)
+    # red, naming the gate and what it saw; no success box; the status says nothing changed
+    assert any("rejected and reverted" in e.value and "`reliability>=0.9` (measured" in e.value for e in at.error)
+    assert not any("in force" in s.value for s in at.success)
+    assert "rejected by its gate" in at.status[0].label and "nothing changed" in at.status[0].label
     assert wb.active() == []
 
     at.selectbox(key="edit_editor").set_value("grace").run()
@@ -379,3 +382,23 @@ def test_edit_page_charts_lifelong_results_and_refuses_a_bad_file(app, tmp_path)
     assert [t["y"] for t in traces(at) if t.get("name") == "memoir"][0] == [1.0, 0.9]
     at.text_input(key="edit_results_path").set_value(str(b)).run()
     assert any("lifelong_b.json" in e and "median_edit_s" in e for e in errors(at)), errors(at)
+
+
+def test_an_edit_that_moves_nothing_or_fails_a_gate_is_said_so():
+    # issue 19: K-FAC with defaults ran 77 s, strict recitation 1.00 -> 1.00, and the page said
+    # "in force" in green; a rejection showed a green tick
+    from types import SimpleNamespace
+    from ui.common import failed_gates, unmoved
+    still = SimpleNamespace(id="e0005", metrics_before={"strict_recitation": 1.0},
+                            metrics_after={"strict_recitation": 0.995}, context={})
+    assert "e0005 did not move its target metric: strict_recitation 1.00 → 0.99" in unmoved(still)
+    moved = SimpleNamespace(id="e0001", metrics_before={"reliability": 0.1}, metrics_after={"reliability": 0.9})
+    assert unmoved(moved) is None
+    from ui.common import event_targets
+    edit = SimpleNamespace(kind="edit", requests=[{"prompt": "p", "target_new": " Kelmoria"}] * 5)
+    assert event_targets(edit) == "Kelmoria, Kelmoria, Kelmoria (+2 more)"  # the History table's column
+    assert event_targets(SimpleNamespace(kind="undo", targets=["e0002"])) == "→ e0002"
+    gated = SimpleNamespace(context={"gates": [
+        {"gate": "locality>=0.98", "measured": 0.9167, "passed": False, "margin": -0.0633},
+        {"gate": "reliability>=0.9", "measured": 1.0, "passed": True, "margin": 0.1}]})
+    assert failed_gates(gated) == ["`locality>=0.98` (measured 0.917, short by 0.063)"]

@@ -165,11 +165,55 @@ def apply_with_generations(wb, editor: str, reqs: list, params: dict, *, what: s
         before = continuations(wb, [p for _, p, _ in rows], n_tokens)
         st.write(f"measuring, running {editor} and measuring again…")
         event = wb.edit(editor, reqs, params, **kw)
-        st.write("generating with the model after…")
+        st.write("generating with the model in force after it…")
         after = continuations(wb, [p for _, p, _ in rows], n_tokens)
-        status.update(label=f"{event.id}: {event.kind} in {event.duration_s:.2f} s", state="complete",
-                      expanded=False)
+        if event.kind == "rejected":  # red, with what refused it: a rejection is not a success
+            status.update(label=f"{event.id}: rejected by its gate in {event.duration_s:.2f} s — nothing changed",
+                          state="error", expanded=False)
+        else:
+            status.update(label=f"{event.id}: {event.kind} in {event.duration_s:.2f} s", state="complete",
+                          expanded=False)
     return event, rows, before, after
+
+
+# The metric whose movement says the edit did anything, per kind of request.
+TARGET_METRIC = {"edit": "reliability", "forget": "strict_recitation"}
+UNMOVED = 0.01  # a change of the target metric smaller than this is "did not move"
+
+
+def event_targets(event) -> str:
+    """What an event aimed at, for a table cell: an edit's requested targets (the first few), a
+    forget's suffixes, or the events an undo, rollback, revert or tag names."""
+    if event.kind not in ("edit", "rejected"):
+        return "→ " + ", ".join(event.targets or [])
+    reqs = event.requests or []
+    wanted = [str(r.get("target_new") or r.get("suffix") or "") for r in reqs]
+    shown = ", ".join(w.strip() for w in wanted[:3] if w.strip())
+    return shown + (f" (+{len(wanted) - 3} more)" if len(wanted) > 3 else "")
+
+
+def failed_gates(event) -> list[str]:
+    """Each gate the event failed, with the value it saw and the margin it missed by."""
+    out = []
+    for g in (event.context or {}).get("gates") or []:
+        if g["passed"]:
+            continue
+        if g.get("measured") is None:
+            out.append(f"`{g['gate']}` (not measured)")
+        else:
+            out.append(f"`{g['gate']}` (measured {g['measured']:.3f}, short by {-g['margin']:.3f})")
+    return out
+
+
+def unmoved(event) -> str | None:
+    """A sentence when the edit left its target metric where it was (e.g. K-FAC with defaults on a
+    string it does not reach), else None."""
+    m = TARGET_METRIC["forget" if "strict_recitation" in (event.metrics_after or {}) else "edit"]
+    b, a = (event.metrics_before or {}).get(m), (event.metrics_after or {}).get(m)
+    if b is None or a is None or abs(a - b) >= UNMOVED:
+        return None
+    return (f"{event.id} did not move its target metric: {m} {b:.2f} → {a:.2f}. The edit is recorded, but the "
+            "model answers these requests as before; try other hyper-parameters (or roll it back).")
 
 
 def show_result(wb, event, rows, before, after, *, metrics, key: str, caption: str) -> None:
@@ -177,10 +221,16 @@ def show_result(wb, event, rows, before, after, *, metrics, key: str, caption: s
     generations side by side, and the charts the editor describes."""
     st.subheader("3. Result")
     if event.kind == "rejected":
-        st.warning(f"{event.id} was rejected and reverted: {event.note}")
+        st.error(f"{event.id} was rejected and reverted — the model is unchanged. Gate(s) that failed: "
+                 + "; ".join(failed_gates(event) or [event.note or "?"]))
+        st.caption("The bars' \"after\" is what the edit reached before its gate refused it; the generations "
+                   "below are from the model in force, which is the model before.")
     else:
         st.success(f"{event.id} is in force ({event.editor}, {event.duration_s:.2f} s). "
                    f"Roll it back on the History page.")
+        warning = unmoved(event)
+        if warning:
+            st.warning(warning)
     before_after_chart(event, metrics, key=f"{key}_chart")
     with st.expander("all metrics"):
         metrics_table(event)
@@ -192,7 +242,7 @@ def show_result(wb, event, rows, before, after, *, metrics, key: str, caption: s
 
 def side_by_side(rows, before: list[str], after: list[str]) -> None:
     import pandas as pd
-    df = pd.DataFrame([{"role": role, "prompt": p, "expected": want, "before": b, "after": a}
+    df = pd.DataFrame([{"role": role, "prompt": p, "expected": want, "before": b, "in force now": a}
                        for (role, p, want), b, a in zip(rows, before, after)])
     st.dataframe(df, hide_index=True, width="stretch")
 
@@ -216,6 +266,8 @@ def before_after_chart(event, metrics=EDIT_METRICS, key: str = "chart"):
         bars.append(go.Bar(name=label, x=names, y=vals, text=["—" if v is None else f"{v:.2f}" for v in vals],
                            textposition="outside", error_y=error_bars([ivs.get(m) for m in names])))
     fig = go.Figure(bars)
+    if event.kind == "rejected":
+        fig.data[1].name = "after (rejected; reverted)"
     fig.update_layout(barmode="group", yaxis_range=[0, 1.15], height=340, margin=dict(t=30, b=10),
                       title=f"{event.id}: {event.editor} ({event.kind})")
     st.plotly_chart(fig, key=key)

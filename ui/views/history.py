@@ -25,7 +25,7 @@ if not events:
 
 if events:
     table = pd.DataFrame([{
-        "id": e.id, "kind": e.kind, "editor": e.editor or "", "targets": ",".join(e.targets or []),
+        "id": e.id, "kind": e.kind, "editor": e.editor or "", "targets": common.event_targets(e),
         "in force": e.id in active, "author": e.author, "time": e.created_at,
         "reliability": (e.metrics_after or {}).get("reliability"),
         "locality": (e.metrics_after or {}).get("locality"),
