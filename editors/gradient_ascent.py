@@ -73,7 +73,7 @@ class GAHParams(HParams):
     steps: int = field(default=10, metadata={"help": "optimizer steps, each over all forget batches (1..10000)"})
     retain_weight: float = field(default=0.0, metadata={
         "help": "alpha: weight of the retain NLL term (0 = pure gradient ascent; >= 0)"})
-    params: str = field(default="mlp", metadata={
+    params: str = field(default="mlp", metadata={"choices": PARAMS, 
         "help": "what is trained: 'mlp' (every MLP projection) or 'all' (every parameter)"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (>= 0), as open-unlearning"})
     batch_size: int = field(default=0, metadata={"help": "forget requests per step; 0 = all at once (>= 0)"})

@@ -111,12 +111,12 @@ class PruneHParams(HParams):
         ...
         workbench.core.errors.InputError: field "scoring": must be one of ratio, zscore, wxa, taylor; got 'magnitude'
     """
-    scoring: str = field(default="taylor", metadata={
+    scoring: str = field(default="taylor", metadata={"choices": SCORINGS, 
         "help": "'taylor': first-order drop of the forget answers' log-odds minus that of the retain "
                 "answers; 'ratio': I_forget/(I_retain+eps) of mean |activation| (Pochinkov & Schoots); "
                 "'zscore': (mean_f-mean_r)/(std_r+eps); 'wxa': |weight| x norm of unit-length activations, "
                 "each row's top wxa_top that beat the baseline, weight granularity, one shot (Chavhan et al.)"})
-    tokens: str = field(default="answer", metadata={
+    tokens: str = field(default="answer", metadata={"choices": TOKENS, 
         "help": "positions whose activations count: 'answer' (those predicting the answer) or 'all' "
                 "(every token, as the paper)"})
     layers: tuple[int, ...] | None = field(default=None, metadata={

@@ -300,3 +300,26 @@ def test_describe_editor(tiny):
     assert list(hps) == ["lr", "layers", "layer"]
     assert hps["lr"]["default"] == 0.1 and hps["lr"]["help"] == "step size, in (0, 1]"
     assert hps["layers"]["type"] == "tuple[int, ...]" and hps["layer"]["type"] == "int"
+
+
+def test_every_choice_hyperparameter_declares_its_choices():
+    # the UI draws a select box from `choices`; a field validated as a choice without declaring
+    # them would be a free-text box that accepts typos until the edit runs
+    from workbench.core.errors import InputError
+    from workbench.editing.registry import describe_editor, editor_names, get_editor
+    undeclared = []
+    for name in editor_names():
+        cls = get_editor(name)
+        for h in describe_editor(name)["hyperparameters"]:
+            if h["type"] != "str" or h["choices"]:
+                continue
+            try:
+                cls.hparams_class.from_strings({h["name"]: "not-a-choice-zz"})
+            except InputError as e:
+                if "must be one of" in str(e):
+                    undeclared.append(f"{name}.{h['name']}")
+    assert undeclared == []
+    for name in editor_names():  # and every declared default is one of its choices
+        for h in describe_editor(name)["hyperparameters"]:
+            if h["choices"] and h["default"] is not None:
+                assert h["default"] in h["choices"], (name, h["name"])

@@ -402,3 +402,16 @@ def test_an_edit_that_moves_nothing_or_fails_a_gate_is_said_so():
         {"gate": "locality>=0.98", "measured": 0.9167, "passed": False, "margin": -0.0633},
         {"gate": "reliability>=0.9", "measured": 1.0, "passed": True, "margin": 0.1}]})
     assert failed_gates(gated) == ["`locality>=0.98` (measured 0.917, short by 0.063)"]
+
+
+def test_choice_hyperparameters_are_select_boxes(app):
+    at = app()
+    goto(at, "edit")
+    at.selectbox(key="edit_editor").set_value("ft").run()
+    box = at.selectbox(key="edit_ft_objective")
+    assert list(box.options) == ["target", "last"] and box.value == "target"
+    box.set_value("last")
+    at.number_input(key="edit_ft_steps").set_value(1)
+    at.button(key="edit_apply").click().run()
+    assert not errors(at), errors(at)
+    assert at.session_state["last_edit"][0].hparams["objective"] == "last"

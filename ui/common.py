@@ -34,6 +34,9 @@ def shown_errors(what: str):
 
 # ---------------------------------------------------------------------------- hyperparameters
 
+DERIVED = "(derived from the model)"
+
+
 def hparam_widgets(editor: str, *, key: str) -> dict:
     """One widget per field of the editor's hyperparameter dataclass, its help as tooltip.
 
@@ -46,7 +49,13 @@ def hparam_widgets(editor: str, *, key: str) -> dict:
         name, typ, default = f["name"], f["type"], f["default"]
         wkey = f"{key}_{editor}_{name}"
         with cols[i % 2]:
-            if typ == "bool":
+            if f.get("choices"):
+                # a choice is picked, never typed: the spec's choices are the only values allowed
+                options = [DERIVED] * (default is None) + [str(c) for c in f["choices"]]
+                value = st.selectbox(name, options, index=options.index(str(default)) if default is not None
+                                     and str(default) in options else 0, help=f["help"], key=wkey)
+                changed, text = value != (DERIVED if default is None else str(default)), value
+            elif typ == "bool":
                 value = st.checkbox(name, value=bool(default), help=f["help"], key=wkey)
                 changed, text = value != bool(default), str(value).lower()
             elif typ == "int" and default is not None:

@@ -81,14 +81,14 @@ class GraceHParams(HParams):
     eps_init: float = field(default=1.0, metadata={"help": "radius of a new key, Euclidean, in activation units (> 0)"})
     n_iter: int = field(default=100, metadata={"help": "optimizer steps training each value (1..10000)"})
     lr: float = field(default=1.0, metadata={"help": "Adam learning rate for the value (> 0)"})
-    dist_fn: str = field(default="euc", metadata={"help": "distance between keys: 'euc' (Euclidean; the only one "
+    dist_fn: str = field(default="euc", metadata={"choices": DISTS, "help": "distance between keys: 'euc' (Euclidean; the only one "
                                                           "EasyEdit implements)"})
-    val_init: str = field(default="cold", metadata={
+    val_init: str = field(default="cold", metadata={"choices": VAL_INITS, 
         "help": "'cold': value starts uniform in [0, 1); 'warm': starts at the layer's own output at the key"})
-    replacement: str = field(default="replace_last", metadata={
+    replacement: str = field(default="replace_last", metadata={"choices": REPLACEMENTS, 
         "help": "'replace_last': replace each position whose own key matches; 'replace_all': also every "
                 "later position of that sequence (full-sequence forwards only)"})
-    eps_expand: str = field(default="coverage", metadata={
+    eps_expand: str = field(default="coverage", metadata={"choices": EXPANDS, 
         "help": "same target near a key: 'coverage' grows its radius to the distance; 'moving_average' "
                 "also moves the key halfway to the new one"})
     early_stop_loss: float = field(default=0.0, metadata={

@@ -79,15 +79,15 @@ class MEMOIRHParams(HParams):
         "help": "share of the MLP width a mask keeps, k / d_ff (0, 1); the paper's 4096 of 14336"})
     threshold: float = field(default=0.4, metadata={
         "help": "τ: least mask overlap |m ∩ m_e| / k with a stored edit for a query to read the memory [0, 1]"})
-    masks: str = field(default="tophash", metadata={
+    masks: str = field(default="tophash", metadata={"choices": MASKS, 
         "help": "'tophash' (the paper) or 'random' (its ablation: a random mask per input)"})
-    router: str = field(default="mask", metadata={
+    router: str = field(default="mask", metadata={"choices": ROUTERS, 
         "help": "'mask' (the paper: read the memory when the best mask overlap reaches τ), 'none' (its "
                 "ablation: always read it) or 'key' (ours: per position, by the cosine of the centred key "
                 "with the edits' keys at their answer positions, reading the matched edit's mask)"})
     key_threshold: float = field(default=0.8, metadata={
         "help": "router='key': least cosine with a stored edit key for a position to read the memory [-1, 1]"})
-    key_gate: str = field(default="none", metadata={
+    key_gate: str = field(default="none", metadata={"choices": GATES, 
         "help": "router='key': 'none' (compare with every edit's keys) or 'subject' (only with the edits whose "
                 "subject's tokens occur in the query before the position; every request needs its subject)"})
     background_samples: int = field(default=200, metadata={
@@ -255,12 +255,12 @@ class MEMOIRKeyHParams(MEMOIRHParams):
         >>> hp.router, hp.masks, hp.key_gate, hp.key_threshold
         ('key', 'random', 'subject', 0.8)
     """
-    masks: str = field(default="random", metadata={
+    masks: str = field(default="random", metadata={"choices": MASKS, 
         "help": "'random' (ours: the edit row's mask is a random draw, so edits overlap no more than chance) "
                 "or 'tophash' (the paper's)"})
-    router: str = field(default="key", metadata={
+    router: str = field(default="key", metadata={"choices": ROUTERS, 
         "help": "'key' (ours), 'mask' or 'none' (the paper's router and its ablation)"})
-    key_gate: str = field(default="subject", metadata={
+    key_gate: str = field(default="subject", metadata={"choices": GATES, 
         "help": "'subject' (only edits whose subject's tokens occur in the query before the position; "
                 "every request needs its subject) or 'none' (compare with every edit's keys)"})
 

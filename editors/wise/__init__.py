@@ -130,22 +130,22 @@ class WISEHParams(HParams):
         "help": "router threshold = act_ratio × weakest edit's activation score (0, 1]"})
     retrieve: bool = field(default=False, metadata={
         "help": "WISE-Retrieve: keep each merge group as its own side memory; route to the best-scoring one"})
-    stop: str = field(default="loss", metadata={
+    stop: str = field(default="loss", metadata={"choices": STOPS, 
         "help": "'loss' (EasyEdit: the last two steps' total loss <= early_stop_loss and changed <= 1e-4) or "
                 "'margins' (ours: cross-entropy below early_stop_loss and every margin met)"})
     early_stop_loss: float = field(default=0.02, metadata={"help": "the loss bound of `stop` (>= 0)"})
-    target_loss: str = field(default="easyedit", metadata={
+    target_loss: str = field(default="easyedit", metadata={"choices": TARGET_LOSSES, 
         "help": "'easyedit' (each row's summed target cross-entropy over its target token count + 1, averaged "
                 "over rows: the reference code's label mask starts one position early) or 'mean' (over all "
                 "target tokens)"})
-    threshold_from: str = field(default="last_pass", metadata={
+    threshold_from: str = field(default="last_pass", metadata={"choices": THRESHOLD_FROM, 
         "help": "the edit's score that sets the router's threshold: 'last_pass' (EasyEdit: the mean over its "
                 "training rows in the last forward pass, before the last step) or 'final' (ours: the weakest of the same rows "
                 "through the trained memory, so an edit's own rows always reach the threshold)"})
-    score: str = field(default="act", metadata={
+    score: str = field(default="act", metadata={"choices": SCORES, 
         "help": "activation score: 'act' ||act(W′a) − act(Wa)|| (EasyEdit) or 'linear' ||(W′ − W)a|| (the "
                 "paper's formula)"})
-    route: str = field(default="auto", metadata={
+    route: str = field(default="auto", metadata={"choices": ROUTES, 
         "help": "router score of a row: 'auto' (EasyEdit: the mean over its tokens, their max over 100 tokens), "
                 "'mean' or 'max'"})
     prefixes: int = field(default=10, metadata={
@@ -155,7 +155,7 @@ class WISEHParams(HParams):
     contrast_subject: int = field(default=0, metadata={
         "help": "irrelevant copies of each edit prompt with its subject's letters scrambled (>= 0; ours)"})
     max_irrelevant_tokens: int = field(default=32, metadata={"help": "truncate irrelevant texts (>= 2)"})
-    score_tokens: str = field(default="all", metadata={
+    score_tokens: str = field(default="all", metadata={"choices": SCORE_TOKENS, 
         "help": "tokens of an edit row whose activation score the margin loss pushes up: 'all' (the paper: "
                 "the mean over the row) or 'subject' (EasyEdit's act_mask: the subject's tokens, the row's "
                 "other tokens joining the irrelevant side; rows without a subject use all tokens). "
@@ -220,12 +220,12 @@ class WISETunedHParams(WISEHParams):
     merge_every: int | None = field(default=None, metadata={"help": "merge saved shards every this many edits"})
     mask_every: int | None = field(default=1, metadata={"help": "a new random gradient mask every this many edits"})
     ties_density: float = field(default=1.0, metadata={"help": "TIES trim density of merges (0, 1]"})
-    stop: str = field(default="margins", metadata={"help": "'margins' (ours) or 'loss' (EasyEdit)"})
+    stop: str = field(default="margins", metadata={"choices": STOPS, "help": "'margins' (ours) or 'loss' (EasyEdit)"})
     early_stop_loss: float = field(default=0.01, metadata={"help": "the loss bound of `stop` (>= 0)"})
-    threshold_from: str = field(default="final", metadata={"help": "'final' (ours) or 'last_pass' (EasyEdit)"})
-    target_loss: str = field(default="mean", metadata={"help": "'mean' over target tokens or 'easyedit'"})
-    score: str = field(default="linear", metadata={"help": "'linear' ||Δ a|| or 'act' (EasyEdit)"})
-    route: str = field(default="mean", metadata={"help": "'mean', 'max' or 'auto' (EasyEdit)"})
+    threshold_from: str = field(default="final", metadata={"choices": THRESHOLD_FROM, "help": "'final' (ours) or 'last_pass' (EasyEdit)"})
+    target_loss: str = field(default="mean", metadata={"choices": TARGET_LOSSES, "help": "'mean' over target tokens or 'easyedit'"})
+    score: str = field(default="linear", metadata={"choices": SCORES, "help": "'linear' ||Δ a|| or 'act' (EasyEdit)"})
+    route: str = field(default="mean", metadata={"choices": ROUTES, "help": "'mean', 'max' or 'auto' (EasyEdit)"})
     prefixes: int = field(default=0, metadata={"help": "generated context prefixes (0..10)"})
     irrelevant_samples: int = field(default=8, metadata={"help": "irrelevant corpus texts per edit (>= 0)"})
     contrast_subject: int = field(default=3, metadata={

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from typing import Any, Mapping
 
 from workbench.core.registry import DuplicateName, InvalidEntry, Registry, UnknownName
@@ -121,6 +122,8 @@ def describe_editor(name: str) -> dict:
     cls = get_editor(name)
     # The summary is the docstring's first paragraph, so a wrapped first sentence stays whole.
     summary = inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0]
+    # a pointer for code readers ("See the module docstring.") tells a UI or CLI user nothing
+    summary = re.sub(r"\s*See the module docstring[^.]*\.", "", summary)
     return {
         "name": cls.name,
         "capabilities": dataclasses.asdict(cls.capabilities),
