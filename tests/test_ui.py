@@ -123,11 +123,16 @@ def test_edit_shows_metrics_and_rollback_restores_the_answer(app):
     assert ask(at, EDIT_PROMPT).startswith("Kelmoria")
 
     goto(at, "history")
-    assert len(at.get("plotly_chart")) == 3  # timeline, metrics over edits, per-layer map
+    # timeline, metrics over edits, and the per-layer map of what was attached (GRACE changes no
+    # weight, so there is no weights map: a codebook's norm is not put on a weight change's scale)
+    assert len(at.get("plotly_chart")) == 3
     assert len(at.get("download_button")) == 3  # the evaluation card, the JSON report and the bundle
-    heat = [t for t in traces(at) if t["type"] == "heatmap"][0]
+    (heat,) = [t for t in traces(at) if t["type"] == "heatmap"]
+    assert heat["name"] == "norm"
     changed = [i for i, v in enumerate(heat["z"][0]) if v > 0]
     assert len(changed) == 1  # GRACE attaches its codebook to one layer
+    metrics = [t for t in traces(at) if t["type"] == "scatter" and t.get("name") == "reliability"]
+    assert metrics and metrics[0]["mode"] == "markers"  # no line joining unrelated edits
     at.selectbox(key="history_target").set_value("base")
     at.button(key="history_rollback").click().run()
     assert not at.exception and not errors(at)

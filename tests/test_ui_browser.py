@@ -143,7 +143,7 @@ def test_the_audit_report_opens_offline_with_its_charts_drawn(browser, tmp_path)
     figs = browser.execute_script("return Array.from(document.querySelectorAll('.js-plotly-plot'))"
                                   ".map(e => ({id: e.id, traces: (e.data || []).length}))")
     assert [f["id"] for f in figs] == ["fig0", "fig1", "fig2"] and all(f["traces"] for f in figs)
-    # the per-layer map has a row per applied edit (1 + 40 + 10), the undone one marked
+    # the per-layer map of weight changes has a row per applied edit (1 + 40 + 10), the undone one marked
     rows = browser.execute_script("return document.getElementById('fig2').data[0].y")
     assert len(rows) == 51 and rows[-1].endswith("(reverted)")
     # every event is there, in full

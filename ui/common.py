@@ -329,9 +329,3 @@ def patch_of(wb, event):
     """The saved patch of a ledger edit (the session's cached loader, which also imports the
     editor that defines the patch's attachment kinds)."""
     return wb.patch(event.id)
-
-
-def layer_changes(wb, event) -> dict[int, float]:
-    """{layer: size of the change} for one edit (`workbench.editing.changes.layer_changes`)."""
-    from workbench.editing.changes import layer_changes as sizes
-    return sizes(wb.adapter, patch_of(wb, event))

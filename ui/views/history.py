@@ -5,8 +5,6 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
 
 from ui import common
@@ -31,11 +29,14 @@ if events:
         "locality": (e.metrics_after or {}).get("locality"),
         "strict_recitation": (e.metrics_after or {}).get("strict_recitation"),
         "note": e.note or ""} for e in events])
-    st.subheader("Timeline")
-    fig = px.scatter(table, x="time", y="kind", color="kind", symbol="in force", hover_data=["id", "editor", "note"],
-                     text="id", height=260)
-    fig.update_traces(textposition="top center", marker_size=12)
-    st.plotly_chart(fig, key="history_timeline")
+    # the same figures as the HTML audit report (`workbench report`)
+    from workbench.editing.report import figures
+    figs = []
+    with common.shown_errors("reading the patch files failed"):
+        figs = figures(wb, events, active)
+    if figs:
+        st.subheader("Timeline")
+        st.plotly_chart(figs[0][1], key="history_timeline")
     st.dataframe(table, hide_index=True, width="stretch")
 
     cardable = [e for e in events if e.kind in ("edit", "rejected")]
@@ -52,32 +53,9 @@ if events:
         st.download_button("this card (Markdown)", card, file_name=f"{pick}_card.md", mime="text/markdown",
                            key="history_card_download")
 
-    edits = [e for e in events if e.kind in ("edit", "rejected") and e.metrics_after]
-    if edits:
-        st.subheader("Metrics over edits")
-        keys = [k for k in (*common.EDIT_METRICS, *common.FORGET_METRICS)
-                if any((e.metrics_after or {}).get(k) is not None for e in edits)]
-        fig = go.Figure([go.Scatter(x=[e.id for e in edits], y=[(e.metrics_after or {}).get(k) for e in edits],
-                                    mode="lines+markers", name=k) for k in keys])
-        fig.update_layout(yaxis_range=[0, 1.05], height=320, margin=dict(t=20), yaxis_title="after the edit")
-        st.plotly_chart(fig, key="history_metrics")
-
-    applied = [e for e in events if e.kind == "edit"]
-    if applied:
-        st.subheader("What changed, per layer")
-        z = []
-        with common.shown_errors("reading the patch files failed"):
-            for e in applied:
-                ch = common.layer_changes(wb, e)
-                z.append([ch.get(i, 0.0) for i in range(wb.adapter.num_layers)])
-            fig = go.Figure(go.Heatmap(z=z, x=[f"layer {i}" for i in range(wb.adapter.num_layers)],
-                                       y=[f"{e.id} {e.editor}" for e in applied], colorscale="Viridis",
-                                       colorbar_title="‖Δ‖"))
-            fig.update_layout(height=120 + 30 * len(applied), margin=dict(t=20),
-                              yaxis_autorange="reversed")
-            st.plotly_chart(fig, key="history_heatmap")
-            st.caption("‖Δ‖: Frobenius norm of after − before of the weights an edit changed, plus the norm of "
-                       "what it attached (side memory, codebook, adapter) at that layer.")
+    for i, (title, fig) in enumerate(figs[1:]):
+        st.subheader(title)
+        st.plotly_chart(fig, key=f"history_fig{i + 1}")
 
 st.subheader("Audit and roll back")
 c = st.columns(3)

@@ -4,10 +4,12 @@ from __future__ import annotations
 import re
 
 
-def layer_changes(adapter, patch) -> dict[int, float]:
+def layer_changes(adapter, patch, *, split: bool = False):
     """{layer: size of the change} for one edit's patch: the Frobenius norm of after − before of
     the weights it touched, plus the norm of any attachment's state (a side memory, a codebook,
-    a LoRA adapter) in the layer it is attached to."""
+    a LoRA adapter) in the layer it is attached to. With `split`, the two apart as
+    (weights, attached): they are different quantities (a codebook's norm is not a change of
+    size 101) and belong on different colour scales."""
     import torch
     prefixes = [(i, adapter.module_name(adapter.layer(i)) + ".") for i in range(adapter.num_layers)]
     out: dict[int, float] = {}
@@ -19,6 +21,7 @@ def layer_changes(adapter, patch) -> dict[int, float]:
         m = re.search(r"(?:layers|h|layer|blocks)[._](\d+)[._]", name)  # attachment keys
         return int(m.group(1)) if m else None
 
+    attached: dict[int, float] = {}
     for w in patch.weights:
         li = layer_of(w.name)
         if li is not None and w.before.shape == w.after.shape:
@@ -29,5 +32,7 @@ def layer_changes(adapter, patch) -> dict[int, float]:
         for k, t in a.state().items():
             li = fixed if fixed is not None else layer_of(k)
             if li is not None and t.is_floating_point():
-                out[li] = out.get(li, 0.0) + float(torch.linalg.vector_norm(t.float()))
-    return out
+                attached[li] = attached.get(li, 0.0) + float(torch.linalg.vector_norm(t.float()))
+    if split:
+        return out, attached
+    return {i: out.get(i, 0.0) + attached.get(i, 0.0) for i in set(out) | set(attached)}

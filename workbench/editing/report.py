@@ -21,7 +21,9 @@ def _e(x) -> str:
 
 
 def figures(wb, events, active) -> list[tuple[str, object]]:
-    """(title, plotly figure) of the history: timeline, metrics over edits, per-layer map."""
+    """(title, plotly figure) of the history — the History page and the HTML report draw the
+    same ones: the timeline, the metrics over edits, and the per-layer map of weight changes and
+    of what was attached (each on its own colour scale; reverted edits marked)."""
     import plotly.graph_objects as go
     from workbench.editing.changes import layer_changes
     out = []
@@ -31,42 +33,50 @@ def figures(wb, events, active) -> list[tuple[str, object]]:
         mine = [e for e in events if e.kind == kind]
         fig.add_trace(go.Scatter(
             x=[e.created_at for e in mine], y=[kind] * len(mine), mode="markers+text", name=kind,
-            text=[e.id for e in mine], textposition="top center",
+            # labels alternate above and below, so neighbours in time do not print over each other
+            text=[e.id for e in mine], textposition=["top center" if k % 2 else "bottom center"
+                                                     for k in range(len(mine))], cliponaxis=False,
             marker={"size": 11, "symbol": ["circle" if e.id in active else "circle-open" for e in mine]},
             hovertext=[f"{e.id} {e.editor or ','.join(e.targets or [])} by {e.author}" for e in mine]))
-    fig.update_layout(height=140 + 40 * len(kinds), margin={"t": 30}, xaxis_title="time (UTC)",
-                      title="filled: in force")
+    fig.update_layout(height=180 + 50 * len(kinds), margin={"t": 40, "l": 90}, xaxis_title="time (UTC)",
+                      title="filled: in force", showlegend=False, yaxis={"automargin": True})
     out.append(("Timeline", fig))
     edits = [e for e in events if e.kind in EDIT_KINDS and e.metrics_after]
     keys = [k for k in METRICS if any((e.metrics_after or {}).get(k) is not None for e in edits)]
     if edits and keys:
         fig = go.Figure()
-        for k in keys:
+        for j, k in enumerate(keys):
             ys = [(e.metrics_after or {}).get(k) for e in edits]
             ivs = [((e.context or {}).get("intervals_after") or {}).get(k) for e in edits]
             err = None
-            if all(iv is not None for iv, y in zip(ivs, ys) if y is not None):
+            if any(iv is not None for iv in ivs):
                 err = {"type": "data", "symmetric": False,
                        "array": [iv["hi"] - y if iv and y is not None else 0 for iv, y in zip(ivs, ys)],
                        "arrayminus": [y - iv["lo"] if iv and y is not None else 0 for iv, y in zip(ivs, ys)]}
-            fig.add_trace(go.Scatter(x=[f"{e.id} {e.editor}" for e in edits], y=ys, mode="lines+markers", name=k,
-                                     error_y=err))
-        fig.update_layout(yaxis_range=[-0.02, 1.05], height=360, margin={"t": 30},
-                          yaxis_title="after the edit [95% interval]")
+            # markers, not lines: consecutive edits may be different editors on different
+            # requests; each metric a little to the side, so values at 1.0 do not hide each other
+            shift = (j - (len(keys) - 1) / 2) * 0.12
+            fig.add_trace(go.Scatter(x=[i + shift for i in range(len(edits))], y=ys, mode="markers", name=k,
+                                     error_y=err, marker={"size": 9}))
+        fig.update_layout(yaxis_range=[-0.02, 1.08], height=380, margin={"t": 30},
+                          yaxis_title="after the edit [95% interval]",
+                          xaxis={"tickvals": list(range(len(edits))), "ticktext": [f"{e.id} {e.editor}" for e in edits],
+                                 "tickangle": -45 if len(edits) > 8 else 0})
         out.append(("Metrics over edits", fig))
     applied = [e for e in events if e.kind == "edit"]
     if applied:
         n = wb.adapter.num_layers
-        z = []
-        for e in applied:
-            ch = layer_changes(wb.adapter, wb.patch(e.id))
-            z.append([ch.get(i, 0.0) for i in range(n)])
-        fig = go.Figure(go.Heatmap(z=z, x=[f"layer {i}" for i in range(n)],
-                                   y=[f"{e.id} {e.editor}" + ("" if e.id in active else " (reverted)")
-                                      for e in applied], colorscale="Viridis", colorbar_title="‖Δ‖"))
-        fig.update_layout(height=140 + 28 * len(applied), margin={"t": 30}, yaxis_autorange="reversed")
-        out.append(("What changed, per layer (‖after − before‖ of the weights, or the norm of what was attached)",
-                    fig))
+        sizes = [layer_changes(wb.adapter, wb.patch(e.id), split=True) for e in applied]
+        names = [f"{e.id} {e.editor}" + ("" if e.id in active else " (reverted)") for e in applied]
+        for part, title, bar in ((0, "Weights changed, per layer (‖after − before‖)", "‖Δ‖"),
+                                 (1, "Attached, per layer (norm of the side memory, codebook or adapter)", "norm")):
+            z = [[s[part].get(i, 0.0) for i in range(n)] for s in sizes]
+            if not any(v for row in z for v in row):
+                continue
+            fig = go.Figure(go.Heatmap(z=z, x=[f"layer {i}" for i in range(n)], y=names, colorscale="Viridis",
+                                       colorbar_title=bar, name=bar))
+            fig.update_layout(height=140 + 28 * len(applied), margin={"t": 30}, yaxis_autorange="reversed")
+            out.append((title, fig))
     return out
 
 
