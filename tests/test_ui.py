@@ -417,6 +417,28 @@ def test_choice_hyperparameters_are_select_boxes(app):
     assert list(box.options) == ["target", "last"] and box.value == "target"
     box.set_value("last")
     at.number_input(key="edit_ft_steps").set_value(1)
+    at.number_input(key="edit_gen_rows").set_value(2)  # generations: as many probes as asked for
     at.button(key="edit_apply").click().run()
     assert not errors(at), errors(at)
     assert at.session_state["last_edit"][0].hparams["objective"] == "last"
+    assert len(at.session_state["last_edit"][1]) == 2
+    # the request table shows the rephrasings and locality probes too
+    table = at.dataframe[0].value
+    assert {"rephrase_prompts", "locality"} <= set(table.columns) and " → " in str(table["locality"][0])
+
+
+def test_history_page_exports_a_checkpoint_that_loads(app, tmp_path):
+    at = app()
+    goto(at, "edit")
+    at.selectbox(key="edit_editor").set_value("ft").run()
+    at.number_input(key="edit_ft_steps").set_value(1)
+    at.button(key="edit_apply").click().run()
+    goto(at, "history")
+    at.text_input(key="history_export_folder").set_value(str(tmp_path / "ckpt")).run()
+    at.button(key="history_export").click().run()
+    assert not errors(at), errors(at)
+    assert any("holds 1 edit(s) — e0001 (ft)" in s.value for s in at.success)
+    from workbench.core.model import load_model
+    from workbench.core.patch import weights_hash
+    model, _ = load_model(tmp_path / "ckpt")
+    assert weights_hash(model) == at.session_state["wb"].weights_hash()

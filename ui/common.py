@@ -134,10 +134,24 @@ def retain_probes(n: int) -> list:
 
 
 def requests_table(reqs: list) -> None:
+    """Every field of the requests, lists too (rephrasings, locality and portability probes,
+    retain items), each list shown in one cell."""
     import pandas as pd
-    rows = [{k: v for k, v in r.to_dict().items() if isinstance(v, (str, int, float)) or v is None}
-            for r in reqs]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame([{k: cell(v) for k, v in r.to_dict().items()} for r in reqs]), hide_index=True,
+                 width="stretch")
+
+
+def cell(value) -> str | int | float | None:
+    """A request field as one table cell: a list of probes as "prompt → answer" joined by " | "."""
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    if isinstance(value, dict):
+        if "prompt" in value:
+            return f"{value['prompt']} → {value.get('answer', value.get('target', ''))}"
+        return ", ".join(f"{k}: {cell(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return " | ".join(str(cell(v)) for v in value)
+    return str(value)
 
 
 def requests_of(events) -> list:
@@ -159,16 +173,25 @@ def continuations(wb, prompts: list[str], n_tokens: int = 8) -> list[str]:
     return [tok.decode(g, skip_special_tokens=True).strip() for g in gen]
 
 
-def probe_prompts(reqs: list, limit: int = 12) -> list[tuple[str, str, str]]:
+def generation_rows(reqs: list, *, key: str) -> int:
+    """How many probes to generate before and after (a number box; 12 by default, all at most)."""
+    total = len(probe_prompts(reqs, None))
+    return int(st.number_input(f"generations to show (of {total} probes)", min_value=1, max_value=max(total, 1),
+                               value=min(12, max(total, 1)), step=1, key=f"{key}_gen_rows"))
+
+
+def probe_prompts(reqs: list, limit: int | None = 12) -> list[tuple[str, str, str]]:
     """(role, prompt, expected) rows to generate before and after an edit: the edit prompt,
     its rephrases (generality) and its locality prompts; a forget prefix and its suffix."""
     return [row for r in reqs for row in r.probes()][:limit]
 
 
-def apply_with_generations(wb, editor: str, reqs: list, params: dict, *, what: str, n_tokens: int = 8, **kw):
+def apply_with_generations(wb, editor: str, reqs: list, params: dict, *, what: str, n_tokens: int = 8,
+                           rows_limit: int = 12, **kw):
     """Generate before, apply through the session (measured, gated, recorded), generate after,
-    inside a status box. Returns (event, rows, before, after) for `show_result`."""
-    rows = probe_prompts(reqs)
+    inside a status box. Returns (event, rows, before, after) for `show_result`; `rows_limit`
+    probes (edit prompts, rephrasings, locality prompts, forget prefixes) are generated."""
+    rows = probe_prompts(reqs, rows_limit)
     with st.status(f"{editor} on {len(reqs)} {what}…", expanded=True) as status:
         st.write("generating with the model before…")
         before = continuations(wb, [p for _, p, _ in rows], n_tokens)

@@ -100,3 +100,18 @@ if active:
                              key="history_bundle")
 else:
     c[1].caption("no edit in force: nothing to bundle")
+
+st.subheader("Export a checkpoint")
+st.caption("The model as it now is, as a plain Hugging Face checkpoint in a new folder on this machine "
+           "(`workbench export`); it holds `workbench_edits.json`, the edits in it. Edits that attach "
+           "modules (side memories, codebooks, adapters) cannot be exported this way.")
+folder = st.text_input("new folder", key="history_export_folder", placeholder="/path/to/edited-model")
+if st.button("Export", key="history_export", disabled=not (folder.strip() and active)):
+    with common.shown_errors("the checkpoint was not written"):
+        from workbench.editing.session import PROVENANCE
+        out = wb.export(Path(folder.strip()).expanduser())
+        st.session_state["last_export"] = (str(out), json.loads((out / PROVENANCE).read_text()))
+if "last_export" in st.session_state:
+    where, prov = st.session_state["last_export"]
+    st.success(f"wrote {where}: holds {len(prov['edits'])} edit(s) — "
+               + ", ".join(f"{e['id']} ({e['editor']})" for e in prov["edits"]))

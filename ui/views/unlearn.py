@@ -50,14 +50,18 @@ editor = st.selectbox("editor", names, index=names.index("prune") if "prune" in 
 st.caption(describe_editor(editor)["doc"])
 with st.expander("hyperparameters", expanded=True):
     params = common.hparam_widgets(editor, key="unlearn")
-note = st.text_input("note", key="unlearn_note")
+c = st.columns(2)
+note = c[0].text_input("note", key="unlearn_note")
+with c[1]:
+    n_rows = common.generation_rows(reqs, key="unlearn") if reqs else 12
 
 if st.button("Apply", type="primary", key="unlearn_apply", disabled=not reqs):
     n_tok = max(len(wb.tok(" " + r.suffix, add_special_tokens=False)["input_ids"]) for r in reqs)
     with common.shown_errors("nothing was removed"):
         # K-FAC collects curvature once per model and corpus; later runs read it from the cache.
         st.session_state["last_unlearn"] = common.apply_with_generations(
-            wb, editor, reqs, params, what="forget request(s)", n_tokens=n_tok, note=note.strip() or None)
+            wb, editor, reqs, params, what="forget request(s)", n_tokens=n_tok, note=note.strip() or None,
+            rows_limit=n_rows)
 
 if "last_unlearn" in st.session_state:
     common.show_result(wb, *st.session_state["last_unlearn"], metrics=common.FORGET_METRICS, key="unlearn",
