@@ -19,6 +19,8 @@ COMBINATIONS = list(MERGE["combination_type"]["choices"])
 NEEDS_DENSITY = set(MERGE["density"]["applies_when"]["combination_type"])
 
 # ------------------------------------------------------------------ train adapters
+if "merge_start_next" in st.session_state:  # after training: the next adapter starts where this one ended
+    st.session_state["merge_start"] = st.session_state.pop("merge_start_next")
 with st.expander("Train a LoRA adapter on world edits", expanded=False):
     c = st.columns(3)
     start = c[0].number_input("first request (index)", 0, 999, 0, key="merge_start")
@@ -30,6 +32,8 @@ with st.expander("Train a LoRA adapter on world edits", expanded=False):
             event = wb.edit("lora", common.world_set("edits_counterfactual.jsonl", int(start), int(count)),
                              {"steps": str(int(steps))})
             status.update(label=f"{event.id}: {event.kind}", state="complete")
+            st.session_state["merge_start_next"] = int(start) + int(count)
+            st.rerun()  # the index box and the adapter table below predate this adapter
 
 # ------------------------------------------------------------------ adapters in force
 def adapters_of(event) -> list[dict]:
@@ -43,12 +47,15 @@ adapters = {}  # adapter name -> (the event that added it, how it stands now)
 for eid in wb.active():
     for row in adapters_of(events[eid]):
         adapters[row["adapter"]] = (events[eid], row)
-st.subheader("Adapters in force")
+st.subheader("Adapters")
+st.caption("Every LoRA adapter an edit in force added: switched on (used by the model) or off (kept; a merge "
+           "switches its sources off, and rolling the merge back switches them on again).")
 if not adapters:
     st.info("No LoRA adapter is in force. Train some above, or apply the `lora` editor on the Edit page.")
     st.stop()
 enabled = {n: row["enabled"] for n, (_, row) in adapters.items()}
-st.dataframe(pd.DataFrame([{"adapter": n, "enabled": row["enabled"], "edit": e.id, "editor": e.editor,
+st.dataframe(pd.DataFrame([{"adapter": n, "switched": "on" if row["enabled"] else "off", "edit": e.id,
+                            "editor": e.editor,
                             "rank": row.get("rank"), "requests": len(e.requests or []),
                             "reliability": (e.metrics_after or {}).get("reliability")}
                            for n, (e, row) in adapters.items()]), hide_index=True)
@@ -96,7 +103,8 @@ if "last_merge" in st.session_state:
         st.success(f"{event.id}: merged {', '.join(event.hparams.get('adapters', []))} into {into}; "
                    f"the sources are switched off, and rolling back {event.id} switches them on again")
     else:
-        st.warning(f"{event.id} was rejected and reverted: {event.note}")
+        st.error(f"{event.id} was rejected and reverted — the model is unchanged. Gate(s) that failed: "
+                 + "; ".join(common.failed_gates(event) or [event.note or "?"]))
     common.before_after_chart(event, key="merge_chart")
     with st.expander("all metrics"):
         common.metrics_table(event)
