@@ -389,6 +389,12 @@ def test_edit_page_charts_lifelong_results_and_refuses_a_bad_file(app, tmp_path)
     names = {t.get("name") for t in traces(at)}
     assert {"memoir", "memoir exact"} <= names
     assert [t["y"] for t in traces(at) if t.get("name") == "memoir"][0] == [1.0, 0.9]
+    # the table as CSV and JSON, cell for cell as shown
+    from ui.common import markdown_frame
+    from workbench.bench.lifelong import load_rows, table
+    frame = markdown_frame(table(load_rows([a])))
+    assert list(frame["T"]) == ["1", "10"] and frame["rel."][1].startswith("0.900")
+    assert len(at.get("download_button")) == 2
     at.text_input(key="edit_results_path").set_value(str(b)).run()
     assert any("lifelong_b.json" in e and "median_edit_s" in e for e in errors(at)), errors(at)
 

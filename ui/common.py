@@ -133,6 +133,25 @@ def retain_probes(n: int) -> list:
     return load_probes(BENCHMARKS / "retain.jsonl")[:n]
 
 
+def markdown_frame(text: str):
+    """The rows of a Markdown table (the benches' `table()` output) as a DataFrame, cells as
+    printed (a value with its interval stays one cell, "0.950 [0.76, 0.99]")."""
+    import pandas as pd
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("|")]
+    split = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    body = [r for r in split[1:] if not all(set(c) <= {"-", ":"} for c in r)]
+    return pd.DataFrame(body, columns=split[0]) if split else pd.DataFrame()
+
+
+def table_downloads(frame, name: str, *, key: str) -> None:
+    """CSV and JSON download buttons for a results table."""
+    c = st.columns(6)
+    c[0].download_button("CSV", frame.to_csv(index=False), file_name=f"{name}.csv", mime="text/csv",
+                         key=f"{key}_csv")
+    c[1].download_button("JSON", frame.to_json(orient="records", indent=2), file_name=f"{name}.json",
+                         mime="application/json", key=f"{key}_json")
+
+
 def requests_table(reqs: list) -> None:
     """Every field of the requests, lists too (rephrasings, locality and portability probes,
     retain items), each list shown in one cell."""
@@ -265,7 +284,7 @@ def show_result(wb, event, rows, before, after, *, metrics, key: str, caption: s
             st.warning(warning)
     before_after_chart(event, metrics, key=f"{key}_chart")
     with st.expander("all metrics"):
-        metrics_table(event)
+        metrics_table(event, key=f"{key}_metrics")
     st.caption(caption)
     side_by_side(rows, before, after)
     if event.kind == "edit":
@@ -306,8 +325,9 @@ def before_after_chart(event, metrics=EDIT_METRICS, key: str = "chart"):
     return fig
 
 
-def metrics_table(event) -> None:
-    """Every metric before and after, each with its 95% interval where the event recorded one."""
+def metrics_table(event, *, key: str | None = None) -> None:
+    """Every metric before and after, each with its 95% interval where the event recorded one;
+    with `key`, CSV and JSON downloads of the table."""
     import pandas as pd
     keys = list(event.metrics_after or {})
     ctx = event.context or {}
@@ -316,12 +336,14 @@ def metrics_table(event) -> None:
         iv = (ctx.get(f"intervals_{which}") or {}).get(k)
         return "" if not iv else f"[{iv['lo']:.3f}, {iv['hi']:.3f}]"
 
-    st.dataframe(pd.DataFrame({"metric": keys,
-                               "before": [(event.metrics_before or {}).get(k) for k in keys],
-                               "before 95% interval": [bounds("before", k) for k in keys],
-                               "after": [(event.metrics_after or {}).get(k) for k in keys],
-                               "after 95% interval": [bounds("after", k) for k in keys]}),
-                 hide_index=True)
+    frame = pd.DataFrame({"metric": keys,
+                          "before": [(event.metrics_before or {}).get(k) for k in keys],
+                          "before 95% interval": [bounds("before", k) for k in keys],
+                          "after": [(event.metrics_after or {}).get(k) for k in keys],
+                          "after 95% interval": [bounds("after", k) for k in keys]})
+    st.dataframe(frame, hide_index=True)
+    if key is not None:
+        table_downloads(frame, f"{event.id}_metrics", key=key)
     if ctx.get("intervals_after"):
         from workbench.eval.stats import RULE
         st.caption(RULE + ".")

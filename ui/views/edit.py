@@ -95,7 +95,9 @@ if files:
         from workbench.bench.lifelong import load_rows, table
         from workbench.bench.plots import lifelong_vs_T
         rows = load_rows(files)
-        st.markdown(table(rows))
+        text = table(rows)
+        st.markdown(text)
+        common.table_downloads(common.markdown_frame(text), "lifelong", key="edit_results")
         fig = lifelong_vs_T(rows)
         if fig is not None:
             st.plotly_chart(fig, key="edit_results_lifelong")

@@ -82,6 +82,8 @@ if results:
         from workbench.bench.plots import figures
         from workbench.bench.unlearn import load_rows, table
         rows = load_rows(results)
-        st.markdown(table(rows))
+        text = table(rows)
+        st.markdown(text)
+        common.table_downloads(common.markdown_frame(text), "unlearning", key="unlearn_results")
         for name, fig in figures(rows).items():
             st.plotly_chart(fig, key=f"unlearn_results_{name}")
