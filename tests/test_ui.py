@@ -304,6 +304,8 @@ def test_unlearn_page_prunes_and_shows_scores(app):
     assert event.metrics_after["strict_recitation"] < event.metrics_before["strict_recitation"]
     hist = [t for t in traces(at) if t["type"] == "histogram"]
     assert len(hist) >= 2 and sum(len(t["x"]) for t in hist) > 100, "the neuron-score histogram is drawn"
+    # one set of bins for all and pruned neurons: the pruned ones cannot spread over the whole range
+    assert all(t["xbins"] == hist[0]["xbins"] and t["autobinx"] is False for t in hist)
 
 
 def test_unlearn_page_kfac_spectrum(app):
@@ -319,7 +321,15 @@ def test_unlearn_page_kfac_spectrum(app):
     specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     spectra = [s for s in specs if any("ρ cut" in a.get("text", "") for a in s["layout"].get("annotations", []))]
     assert spectra, "the spectrum with the rho cut is drawn"
-    assert len(spectra[0]["data"][0]["y"]) > 100 and spectra[0]["layout"]["yaxis"]["type"] == "log"
+    axis = spectra[0]["layout"]["yaxis"]
+    assert len(spectra[0]["data"][0]["y"]) > 100 and axis["type"] == "log"
+    assert axis["exponentformat"] == "power" and axis["dtick"] >= 1  # one notation, about six labels
+
+
+def test_a_log_axis_has_about_six_labels_whatever_the_span():
+    from ui.common import log_axis
+    assert log_axis([1e-16, 1e2])["dtick"] == 3 and log_axis([0.5, 2.0])["dtick"] == 1
+    assert log_axis([0.0, -1.0, 1e-3, 1e3])["dtick"] == 1  # non-positive values are not on a log axis
 
 
 def test_merge_page_merges_two_adapters(app):

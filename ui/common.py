@@ -358,14 +358,30 @@ def editor_charts(wb, event, *, key: str) -> None:
             traces = [go.Scatter(x=[j * chart.x_stride for j in range(len(ys))], y=ys, mode="lines", name=name)
                       for name, ys in chart.series.items()]
         else:
-            traces = [go.Histogram(x=xs, name=name, opacity=0.6, nbinsx=60) for name, xs in chart.series.items()]
+            # one set of bins for every series: each on its own 60 bins, a small subset (the pruned
+            # neurons) drew wide bars across the whole score range
+            values = [float(v) for xs in chart.series.values() for v in xs]
+            lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+            bins = {"start": lo, "end": hi, "size": (hi - lo) / 60 or 1.0}
+            traces = [go.Histogram(x=xs, name=name, opacity=0.6, xbins=bins, autobinx=False)
+                      for name, xs in chart.series.items()]
         fig = go.Figure(traces)
         if chart.marker is not None:
             fig.add_vline(x=chart.marker[0], line_dash="dash", line_color="red", annotation_text=chart.marker[1])
         fig.update_layout(title=chart.title, xaxis_title=chart.x_label, yaxis_title=chart.y_label,
-                          yaxis_type="log" if chart.log_y else None, barmode="overlay", height=320,
-                          margin=dict(t=40))
+                          barmode="overlay", height=320, margin=dict(t=40))
+        if chart.log_y:
+            fig.update_yaxes(**log_axis([v for ys in chart.series.values() for v in ys]))
         st.plotly_chart(fig, key=f"{key}_chart_{event.id}_{i}")
+
+
+def log_axis(values) -> dict:
+    """A log axis labelled in one notation (10⁻¹⁶ … 10², never µ/n/p beside powers of ten) with
+    about six labels whatever the span, so they never crowd."""
+    import math
+    pos = [float(v) for v in values if v is not None and float(v) > 0]
+    decades = math.log10(max(pos)) - math.log10(min(pos)) if pos else 1.0
+    return {"type": "log", "exponentformat": "power", "dtick": max(1, math.ceil(decades / 6)), "minor_showgrid": False}
 
 
 # ---------------------------------------------------------------------------- patches
