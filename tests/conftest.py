@@ -19,6 +19,16 @@ def _private_cache(tmp_path_factory):
         os.environ["WORKBENCH_CACHE"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _library_log_handlers():
+    """transformers binds its log handler to whatever sys.stderr is when it first logs; if that
+    is one test's captured stream (a CLI test calling main() in-process), every later warning
+    fails with "I/O operation on closed file". Bind it once, to the session's stream, first."""
+    from transformers.utils import logging as hf_logging
+    hf_logging.get_logger("transformers")  # configures the library's root handler now
+    yield
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny and small models gain nothing from a second thread, and on a shared 2-core
