@@ -44,10 +44,11 @@ def _where(args, plan) -> tuple:
 def _cmd_run(args) -> int:
     from workbench.core.ledger import peek_steps_done, peek_tags
     from workbench.core.progress import on_terminal
-    from workbench.editing.plan import PlanProgress, StepFailed, load_plan
+    from workbench.editing.plan import PlanProgress, StepFailed, load_plan, run_plan
     plan = load_plan(args.plan)
-    _, workspace, _ = _where(args, plan)
-    plan = load_plan(args.plan, existing_tags=_tags_not_from(plan, workspace, peek_tags(workspace)))
+    model, workspace, author = _where(args, plan)
+    # the workspace's tags, less those this plan's own finished tag steps gave
+    plan.check_tags(peek_tags(workspace) - peek_tags(workspace, plan_hash=plan.hash))
     plan.check_outputs(peek_steps_done(workspace, plan.hash))
     if args.dry_run:
         print(f"plan {plan.path.name}: {len(plan.steps)} step(s) checked (hash {plan.hash[:12]}…)")
@@ -56,37 +57,17 @@ def _cmd_run(args) -> int:
                                                                    if s.spec.get("one_by_one") else ""))
         return 0
     from workbench.editing.session import Workbench
-    model, workspace, author = _where(args, plan)
     wb = Workbench(model, workspace, author=author, **placement(args))
-    failed = None
+    summaries, failed = [], None  # the steps that finished, also when one fails
     with PlanProgress(plan, enabled=on_terminal()) as bar:
         try:
-            summaries = run_and_collect(wb, plan, bar)
+            run_plan(wb, plan, progress=bar, collect=summaries)
         except StepFailed as e:
-            summaries, failed = e.summaries, e
+            failed = e
     _print_summary(plan, summaries, failed)
     if failed is None:
         return 0
     return 3 if failed.rejected else 2
-
-
-def run_and_collect(wb, plan, bar) -> list[dict]:
-    """`run_plan`, keeping the summaries of the steps that finished when one fails."""
-    from workbench.editing.plan import StepFailed, run_plan
-    done: list[dict] = []
-    try:
-        run_plan(wb, plan, progress=bar, collect=done)
-    except StepFailed as e:
-        e.summaries = list(done)
-        raise
-    return done
-
-
-def _tags_not_from(plan, workspace, tags: set[str]) -> set[str]:
-    """The workspace's tags, less those this plan's own finished tag steps gave (a resumed plan
-    meets its own tags again)."""
-    from workbench.core.ledger import peek_tags
-    return tags - peek_tags(workspace, plan_hash=plan.hash)
 
 
 def _print_summary(plan, summaries: list[dict], failed) -> None:

@@ -287,37 +287,37 @@ class Ledger:
         return [p for p in self.patch_dir.iterdir() if f"patches/{p.name}" not in known]
 
 
-def peek_tags(root, *, plan_hash: str | None = None) -> set[str]:
-    """The tag names a workspace's ledger holds, read without opening the workspace (no model
-    needed: a plan's dry run checks its tags against them); none when there is no ledger yet.
-    With `plan_hash`, only the tags that plan's own steps gave."""
+def _peek(root, sql: str, args: tuple = ()) -> list[tuple]:
+    """Rows of a read-only query on a workspace's ledger without opening the workspace (no model
+    needed: a plan's dry run checks against them); none when there is no ledger yet, or it
+    predates the table asked for."""
     path = Path(root) / "ledger.sqlite"
     if not path.is_file():
-        return set()
+        return []
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            rows = conn.execute("SELECT context FROM events WHERE kind = 'tag'").fetchall()
+            return conn.execute(sql, args).fetchall()
         finally:
             conn.close()
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):
+            return []
+        raise InputError(f"not a workbench ledger: {e}", file=path) from None
     except sqlite3.DatabaseError as e:
         raise InputError(f"not a workbench ledger: {e}", file=path) from None
-    contexts = [json.loads(r[0]) for r in rows]
+
+
+def peek_tags(root, *, plan_hash: str | None = None) -> set[str]:
+    """The tag names a workspace's ledger holds (`_peek`); with `plan_hash`, only the tags that
+    plan's own steps gave."""
+    contexts = [json.loads(r[0]) for r in _peek(root, "SELECT context FROM events WHERE kind = 'tag'")]
     return {c["tag"] for c in contexts if plan_hash is None or (c.get("plan") or {}).get("hash") == plan_hash}
 
 
 def peek_steps_done(root, plan_hash: str) -> set[int]:
-    """The finished steps (0-based) of a plan in a workspace, read without opening it."""
-    path = Path(root) / "ledger.sqlite"
-    if not path.is_file():
-        return set()
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return {r[0] for r in conn.execute("SELECT step FROM plan_steps WHERE plan_hash = ?", (plan_hash,))}
-    except sqlite3.OperationalError:  # a ledger from before plans: none finished
-        return set()
-    finally:
-        conn.close()
+    """The finished steps (0-based) of a plan in a workspace (`_peek`)."""
+    return {r[0] for r in _peek(root, "SELECT step FROM plan_steps WHERE plan_hash = ?", (plan_hash,))}
 
 
 def utc_now() -> str:

@@ -91,6 +91,14 @@ class Plan:
     header: dict
     steps: list[Step]
 
+    def check_tags(self, existing: set[str]) -> None:
+        """Refuse a tag step whose name the workspace already has (`existing`: its tags less those
+        this plan's own finished steps gave; a resumed plan meets its own tags again)."""
+        for step in self.steps:
+            if step.action == "tag" and step.spec["name"] in existing:
+                raise InputError(f"step {step.index + 1}: tag {step.spec['name']!r} is given in the workspace; a tag "
+                                 "is given once", file=self.path, field="name")
+
     def check_outputs(self, done: set[int]) -> None:
         """Refuse an export into an existing folder, unless that step already finished (a
         resumed plan meets its own export)."""
@@ -100,10 +108,10 @@ class Plan:
                                  "new folder", file=self.path, field="out")
 
 
-def load_plan(path, *, existing_tags: set[str] = frozenset()) -> Plan:
+def load_plan(path) -> Plan:
     """Read and check a plan file; every problem is an InputError naming the file, the step
-    (1-based) and the field. `existing_tags`: tags the workspace already has (a plan may not
-    give one again)."""
+    (1-based) and the field. What depends on the workspace is checked against it by
+    `Plan.check_tags` and `Plan.check_outputs`."""
     from workbench.core.gates import Gate
     from workbench.editing.registry import get_editor, UnknownEditor
     from workbench.eval.requests import load_requests
@@ -186,8 +194,7 @@ def load_plan(path, *, existing_tags: set[str] = frozenset()) -> Plan:
             if action == "merge" and not cls.capabilities.composes:
                 raise bad(f"{cls.name!r} does not merge or switch adapters", "editor")
             try:
-                cls.prepare(None, {k: str(v).lower() if isinstance(v, bool) else str(v)
-                                   for k, v in spec.get("params", {}).items()})
+                cls.prepare(None, _params(spec))
             except InputError as e:
                 raise bad(f"params: {e}", "params") from None
             if spec.get("one_by_one") is False and len(step.requests) > 1 and not cls.capabilities.batch:
@@ -208,9 +215,8 @@ def load_plan(path, *, existing_tags: set[str] = frozenset()) -> Plan:
                 raise bad(f"gate: {e}", "gate") from None
         if action == "tag":
             name = spec["name"]
-            if name in tags or name in existing_tags:
-                raise bad(f"tag {name!r} is given {'earlier in this plan' if name in tags else 'in the workspace'}"
-                          "; a tag is given once", "name")
+            if name in tags:
+                raise bad(f"tag {name!r} is given earlier in this plan; a tag is given once", "name")
             check_tag_name(name, lambda msg: bad(msg, "name"))
             tags.add(name)
         if "out" in spec:
@@ -223,6 +229,11 @@ def load_plan(path, *, existing_tags: set[str] = frozenset()) -> Plan:
                 raise bad(f"no folder {out.parent} to write into", "out")
         steps.append(step)
     return Plan(path, digest.hexdigest(), header, steps)
+
+
+def _params(spec: dict) -> dict[str, str]:
+    """A step's `params` table as the CLI's K=V strings (TOML's true/false as "true"/"false")."""
+    return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in spec.get("params", {}).items()}
 
 
 def check_tag_name(name: str, error) -> None:
@@ -308,7 +319,7 @@ def _run_step(wb, plan: Plan, step: Step, progress) -> dict:
 
 def _edit_step(wb, plan: Plan, step: Step, progress) -> dict:
     s = step.spec
-    params = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in s.get("params", {}).items()}
+    params = _params(s)
     ctx = {"hash": plan.hash, "step": step.index + 1, "file": plan.path.name}
     kwargs = dict(gates=step.gates, note=s.get("note"), seed=s.get("seed", 0))
     if not s.get("one_by_one"):

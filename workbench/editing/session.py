@@ -433,16 +433,20 @@ class Workbench:
     @contextlib.contextmanager
     def _walk(self):
         """Yield `goto(ids)`: put the model in the state of exactly those edits in force (from
-        base, in order); on exit, back at the ledger's head, checked by hash."""
+        base, in order); on exit, back at the ledger's head, checked by hash. A move keeps the
+        longest common prefix of the edits applied and reverts and applies only the rest."""
         head_ids = self.active()
         events = {e.id: e for e in self.ledger.events()}
         head = self.live.hash()
         current = list(head_ids)
 
         def goto(ids: list[str]) -> None:
-            while current:
+            keep = 0
+            while keep < min(len(current), len(ids)) and current[keep] == ids[keep]:
+                keep += 1
+            while len(current) > keep:
                 self.live.revert(self._patch(events[current.pop()]))
-            for i in ids:
+            for i in ids[keep:]:
                 self.live.apply(self._patch(events[i]))
                 current.append(i)
 
@@ -496,25 +500,17 @@ class Workbench:
         starts = [self.base_hash] + [after for _, after in recorded[:-1]]
         if all(before == start for (before, _), start in zip(recorded, starts)):
             return recorded
-        head = self.live.hash()
-        patches = [self._patch(e) for e in events]
-        undone = 0
-        try:
-            for patch in reversed(patches):
-                self.live.revert(patch)
-                undone += 1
-            out, before = [], self.live.hash()
-            for patch in patches:
-                self.live.apply(patch)
-                undone -= 1
+        ids = [e.id for e in events]
+        out = []
+        with self._walk() as goto:
+            goto([])
+            before = self.live.hash()
+            for k in range(len(ids)):
+                goto(ids[:k + 1])  # one more patch on top: the walk keeps the prefix it has
                 after = self.live.hash()
                 out.append((before, after))
                 before = after
-        except BaseException:
-            for patch in patches[len(patches) - undone:]:  # put back what is still reverted
-                self.live.apply(patch)
-            raise
-        if before != head or out[0][0] != self.base_hash:
+        if before != self.ledger.head_hash() or out[0][0] != self.base_hash:
             raise WorkbenchError("replaying the edits in force from the base model does not give the current "
                                  "weights; run `workbench verify`")
         return out
