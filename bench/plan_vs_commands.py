@@ -115,8 +115,10 @@ def main() -> None:
     ratio = out["plan"]["seconds"] / out["commands"]["seconds"]
     print(f"plan / separate commands: {ratio:.2f}; same final weights: {same}")
     if args.json is not None:
-        args.json.write_text(json.dumps({**out, "ratio": round(ratio, 3), "same_weights": same,
-                                         "edits": 100, "commands": 1 + 1 + 20 + 3}, indent=2) + "\n")
+        # memit and ft one command each, rome one per request, then tag, export, bundle
+        n_commands = sum(1 if editor != "rome" else count for editor, _, count, _ in STEPS) + 3
+        args.json.write_text(json.dumps({**out, "ratio": round(ratio, 3), "same_weights": same, "edits": 100,
+                                         "separate_commands": n_commands}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
