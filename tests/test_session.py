@@ -377,3 +377,33 @@ def test_two_processes_editing_one_workspace_leave_a_verifiable_history(tmp_path
         assert wb.verify() == [] and len(wb.log()) == sum(code == 0 for code, _ in results)
     finally:
         wb.close()
+
+
+def test_compare_runs_each_candidate_on_the_current_model_and_records_nothing(wb):
+    wb.edit("test-bump", EDITS[:1], {"layer": "0"})
+    h, n = weights_hash(wb.model), len(wb.log())
+    rows = wb.compare(EDITS[1:3], [("test-bump", {"layer": "2"}), ("test-shift", None), ("grace", {"n_iter": "20"})])
+    assert weights_hash(wb.model) == h and len(wb.log()) == n  # every trial reverted exactly, none recorded
+    assert not hasattr(wb.model.model.norm, "inner")  # the shift's attachment is gone too
+    assert [r["editor"] for r in rows] == ["test-bump", "test-shift", "grace"]
+    assert rows[0]["metrics_before"] == rows[1]["metrics_before"] == rows[2]["metrics_before"]  # measured once
+    assert rows[2]["metrics_after"]["reliability"] > rows[2]["metrics_before"]["reliability"]
+    # applying the chosen one records what the comparison showed
+    ev = wb.edit("grace", EDITS[1:3], rows[2]["params"], seed=rows[2]["seed"])
+    assert ev.metrics_after == rows[2]["metrics_after"] and ev.hparams == rows[2]["hparams"]
+
+
+def test_compare_refuses_a_bad_candidate_before_any_runs(wb):
+    h = weights_hash(wb.model)
+    with pytest.raises(InputError, match="n_iter"):
+        wb.compare(EDITS[:1], [("test-bump", None), ("grace", {"n_iter": "-3"})])
+    assert weights_hash(wb.model) == h and wb.log() == []
+
+
+def test_a_session_knows_when_another_changed_its_workspace(tmp_path):
+    a, b = Workbench(None, tmp_path / "ws"), Workbench(None, tmp_path / "ws")
+    a.edit("test-bump", EDITS[:1])
+    assert b.stale() and not a.stale()
+    with pytest.raises(Exception, match="changed by another session"):
+        b.edit("test-bump", EDITS[1:2])
+    assert len(a.log()) == 1 and weights_hash(b.model) == b.base_hash  # nothing lost, nothing half-done

@@ -199,6 +199,49 @@ def test_sessions_never_see_each_other(app):
     assert ask(a, EDIT_PROMPT).startswith("Kelmoria")
 
 
+def reopen(name: str) -> AppTest:
+    """A new browser tab on the address `?session=name` (a reload, a bookmark, a second tab)."""
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params["session"] = name
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_a_reload_reopens_the_session_and_tabs_never_edit_a_stale_model(app):
+    a = app()
+    name = a.query_params["session"]  # the address names the session from the first page on
+    apply_world_edit(a, early_stop_loss=0.05)
+    b = reopen(name)  # F5: a new browser session on the same address
+    wb = b.session_state["wb"]
+    assert wb.workspace.name == name and wb.active() == ["e0001"]
+    assert ask(b, EDIT_PROMPT).startswith("Kelmoria")  # the edit is in force in the reopened model
+    # the Model page lists the session, the open one marked, with its edit in force
+    rows = goto(b, "model").dataframe[0].value
+    row = rows[rows["session"].str.startswith(name)].iloc[0]
+    assert row["session"].endswith("(open here)") and row["edits in force"] == 1 and row["events"] == 1
+    # b edits; a (the first tab) is now behind: it is reopened at the head before it draws
+    goto(b, "history")
+    b.button(key="history_rollback").click().run()
+    assert b.session_state["wb"].active() == []
+    goto(a, "history")
+    assert any("changed in another tab" in i.value for i in a.info)
+    assert a.session_state["wb"].active() == [] and len(a.session_state["wb"].log()) == 2
+    # a new session, then back to the first through the list
+    goto(a, "model").button(key="model_session_new").click().run()
+    assert a.query_params["session"] != name and a.session_state["wb"].log() == []
+    a.selectbox(key="model_session_pick").set_value(name)
+    a.button(key="model_session_open").click().run()
+    assert a.query_params["session"] == name and len(a.session_state["wb"].log()) == 2
+
+
+def test_an_address_naming_no_session_is_refused_and_the_page_still_draws(app):
+    for bad in ("../../etc", "session-000000000000"):
+        at = reopen(bad)
+        assert any("could not be opened" in e.value for e in at.error), errors(at)
+        assert at.session_state["wb"] is None
+
+
 def test_bad_input_is_reported_and_nothing_is_applied(app, tmp_path):
     at = app()
     wb = at.session_state["wb"]

@@ -1,16 +1,46 @@
 """Model page: architecture and sizes, a prompt box, items of every suite to ask, the world it
 was trained on and the shipped model's accuracy on each suite."""
 import json
+from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 from ui import common
-from ui.state import get_workbench, replace_workbench
+from ui.state import get_workbench, replace_workbench, sessions, switch_session
 
 st.title("Model")
 wb = get_workbench()
+
+with st.expander("Sessions", expanded=wb is None):
+    st.caption("Every session of this workspace root; the page's address names the open one, so a reload or a "
+               "bookmark reopens it with its edits in force.")
+    listed = sessions()
+    if listed:
+        from datetime import datetime
+        current = Path(wb.workspace).name if wb is not None else None
+        st.dataframe(pd.DataFrame([{
+            "session": r["session"] + (" (open here)" if r["session"] == current else ""),
+            "model": Path(r["base_model"]).name if r.get("base_model") else "(unreadable ledger)",
+            "events": r.get("events"), "edits in force": len(r.get("active") or []),
+            "last event": " ".join(str(x) for x in (r.get("last_event"), r.get("last_kind"), r.get("last_editor"))
+                                   if x) or "—",
+            "last change": datetime.fromtimestamp(r["modified"]).strftime("%Y-%m-%d %H:%M:%S")}
+            for r in listed]), hide_index=True, width="stretch")
+        c = st.columns([2, 1, 1])
+        pick = c[0].selectbox("session", [r["session"] for r in listed], key="model_session_pick",
+                              label_visibility="collapsed")
+        if c[1].button("Open this session", key="model_session_open", disabled=pick == current):
+            with common.shown_errors(f"session {pick} did not open; the current one is kept"):
+                switch_session(pick)
+                st.rerun()
+        if c[2].button("New session", key="model_session_new"):
+            with common.shown_errors("no new session; the current one is kept"):
+                replace_workbench(str(wb.model_dir) if wb is not None else None)
+                st.rerun()
+    else:
+        st.caption("no session yet")
 
 with st.expander("Load another model folder", expanded=wb is None):
     folder = st.text_input("model folder (a local Hugging Face checkpoint; empty: the shipped model)",

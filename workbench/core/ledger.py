@@ -19,6 +19,7 @@ import json
 import sqlite3
 from dataclasses import dataclass, fields
 from pathlib import Path
+from types import SimpleNamespace
 
 from workbench.core.errors import InputError, WorkbenchError
 
@@ -318,6 +319,23 @@ def peek_tags(root, *, plan_hash: str | None = None) -> set[str]:
 def peek_steps_done(root, plan_hash: str) -> set[int]:
     """The finished steps (0-based) of a plan in a workspace (`_peek`)."""
     return {r[0] for r in _peek(root, "SELECT step FROM plan_steps WHERE plan_hash = ?", (plan_hash,))}
+
+
+def peek_summary(root) -> dict | None:
+    """What a workspace holds, read without opening it (no model loaded: the UI lists sessions
+    with it): its base model, how many events, the last one, the edits in force; None when the
+    folder has no ledger."""
+    meta = dict(_peek(root, "SELECT key, value FROM meta"))
+    if not meta:
+        return None
+    rows = _peek(root, "SELECT id, kind, targets, editor, created_at FROM events ORDER BY seq")
+    # active_edits reads only id, kind and targets
+    light = [SimpleNamespace(id=r[0], kind=r[1], targets=json.loads(r[2]) if r[2] else None) for r in rows]
+    last = rows[-1] if rows else None
+    return {"base_model": meta.get("base_model"), "base_hash": meta.get("base_hash"), "events": len(rows),
+            "active": active_edits(light), "last_event": last[0] if last else None,
+            "last_kind": last[1] if last else None, "last_editor": last[3] if last else None,
+            "last_at": last[4] if last else None}
 
 
 def utc_now() -> str:

@@ -16,6 +16,7 @@ import json
 import os
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.core.errors import InputError, WorkbenchError
@@ -152,6 +153,46 @@ class Workbench:
         `hparams` are the ones that ran (`Editor.effective_hparams`); `plan` (a plan's hash,
         step and item, `workbench.editing.plan`) goes into the event's context.
         """
+        gate_list = Gate.parse_all(gates) if isinstance(gates, str) else list(gates or [])
+        a = self._attempt(editor, requests, params, seed=seed, gate_list=gate_list)
+        try:
+            h_after = self.live.hash()
+            measured = gate_metrics(a.after["mean"], a.after["intervals"])
+            failed = check_gates(gate_list, measured)
+            context = {**({"plan": plan} if plan else {}), "seed": seed, "gates": [g.outcome(measured) for g in gate_list],
+                       "intervals_before": a.before["intervals"], "intervals_after": a.after["intervals"],
+                       **_changed_probes(a.after)}
+            common = dict(editor=editor, hparams=a.hparams, requests=[r.to_dict() for r in a.batch],
+                          metrics_before=a.before["mean"], metrics_after=a.after["mean"], weights_before=a.h_before,
+                          context=context, author=author or self.author, created_at=utc_now(),
+                          duration_s=round(a.duration, 4), note=note)
+            if failed:
+                self.live.revert(a.patch)
+                self._expect_hash(a.h_before, "reverting a rejected edit")
+                gate_note = "rejected by gate: " + "; ".join(failed)
+                with self._commit():
+                    return self.ledger.append(id=self.ledger.next_id(), kind="rejected", weights_after=a.h_before,
+                                              **{**common, "note": f"{gate_note}. {note}" if note else gate_note})
+            with self._commit():
+                eid = self.ledger.next_id()
+                rel = f"patches/{eid}.safetensors"
+                digest = a.patch.save(self.ledger.root / rel)
+                event = self.ledger.append(id=eid, kind="edit", weights_after=h_after, patch_file=rel,
+                                           patch_sha256=digest, patch_bytes=a.patch.nbytes, **common)
+            self._keep(eid, a.patch)
+            return event
+        except BaseException:
+            # Never leave an uncommitted change in the model.
+            if self.live.hash() != a.h_before:
+                self.live.revert(a.patch)
+            raise
+
+    def _attempt(self, editor: str, requests: list, params: dict | None, *, seed: int,
+                 gate_list: list[Gate] = (), before: tuple | None = None) -> "_Attempt":
+        """Check, measure, apply and measure again: the model is left edited for the caller to
+        commit or revert (it is reverted here if anything fails). `before`: (reference,
+        evaluation) of these requests on the current model, when the caller measured them."""
+        from workbench.core.progress import step
         from workbench.editing.contract import EditContext, context_length
         from workbench.editing.registry import get_editor
         cls = get_editor(editor)
@@ -160,53 +201,66 @@ class Workbench:
             raise InputError(f"editor {cls.name!r} cannot be applied on top of earlier edits (not sequential); "
                              f"roll back first", field="editor")
         batch = cls.check(requests, self.tok, self.adapter, context=context_length(self.model))  # the one check
-        gate_list = Gate.parse_all(gates) if isinstance(gates, str) else list(gates or [])
         instance = cls(cls.prepare(self.adapter, params))
-        ref, ev_before = self._measure(batch.requests, None)
-        before = ev_before["mean"]
-        known = gate_metrics(before, ev_before["intervals"])
+        if before is None:
+            step(f"measuring {len(batch)} request(s) before the edit")
+            before = self._measure(batch.requests, None)
+        ref, ev_before = before
+        known = gate_metrics(ev_before["mean"], ev_before["intervals"])
         unknown = sorted({g.metric for g in gate_list} - set(known))
         if unknown:  # a misspelt gate would reject every edit: refuse it before editing
             raise InputError(f"gate metric(s) {', '.join(unknown)} are not metrics of this edit "
                              f"(known: {', '.join(sorted(known))})", field="gate")
         h_before = self.live.hash()
+        step(f"editing with {editor}")
         t0 = time.perf_counter()
         applied = instance.apply(EditContext(self.model, self.tok, self.adapter, seed), batch)
         duration = time.perf_counter() - t0
-        patch = applied.patch
         try:
-            self.live.edited(patch)
+            self.live.edited(applied.patch)
+            step("measuring after the edit")
             _, ev_after = self._measure(batch.requests, ref)
-            after = ev_after["mean"]
-            h_after = self.live.hash()
-            measured = gate_metrics(after, ev_after["intervals"])
-            failed = check_gates(gate_list, measured)
-            context = {**({"plan": plan} if plan else {}), "seed": seed, "gates": [g.outcome(measured) for g in gate_list],
-                       "intervals_before": ev_before["intervals"], "intervals_after": ev_after["intervals"],
-                       **_changed_probes(ev_after)}
-            common = dict(editor=editor, hparams=applied.hparams.to_dict(), requests=[r.to_dict() for r in batch],
-                          metrics_before=before, metrics_after=after, weights_before=h_before, context=context,
-                          author=author or self.author, created_at=utc_now(), duration_s=round(duration, 4), note=note)
-            if failed:
-                self.live.revert(patch)
-                self._expect_hash(h_before, "reverting a rejected edit")
-                gate_note = "rejected by gate: " + "; ".join(failed)
-                with self._commit():
-                    return self.ledger.append(id=self.ledger.next_id(), kind="rejected", weights_after=h_before,
-                                              **{**common, "note": f"{gate_note}. {note}" if note else gate_note})
-            with self._commit():
-                eid = self.ledger.next_id()
-                rel = f"patches/{eid}.safetensors"
-                digest = patch.save(self.ledger.root / rel)
-                event = self.ledger.append(id=eid, kind="edit", weights_after=h_after, patch_file=rel,
-                                           patch_sha256=digest, patch_bytes=patch.nbytes, **common)
-            self._keep(eid, patch)
-            return event
         except BaseException:
-            # Never leave an uncommitted change in the model.
             if self.live.hash() != h_before:
-                self.live.revert(patch)
+                self.live.revert(applied.patch)
             raise
+        return _Attempt(batch, applied.patch, applied.hparams.to_dict(), ev_before, ev_after, h_before, duration)
+
+    def compare(self, requests: list, candidates: list[tuple[str, dict | None]], *, seed: int = 0) -> list[dict]:
+        """Each (editor, params) of `candidates` applied on its own to the current model, measured
+        and reverted exactly: what `edit` would record, recorded nowhere. All candidates are
+        checked before the first runs; the requests are measured before once. Returns one dict a
+        candidate: editor, hparams, metrics and intervals before and after, seconds, the locality
+        probes it changed."""
+        from workbench.editing.contract import context_length
+        from workbench.editing.registry import get_editor
+        self._check_fresh()
+        for editor, params in candidates:  # a bad one is refused before any runs
+            cls = get_editor(editor)
+            if self.active() and not cls.capabilities.sequential:
+                raise InputError(f"editor {cls.name!r} cannot be applied on top of earlier edits (not sequential); "
+                                 f"roll back first", field="editor")
+            cls.prepare(self.adapter, params)
+            cls.check(requests, self.tok, self.adapter, context=context_length(self.model))
+        from workbench.core.progress import step
+        step(f"measuring {len(requests)} request(s) on the current model")
+        before = self._measure(get_editor(candidates[0][0]).check(
+            requests, self.tok, self.adapter, context=context_length(self.model)).requests, None)
+        out = []
+        for editor, params in candidates:
+            a = self._attempt(editor, requests, params, seed=seed, before=before)
+            self.live.revert(a.patch)
+            self._expect_hash(a.h_before, f"reverting the trial of {editor}")
+            out.append({"editor": editor, "params": dict(params or {}), "hparams": a.hparams, "seed": seed,
+                        "metrics_before": a.before["mean"], "metrics_after": a.after["mean"],
+                        "intervals_before": a.before["intervals"], "intervals_after": a.after["intervals"],
+                        "duration_s": round(a.duration, 4), **_changed_probes(a.after)})
+        return out
+
+    def stale(self) -> bool:
+        """Whether another session or process recorded events since this one last synced (its
+        model is then not the workspace's head; reopen the workspace)."""
+        return self.ledger.last_seq() != self._seq
 
     def check_each(self, editor: str, requests: list, params: dict | None = None) -> None:
         """Every request on its own, and the hyper-parameters, as `edit_each` will use them: an
@@ -599,6 +653,18 @@ class Workbench:
     def _expect_hash(self, want: str, what: str) -> None:
         if self.live.hash() != want:
             raise WorkbenchError(f"{what} did not restore the weights exactly")
+
+
+@dataclass
+class _Attempt:
+    """An edit applied and measured, not yet committed or reverted."""
+    batch: object
+    patch: Patch
+    hparams: dict
+    before: dict  # the evaluation before (mean, intervals, per_request)
+    after: dict
+    h_before: str
+    duration: float
 
 
 def _load_patch(path: Path, editor: str | None) -> Patch:
