@@ -505,3 +505,28 @@ def test_history_page_exports_a_checkpoint_that_loads(app, tmp_path):
     from workbench.core.patch import weights_hash
     model, _ = load_model(tmp_path / "ckpt")
     assert weights_hash(model) == at.session_state["wb"].weights_hash()
+
+
+def test_compare_three_editors_then_apply_one(app):
+    at = goto(app(), "compare")
+    wb = at.session_state["wb"]
+    at.radio(key="compare_source").set_value("world set").run()
+    at.number_input(key="compare_count").set_value(2).run()
+    at.multiselect(key="compare_editors").set_value(["grace", "ft", "memoir"])
+    at.run()
+    at.number_input(key="compare_ft_steps").set_value(2)
+    at.button(key="compare_run").click().run()
+    assert not at.exception and not errors(at), errors(at)
+    reqs, rows = at.session_state["last_compare"]
+    assert [r["editor"] for r in rows] == ["grace", "ft", "memoir"] and rows[1]["hparams"]["steps"] == 2
+    assert wb.log() == [] and wb.weights_hash() == wb.base_hash  # compared on scratch, nothing recorded
+    table = at.dataframe[1].value  # after the requests table
+    assert list(table["editor"]) == ["(before)", "grace", "ft", "memoir"]
+    assert table["reliability"][1].startswith("1.000")  # GRACE's codebook answers its own prompts
+    (chart,) = [c for c in at.get("plotly_chart")]
+    assert {t["name"] for t in json.loads(chart.proto.spec)["data"]} == {"before", "grace", "ft", "memoir"}
+    at.selectbox(key="compare_pick").set_value("grace")
+    at.button(key="compare_apply").click().run()
+    event, compared = at.session_state["last_compare_applied"]
+    assert event.kind == "edit" and wb.active() == [event.id] and event.metrics_after == compared
+    assert any("equal the comparison's" in s.value for s in at.success)

@@ -13,6 +13,7 @@ st.set_page_config(page_title="Model editing workbench", layout="wide")
 pages = [
     st.Page(str(HERE / "model.py"), title="Model", default=True),
     st.Page(str(HERE / "edit.py"), title="Edit"),
+    st.Page(str(HERE / "compare.py"), title="Compare"),
     st.Page(str(HERE / "unlearn.py"), title="Unlearn"),
     st.Page(str(HERE / "merge.py"), title="Merge"),
     st.Page(str(HERE / "history.py"), title="History"),

@@ -103,6 +103,54 @@ def load_uploaded(upload) -> list:
             raise type(e)(str(e).replace(str(path), upload.name)) from None
 
 
+def edit_requests(*, key: str) -> list:
+    """The edit requests a page works on, from a composed request, the world's counterfactual
+    set, an uploaded file or a file on this machine (any format the CLI reads: native JSONL,
+    ZsRE, CounterFact, EasyEdit/KnowEdit, WISE); [] with the reason on the page when unusable."""
+    from workbench.eval.requests import EditRequest, load_requests
+    source = st.radio("source", ["compose", "world set", "upload", "file on this machine"], horizontal=True,
+                      key=f"{key}_source")
+    reqs: list = []
+    with shown_errors("these requests cannot be used"):
+        if source == "compose":
+            c = st.columns(2)
+            prompt = c[0].text_input("prompt", value="Wymkeark Holviol is a citizen of", key=f"{key}_prompt")
+            target = c[1].text_input("new target", value="Kelmoria", key=f"{key}_target")
+            rephrases = st.text_area("rephrased prompts (generality), one a line",
+                                     value="The nation that Wymkeark Holviol belongs to is", key=f"{key}_rephrase")
+            locality = st.text_area("locality probes, one a line as `prompt => answer`",
+                                    value="Every day Kainio Fethbrai feeds the family => beagle", key=f"{key}_locality")
+            loc = []
+            for i, line in enumerate(locality.splitlines(), 1):
+                if line.strip():
+                    if "=>" not in line:
+                        raise ValueError(f"locality line {i}: expected `prompt => answer`, got {line!r}")
+                    p, a = line.split("=>", 1)
+                    loc.append((p.strip(), a.strip()))
+            return [EditRequest(prompt.strip(), target.strip(), locality=loc,
+                                rephrase_prompts=[r.strip() for r in rephrases.splitlines() if r.strip()])]
+        if source == "world set":
+            c = st.columns(2)
+            start = c[0].number_input("first request (index)", 0, 999, 0, key=f"{key}_start")
+            count = c[1].number_input("how many", 1, 50, 1, key=f"{key}_count")
+            return world_set("edits_counterfactual.jsonl", int(start), int(count))
+        if source == "upload":
+            up = st.file_uploader("request file (native JSONL, ZsRE, CounterFact, EasyEdit/KnowEdit, WISE)",
+                                  key=f"{key}_upload")
+            reqs, name = (load_uploaded(up), up.name) if up is not None else ([], "")
+        else:
+            c = st.columns([3, 1, 1])
+            path = c[0].text_input("request file (native JSONL, ZsRE, CounterFact, EasyEdit/KnowEdit, WISE)",
+                                   key=f"{key}_path", placeholder="/path/to/zsre_eval.json")
+            start = c[1].number_input("first request (index)", 0, None, 0, key=f"{key}_path_start")
+            count = c[2].number_input("how many", 1, 1000, 10, key=f"{key}_path_count")
+            name = path.strip()
+            reqs = load_requests(Path(name).expanduser())[int(start):int(start) + int(count)] if name else []
+        if any(not isinstance(r, EditRequest) for r in reqs):
+            raise ValueError(f"{name} holds forget requests; use the Unlearn page")
+    return reqs
+
+
 def world_set(name: str, start: int, count: int) -> list:
     return _cached_set(name)[start:start + count]
 
@@ -314,8 +362,8 @@ def before_after_chart(event, metrics=EDIT_METRICS, key: str = "chart"):
     for label, attr, ivs in (("before", "metrics_before", ctx.get("intervals_before") or {}),
                              ("after", "metrics_after", ctx.get("intervals_after") or {})):
         vals = [(getattr(event, attr) or {}).get(m) for m in names]
-        bars.append(go.Bar(name=label, x=names, y=vals, text=["—" if v is None else f"{v:.2f}" for v in vals],
-                           textposition="outside", error_y=error_bars([ivs.get(m) for m in names])))
+        bars.append(go.Bar(name=label, x=names, y=vals, text=[bar_label(v) for v in vals], textposition="outside",
+                           cliponaxis=False, error_y=error_bars([ivs.get(m) for m in names])))
     fig = go.Figure(bars)
     if event.kind == "rejected":
         fig.data[1].name = "after (rejected; reverted)"
@@ -323,6 +371,12 @@ def before_after_chart(event, metrics=EDIT_METRICS, key: str = "chart"):
                       title=f"{event.id}: {event.editor} ({event.kind})")
     st.plotly_chart(fig, key=key)
     return fig
+
+
+def bar_label(value) -> str:
+    """A bar's label: its value (a zero is labelled "0.00", so it is not read as a missing metric),
+    "—" where the metric was not measured."""
+    return "—" if value is None else f"{value:.2f}"
 
 
 def metrics_table(event, *, key: str | None = None) -> None:

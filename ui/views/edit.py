@@ -12,44 +12,10 @@ if wb is None:
     st.stop()
 
 from workbench.editing.registry import describe_editor, editor_names  # noqa: E402  (after the early stop)
-from workbench.eval.requests import EditRequest  # noqa: E402
 
 # ------------------------------------------------------------------ requests
 st.subheader("1. Requests")
-source = st.radio("source", ["compose", "world set", "upload"], horizontal=True, key="edit_source")
-reqs: list = []
-with common.shown_errors("these requests cannot be used"):
-    if source == "compose":
-        c = st.columns(2)
-        prompt = c[0].text_input("prompt", value="Wymkeark Holviol is a citizen of", key="edit_prompt")
-        target = c[1].text_input("new target", value="Kelmoria", key="edit_target")
-        rephrases = st.text_area("rephrased prompts (generality), one a line",
-                                 value="The nation that Wymkeark Holviol belongs to is", key="edit_rephrase")
-        locality = st.text_area("locality probes, one a line as `prompt => answer`",
-                                value="Every day Kainio Fethbrai feeds the family => beagle", key="edit_locality")
-        loc = []
-        for i, line in enumerate(locality.splitlines(), 1):
-            if line.strip():
-                if "=>" not in line:
-                    raise ValueError(f"locality line {i}: expected `prompt => answer`, got {line!r}")
-                p, a = line.split("=>", 1)
-                loc.append((p.strip(), a.strip()))
-        reqs = [EditRequest(prompt.strip(), target.strip(), locality=loc,
-                            rephrase_prompts=[r.strip() for r in rephrases.splitlines() if r.strip()])]
-    elif source == "world set":
-        c = st.columns(2)
-        start = c[0].number_input("first request (index)", 0, 999, 0, key="edit_start")
-        count = c[1].number_input("how many", 1, 50, 1, key="edit_count")
-        reqs = common.world_set("edits_counterfactual.jsonl", int(start), int(count))
-    else:
-        up = st.file_uploader("request file (native JSONL, ZsRE, CounterFact, EasyEdit/KnowEdit, WISE)",
-                              key="edit_upload")
-        if up is not None:
-            reqs = common.load_uploaded(up)
-            forgets = [r for r in reqs if not isinstance(r, EditRequest)]
-            if forgets:
-                reqs = []
-                raise ValueError(f"{up.name} holds forget requests; use the Unlearn page")
+reqs = common.edit_requests(key="edit")
 if reqs:
     st.caption(f"{len(reqs)} request(s)")
     common.requests_table(reqs)
