@@ -407,3 +407,24 @@ def test_a_session_knows_when_another_changed_its_workspace(tmp_path):
     with pytest.raises(Exception, match="changed by another session"):
         b.edit("test-bump", EDITS[1:2])
     assert len(a.log()) == 1 and weights_hash(b.model) == b.base_hash  # nothing lost, nothing half-done
+
+
+def test_progress_reaches_a_listening_front_end_and_only_its_own_thread(wb):
+    import threading
+    from workbench.core.progress import Progress, progress_bar, reporting
+    sink = Progress()
+
+    def elsewhere():
+        with progress_bar("another session's work", 9, enabled=False) as advance:
+            advance(9)
+    with reporting(sink):
+        with progress_bar("counting", 4, enabled=False) as advance:
+            advance(3)
+            assert (sink.step, sink.done, sink.total, sink.fraction()) == ("counting", 3, 4, 0.75)
+            assert "counting 3/4" in sink.describe()
+        other = threading.Thread(target=elsewhere)
+        other.start()
+        other.join()  # work on another thread reports nothing here
+        assert (sink.step, sink.done) == ("counting", 3)
+        wb.edit("test-bump", EDITS[1:2])
+    assert sink.step == "measuring after the edit"

@@ -11,7 +11,7 @@ pytest.importorskip("streamlit.testing.v1")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 APP = str(Path(__file__).resolve().parent.parent / "ui" / "app.py")
-PAGES = ("model", "edit", "unlearn", "merge", "history")
+PAGES = ("model", "edit", "compare", "unlearn", "merge", "history", "benchmarks")
 EDIT_PROMPT = "Wymkeark Holviol is a citizen of"  # the first world counterfactual: ground truth Drovenia
 
 
@@ -289,7 +289,7 @@ def test_a_model_that_does_not_load_at_start(app, tmp_path, monkeypatch):
     assert at.session_state["wb"] is None
     for page in PAGES:  # every page says why and keeps rendering
         goto(at, page)
-        assert any("could not be loaded" in e for e in errors(at)), page
+        assert any("could not be opened" in e for e in errors(at)), page
     goto(at, "model")
     at.text_input(key="model_folder").set_value("")  # empty: the shipped model
     at.button(key="load_model").click().run()
@@ -401,7 +401,7 @@ def test_merge_page_merges_two_adapters(app):
     assert dict(zip(shown["adapter"], shown["switched"])) == {"lora0": "off", "lora1": "off", "lora2": "on"}
 
 
-def test_unlearn_page_shows_bench_results_and_refuses_a_bad_file(app, tmp_path):
+def test_benchmarks_page_shows_unlearning_results_and_refuses_a_bad_file(app, tmp_path):
     rows = [{"editor": "ga", "set": "canaries", "n": 2, "seconds": 1.0,
              "before": {"by_repeats": {"1": 1.0, "8": 1.0}, "utility": {"reading": 0.9}},
              "after": {"by_repeats": {"1": 0.0, "8": 0.5}, "utility": {"reading": 0.9}},
@@ -414,19 +414,23 @@ def test_unlearn_page_shows_bench_results_and_refuses_a_bad_file(app, tmp_path):
     good = tmp_path / "unlearn.json"
     good.write_text(json.dumps(rows))
     at = app()
-    goto(at, "unlearn")
-    at.text_input(key="unlearn_results_path").set_value(str(good)).run()
+    goto(at, "benchmarks")
+    at.text_input(key="bench_path").set_value(str(good)).run()
     assert not errors(at), errors(at)
     assert any("| ga | canaries |" in m.value for m in at.markdown)
     names = {t.get("name") for t in traces(at)}
     assert {"before (canaries)", "ga (canaries)"} <= names  # recitation by repeats and utility vs k
+    assert {"before", "ga"} <= names  # the suites before and after
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps([{"editor": "ga"}]))
-    at.text_input(key="unlearn_results_path").set_value(str(bad)).run()
-    assert any("bad.json" in e and "set" in e for e in errors(at)), errors(at)
+    bad.write_text(json.dumps([{"editor": "ga", "set": "canaries"}]))
+    at.text_input(key="bench_path").set_value(str(bad)).run()
+    assert any("bad.json" in e and "after" in e for e in errors(at)), errors(at)
+    bad.write_text(json.dumps([{"hello": 1}]))
+    at.text_input(key="bench_path").set_value(str(bad)).run()
+    assert any("bad.json" in e and "not rows of" in e for e in errors(at)), errors(at)
 
 
-def test_edit_page_charts_lifelong_results_and_refuses_a_bad_file(app, tmp_path):
+def test_benchmarks_page_charts_lifelong_results_and_refuses_a_bad_file(app, tmp_path):
     def row(editor, T, rel):
         return {"editor": editor, "T": T, "reliability": rel, "reliability_exact": rel, "generality": 0.5,
                 "generality_exact": 0.4, "locality": 1.0, "locality_exact": 1.0, "median_edit_s": 0.1,
@@ -435,8 +439,8 @@ def test_edit_page_charts_lifelong_results_and_refuses_a_bad_file(app, tmp_path)
     a.write_text(json.dumps([row("memoir", 1, 1.0), row("memoir", 10, 0.9)]))
     b.write_text(json.dumps([{"editor": "memoir", "T": 10}]))  # no scores: refused, file and field named
     at = app()
-    goto(at, "edit")
-    at.text_input(key="edit_results_path").set_value(str(a)).run()
+    goto(at, "benchmarks")
+    at.text_input(key="bench_path").set_value(str(a)).run()
     assert not errors(at), errors(at)
     assert any("| memoir | 10 | 0.900 |" in m.value for m in at.markdown)
     names = {t.get("name") for t in traces(at)}
@@ -448,7 +452,7 @@ def test_edit_page_charts_lifelong_results_and_refuses_a_bad_file(app, tmp_path)
     frame = markdown_frame(table(load_rows([a])))
     assert list(frame["T"]) == ["1", "10"] and frame["rel."][1].startswith("0.900")
     assert len(at.get("download_button")) == 2
-    at.text_input(key="edit_results_path").set_value(str(b)).run()
+    at.text_input(key="bench_path").set_value(str(b)).run()
     assert any("lifelong_b.json" in e and "median_edit_s" in e for e in errors(at)), errors(at)
 
 
@@ -530,3 +534,22 @@ def test_compare_three_editors_then_apply_one(app):
     event, compared = at.session_state["last_compare_applied"]
     assert event.kind == "edit" and wb.active() == [event.id] and event.metrics_after == compared
     assert any("equal the comparison's" in s.value for s in at.success)
+
+
+def test_benchmarks_page_draws_the_shipped_merge_results_and_runs_a_small_bench(app):
+    at = goto(app(), "benchmarks")
+    at.multiselect(key="bench_pick").set_value(["merge_v2.json"]).run()
+    assert not errors(at), errors(at)
+    assert any("| ties |" in m.value for m in at.markdown)
+    bars = {t["name"]: t for t in traces(at) if t["type"] == "bar"}
+    assert set(bars) == {"reliability", "generality", "locality"} and "ties_svd" in bars["locality"]["x"]
+    # a small lifelong run from the page: GRACE at T = 1 and 2, in scratch workspaces
+    at.multiselect(key="bench_pick").set_value([]).run()
+    at.text_input(key="bench_run_T").set_value("1,2")
+    at.number_input(key="bench_run_repeats").set_value(1)
+    at.button(key="bench_run").click().run()
+    assert not errors(at), errors(at)
+    kind, rows = at.session_state["last_bench"]
+    assert kind == "lifelong" and [r["T"] for r in rows] == [1, 2] and rows[0]["reliability"] == 1.0
+    assert [t["y"] for t in traces(at) if t.get("name") == "grace"][0] == [r["reliability"] for r in rows]
+    assert at.session_state["wb"].log() == []  # the session's history is not touched

@@ -17,5 +17,6 @@ pages = [
     st.Page(str(HERE / "unlearn.py"), title="Unlearn"),
     st.Page(str(HERE / "merge.py"), title="Merge"),
     st.Page(str(HERE / "history.py"), title="History"),
+    st.Page(str(HERE / "benchmarks.py"), title="Benchmarks"),
 ]
 st.navigation(pages).run()

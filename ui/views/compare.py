@@ -8,7 +8,7 @@ import streamlit as st
 from ui import common
 from ui.state import get_workbench
 
-st.title("Compare editors")
+st.title("Compare")
 wb = get_workbench()
 if wb is None:
     st.stop()

@@ -1,6 +1,5 @@
 """Edit page: compose or pick requests, choose an editor and its hyperparameters, apply,
-and compare metrics and generations before and after; and the lifelong benchmark's results
-(reliability, generality and locality against T, both scorings) for every editor run."""
+and compare metrics and generations before and after."""
 import streamlit as st
 
 from ui import common
@@ -45,25 +44,4 @@ if "last_edit" in st.session_state:
     common.show_result(wb, *st.session_state["last_edit"], metrics=common.EDIT_METRICS, key="edit",
                        caption="generations before and after (greedy, 8 tokens)")
 
-# ------------------------------------------------------------------ lifelong benchmark results
-st.subheader("3. Lifelong benchmark results")
-st.caption("Rows written by `workbench bench lifelong --T 1,10,100,1000 --json FILE`: T sequential edits, all "
-           "scored on the final model at each checkpoint, teacher-forced (solid) and exact greedy (dashed). "
-           "Several files are drawn together, each run named by its file (ablations of one editor stay apart).")
-from workbench.core.paths import BENCH_RESULTS  # noqa: E402
-shipped = sorted(p.name for p in BENCH_RESULTS.glob("lifelong*.json") if "layout" not in p.name)
-c = st.columns([2, 1])
-picked = c[0].multiselect("shipped results", shipped, key="edit_results_pick")
-other = c[1].text_input("or a results file", key="edit_results_path")
-files = [other.strip()] if other.strip() else [str(BENCH_RESULTS / name) for name in picked]
-if files:
-    with common.shown_errors("cannot show these results"):
-        from workbench.bench.lifelong import load_rows, table
-        from workbench.bench.plots import lifelong_vs_T
-        rows = load_rows(files)
-        text = table(rows)
-        st.markdown(text)
-        common.table_downloads(common.markdown_frame(text), "lifelong", key="edit_results")
-        fig = lifelong_vs_T(rows)
-        if fig is not None:
-            st.plotly_chart(fig, key="edit_results_lifelong")
+st.caption("The lifelong benchmark's results (every editor against T) are on the Benchmarks page.")

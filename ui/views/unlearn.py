@@ -67,23 +67,4 @@ if "last_unlearn" in st.session_state:
     common.show_result(wb, *st.session_state["last_unlearn"], metrics=common.FORGET_METRICS, key="unlearn",
                        caption="recitation before and after (greedy, as many tokens as the suffix)")
 
-st.subheader("3. Benchmark results")
-st.caption("Rows written by `workbench bench unlearn --json FILE` (add `--relearn --sustain` for the robustness "
-           "checks): every method and the retrain oracle on the same forget sets, recitation by how often each "
-           "string was trained on, and utility as forget requests accumulate.")
-from workbench.core.paths import BENCH_RESULTS  # noqa: E402
-shipped = sorted(p.name for p in BENCH_RESULTS.glob("unlearn*.json") if "layout" not in p.name)
-c = st.columns([1, 2])
-pick = c[0].selectbox("shipped results", ["(none)", *shipped], key="unlearn_results_pick")
-other = c[1].text_input("or a results file", key="unlearn_results_path")
-results = other.strip() or (str(BENCH_RESULTS / pick) if pick != "(none)" else "")
-if results:
-    with common.shown_errors("cannot show these results"):
-        from workbench.bench.plots import figures
-        from workbench.bench.unlearn import load_rows, table
-        rows = load_rows(results)
-        text = table(rows)
-        st.markdown(text)
-        common.table_downloads(common.markdown_frame(text), "unlearning", key="unlearn_results")
-        for name, fig in figures(rows).items():
-            st.plotly_chart(fig, key=f"unlearn_results_{name}")
+st.caption("The unlearning benchmark's results (every method and the retrain oracle) are on the Benchmarks page.")

@@ -104,6 +104,29 @@ def _wise_row(model_dir, reqs, ref, advance) -> dict:
                 "bytes": sum(t.numel() * t.element_size() for t in added), "seconds": seconds}
 
 
+def load_rows(path) -> list[dict]:
+    """The rows a `workbench bench merge --json` run wrote; anything else is refused with the file,
+    the row and the field named."""
+    from pathlib import Path
+    from workbench.core.jsonio import read_json
+    p = Path(path)
+    rows = read_json(p)  # a missing file or bad JSON: named with its line
+    if not isinstance(rows, list) or not rows:
+        raise InputError("expected a non-empty list of rows from `workbench bench merge --json`", file=p)
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or not isinstance(r.get("method"), str):
+            raise InputError(f"row {i}: expected a string", file=p, field="method")
+        for k in (*SCORED, "bytes", "seconds"):
+            if not isinstance(r.get(k), (int, float)) or isinstance(r.get(k), bool):
+                raise InputError(f"row {i}: expected a number", file=p, field=k)
+        ivs = r.get("intervals")
+        if ivs is not None and not (isinstance(ivs, dict) and all(
+                isinstance(iv, dict) and all(isinstance(iv.get(b), (int, float)) for b in ("value", "lo", "hi"))
+                for iv in ivs.values())):
+            raise InputError(f"row {i}: expected {{metric: {{value, lo, hi}}}}", file=p, field="intervals")
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     """A Markdown table: each rate with its 95% interval over the edits (bootstrap over requests)
     where the row recorded one."""

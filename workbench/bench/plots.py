@@ -110,10 +110,74 @@ def lifelong_vs_T(rows: list[dict]):
     return fig
 
 
+UNLEARN_SHOWN = ("strict_recitation", "forget_recall", "retain_recall")
+
+
+def unlearning_before_after(rows: list[dict]):
+    """Per forget set, the forget and retain rates and every utility suite before (once) and after
+    each method, the retrain oracle among them, with their 95% intervals; None without such rows."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+    scored = [r for r in rows if "set" in r and isinstance(r.get("after"), dict) and "skipped" not in r]
+    sets = list(dict.fromkeys(r["set"] for r in scored))
+    if not sets:
+        return None
+    fig = make_subplots(rows=len(sets), cols=1, subplot_titles=[f"forget set: {s}" for s in sets],
+                        vertical_spacing=0.3 / len(sets))
+    palette: dict[str, int] = {}  # one colour (and one legend entry) a method across the subplots
+
+    def bars(m: dict, name: str):
+        suites = sorted(m.get("utility") or {})
+        xs = [*UNLEARN_SHOWN, *(f"utility: {u}" for u in suites)]
+        ys = [m.get(k) for k in UNLEARN_SHOWN] + [m["utility"][u] for u in suites]
+        ivs = m.get("intervals") or {}
+        first = name not in palette
+        colour = palette.setdefault(name, len(palette))
+        return go.Bar(x=xs, y=ys, name=name, legendgroup=name, showlegend=first,
+                      marker_color=COLOURS[colour % len(COLOURS)],
+                      error_y=error_bars([ivs.get(k) for k in UNLEARN_SHOWN] + [ivs.get(f"utility.{u}") for u in suites]))
+    for i, s in enumerate(sets, 1):
+        mine = [r for r in scored if r["set"] == s]
+        for name, m in [("before", mine[0]["before"]), *((r["editor"], r["after"]) for r in mine)]:
+            fig.add_trace(bars(m, name), row=i, col=1)
+    fig.update_yaxes(range=[0, 1.05])
+    fig.update_layout(barmode="group", height=330 * len(sets), title="Unlearning: before, each method after, and the "
+                      "model retrained without the forget set (bars: 95% intervals)")
+    return fig
+
+
+def merge_methods(rows: list[dict]):
+    """Reliability, generality and locality of every merge method (and the stacked sources), with
+    their 95% intervals; None without merge rows."""
+    import plotly.graph_objects as go
+    scored = [r for r in rows if "method" in r]
+    if not scored:
+        return None
+    methods = [r["method"] for r in scored]
+    fig = go.Figure([go.Bar(x=methods, y=[r[m] for r in scored], name=m,
+                            error_y=error_bars([(r.get("intervals") or {}).get(m) for r in scored]))
+                     for m in ("reliability", "generality", "locality")])
+    fig.update_layout(barmode="group", yaxis_range=[0, 1.05], title="Adapter merging: every edit scored on the merged "
+                      "adapter alone (bars: 95% intervals over the edits)")
+    return fig
+
+
+COLOURS = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#ff97ff",
+           "#fecb52")  # plotly's default sequence: one colour a method in every subplot
+
+
+def kind_of(rows: list) -> str:
+    """Which bench wrote these rows: "lifelong" (rows have a T), "unlearn" (a forget set) or
+    "merge" (a merge method)."""
+    first = rows[0] if isinstance(rows, list) and rows and isinstance(rows[0], dict) else {}
+    return "lifelong" if "T" in first else "unlearn" if "set" in first else "merge" if "method" in first else "unknown"
+
+
 def figures(rows: list[dict]) -> dict:
     """{file suffix: figure} of every figure these rows can draw."""
     out = {"recitation_by_repeats": recitation_by_repeats(rows), "utility_vs_k": utility_vs_k(rows),
-           "lifelong_vs_T": lifelong_vs_T(rows)}
+           "lifelong_vs_T": lifelong_vs_T(rows), "before_after": unlearning_before_after(rows),
+           "merge_methods": merge_methods(rows)}
     return {k: v for k, v in out.items() if v is not None}
 
 
