@@ -70,9 +70,7 @@ def evaluate_file(args) -> dict:
     base = load_model(args.base, **placement(args)) if args.base is not None else None
     model, tok = load_model(args.model, **placement(args))
     result: dict = {"model": str(args.model or "shipped default"), "requests": str(args.requests)}
-    n_items = sum(1 + len(r.rephrase_prompts) + len(r.locality) + len(r.portability) for r in edits)
-    n_items += 2 * len(forgets)
-    with progress_bar("evaluating", n_items, enabled=not args.quiet) as advance:
+    with progress_bar("evaluating", ev.n_scored(edits + forgets), enabled=not args.quiet) as advance:
         if edits:
             ref = ev.reference(base[0], tok, edits, batch_size=args.batch_size) if base else None
             result["edit"] = ev.evaluate_edits(model, tok, edits, ref, batch_size=args.batch_size, progress=advance)

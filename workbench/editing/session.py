@@ -203,8 +203,7 @@ class Workbench:
         batch = cls.check(requests, self.tok, self.adapter, context=context_length(self.model))  # the one check
         instance = cls(cls.prepare(self.adapter, params))
         if before is None:
-            step(f"measuring {len(batch)} request(s) before the edit")
-            before = self._measure(batch.requests, None)
+            before = self._measure(batch.requests, None, f"measuring {len(batch)} request(s) before the edit")
         ref, ev_before = before
         known = gate_metrics(ev_before["mean"], ev_before["intervals"])
         unknown = sorted({g.metric for g in gate_list} - set(known))
@@ -218,8 +217,7 @@ class Workbench:
         duration = time.perf_counter() - t0
         try:
             self.live.edited(applied.patch)
-            step("measuring after the edit")
-            _, ev_after = self._measure(batch.requests, ref)
+            _, ev_after = self._measure(batch.requests, ref, "measuring after the edit")
         except BaseException:
             if self.live.hash() != h_before:
                 self.live.revert(applied.patch)
@@ -242,10 +240,9 @@ class Workbench:
                                  f"roll back first", field="editor")
             cls.prepare(self.adapter, params)
             cls.check(requests, self.tok, self.adapter, context=context_length(self.model))
-        from workbench.core.progress import step
-        step(f"measuring {len(requests)} request(s) on the current model")
         before = self._measure(get_editor(candidates[0][0]).check(
-            requests, self.tok, self.adapter, context=context_length(self.model)).requests, None)
+            requests, self.tok, self.adapter, context=context_length(self.model)).requests, None,
+            f"measuring {len(requests)} request(s) on the current model")
         out = []
         for editor, params in candidates:
             a = self._attempt(editor, requests, params, seed=seed, before=before)
@@ -299,13 +296,16 @@ class Workbench:
                 break
         return events
 
-    def _measure(self, requests, ref):
+    def _measure(self, requests, ref, what: str = "measuring"):
+        from workbench.core.progress import progress_bar
         from workbench.eval import evaluate as ev
         from workbench.eval.requests import EditRequest
-        if isinstance(requests[0], EditRequest):
-            ref = ref or ev.reference(self.model, self.tok, requests)
-            return ref, ev.evaluate_edits(self.model, self.tok, requests, ref)
-        return ref, ev.evaluate_forgets(self.model, self.tok, requests, exposure_samples=0)
+        # no bar on the terminal (the CLI draws its own per request); a listening UI gets the count
+        with progress_bar(what, ev.n_scored(requests), enabled=False) as advance:
+            if isinstance(requests[0], EditRequest):
+                ref = ref or ev.reference(self.model, self.tok, requests)
+                return ref, ev.evaluate_edits(self.model, self.tok, requests, ref, progress=advance)
+            return ref, ev.evaluate_forgets(self.model, self.tok, requests, exposure_samples=0, progress=advance)
 
     def evaluate(self, requests, *, reference_model=None, against_base: bool = False) -> dict:
         """Score the current model on `requests` (locality against `reference_model` if given;

@@ -133,6 +133,13 @@ def _interval_rows(rows: list[dict]) -> dict:
     return out
 
 
+def n_scored(requests: list) -> int:
+    """How many answers `evaluate_edits` / `evaluate_forgets` score for these requests: the total
+    their `progress` callback counts up to."""
+    return sum(1 + len(r.rephrase_prompts) + len(r.locality) + len(r.portability) if isinstance(r, EditRequest)
+               else 2 for r in requests)
+
+
 def evaluate_forgets(model, tok, requests: list[ForgetRequest], *, exposure_samples: int = 200, seed: int = 0,
                      batch_size: int = 64, progress=None) -> dict:
     """Recitation (strict/loose), extraction strength, exposure (canaries) and retain accuracy."""
