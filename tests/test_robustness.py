@@ -114,7 +114,8 @@ def test_plots_and_the_robustness_columns(tmp_path):
     util = figs["utility_vs_k"]
     assert list(util.data[0].y) == pytest.approx([0.7 / 0.8, 0.6 / 0.8])  # worst suite's share of before
     paths = write_figures(rows, tmp_path / "ul.json")
-    assert sorted(p.name for p in paths) == ["ul_recitation_by_repeats.html", "ul_utility_vs_k.html"]
+    assert sorted(p.name for p in paths) == ["ul_before_after.html", "ul_recitation_by_repeats.html",
+                                            "ul_utility_vs_k.html"]
     assert (tmp_path / "plotly.min.js").is_file()  # opens offline
     assert figures([_row("x", {})]) == {}
     lines = table(rows).splitlines()
