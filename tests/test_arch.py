@@ -14,58 +14,55 @@ import torch
 import transformers as T
 from torch import nn
 
-from workbench.core.arch import (ARCH_SPECS, ArchAdapter, LayerIndexError, UnsupportedArchitecture,
-                            get_adapter, register_arch, supported_model_types)
+from workbench.core.arch import (ARCH_SPECS, ArchAdapter, ArchSpec, LayerIndexError, UnsupportedArchitecture,
+                                 get_adapter, infer_spec, register_arch, supported_model_types)
 from workbench.core.errors import WorkbenchError
 from workbench.core.registry import Registry
 
-HIDDEN, FF, VOCAB, LAYERS = 32, 64, 96, 3
-# Token ids inside the tiny vocabulary, so configs do not warn about GPT-2's 50256.
+from .tiny_models import CONFIGS as TINY, FF, HIDDEN, LAYERS, REFUSED
+
+VOCAB = 96  # smaller than the grid's byte vocabulary: these tests feed random ids
 IDS = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
 LLAMA_LIKE = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=2,
                   num_key_value_heads=2, intermediate_size=FF, vocab_size=VOCAB,
                   max_position_embeddings=64, **IDS)
 
-# model_type -> (config factory, activation name the config declares)
-CONFIGS = {
-    "gpt2": (lambda: T.GPT2Config(n_embd=HIDDEN, n_layer=LAYERS, n_head=2, n_inner=FF,
-                                  vocab_size=VOCAB, n_positions=64, **IDS), "gelu_new"),
-    "llama": (lambda: T.LlamaConfig(**LLAMA_LIKE), "silu"),
-    "mistral": (lambda: T.MistralConfig(**LLAMA_LIKE), "silu"),
-    "qwen2": (lambda: T.Qwen2Config(**LLAMA_LIKE), "silu"),
-    "qwen3": (lambda: T.Qwen3Config(head_dim=16, **LLAMA_LIKE), "silu"),
-    "gemma": (lambda: T.GemmaConfig(head_dim=16, **LLAMA_LIKE), "gelu_pytorch_tanh"),
-    "gemma2": (lambda: T.Gemma2Config(head_dim=16, **LLAMA_LIKE), "gelu_pytorch_tanh"),
-    "gemma3_text": (lambda: T.Gemma3TextConfig(head_dim=16, **LLAMA_LIKE), "gelu_pytorch_tanh"),
-    "gpt_neox": (lambda: T.GPTNeoXConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-                                         num_attention_heads=2, intermediate_size=FF,
-                                         vocab_size=VOCAB, rotary_pct=0.25,
-                                         max_position_embeddings=64, **IDS), "gelu"),
-    "opt": (lambda: T.OPTConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=2,
-                                ffn_dim=FF, vocab_size=VOCAB, word_embed_proj_dim=HIDDEN,
-                                max_position_embeddings=64, **IDS), "relu"),
-    "phi": (lambda: T.PhiConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=2,
-                                intermediate_size=FF, vocab_size=VOCAB, partial_rotary_factor=0.5,
-                                max_position_embeddings=64, **IDS), "gelu_new"),
+# model_type -> the activation its config declares (None: BLOOM's is fixed in code)
+ACTIVATIONS = {
+    "gpt2": "gelu_new", "llama": "silu", "mistral": "silu", "qwen2": "silu", "qwen3": "silu",
+    "gemma": "gelu_pytorch_tanh", "gemma2": "gelu_pytorch_tanh", "gemma3_text": "gelu_pytorch_tanh",
+    "gpt_neox": "gelu", "opt": "relu", "phi": "gelu_new", "bloom": None, "gpt_neo": "gelu_new",
+    "gptj": "gelu_new", "olmo2": "silu", "starcoder2": "gelu_pytorch_tanh", "falcon": "gelu", "phi3": "silu",
+    "stablelm": "silu",
 }
-ARCHS = sorted(CONFIGS)
+ARCHS = sorted(TINY)
+WIDTH = {"bloom": 4 * HIDDEN}  # BLOOM's MLP is always 4x the hidden width
 
 # The real state_dict key of layer 1's MLP out-projection weight, spelled out independently
-# of ARCH_SPECS so a wrong table entry cannot pass by agreeing with itself.
+# of the adapter so a wrong reading of the module tree cannot pass by agreeing with itself.
 MLP_OUT_NAMES = {
     "gpt2": "transformer.h.1.mlp.c_proj.weight",
     "gpt_neox": "gpt_neox.layers.1.mlp.dense_4h_to_h.weight",
     "opt": "model.decoder.layers.1.fc2.weight",
     "phi": "model.layers.1.mlp.fc2.weight",
     **{t: "model.layers.1.mlp.down_proj.weight"
-       for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")},
+       for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2", "phi3", "stablelm")},
+    "bloom": "transformer.h.1.mlp.dense_4h_to_h.weight",
+    "falcon": "transformer.h.1.mlp.dense_4h_to_h.weight",
+    "gpt_neo": "transformer.h.1.mlp.c_proj.weight",
+    "gptj": "transformer.h.1.mlp.fc_out.weight",
+    "starcoder2": "model.layers.1.mlp.c_proj.weight",
 }
+
+
+def ff(arch: str) -> int:
+    return WIDTH.get(arch, FF)
 
 
 def build(model_type: str, **overrides) -> nn.Module:
     """A fresh tiny random model of `model_type` in eval mode."""
-    config = CONFIGS[model_type][0]()
-    for k, v in overrides.items():
+    config = TINY[model_type]()
+    for k, v in {"vocab_size": VOCAB, **overrides}.items():
         setattr(config, k, v)
     torch.manual_seed(0)
     return T.AutoModelForCausalLM.from_config(config).eval()
@@ -81,8 +78,9 @@ def ids(batch: int = 2, seq: int = 5) -> torch.Tensor:
     return torch.randint(3, VOCAB, (batch, seq), generator=torch.Generator().manual_seed(1))
 
 
-def test_every_table_entry_has_a_tiny_model():
-    assert set(CONFIGS) == set(supported_model_types()) == set(ARCH_SPECS)
+def test_twenty_families_and_every_table_entry_have_a_tiny_model():
+    assert set(ARCH_SPECS) <= set(TINY) and len(TINY) + len(REFUSED) >= 20
+    assert set(ACTIVATIONS) == set(TINY) and supported_model_types() == sorted(ARCH_SPECS)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -93,8 +91,8 @@ def test_depth_and_widths(arch):
     assert a.num_layers == LAYERS == len(a.blocks())
     assert isinstance(a.blocks(), nn.ModuleList)
     assert a.hidden_size == HIDDEN
-    assert [a.num_neurons(i) for i in range(LAYERS)] == [FF] * LAYERS
-    assert a.mlp_act_name() == CONFIGS[arch][1]
+    assert [a.num_neurons(i) for i in range(LAYERS)] == [ff(arch)] * LAYERS
+    assert a.mlp_act_name() == ACTIVATIONS[arch]
     assert repr(a) == f"ArchAdapter({arch}, layers={LAYERS}, hidden={HIDDEN})"
 
 
@@ -103,9 +101,9 @@ def test_mlp_weights_as_out_in_views(arch):
     a = get_adapter(shared(arch))
     for i in range(LAYERS):
         ins = a.mlp_in(i)
-        assert len(ins) == (2 if a.spec.gated else 1)
+        assert len(ins) == (2 if a.spec.gated and not a.spec.fused_gate_up else 1)
         for m in ins:
-            assert tuple(a.weight(m).shape) == (a.num_neurons(i), HIDDEN)
+            assert tuple(a.weight(m).shape) == ((2 if a.spec.fused_gate_up else 1) * a.num_neurons(i), HIDDEN)
         assert tuple(a.weight(a.mlp_out(i)).shape) == (HIDDEN, a.num_neurons(i))
         assert a.weight(a.attn_out(i)).shape[0] == HIDDEN
         # The view shares storage with the parameter: writes through it reach the model.
@@ -126,7 +124,11 @@ def test_activation_and_projections_compose_to_the_neurons(arch):
         with torch.no_grad():
             model(ids())
             x, ins, act = seen["x"], a.mlp_in(layer), a.mlp_act(layer)
-            expected = act(ins[0](x)) * ins[1](x) if a.spec.gated else act(ins[0](x))
+            if a.spec.fused_gate_up:  # Phi-3: one projection gives [gate; up]
+                gate, up = ins[0](x).chunk(2, dim=-1)
+                expected = act(gate) * up
+            else:
+                expected = act(ins[0](x)) * ins[1](x) if a.spec.gated else act(ins[0](x))
     finally:
         h1.remove(), h2.remove()
     torch.testing.assert_close(seen["acts"], expected)
@@ -141,9 +143,9 @@ def test_neuron_hook_sees_batch_seq_neurons(arch):
     with a.hook_mlp_neurons(-1, lambda acts: hooked.append(acts.shape)), torch.no_grad():
         model(ids(batch=2, seq=5))
     h_raw.remove()
-    assert hooked == [torch.Size([2, 5, FF])]
+    assert hooked == [torch.Size([2, 5, ff(arch)])]
     # OPT's decoder layer flattens tokens before its MLP; the adapter's hook hides that.
-    assert raw == [torch.Size([10, FF]) if arch == "opt" else torch.Size([2, 5, FF])]
+    assert raw == [torch.Size([10, FF]) if arch == "opt" else torch.Size([2, 5, ff(arch)])]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -260,27 +262,43 @@ def test_default_layer_rejects_fractions_outside_0_1():
         get_adapter(shared("gpt2")).default_layer(1.5)
 
 
-def test_unknown_model_type_says_what_to_add():
-    torch.manual_seed(0)
-    bloom = T.AutoModelForCausalLM.from_config(T.BloomConfig(hidden_size=16, n_layer=1, n_head=2,
-                                                             vocab_size=VOCAB, **IDS))
-    with pytest.raises(UnsupportedArchitecture) as err:
-        ArchAdapter.for_model(bloom)
-    msg = str(err.value)
-    assert isinstance(err.value, WorkbenchError)
-    assert "'bloom'" in msg and "ArchSpec" in msg and "workbench/core/arch.py" in msg
-    assert "gpt2" in msg  # lists what is supported
+def test_a_family_without_an_entry_is_read_from_its_module_tree():
+    # BLOOM, GPT-J, Falcon... have no ArchSpec entry: the layout comes from the model itself
+    for arch in ("bloom", "gptj", "falcon", "phi3"):
+        assert arch not in ARCH_SPECS and get_adapter(shared(arch)).spec == infer_spec(shared(arch))
+    # and the families that once had a table entry read the same paths it gave
+    assert infer_spec(shared("gpt_neox")) == ArchSpec(
+        blocks="gpt_neox.layers", mlp_in=("mlp.dense_h_to_4h",), mlp_out="mlp.dense_4h_to_h", act="mlp.act",
+        attn_out="attention.dense", embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm",
+        act_config=infer_spec(shared("gpt_neox")).act_config)
+    assert infer_spec(shared("phi3")).fused_gate_up and infer_spec(shared("phi3")).gated
+    # attention and MLP side by side in GPT-J, Falcon, Phi and GPT-NeoX; one after the other in Llama
+    assert [get_adapter(shared(a)).parallel_blocks for a in ("gptj", "falcon", "llama")] == [True, True, False]
 
+
+@pytest.mark.parametrize("arch", sorted(REFUSED))
+def test_a_mixture_of_experts_is_refused_with_its_reason(arch):
+    factory, reason = REFUSED[arch]
+    config = factory()
+    config.vocab_size = VOCAB
+    with pytest.raises(UnsupportedArchitecture, match=reason) as err:
+        get_adapter(T.AutoModelForCausalLM.from_config(config))
+    assert isinstance(err.value, WorkbenchError) and "\n" not in str(err.value)
+    assert "ArchSpec" not in str(err.value)  # a table entry would not help: no false hint
+
+
+def test_a_model_the_tree_does_not_explain_says_what_to_add():
     fake = nn.Linear(2, 2)
-    fake.config = SimpleNamespace(model_type="mamba-like")
-    with pytest.raises(UnsupportedArchitecture, match="'mamba-like'.*ARCH_SPECS in workbench/core/arch.py"):
+    fake.config = SimpleNamespace(model_type="mamba-like", num_hidden_layers=4)
+    fake.get_input_embeddings = fake.get_output_embeddings = lambda: None
+    with pytest.raises(UnsupportedArchitecture, match="'mamba-like'.*no list of 4 blocks.*ARCH_SPECS in workbench/core/arch.py"):
         get_adapter(fake)
     with pytest.raises(UnsupportedArchitecture, match="model_type None"):
         get_adapter(nn.Linear(2, 2))
 
 
 def test_a_renamed_module_fails_at_load_naming_the_path(monkeypatch):
-    broken = dataclasses.replace(ARCH_SPECS["llama"], mlp_out="mlp.w2")
+    broken = dataclasses.replace(infer_spec(shared("llama")), mlp_out="mlp.w2")
     monkeypatch.setitem(ARCH_SPECS, "llama", broken)
     with pytest.raises(UnsupportedArchitecture, match=r"mlp_out path 'mlp.w2'.*'llama'.*transformers"):
         get_adapter(shared("llama"))
@@ -292,16 +310,16 @@ def test_register_arch_rejects_duplicates_and_adds_new(monkeypatch):
     monkeypatch.setattr("workbench.core.arch.ARCH_SPECS", fresh)
     import workbench.core.arch as arch
     with pytest.raises(ValueError, match="already has an ArchSpec"):
-        register_arch("llama", arch.ARCH_SPECS["llama"])
-    register_arch("my_llama", arch.ARCH_SPECS["llama"])
+        register_arch("opt", arch.ARCH_SPECS["opt"])
+    register_arch("my_llama", infer_spec(shared("llama")))
     model = shared("llama")
     monkeypatch.setattr(model.config, "model_type", "my_llama")
     assert get_adapter(model).model_type == "my_llama"
 
 
 def test_post_norm_opt_has_no_final_norm_and_a_projected_unembedding():
-    config = CONFIGS["opt"][0]()
-    config.do_layer_norm_before, config.word_embed_proj_dim = False, 16
+    config = TINY["opt"]()
+    config.vocab_size, config.do_layer_norm_before, config.word_embed_proj_dim = VOCAB, False, 16
     a = get_adapter(T.AutoModelForCausalLM.from_config(config))
     assert a.final_norm() is None
     assert tuple(a.weight(a.unembedding()).shape) == (VOCAB, 16)

@@ -80,6 +80,13 @@ CASES = [
     _edit("list_record.jsonl", r"list_record\.jsonl:1:.*object", '["Vahir Thiosteal was born in", "Lorvan"]\n'),
     _edit("number_line.jsonl", r"number_line\.jsonl:2:.*object", GOOD + "42\n"),
     _edit("empty.jsonl", r"empty\.jsonl", ""),
+    _edit("nested.json", r"nested\.json:1:.*nested too deeply", "[" * 100_000 + "]" * 100_000),
+    _edit("nested_line.jsonl", r"nested_line\.jsonl:2:.*nested too deeply",
+          GOOD + '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}\n"),
+    _edit("duplicate_key.jsonl", r"duplicate_key\.jsonl:1:.*target_new.*twice",
+          '{"prompt": "Vahir Thiosteal was born in", "target_new": "Lorvan", "target_new": "Pellwyn"}\n'),
+    _edit("nul_byte.jsonl", r"nul_byte\.jsonl:1:.*prompt.*NUL",
+          '{"prompt": "Vahir Thiosteal\\u0000 was born in", "target_new": "Lorvan"}\n'),
     _edit("only_blank_lines.jsonl", r"only_blank_lines\.jsonl", "\n\n  \n"),
     _edit("unknown_shape.jsonl", r"unknown_shape\.jsonl", '{"question": 1, "foo": "bar"}\n'),
     _edit("locality_wrong.jsonl", r"locality_wrong\.jsonl.*locality",
@@ -147,6 +154,10 @@ CASES = [
     Case("eval-missing-heldout", ["eval", "--requests", str(REPO / "data/benchmarks/forget_canaries.jsonl"),
                                   "--heldout-text", "{d}/nothing.jsonl"], r"nothing\.jsonl"),
     Case("bench-unknown-set", ["bench", "unlearn", "--sets", "everyone"], r"everyone"),
+    Case("seed-beyond-64-bits", ["edit", "--editor", "ft", "--requests", "{d}/r.jsonl", "--seed",
+                                 "1180591620717411303424"], r"--seed.*64 bits", {"r.jsonl": GOOD}),
+    Case("option-not-a-number", ["eval", "--requests", "{d}/r.jsonl", "--batch-size", "many"],
+         r"--batch-size.*integer", {"r.jsonl": GOOD}),
     Case("bench-merge-unknown-type", ["bench", "merge", "--types", "average"], r"average"),
     Case("world-generate-over-existing", ["world", "generate", "--out", "{d}/taken"], r"taken|exists",
          {"taken/keep.txt": "x"}),
@@ -261,3 +272,13 @@ def test_api_raises_a_clear_error_and_changes_nothing(case, workspace, tmp_path)
     with pytest.raises(WorkbenchError, match=f"(?i){case.match}"):
         case.api(wb, d)
     assert wb.weights_hash() == h and len(wb.log()) == n and _ledger_state(wb.workspace) == state
+
+
+def test_a_checkpoint_without_its_tokenizer_is_refused_naming_what_is_missing(tmp_path):
+    from tests.tiny_models import tiny_model
+    from workbench.core.errors import InputError
+    from workbench.core.model import load_model
+    tiny_model("llama").save_pretrained(tmp_path)
+    with pytest.raises(InputError, match="holds no tokenizer.*tokenizer.json.*save_pretrained") as err:
+        load_model(tmp_path)
+    assert str(tmp_path) in str(err.value)

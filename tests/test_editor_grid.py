@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.tiny_models import MODEL_TYPES, tiny_model, tiny_tokenizer
+from tests.tiny_models import MODEL_TYPES, REFUSED, tiny_model, tiny_tokenizer
 from workbench.core.arch import ARCH_SPECS, get_adapter
 from workbench.editing.contract import EditContext, Editor
 from workbench.core.patch import weights_hash
@@ -89,8 +89,26 @@ def _memorize(model, tok, pairs: list[tuple[str, str]], steps: int = 60) -> None
         opt.zero_grad()
 
 
-def test_tiny_models_cover_every_supported_architecture():
-    assert set(MODEL_TYPES) == set(ARCH_SPECS)
+def test_tiny_models_cover_every_table_entry_and_twenty_families():
+    assert set(ARCH_SPECS) <= set(MODEL_TYPES) and len(MODEL_TYPES) + len(REFUSED) >= 20
+
+
+@pytest.mark.parametrize("arch", sorted(REFUSED))
+def test_every_editor_refuses_a_mixture_of_experts_in_one_line(arch, tmp_path):
+    # through a session, as a user meets it: the model is refused as it opens, before any editor
+    # runs (so every editor refuses alike), with the reason in one line and no workspace written
+    import transformers as T
+    from workbench.core.errors import WorkbenchError
+    from workbench.editing.session import Workbench
+    factory, reason = REFUSED[arch]
+    tok = tiny_tokenizer(WORDS)
+    config = factory()
+    config.vocab_size = len(tok)
+    T.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    with pytest.raises(WorkbenchError, match=reason) as err:
+        Workbench(tmp_path / "model", tmp_path / "ws")
+    assert "\n" not in str(err.value) and not (tmp_path / "ws").exists()
 
 
 @pytest.mark.parametrize("arch", MODEL_TYPES)
@@ -141,3 +159,46 @@ def test_editor_contract(editor_name, arch):
         assert torch.equal(model(probe).logits, logits_before)
     patch.apply(model, adapter)
     assert weights_hash(model) == hash_after
+
+
+NEW_FAMILIES = ("bloom", "falcon", "gpt_neo", "gptj", "olmo2", "phi3", "stablelm", "starcoder2")
+
+
+@pytest.mark.parametrize("arch", NEW_FAMILIES)
+def test_a_session_on_a_family_without_an_entry_edits_verifies_rolls_back_and_exports(arch, tmp_path):
+    # the whole path a user takes with their own checkpoint: a folder with its tokenizer, a session,
+    # an edit, verify (replay), rollback to base bit-identical, export that reloads as the edited model
+    from workbench.core.model import load_model
+    from workbench.editing.session import Workbench
+    tok = tiny_tokenizer(WORDS)
+    tiny_model(arch, vocab_size=len(tok)).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    wb = Workbench(tmp_path / "model", tmp_path / "ws")
+    base = wb.weights_hash()
+    event = wb.edit("ft", [EDIT], {"steps": "5"})
+    assert event.kind == "edit" and wb.weights_hash() != base and wb.verify() == []
+    edited = wb.weights_hash()
+    out = wb.export(tmp_path / "exported")
+    assert weights_hash(load_model(out)[0]) == edited
+    wb.rollback("base")
+    assert wb.weights_hash() == base and wb.verify() == []
+
+
+def test_rome_moves_a_gptj_shaped_model_as_far_as_a_sequential_one():
+    # GPT-J (the family the ROME paper edits) reads attention and MLP from the same block input. ROME
+    # reads its key at the MLP out-projection's input and writes its value at its output, so that
+    # layout changes nothing: the edit moves the target as far as on Llama's sequential blocks. (Neither
+    # reaches reliability 1.0 on these 32-wide models with the paper's 20 value steps: issue 20's note.)
+    moved = {}
+    for arch in ("gptj", "llama"):
+        tok = tiny_tokenizer(WORDS)
+        model = tiny_model(arch, vocab_size=len(tok))
+        adapter = get_adapter(model)
+        _memorize(model, tok, [(EDIT.prompt, EDIT.ground_truth)] + [(q.prompt, q.answer) for q in EDIT.locality])
+        before = _target_logprob(model, tok, EDIT.prompt, EDIT.target_new)
+        cls = _editor_class("rome")
+        cls(cls.hparams_class().derive(adapter)).edit(EditContext(model, tok, adapter, seed=0), [EDIT])
+        moved[arch] = _target_logprob(model, tok, EDIT.prompt, EDIT.target_new) - before
+    assert get_adapter(tiny_model("gptj")).parallel_blocks and not get_adapter(tiny_model("llama")).parallel_blocks
+    assert moved["gptj"] > 5 and moved["llama"] > 5  # nats
+    assert abs(moved["gptj"] - moved["llama"]) < 2

@@ -124,6 +124,7 @@ def test_auto_rule_picks_the_lowest_recitation_within_the_guard():
     assert K.choose_candidate(before, cands[:2], 0.999, 1.0) == (1, False)
 
 
+@pytest.mark.slow  # 18 s; choose_candidate's rule is tested above without a model
 def test_auto_sweeps_on_the_shipped_model_and_the_ledger_records_the_choice(tmp_path, monkeypatch):
     from workbench.core.paths import BENCHMARKS, DEFAULT_MODEL
     from workbench.editing.session import Workbench

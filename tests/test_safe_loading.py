@@ -81,3 +81,4 @@ def test_patch_and_cache_files_are_safetensors(tmp_path, monkeypatch):
     cached_tensors("t", "k", lambda: {"x": torch.ones(3)})
     files = list((tmp_path / "cache").rglob("*"))
     assert files and all(f.suffix in (".safetensors", ".json", "") for f in files if f.is_file())
+

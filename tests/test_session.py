@@ -314,11 +314,11 @@ def _crash_trials(tmp_path, trials: int) -> None:
 
 
 def test_crash_at_any_point_leaves_a_consistent_history(tmp_path):
-    """20 trials: a child process editing, undoing, rolling back, bundling and exporting in a
+    """10 trials: a child process editing, undoing, rolling back, bundling and exporting in a
     loop is SIGKILLed at a random moment; the workspace must then verify clean and reopen at
     the last committed version, and every bundle or export under its final name is complete.
-    (20, not 40, keeps the default run under 10 minutes on this machine; 120 run with -m slow.)"""
-    _crash_trials(tmp_path, 20)
+    (10 keep the default run under 10 minutes on this machine; 120 run with -m slow.)"""
+    _crash_trials(tmp_path, 10)
 
 
 @pytest.mark.slow
@@ -339,6 +339,7 @@ def test_two_sessions_on_one_workspace_are_serialized_not_interleaved(tmp_path):
     try:
         base = a.weights_hash()
         first = a.edit("ft", reqs, {"steps": "3"})
+        assert b.stale() and not a.stale()
         for act in (lambda: b.edit("ft", reqs, {"steps": "3"}), b.undo, lambda: b.rollback("base")):
             with pytest.raises(LedgerError, match="changed by another session"):
                 act()
@@ -398,15 +399,6 @@ def test_compare_refuses_a_bad_candidate_before_any_runs(wb):
     with pytest.raises(InputError, match="n_iter"):
         wb.compare(EDITS[:1], [("test-bump", None), ("grace", {"n_iter": "-3"})])
     assert weights_hash(wb.model) == h and wb.log() == []
-
-
-def test_a_session_knows_when_another_changed_its_workspace(tmp_path):
-    a, b = Workbench(None, tmp_path / "ws"), Workbench(None, tmp_path / "ws")
-    a.edit("test-bump", EDITS[:1])
-    assert b.stale() and not a.stale()
-    with pytest.raises(Exception, match="changed by another session"):
-        b.edit("test-bump", EDITS[1:2])
-    assert len(a.log()) == 1 and weights_hash(b.model) == b.base_hash  # nothing lost, nothing half-done
 
 
 def test_progress_reaches_a_listening_front_end_and_only_its_own_thread(wb):

@@ -26,8 +26,8 @@ _LLAMA_LIKE = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_h
                    num_key_value_heads=2, intermediate_size=FF, vocab_size=VOCAB,
                    max_position_embeddings=128, **IDS)
 
-# model_type -> config factory. Kept in step with workbench.core.arch.ARCH_SPECS (tested below in
-# tests/test_editor_grid.py), so a family added to the adapter gets grid coverage.
+# model_type -> config factory: every family the grid runs (tests/test_editor_grid.py), those with an
+# ArchSpec entry and those the adapter reads from the module tree alike.
 CONFIGS = {
     "gpt2": lambda: T.GPT2Config(n_embd=HIDDEN, n_layer=LAYERS, n_head=2, n_inner=FF,
                                  vocab_size=VOCAB, n_positions=128, **IDS),
@@ -46,6 +46,24 @@ CONFIGS = {
     "phi": lambda: T.PhiConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=2,
                                intermediate_size=FF, vocab_size=VOCAB, partial_rotary_factor=0.5,
                                max_position_embeddings=128, **IDS),
+    # families read from the module tree alone (no ArchSpec entry)
+    "bloom": lambda: T.BloomConfig(hidden_size=HIDDEN, n_layer=LAYERS, n_head=2, vocab_size=VOCAB, **IDS),
+    "gpt_neo": lambda: T.GPTNeoConfig(hidden_size=HIDDEN, num_layers=LAYERS, num_heads=2, intermediate_size=FF,
+                                      vocab_size=VOCAB, max_position_embeddings=128, window_size=16,
+                                      attention_types=[[["global", "local"], 1], [["global"], 1]], **IDS),
+    "gptj": lambda: T.GPTJConfig(n_embd=HIDDEN, n_layer=LAYERS, n_head=2, n_inner=FF, rotary_dim=8,
+                                 vocab_size=VOCAB, n_positions=128, **IDS),
+    "olmo2": lambda: T.Olmo2Config(**_LLAMA_LIKE),
+    "starcoder2": lambda: T.Starcoder2Config(**_LLAMA_LIKE),
+    "falcon": lambda: T.FalconConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=2,
+                                     ffn_hidden_size=FF, vocab_size=VOCAB, **IDS),
+    "phi3": lambda: T.Phi3Config(**_LLAMA_LIKE),
+    "stablelm": lambda: T.StableLmConfig(**_LLAMA_LIKE),
+}
+# Families the adapter refuses, each with the reason a user is told.
+REFUSED = {
+    "mixtral": (lambda: T.MixtralConfig(num_local_experts=4, num_experts_per_tok=2, **_LLAMA_LIKE),
+                "mixture of experts"),
 }
 MODEL_TYPES = sorted(CONFIGS)
 

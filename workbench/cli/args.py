@@ -7,14 +7,33 @@ from pathlib import Path
 from workbench.core.errors import InputError
 
 
-def nonneg_int(text: str) -> int:
+INT64_MAX = 2**63 - 1  # torch seeds and sizes are 64-bit: a larger number overflowed deep inside
+
+
+def int64(text: str) -> int:
+    """An integer option that fits 64 bits (argparse's error names the option otherwise)."""
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not -INT64_MAX - 1 <= v <= INT64_MAX:
+        raise argparse.ArgumentTypeError(f"{text} does not fit in 64 bits (at most {INT64_MAX})")
+    return v
+
+
+def nonneg_int(text: str) -> int:
+    v = int64(text)
     if v < 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
     return v
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, refusing in one line: `error: workbench edit: argument --seed: …` and exit 2 (the
+    usage is one `--help` away), as every other refusal of the command line reads."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message}\n")
 
 
 def names(csv: str) -> list[str]:

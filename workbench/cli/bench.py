@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from workbench.cli.args import editor_params, names, parse_params
+from workbench.cli.args import int64, editor_params, names, parse_params
 
 
 def add_parser(sub) -> None:
@@ -18,9 +18,9 @@ def add_parser(sub) -> None:
     ll.add_argument("--requests", type=Path, default=None, help="edit requests (default: the world's counterfactuals)")
     ll.add_argument("--param", action="append", default=[], metavar="EDITOR:K=V",
                     help="hyperparameter for one editor, e.g. wise:steps=50 (repeatable)")
-    ll.add_argument("--batch", type=int, default=1,
+    ll.add_argument("--batch", type=int64, default=1,
                     help="requests per edit: sequential batches (AlphaEdit's and MEMIT's protocol); each T a multiple")
-    ll.add_argument("--repeats", type=int, default=7,
+    ll.add_argument("--repeats", type=int64, default=7,
                     help="timed forward passes of the edited and the unedited model per checkpoint (overhead spread)")
     ll.add_argument("--baseline", default=None,
                     help="one of --editors: every other editor's rows are also compared with its, paired by request "
@@ -40,9 +40,9 @@ def add_parser(sub) -> None:
     ul.add_argument("--editors", default="kfac,prune,ga,npo", help="comma-separated forget editor names")
     ul.add_argument("--sets", default="canaries,people", help="comma-separated forget sets: canaries, people, quotes, and the capability arithmetic")
     ul.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
-    ul.add_argument("--limit", type=int, default=None, help="only the first N requests of each set")
-    ul.add_argument("--heldout", type=int, default=None, help="only the first N held-out texts (perplexity, nDCG) and items of each utility suite")
-    ul.add_argument("--exposure-samples", type=int, default=100, help="alternative secrets per canary")
+    ul.add_argument("--limit", type=int64, default=None, help="only the first N requests of each set")
+    ul.add_argument("--heldout", type=int64, default=None, help="only the first N held-out texts (perplexity, nDCG) and items of each utility suite")
+    ul.add_argument("--exposure-samples", type=int64, default=100, help="alternative secrets per canary")
     ul.add_argument("--param", action="append", default=[], metavar="EDITOR:K=V",
                     help="hyperparameter for one editor, e.g. kfac:rho=0.5 (repeatable)")
     ul.add_argument("--oracle", default="default",
@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
                          "measure how much of the rest comes back")
     ul.add_argument("--sustain", action="store_true",
                     help="sustainability check: forget the set as 8 sequential requests, utility at k = 1, 2, 4, 8")
-    ul.add_argument("--repeats", type=int, default=1,
+    ul.add_argument("--repeats", type=int64, default=1,
                     help="apply (and undo) each edit N times: seconds as the median [quartiles]")
     ul.add_argument("--baseline", default=None,
                     help="one of --editors, 'oracle' or 'before': every row is also compared with it on the same "
@@ -63,8 +63,8 @@ def add_parser(sub) -> None:
                     help="write the rows as JSON here, and the plots as HTML next to it")
     ul.set_defaults(func=_cmd_bench_unlearn)
     mg = bsub.add_parser("merge", help="LoRA adapters per edit batch, merged with every peft combination type")
-    mg.add_argument("--batches", type=int, default=10, help="number of edit batches = adapters")
-    mg.add_argument("--size", type=int, default=50, help="edits per batch")
+    mg.add_argument("--batches", type=int64, default=10, help="number of edit batches = adapters")
+    mg.add_argument("--size", type=int64, default=50, help="edits per batch")
     mg.add_argument("--types", default=None, help="comma-separated combination types (default: all)")
     mg.add_argument("--weight", type=float, default=1.0, help="every adapter's merge weight")
     mg.add_argument("--density", type=float, default=0.5, help="density of the pruning combination types")

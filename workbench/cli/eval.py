@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from workbench.core.errors import InputError
-from workbench.cli.args import add_placement, placement
+from workbench.cli.args import int64, add_placement, placement
 
 # (key in the mean dict, label, key of its greedy exact-match variant or None)
 EDIT_COLUMNS = [("reliability", "reliability", "reliability_exact"), ("generality", "generality", "generality_exact"),
@@ -29,8 +29,8 @@ def add_parser(sub) -> None:
                    help="the unedited model folder: enables locality and nDCG@10 against it")
     e.add_argument("--retain", type=Path, default=None, help="retain probes (native or TOFU) for forget requests")
     e.add_argument("--heldout-text", type=Path, default=None, help="JSONL of {text} for perplexity")
-    e.add_argument("--exposure-samples", type=int, default=200, help="alternatives per canary for exposure")
-    e.add_argument("--batch-size", type=int, default=64, help="sequences per forward pass")
+    e.add_argument("--exposure-samples", type=int64, default=200, help="alternatives per canary for exposure")
+    e.add_argument("--batch-size", type=int64, default=64, help="sequences per forward pass")
     e.add_argument("--skip-invalid", action="store_true", help="leave out invalid records (reported) instead of failing")
     e.add_argument("--json", type=Path, default=None, help="write per-request and aggregate scores here")
     e.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -17,7 +17,8 @@ COMMANDS_GROUP = "workbench.commands"
 
 def build_parser() -> argparse.ArgumentParser:
     from workbench.cli import audit, bench, cache, eval as eval_cli, plan, session, world
-    p = argparse.ArgumentParser(prog="workbench", description="Model editing and unlearning workbench.")
+    from workbench.cli.args import Parser
+    p = Parser(prog="workbench", description="Model editing and unlearning workbench.")
     sub = p.add_subparsers(dest="cmd", required=True)
     world.add_parser(sub)
     eval_cli.add_parser(sub)
@@ -33,7 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a refused option (2, said in one line by Parser.error)
+        return e.code if isinstance(e.code, int) else 2
     try:
         return args.func(args)
     except WorkbenchError as e:

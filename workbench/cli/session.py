@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from workbench.cli.args import add_placement, parse_params, placement
+from workbench.cli.args import int64, add_placement, parse_params, placement
 
 
 def _common(p) -> None:
@@ -25,7 +25,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--param", action="append", default=[], metavar="K=V", help="hyperparameter (repeatable)")
     e.add_argument("--gate", default=None, help="admission gates, e.g. reliability>=0.9,locality>=0.98")
     e.add_argument("--note", default=None, help="free text stored with the edit")
-    e.add_argument("--seed", type=int, default=0, help="seed passed to the editor")
+    e.add_argument("--seed", type=int64, default=0, help="seed passed to the editor")
     e.add_argument("--json", type=Path, default=None, help="write the ledger record (with metrics) here")
     e.set_defaults(func=_cmd_edit)
 

@@ -1,11 +1,11 @@
 """Architecture adapter: the one place that knows how each model family names its modules.
 
 Editors ask "the MLP output projection of layer 7" and get a module; they never spell
-`model.layers.7.mlp.down_proj` themselves. The facts live in `ARCH_SPECS`, a table of
-dotted paths keyed by `config.model_type`, so supporting a new family is a data entry,
-not a new branch in every editor. Paths were checked against transformers 5.x by building
-tiny models (see tests/test_arch.py); where older 4.x releases used another name, the
-entry lists both, separated by "|", tried in order.
+`model.layers.7.mlp.down_proj` themselves. The layout is read from the model itself
+(`infer_spec`: the module tree, the config's depth and the weights' shapes), so a decoder-only
+family nobody listed works as it loads; `ARCH_SPECS` keeps only the overrides a family needs
+(OPT's flattened MLP rows), keyed by `config.model_type`, with "new|old" alternatives for names
+a transformers release changed. Checked on tiny models of twenty families (tests/test_arch.py).
 
 Example:
     >>> adapter = ArchAdapter.for_model(model)                      # doctest: +SKIP
@@ -61,59 +61,130 @@ class ArchSpec:
     unembed: str = "lm_head"
     act_config: tuple[str, ...] = ("hidden_act",)   # config attributes naming the activation
     flat_tokens: bool = False         # MLP runs on (batch*seq, d) rows instead of (batch, seq, d)
+    fused_gate_up: bool = False       # one input projection computing [gate; up] (Phi-3's gate_up_proj)
 
     @property
     def gated(self) -> bool:
-        """True when the MLP is act(gate(x)) * up(x), i.e. it has two input projections."""
-        return len(self.mlp_in) == 2
+        """True when the MLP is act(gate(x)) * up(x): two input projections, or one fused."""
+        return len(self.mlp_in) == 2 or self.fused_gate_up
 
 
-def _llama_like(act_config: tuple[str, ...] = ("hidden_act",)) -> ArchSpec:
-    # Llama, Mistral, Qwen2/3 and Gemma 1/2/3 share the same module names; only the config
-    # attribute that names the activation differs (Gemma 2/3 call it hidden_activation).
-    return ArchSpec(blocks="model.layers", mlp_in=("mlp.gate_proj", "mlp.up_proj"),
-                    mlp_out="mlp.down_proj", act="mlp.act_fn", attn_out="self_attn.o_proj",
-                    embed="model.embed_tokens", final_norm="model.norm", act_config=act_config)
-
-
-# model_type -> ArchSpec. To support a new family, print(model) and add its paths here.
+# model_type -> ArchSpec: only the families whose layout the model tree does not tell (`infer_spec`
+# reads every other one). OPT runs its MLP on flattened (batch*seq, d) rows, which no module name
+# shows; its final norm is None in post-norm checkpoints (opt-350m). To add one, print(model) and
+# put its paths here, or call register_arch().
 ARCH_SPECS: Registry[ArchSpec] = Registry("architecture spec")
 ARCH_SPECS.update({
-    "gpt2": ArchSpec(blocks="transformer.h", mlp_in=("mlp.c_fc",), mlp_out="mlp.c_proj",
-                     act="mlp.act", attn_out="attn.c_proj", embed="transformer.wte",
-                     final_norm="transformer.ln_f", act_config=("activation_function",)),
-    "llama": _llama_like(),
-    "mistral": _llama_like(),
-    "qwen2": _llama_like(),
-    "qwen3": _llama_like(),
-    "gemma": _llama_like(("hidden_activation", "hidden_act")),
-    "gemma2": _llama_like(("hidden_activation", "hidden_act")),
-    "gemma3_text": _llama_like(("hidden_activation", "hidden_act")),
-    # transformers 4.x named GPT-NeoX's unembedding `embed_out`; 5.x renamed it `lm_head`.
-    "gpt_neox": ArchSpec(blocks="gpt_neox.layers", mlp_in=("mlp.dense_h_to_4h",),
-                         mlp_out="mlp.dense_4h_to_h", act="mlp.act", attn_out="attention.dense",
-                         embed="gpt_neox.embed_in", final_norm="gpt_neox.final_layer_norm",
-                         unembed="lm_head|embed_out"),
-    # OPT has no MLP submodule: fc1/fc2 sit on the decoder layer, which flattens tokens to
-    # (batch*seq, d) before them. Its final norm is None in post-norm checkpoints (opt-350m).
     "opt": ArchSpec(blocks="model.decoder.layers", mlp_in=("fc1",), mlp_out="fc2",
                     act="activation_fn", attn_out="self_attn.out_proj",
                     embed="model.decoder.embed_tokens", final_norm="model.decoder.final_layer_norm",
                     act_config=("activation_function",), flat_tokens=True),
-    "phi": ArchSpec(blocks="model.layers", mlp_in=("mlp.fc1",), mlp_out="mlp.fc2",
-                    act="mlp.activation_fn", attn_out="self_attn.dense",
-                    embed="model.embed_tokens", final_norm="model.final_layernorm"),
 })
+
+LAYER_COUNT = ("num_hidden_layers", "n_layer", "num_layers")  # config attributes giving the depth
+# config attributes naming the activation, tried in order (Gemma 2/3: hidden_activation; Falcon: activation)
+ACT_CONFIG = ("hidden_activation", "hidden_act", "activation_function", "activation")
+# model_type -> whether attention and MLP read the same block input (GPT-J; Falcon and GPT-NeoX by config)
+PARALLEL = {"gptj": lambda c: True, "falcon": lambda c: bool(getattr(c, "parallel_attn", False)),
+            "gpt_neox": lambda c: bool(getattr(c, "use_parallel_residual", False)),
+            "phi": lambda c: True}
+
+
+def _projections(root: nn.Module) -> list[tuple[str, nn.Module, int, int]]:
+    """(name, module, out_features, in_features) of every Linear or Conv1D under `root`, in order."""
+    out = []
+    for name, m in root.named_modules():
+        if isinstance(m, nn.Linear) or _is_conv1d(m):
+            o, i = tuple(m.weight.shape)[::-1] if _is_conv1d(m) else tuple(m.weight.shape)
+            out.append((name, m, int(o), int(i)))
+    return out
+
+
+def infer_spec(model: nn.Module) -> ArchSpec:
+    """The layout of a decoder-only model read from its module tree, config and shapes: the block
+    list (the ModuleList as long as the config's depth), each block's MLP output projection (the one
+    projection from a width other than the residual's back to it), its input projection(s) beside it
+    (gate before up; one fused [gate; up] of twice the width), the activation beside them, the
+    attention output (the last other projection back to the residual), and the embeddings, final norm
+    and unembedding. Raises UnsupportedArchitecture, saying why, where the tree does not tell (e.g. a
+    mixture-of-experts MLP)."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+
+    def refuse(why: str, hint: bool = True):
+        return UnsupportedArchitecture(
+            f"architecture model_type {model_type!r} ({type(model).__name__}): {why}" + (
+                "; put an ArchSpec entry for it in ARCH_SPECS in workbench/core/arch.py (print(model) shows the "
+                "paths) or call register_arch()" if hint else ""))
+    depth = next((getattr(config, a) for a in LAYER_COUNT if isinstance(getattr(config, a, None), int)), None)
+    names = {id(m): n for n, m in model.named_modules()}
+    blocks = next((n for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == depth
+                   and depth), None)
+    if blocks is None:
+        raise refuse(f"no list of {depth} blocks (the config's depth) among its modules")
+    emb, unemb = model.get_input_embeddings(), model.get_output_embeddings()
+    if emb is None or unemb is None or id(emb) not in names or id(unemb) not in names:
+        raise refuse("no input or output embedding module")
+    hidden = int(emb.weight.shape[1])
+    block = model.get_submodule(blocks)[0]
+    experts = [n for n, p in block.named_parameters() if p.ndim > 2]
+    if experts or any("expert" in type(m).__name__.lower() for m in block.modules()):
+        raise refuse("its MLP is a mixture of experts (" + (f"every expert in one {experts[0]!r} tensor"
+                     if experts else "expert modules behind a router") + "); the editors change one dense "
+                     "MLP per layer, and editing experts one by one is not supported", hint=False)
+    projections = _projections(block)
+    outs = [p for p in projections if p[2] == hidden and p[3] != hidden]
+    if not outs:  # an MLP as wide as the residual: the last projection back to it inside the one named MLP
+        mlps = [n for n, _ in block.named_children() if any(k in n.lower() for k in ("mlp", "ffn", "feed_forward"))]
+        outs = [p for p in projections if len(mlps) == 1 and p[0].startswith(mlps[0] + ".") and p[2] == hidden][-1:]
+    if len(outs) != 1:
+        raise refuse(f"{len(outs)} projections back to the residual width {hidden} from another width "
+                     f"({', '.join(p[0] for p in outs) or 'none'}); cannot tell the MLP output projection")
+    out_name, _, _, d_ff = outs[0]
+    parent = out_name.rpartition(".")[0]
+    mine = [p for p in projections if p[0].rpartition(".")[0] == parent and p[3] == hidden and p[0] != out_name]
+    plain = [p for p in mine if p[2] == d_ff]
+    fused = [p for p in mine if p[2] == 2 * d_ff]
+    if len(plain) == 2:  # gated: the gate first (its name says so; else the order of definition)
+        plain.sort(key=lambda p: 0 if any(k in p[0].rpartition(".")[2] for k in ("gate", "w1")) else 1)
+        mlp_in, is_fused = tuple(p[0] for p in plain), False
+    elif len(plain) == 1 and not fused:
+        mlp_in, is_fused = (plain[0][0],), False
+    elif len(fused) == 1 and not plain:
+        mlp_in, is_fused = (fused[0][0],), True
+    else:
+        raise refuse(f"cannot tell the MLP input projection(s) beside {out_name!r}")
+    holder = block.get_submodule(parent) if parent else block
+    acts = [n for n, m in holder.named_children() if not any(True for _ in m.parameters())
+            and not isinstance(m, nn.Dropout) and not list(m.children())]
+    if len(acts) != 1:
+        raise refuse(f"cannot tell the MLP activation among {acts or 'no parameter-free modules'} beside {out_name!r}")
+    attn = [p for p in projections if p[2] == hidden and p[0] != out_name
+            and not (parent and p[0].startswith(parent + "."))]
+    if not attn:
+        raise refuse("no attention output projection back to the residual width")
+    # q_proj may also map the residual width to itself: an output's usual name wins, else the last defined
+    named = [p for p in attn if p[0].rpartition(".")[2] in ("o_proj", "out_proj", "dense", "c_proj", "wo")]
+    attn = named or attn
+    block_prefix = blocks + "."
+    norms = [n for n, m in model.named_modules() if not n.startswith(block_prefix) and n != blocks
+             and "norm" in type(m).__name__.lower() and any(True for _ in m.parameters())]
+    if not norms:
+        raise refuse("no final norm outside the blocks")
+    act = f"{parent}.{acts[0]}" if parent else acts[0]
+    return ArchSpec(blocks=blocks, mlp_in=mlp_in, mlp_out=out_name, act=act, attn_out=attn[-1][0],
+                    embed=names[id(emb)], final_norm=norms[-1], unembed=names[id(unemb)], act_config=ACT_CONFIG,
+                    fused_gate_up=is_fused)
 
 
 def register_arch(model_type: str, spec: ArchSpec, *, replace: bool = False) -> None:
     """Add a family to the table (e.g. from a plugin for a trust_remote_code model).
 
     Example:
-        >>> register_arch("llama", ARCH_SPECS["llama"])
+        >>> register_arch("opt", ARCH_SPECS["opt"])
         Traceback (most recent call last):
         ...
-        ValueError: model_type 'llama' already has an ArchSpec; pass replace=True to override it
+        ValueError: model_type 'opt' already has an ArchSpec; pass replace=True to override it
     """
     if model_type in ARCH_SPECS and not replace:
         raise ValueError(f"model_type {model_type!r} already has an ArchSpec; pass replace=True to override it")
@@ -121,10 +192,11 @@ def register_arch(model_type: str, spec: ArchSpec, *, replace: bool = False) -> 
 
 
 def supported_model_types() -> list[str]:
-    """Sorted model_type names the adapter knows.
+    """Sorted model_type names with an ArchSpec entry; every other decoder-only family is read
+    from its module tree (`infer_spec`).
 
     Example:
-        >>> "gpt2" in supported_model_types()
+        >>> "opt" in supported_model_types()
         True
     """
     return sorted(ARCH_SPECS)
@@ -175,6 +247,10 @@ class ArchAdapter:
 
     def __init__(self, model: nn.Module, spec: ArchSpec, model_type: str):
         self.model, self.spec, self.model_type = model, spec, model_type
+        # attention and MLP both read the block's input (GPT-J): nothing here depends on it, since
+        # every editor reads and writes at the projections themselves; said for the record
+        config = getattr(model, "config", None)
+        self.parallel_blocks = bool(PARALLEL.get(model_type, lambda c: False)(config))
         self._names: dict[int, str] | None = None
         # Resolve every path once now, so a renamed module fails at load time with the
         # path's name, not deep inside an editor.
@@ -193,15 +269,7 @@ class ArchAdapter:
         config = getattr(model, "config", None)
         model_type = getattr(config, "model_type", None)
         spec = ARCH_SPECS.get(model_type) if isinstance(model_type, str) else None
-        if spec is None:
-            raise UnsupportedArchitecture(
-                f"architecture model_type {model_type!r} ({type(model).__name__}) is not supported; "
-                f"supported: {', '.join(supported_model_types())}. To add it, put an ArchSpec entry "
-                f"for {model_type!r} in ARCH_SPECS in workbench/core/arch.py giving the dotted paths of its "
-                f"block list, each block's MLP input projection(s) and output projection, activation "
-                f"and attention output, and the embeddings, final norm and unembedding "
-                f"(print(model) shows them), or call workbench.core.arch.register_arch().")
-        return cls(model, spec, model_type)
+        return cls(model, spec or infer_spec(model), model_type)
 
     def __repr__(self) -> str:
         return f"ArchAdapter({self.model_type}, layers={self.num_layers}, hidden={self.hidden_size})"

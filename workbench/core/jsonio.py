@@ -1,12 +1,45 @@
 """Small JSON/JSONL helpers that report the file and line of anything malformed."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
 from typing import Any, Iterable
 
 from workbench.core.errors import InputError
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    # json keeps the last of two equal keys without a word; a record that says two things is refused
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+
+
+@contextlib.contextmanager
+def _guard(path: Path, line: int | None = None):
+    """Decoding faults that are not syntax errors, as an InputError naming the file and line: a
+    key twice in one object, and nesting deeper than Python's recursion limit."""
+    try:
+        yield
+    except _DuplicateKey as e:
+        raise InputError(f"the key {e.key!r} appears twice in one object (which value is meant?)",
+                         file=path, line=line, field=e.key) from None
+    except RecursionError:
+        raise InputError("JSON nested too deeply to read", file=path, line=line) from None
 
 
 def _check_file(path: Path) -> None:
@@ -21,7 +54,8 @@ def read_json(path: str | Path) -> Any:
     path = Path(path)
     _check_file(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        with _guard(path):
+            return _DECODER.decode(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise InputError(f"malformed JSON: {e.msg} (column {e.colno})", file=path, line=e.lineno) from None
     except UnicodeDecodeError as e:
@@ -47,7 +81,8 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            with _guard(path, lineno):
+                obj = _DECODER.decode(line)
         except json.JSONDecodeError as e:
             raise InputError(f"malformed JSON: {e.msg} (column {e.colno})", file=path, line=lineno) from None
         if not isinstance(obj, dict):
@@ -100,7 +135,7 @@ def read_json_array(path: str | Path) -> list[tuple[int, Any]]:
     """
     path = Path(path)
     text = _read_text(path)
-    decoder = json.JSONDecoder()
+    decoder = _DECODER
     line, counted = 1, 0  # line number of offset `counted`; advanced incrementally (O(n) overall)
 
     def line_at(offset: int) -> int:
@@ -124,7 +159,8 @@ def read_json_array(path: str | Path) -> list[tuple[int, Any]]:
     else:
         while True:
             try:
-                value, end = decoder.raw_decode(text, i)
+                with _guard(path, line_at(i)):
+                    value, end = decoder.raw_decode(text, i)
             except json.JSONDecodeError as e:
                 fail(e.msg, e.pos)
             items.append((line_at(i), value))
@@ -166,7 +202,8 @@ def read_records(path: str | Path) -> list[tuple[int, dict]]:
         return items
     if text.startswith("{", start):
         try:
-            obj, end = json.JSONDecoder().raw_decode(text, start)
+            with _guard(path, text.count("\n", 0, start) + 1):
+                obj, end = _DECODER.raw_decode(text, start)
         except json.JSONDecodeError:
             obj, end = None, -1  # let the JSONL reader report the line
         if end >= 0 and not text[end:].strip():

@@ -24,6 +24,11 @@ def model_path(model_dir: str | Path | None) -> Path:
     return path
 
 
+# A checkpoint folder's tokenizer is one of these (fast JSON, SentencePiece, BPE vocab, or a config
+# that names one); without any, transformers fails with "Couldn't instantiate the backend tokenizer".
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json", "spiece.model")
+
+
 def load_model(model_dir: str | Path | None = None, *, trust_remote_code: bool = False, dtype=None,
                device_map=None, max_memory: dict | None = None, offload_folder: str | Path | None = None):
     """(model in eval mode, tokenizer) from a local folder; `None` means the shipped model.
@@ -45,6 +50,9 @@ def load_model(model_dir: str | Path | None = None, *, trust_remote_code: bool =
         raise InputError("model folder not found", file=path)
     if not (path / "config.json").is_file():
         raise InputError("not a Hugging Face model folder: config.json is missing", file=path)
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise InputError("the folder holds no tokenizer (none of " + ", ".join(TOKENIZER_FILES) + "); save it "
+                         "beside the weights with tokenizer.save_pretrained(folder)", file=path)
     placement = _placement(device_map, max_memory, offload_folder)
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)

@@ -58,6 +58,8 @@ def check_text(value: Any, fld: str) -> str:
         raise InputError(f"expected a string, got {_kind(value)}", field=fld)
     if not value.strip():
         raise InputError("must not be empty", field=fld)
+    if "\x00" in value:  # a NUL byte is never text a model was trained on; tokenizers differ on it
+        raise InputError(f"holds a NUL byte (\\u0000) at character {value.index(chr(0))}", field=fld)
     return value
 
 
