@@ -73,6 +73,8 @@ CASES = [
     _edit("empty_target.jsonl", r"empty_target\.jsonl.*target_new", '{"prompt": "a b", "target_new": ""}\n'),
     _edit("blank_target.jsonl", r"blank_target\.jsonl.*target_new", '{"prompt": "a b", "target_new": "   "}\n'),
     _edit("empty_prompt.jsonl", r"empty_prompt\.jsonl.*prompt", '{"prompt": "", "target_new": "Lorvan"}\n'),
+    _edit("long_prompt.jsonl", r"long_prompt\.jsonl:1:.*\"prompt\".*context",
+          json.dumps({"prompt": LONG_TARGET, "target_new": "Lorvan"}) + "\n"),
     _edit("long_target.jsonl", r"long_target\.jsonl.*(context|long)",
           json.dumps({"prompt": "Vahir Thiosteal was born in", "target_new": LONG_TARGET}) + "\n"),
     _edit("latin1.jsonl", r"latin1\.jsonl.*(UTF-8|utf-8)",
@@ -154,6 +156,13 @@ CASES = [
     Case("eval-missing-heldout", ["eval", "--requests", str(REPO / "data/benchmarks/forget_canaries.jsonl"),
                                   "--heldout-text", "{d}/nothing.jsonl"], r"nothing\.jsonl"),
     Case("bench-unknown-set", ["bench", "unlearn", "--sets", "everyone"], r"everyone"),
+    Case("eval-long-prompt", ["eval", "--requests", "{d}/long.jsonl"], r"long\.jsonl:1:.*prompt.*context",
+         {"long.jsonl": json.dumps({"prompt": LONG_TARGET, "target_new": "Lorvan"}) + "\n"}),
+    Case("eval-long-locality", ["eval", "--requests", "{d}/loc.jsonl"], r"loc\.jsonl:1:.*locality.*context",
+         {"loc.jsonl": json.dumps({"prompt": "Vahir Thiosteal was born in", "target_new": "Lorvan",
+                                   "locality": [{"prompt": LONG_TARGET, "answer": "x"}]}) + "\n"}),
+    Case("eval-json-unwritable", ["eval", "--requests", "{d}/r.jsonl", "--json", "{d}/no/such/folder/out.json"],
+         r"out\.json.*--json.*cannot write", {"r.jsonl": GOOD}),
     Case("seed-beyond-64-bits", ["edit", "--editor", "ft", "--requests", "{d}/r.jsonl", "--seed",
                                  "1180591620717411303424"], r"--seed.*64 bits", {"r.jsonl": GOOD}),
     Case("option-not-a-number", ["eval", "--requests", "{d}/r.jsonl", "--batch-size", "many"],
@@ -282,3 +291,42 @@ def test_a_checkpoint_without_its_tokenizer_is_refused_naming_what_is_missing(tm
     with pytest.raises(InputError, match="holds no tokenizer.*tokenizer.json.*save_pretrained") as err:
         load_model(tmp_path)
     assert str(tmp_path) in str(err.value)
+
+
+def test_a_workspace_that_cannot_be_written_refuses_before_any_work(tmp_path, capsys):
+    # root ignores permission bits, so the unwritable places are made of what no one can write
+    # through: a file where the workspace's parent folder should be, and a folder where the commit
+    # lock file should be (what a read-only file system did: the edit ran, then the lock failed)
+    from workbench.editing.session import Workbench
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    req = tmp_path / "r.jsonl"
+    req.write_text(GOOD)
+    code = main(["edit", "--editor", "ft", "--requests", str(req), "--param", "steps=3",
+                 "--workspace", str(tmp_path / "blocker" / "ws")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1 and "cannot create" in err
+    ws = tmp_path / "ws"
+    wb = Workbench(None, ws)
+    wb.edit("ft", load_requests(req), FAST)
+    (ws / ".lock").unlink()
+    (ws / ".lock").mkdir()
+    before, h = _ledger_state(ws), wb.weights_hash()
+    for act in (lambda: wb.edit("ft", load_requests(req), FAST), wb.undo, lambda: wb.tag("v1")):
+        with pytest.raises(WorkbenchError, match="cannot be written.*nothing was changed"):
+            act()
+    assert _ledger_state(ws) == before and wb.weights_hash() == h
+
+
+def test_a_refused_command_leaves_no_new_workspace_and_skipped_records_are_reported(tmp_path, capsys):
+    ws = tmp_path / "new-ws"
+    assert main(["undo", "--workspace", str(ws)]) == 2 and not ws.exists()
+    capsys.readouterr()
+    req = tmp_path / "r.jsonl"
+    req.write_text(GOOD + '{"prompt": 5, "target_new": "x"}\n')
+    out = tmp_path / "e.json"
+    assert main(["edit", "--editor", "ft", "--requests", str(req), "--param", "steps=3", "--skip-invalid",
+                 "--workspace", str(ws), "--json", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "skipped: " in err and "r.jsonl:2:" in err and "Warning" not in err
+    doc = json.loads(out.read_text())
+    assert len(doc["events"]) == 1 and "r.jsonl:2:" in doc["skipped"][0]

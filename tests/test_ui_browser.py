@@ -216,10 +216,10 @@ def test_a_tour_of_every_page(server, browser, tmp_path):
     assert "e0004 (ft)" in " ".join(page.alerts("Success"))
     from workbench.eval.requests import EditRequest, dump_requests
     dump_requests(tmp_path / "req.jsonl", [EditRequest("Wymkeark Holviol is a citizen of", "Kelmoria")])
+    from workbench.cli.main import main  # in-process: the same main() the console script runs
     for model, name in ((out, "edited"), (None, "base")):
-        args = ["eval", "--requests", str(tmp_path / "req.jsonl"), "--json", str(tmp_path / f"{name}.json")]
-        subprocess.run([*WORKBENCH, *args, *(["--model", str(model)] if model else [])], check=True,
-                       capture_output=True)
+        args = ["eval", "--quiet", "--requests", str(tmp_path / "req.jsonl"), "--json", str(tmp_path / f"{name}.json")]
+        assert main([*args, *(["--model", str(model)] if model else [])]) == 0
     import json
     edited, base = (json.loads((tmp_path / f"{n}.json").read_text())["edit"]["mean"]["reliability"]
                     for n in ("edited", "base"))

@@ -22,10 +22,40 @@ def int64(text: str) -> int:
 
 
 def nonneg_int(text: str) -> int:
+    try:
+        int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
     v = int64(text)
     if v < 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
     return v
+
+
+def load_cli_requests(args) -> tuple[list, list[str]]:
+    """The `--requests` file in `--format`, and with `--skip-invalid` what was left out: each
+    record said on stderr (file, line, field) and returned for the command's --json."""
+    import sys
+    from workbench.eval.requests import load_requests
+    skipped: list = []
+    reqs = load_requests(args.requests, args.format, skip_invalid=getattr(args, "skip_invalid", False),
+                         skipped=skipped)
+    for e in skipped:
+        print(f"skipped: {e}", file=sys.stderr)
+    return reqs, [str(e) for e in skipped]
+
+
+def writable_output(path: Path | None, flag: str) -> None:
+    """Refuse an output file that cannot be written, before any work: an edit must not be
+    committed, nor a half-hour bench run, and then fail on its report."""
+    import os
+    if path is None:
+        return
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK) or (
+            path.exists() and not os.access(path, os.W_OK)):
+        raise InputError("cannot write here (missing folder, a folder, or no permission)", file=path, field=flag)
 
 
 class Parser(argparse.ArgumentParser):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from workbench.cli.args import int64, editor_params, names, parse_params
+from workbench.cli.args import int64, editor_params, names, parse_params, writable_output
 
 
 def add_parser(sub) -> None:
@@ -76,6 +76,7 @@ def add_parser(sub) -> None:
 
 
 def _cmd_bench_lifelong(args) -> int:
+    writable_output(args.json, "--json")  # before minutes of work
     from workbench.core.errors import InputError
     from workbench.bench.lifelong import DEFAULT_REQUESTS, run, table
     try:
@@ -120,6 +121,7 @@ def _write_figures(rows: list[dict], json_path) -> None:
 
 
 def _cmd_bench_unlearn(args) -> int:
+    writable_output(args.json, "--json")  # before minutes of work
     from workbench.core.errors import InputError
     from workbench.bench.unlearn import ORACLE_ROW, default_oracle, paired_table, run, table
     editors = names(args.editors)
@@ -142,6 +144,7 @@ def _cmd_bench_unlearn(args) -> int:
 
 
 def _cmd_bench_merge(args) -> int:
+    writable_output(args.json, "--json")  # before minutes of work
     from workbench.bench.merge import ALL_TYPES, run, table
     lora = parse_params(args.lora, flag="--lora")
     rows = run(batches=args.batches, size=args.size, types=names(args.types) if args.types else ALL_TYPES,

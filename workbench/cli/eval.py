@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from workbench.core.errors import InputError
-from workbench.cli.args import int64, add_placement, placement
+from workbench.cli.args import int64, add_placement, load_cli_requests, placement, writable_output
 
 # (key in the mean dict, label, key of its greedy exact-match variant or None)
 EDIT_COLUMNS = [("reliability", "reliability", "reliability_exact"), ("generality", "generality", "generality_exact"),
@@ -31,7 +31,8 @@ def add_parser(sub) -> None:
     e.add_argument("--heldout-text", type=Path, default=None, help="JSONL of {text} for perplexity")
     e.add_argument("--exposure-samples", type=int64, default=200, help="alternatives per canary for exposure")
     e.add_argument("--batch-size", type=int64, default=64, help="sequences per forward pass")
-    e.add_argument("--skip-invalid", action="store_true", help="leave out invalid records (reported) instead of failing")
+    e.add_argument("--skip-invalid", action="store_true",
+                   help="leave out invalid records (each said on stderr and listed in --json) instead of failing")
     e.add_argument("--json", type=Path, default=None, help="write per-request and aggregate scores here")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=run)
@@ -39,14 +40,15 @@ def add_parser(sub) -> None:
 
 def _load_inputs(args):
     from workbench.core.jsonio import read_jsonl
-    from workbench.eval.requests import EditRequest, ForgetRequest, check_format_name, load_probes, load_requests, with_retain
+    from workbench.eval.requests import EditRequest, ForgetRequest, check_format_name, load_probes, with_retain
+    writable_output(args.json, "--json")
     if args.batch_size <= 0:
         raise InputError(f"must be a positive integer, got {args.batch_size}", field="--batch-size")
     if args.exposure_samples < 0:
         raise InputError(f"must be non-negative, got {args.exposure_samples}", field="--exposure-samples")
     if args.format is not None:
         check_format_name(args.format)  # an unknown name is refused before any file is read
-    reqs = load_requests(args.requests, args.format, skip_invalid=args.skip_invalid)
+    reqs, args.skipped = load_cli_requests(args)
     if args.retain is not None:
         reqs = with_retain(reqs, load_probes(args.retain))
     texts = None
@@ -69,7 +71,10 @@ def evaluate_file(args) -> dict:
     edits, forgets, texts = _load_inputs(args)  # all input checks happen before any model loads
     base = load_model(args.base, **placement(args)) if args.base is not None else None
     model, tok = load_model(args.model, **placement(args))
-    result: dict = {"model": str(args.model or "shipped default"), "requests": str(args.requests)}
+    from workbench.editing.contract import context_length
+    ev.check_context(tok, edits + forgets, context_length(model))  # before minutes of scoring
+    result: dict = {"model": str(args.model or "shipped default"), "requests": str(args.requests),
+                     **({"skipped": args.skipped} if getattr(args, "skipped", None) else {})}
     with progress_bar("evaluating", ev.n_scored(edits + forgets), enabled=not args.quiet) as advance:
         if edits:
             ref = ev.reference(base[0], tok, edits, batch_size=args.batch_size) if base else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from workbench.core.errors import WorkbenchError
 
@@ -38,9 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a refused option (2, said in one line by Parser.error)
         return e.code if isinstance(e.code, int) else 2
+    workspace = getattr(args, "workspace", None)
+    new_workspace = isinstance(workspace, (str, Path)) and not Path(workspace).exists()
     try:
         return args.func(args)
     except WorkbenchError as e:
+        if new_workspace:
+            _drop_if_empty(Path(workspace))
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -52,6 +57,19 @@ def main(argv: list[str] | None = None) -> int:
         import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, as a shell reports a command killed by the closed pipe
+
+
+def _drop_if_empty(workspace: Path) -> None:
+    """A refused command leaves no trace: a workspace folder it created that records nothing (an
+    empty ledger, no patch) is removed, so the file system is as it was before the command."""
+    import shutil
+    from workbench.core.ledger import peek_summary
+    try:
+        summary = peek_summary(workspace)
+    except WorkbenchError:
+        return
+    if summary is not None and summary["events"] == 0 and not any((workspace / "patches").iterdir()):
+        shutil.rmtree(workspace, ignore_errors=True)
 
 
 if __name__ == "__main__":

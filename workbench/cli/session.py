@@ -3,10 +3,9 @@ apply-bundle, editors. Each opens `Workbench(--model, --workspace)` and calls on
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from workbench.cli.args import int64, add_placement, parse_params, placement
+from workbench.cli.args import int64, add_placement, load_cli_requests, parse_params, placement, writable_output
 
 
 def _common(p) -> None:
@@ -22,6 +21,8 @@ def add_parsers(sub) -> None:
     e.add_argument("--editor", required=True, help="editor name (see `workbench editors`)")
     e.add_argument("--requests", type=Path, required=True, help="request file (native JSONL or a public format)")
     e.add_argument("--format", default=None, help="force the request format")
+    e.add_argument("--skip-invalid", action="store_true",
+                   help="leave out invalid records (each said on stderr and listed in --json) instead of failing")
     e.add_argument("--param", action="append", default=[], metavar="K=V", help="hyperparameter (repeatable)")
     e.add_argument("--gate", default=None, help="admission gates, e.g. reliability>=0.9,locality>=0.98")
     e.add_argument("--note", default=None, help="free text stored with the edit")
@@ -83,13 +84,12 @@ def _open(args):
 def _cmd_edit(args) -> int:
     from workbench.core.gates import Gate
     from workbench.editing.registry import get_editor
-    from workbench.eval.requests import load_requests
     params = parse_params(args.param)
     gates = Gate.parse_all(args.gate) if args.gate else []
     get_editor(args.editor)  # an unknown name fails before the model loads
-    reqs = load_requests(args.requests, args.format)
+    reqs, skipped = load_cli_requests(args)
     if args.json is not None:
-        _check_writable(args.json)
+        writable_output(args.json, "--json")
     wb = _open(args)
     if len(reqs) > 1 and not get_editor(args.editor).capabilities.batch:
         events = _edit_each(wb, args, reqs, params, gates)
@@ -98,6 +98,8 @@ def _cmd_edit(args) -> int:
         _print_metrics(events[0])
     if args.json is not None:
         doc = events[0].to_dict() if len(events) == 1 else [e.to_dict() for e in events]
+        if skipped:  # what --skip-invalid left out, beside the record(s)
+            doc = {"events": doc if isinstance(doc, list) else [doc], "skipped": skipped}
         args.json.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return 0 if events[-1].kind == "edit" else 3
 
@@ -118,15 +120,6 @@ def _edit_each(wb, args, reqs, params, gates) -> list:
     if events[-1].kind != "edit":
         print(f"stopped at request {len(events)} of {len(reqs)}: {events[-1].note}")
     return events
-
-
-def _check_writable(path: Path) -> None:
-    """Refuse an output file that cannot be written before any work (an edit must not be
-    committed and then fail on its report)."""
-    from workbench.core.errors import InputError
-    if path.is_dir() or not path.parent.is_dir() or not os.access(path.parent, os.W_OK) or (
-            path.exists() and not os.access(path, os.W_OK)):
-        raise InputError("cannot write here (missing folder, a folder, or no permission)", file=path, field="--json")
 
 
 def _print_metrics(event) -> None:
@@ -152,6 +145,7 @@ def _print_metrics(event) -> None:
 
 
 def _cmd_log(args) -> int:
+    writable_output(args.json, "--json")
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -193,6 +187,7 @@ def _f(v) -> str:
 
 def _cmd_show(args) -> int:
     from workbench.core.errors import InputError
+    writable_output(args.requests_out, "--requests-out")
     wb = _open(args)
     event = wb.show(args.id)
     if args.requests_out is not None:

@@ -149,8 +149,11 @@ class Ledger:
     @classmethod
     def open(cls, root: str | Path, *, base_hash: str, base_model: str) -> "Ledger":
         root = Path(root)
-        root.mkdir(parents=True, exist_ok=True)
-        (root / "patches").mkdir(exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            (root / "patches").mkdir(exist_ok=True)
+        except OSError as e:  # a read-only file system, no permission, a file in the way
+            raise InputError(f"cannot create the workspace here ({e.strerror or type(e).__name__})", file=root) from None
         conn = sqlite3.connect(root / "ledger.sqlite", isolation_level=None)  # explicit transactions
         conn.execute("PRAGMA synchronous=FULL")
         try:

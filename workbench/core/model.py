@@ -45,6 +45,9 @@ def load_model(model_dir: str | Path | None = None, *, trust_remote_code: bool =
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # our own bars report long work; loading is quick
+    # "Token indices sequence length is longer than the specified maximum": our own check
+    # (evaluate.check_context) refuses such a request by name before anything runs
+    hf_logging.get_logger("transformers.tokenization_utils_base").setLevel(hf_logging.ERROR)
     path = model_path(model_dir)
     if not path.is_dir():
         raise InputError("model folder not found", file=path)

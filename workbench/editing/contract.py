@@ -346,10 +346,8 @@ class Editor:
             if not p_ids or not a_ids:
                 raise r.input_error(f"request {i + 1}: tokenizes to nothing",
                                     field=r.answer_field if p_ids else r.prompt_field)
-            if context and len(p_ids) + len(a_ids) > context:
-                longer = r.prompt_field if len(p_ids) >= len(a_ids) else r.answer_field
-                raise r.input_error(f"request {i + 1}: prompt and answer are {len(p_ids) + len(a_ids)} tokens, "
-                                    f"longer than the model's context of {context}", field=longer)
+        from workbench.eval.evaluate import check_context
+        check_context(tokenizer, requests, context)  # every scored text, not only the edit's own
         cls.check_requests(requests, adapter)
         return Batch(tuple(requests), tuple(pairs))
 

@@ -128,6 +128,7 @@ class Workbench:
         target = self.resolve(ref) if ref is not None else (self.ledger.events()[-1].id if self.ledger.last_seq()
                                                             else "base")
         head = self.ledger.head_hash()
+        self._check_writable()
         with self._commit():
             return self.ledger.append(id=self.ledger.next_id(), kind="tag", targets=[target], weights_before=head,
                                       weights_after=head, author=self.author, created_at=utc_now(),
@@ -154,6 +155,7 @@ class Workbench:
         step and item, `workbench.editing.plan`) goes into the event's context.
         """
         gate_list = Gate.parse_all(gates) if isinstance(gates, str) else list(gates or [])
+        self._check_writable()  # a read-only workspace refuses before minutes of editing, not after
         a = self._attempt(editor, requests, params, seed=seed, gate_list=gate_list)
         try:
             h_after = self.live.hash()
@@ -375,6 +377,7 @@ class Workbench:
 
     def _revert_many(self, ids: list[str], kind: str, note: str | None, target: str | None = None) -> Event:
         self._check_fresh()
+        self._check_writable()
         events = {e.id: e for e in self.ledger.events()}
         h_before = self.ledger.head_hash()  # the model is always at the ledger's head
         t0 = time.perf_counter()
@@ -577,6 +580,7 @@ class Workbench:
         recorded hash. If anything fails nothing is recorded and the model is restored."""
         from workbench.editing.bundle import read_bundle
         self._check_fresh()
+        self._check_writable()
         with read_bundle(path, self.base_hash) as bundle:
             if self.live.hash() != bundle.weights_before:
                 raise InputError("the model is not in the state the bundle starts from; roll back to base first",
@@ -620,6 +624,19 @@ class Workbench:
 
     def close(self) -> None:
         self.ledger.close()
+
+    def _check_writable(self) -> None:
+        """Refuse, changing nothing, where the workspace cannot be written (a read-only file system,
+        no permission): the commit lock is the first file a write opens."""
+        try:
+            with open(self.workspace / ".lock", "a"):
+                pass
+            probe = self.workspace / "patches" / ".write-probe"
+            probe.touch()
+            probe.unlink()
+        except OSError as e:
+            raise InputError(f"the workspace cannot be written ({e.strerror or type(e).__name__}); nothing was "
+                             f"changed", file=self.workspace) from None
 
     def _check_fresh(self) -> None:
         """Refuse to work from a stale model: another session or process recorded events since

@@ -133,6 +133,37 @@ def _interval_rows(rows: list[dict]) -> dict:
     return out
 
 
+def _scored_texts(r) -> list[tuple[str | None, str, str]]:
+    """(field, prompt, answer) of everything a request is scored on; field None: the request's
+    own prompt and answer (which of the two is named depends on which is long)."""
+    if isinstance(r, EditRequest):
+        return ([(None, r.prompt, r.target_new)] + [("rephrase_prompts", q, r.target_new) for q in r.rephrase_prompts]
+                + [("locality", q.prompt, q.answer) for q in r.locality]
+                + [("portability", q.prompt, q.answer) for q in r.portability])
+    return ([(None, r.prefix, r.suffix)] + [("paraphrased_prefixes", q, r.suffix) for q in r.paraphrased_prefixes]
+            + [("paraphrased_suffixes", r.prefix, q) for q in r.paraphrased_suffixes]
+            + [("perturbed_suffixes", r.prefix, q) for q in r.perturbed_suffixes]
+            + [("retain", q.prompt, q.answer) for q in r.retain])
+
+
+def check_context(tok, requests: list, context: int | None) -> None:
+    """Refuse a request any of whose scored texts (prompt and answer, rephrasings, locality,
+    portability, paraphrases, retain items) is longer than the model's `context`, naming the
+    request, the field and its file and line, before anything is scored: such a text would
+    run for minutes and then fail out of memory, or be scored past what the model can read."""
+    if not context:
+        return
+    rows = [(i, r, *t) for i, r in enumerate(requests) for t in _scored_texts(r)]
+    pairs = encode_pairs(tok, [row[3] for row in rows], [row[4] for row in rows])
+    for (i, r, fld, _, _), (p_ids, a_ids) in zip(rows, pairs):
+        n = len(p_ids) + len(a_ids)
+        if n > context:
+            if fld is None:
+                fld = r.prompt_field if len(p_ids) >= len(a_ids) else r.answer_field
+            raise r.input_error(f"request {i + 1}: {n} tokens with its answer, longer than the model's context "
+                                f"of {context}", field=fld)
+
+
 def n_scored(requests: list) -> int:
     """How many answers `evaluate_edits` / `evaluate_forgets` score for these requests: the total
     their `progress` callback counts up to."""

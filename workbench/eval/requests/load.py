@@ -64,13 +64,14 @@ def read_requests(path: str | Path, format: str | None = None) -> LoadResult:
     return result
 
 
-def load_requests(path: str | Path, format: str | None = None, *,
-                  skip_invalid: bool = False) -> list[EditRequest | ForgetRequest]:
+def load_requests(path: str | Path, format: str | None = None, *, skip_invalid: bool = False,
+                  skipped: list | None = None) -> list[EditRequest | ForgetRequest]:
     """Load a request file in any known format (detected unless ``format`` forces one).
 
     An invalid record raises its InputError (with a count of any others), unless
-    ``skip_invalid``: then it is left out with a warning. A file with no valid request
-    always raises.
+    ``skip_invalid``: then it is left out, with a warning, or appended to ``skipped`` (the
+    InputErrors, each naming its file, line and field) when a list is given. A file with no
+    valid request always raises.
 
     Example:
         >>> reqs = load_requests("tests/fixtures/requests/zsre.json")
@@ -86,7 +87,9 @@ def load_requests(path: str | Path, format: str | None = None, *,
             raise InputError(f"{first.reason}; and {more} more invalid record(s)",
                              file=first.file, line=first.line, field=first.field)
         raise first
-    if result.invalid:
+    if result.invalid and skipped is not None:
+        skipped.extend(result.invalid)
+    elif result.invalid:
         warnings.warn(f"{path}: skipped {len(result.invalid)} invalid record(s); first: {result.invalid[0]}",
                       stacklevel=2)
     return result.requests
