@@ -324,3 +324,14 @@ def test_post_norm_opt_has_no_final_norm_and_a_projected_unembedding():
     assert a.final_norm() is None
     assert tuple(a.weight(a.unembedding()).shape) == (VOCAB, 16)
     assert a.hidden_size == HIDDEN
+
+
+@pytest.mark.parametrize("arch, head_dim", [("qwen3", 32), ("gemma", 24), ("gemma2", 8)])
+def test_an_attention_wider_or_narrower_than_the_residual_is_not_taken_for_the_mlp(arch, head_dim):
+    # Qwen3-0.6B: 16 heads x 128 = 2048 against a residual of 1024; Gemma-2-2B: 8 x 256 against 2304.
+    # The attention output then also maps another width back to the residual, as the MLP's does.
+    model = build(arch, head_dim=head_dim)
+    spec = infer_spec(model)
+    assert (spec.mlp_out, spec.attn_out, spec.mlp_in) == ("mlp.down_proj", "self_attn.o_proj",
+                                                         ("mlp.gate_proj", "mlp.up_proj"))
+    assert get_adapter(model).weight(get_adapter(model).attn_out(0)).shape == (HIDDEN, 2 * head_dim)

@@ -420,3 +420,13 @@ def test_progress_reaches_a_listening_front_end_and_only_its_own_thread(wb):
         assert (sink.step, sink.done) == ("counting", 3)
         wb.edit("test-bump", EDITS[1:2])
     assert sink.step == "measuring after the edit" and sink.done == sink.total > 0  # every answer counted
+
+
+def test_an_open_session_marks_its_workspace_in_use(tmp_path):
+    # a refused command removes an empty workspace it created only when no session has it open
+    from workbench.editing.session import unused
+    a = Workbench(None, tmp_path / "ws")
+    assert not unused(tmp_path / "ws")
+    Workbench.close_all()
+    assert unused(tmp_path / "ws")
+    a.close()  # closing twice is harmless

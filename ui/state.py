@@ -80,7 +80,7 @@ class SessionWorkbench:
         """`fn(*args, **kwargs)` on the session's thread. Past two seconds a progress bar shows its
         step (the `workbench.core.progress` steps and bars of the work), elapsed time and, where
         the step has a count, an estimate of what is left."""
-        from concurrent.futures import TimeoutError as Pending
+        from concurrent.futures import wait
 
         from workbench.core.progress import Progress, reporting
         sink = Progress()
@@ -92,15 +92,15 @@ class SessionWorkbench:
         bar = None
         try:
             while True:
-                try:
-                    return future.result(timeout=0.25)
-                except Pending:
-                    if time.monotonic() - sink.started < SHOW_PROGRESS_AFTER_S:
-                        continue
-                    f = sink.fraction()
-                    if bar is None:
-                        bar = st.progress(0.0)
-                    bar.progress(f if f is not None else 0.0, text=sink.describe())
+                # wait, not result(timeout): a TimeoutError that fn itself raises is its result
+                if wait([future], timeout=0.25).done:
+                    return future.result()
+                if time.monotonic() - sink.started < SHOW_PROGRESS_AFTER_S:
+                    continue
+                f = sink.fraction()
+                if bar is None:
+                    bar = st.progress(0.0)
+                bar.progress(f if f is not None else 0.0, text=sink.describe())
         finally:
             if bar is not None:
                 bar.empty()

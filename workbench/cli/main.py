@@ -64,11 +64,17 @@ def _drop_if_empty(workspace: Path) -> None:
     empty ledger, no patch) is removed, so the file system is as it was before the command."""
     import shutil
     from workbench.core.ledger import peek_summary
+    session = sys.modules.get("workbench.editing.session")
+    if session is None:  # no Workbench was opened: nothing created one
+        return
+    session.Workbench.close_all()  # this command is over; its own sessions must not count as "in use"
     try:
         summary = peek_summary(workspace)
     except WorkbenchError:
         return
-    if summary is not None and summary["events"] == 0 and not any((workspace / "patches").iterdir()):
+    # another process may have opened the same new folder meanwhile: then it is in use and stays
+    if summary is not None and summary["events"] == 0 and not any((workspace / "patches").iterdir()) \
+            and session.unused(workspace):
         shutil.rmtree(workspace, ignore_errors=True)
 
 

@@ -134,6 +134,8 @@ def infer_spec(model: nn.Module) -> ArchSpec:
                      "MLP per layer, and editing experts one by one is not supported", hint=False)
     projections = _projections(block)
     outs = [p for p in projections if p[2] == hidden and p[3] != hidden]
+    if len(outs) > 1:  # the attention output also maps heads x head_dim back when that differs from hidden
+        outs = [p for p in outs if not any(k in seg for seg in p[0].split(".")[:-1] for k in ("attn", "attention"))]
     if not outs:  # an MLP as wide as the residual: the last projection back to it inside the one named MLP
         mlps = [n for n, _ in block.named_children() if any(k in n.lower() for k in ("mlp", "ffn", "feed_forward"))]
         outs = [p for p in projections if len(mlps) == 1 and p[0].startswith(mlps[0] + ".") and p[2] == hidden][-1:]

@@ -15,6 +15,7 @@ import getpass
 import json
 import os
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,8 @@ class Workbench:
         self._patches: OrderedDict[str, Patch] = OrderedDict()
         self._restore()
         self._seq = self.ledger.last_seq()  # the event the in-memory model is at
+        self._in_use = _hold_in_use(self.workspace)
+        _OPEN.add(self)
 
     # The live model's parts, for readers (the UI generates with them); changes go through `live`.
     @property
@@ -248,8 +251,12 @@ class Workbench:
         out = []
         for editor, params in candidates:
             a = self._attempt(editor, requests, params, seed=seed, before=before)
-            self.live.revert(a.patch)
-            self._expect_hash(a.h_before, f"reverting the trial of {editor}")
+            try:
+                self.live.revert(a.patch)
+                self._expect_hash(a.h_before, f"reverting the trial of {editor}")
+            except BaseException:
+                self._seq = -1  # the model may not be the ledger's head: stale() says so, writes are refused
+                raise
             out.append({"editor": editor, "params": dict(params or {}), "hparams": a.hparams, "seed": seed,
                         "metrics_before": a.before["mean"], "metrics_after": a.after["mean"],
                         "intervals_before": a.before["intervals"], "intervals_after": a.after["intervals"],
@@ -624,6 +631,16 @@ class Workbench:
 
     def close(self) -> None:
         self.ledger.close()
+        if self._in_use is not None:
+            self._in_use.close()  # releases the shared "in use" lock
+            self._in_use = None
+        _OPEN.discard(self)
+
+    @staticmethod
+    def close_all() -> None:
+        """Close every Workbench this process opened (a command that is ending)."""
+        for wb in list(_OPEN):
+            wb.close()
 
     def _check_writable(self) -> None:
         """Refuse, changing nothing, where the workspace cannot be written (a read-only file system,
@@ -631,9 +648,9 @@ class Workbench:
         try:
             with open(self.workspace / ".lock", "a"):
                 pass
-            probe = self.workspace / "patches" / ".write-probe"
-            probe.touch()
-            probe.unlink()
+            import tempfile  # a file of its own: two sessions probing at once must not race on one name
+            with tempfile.NamedTemporaryFile(dir=self.workspace / "patches", prefix=".write-probe-"):
+                pass
         except OSError as e:
             raise InputError(f"the workspace cannot be written ({e.strerror or type(e).__name__}); nothing was "
                              f"changed", file=self.workspace) from None
@@ -670,6 +687,32 @@ class Workbench:
     def _expect_hash(self, want: str, what: str) -> None:
         if self.live.hash() != want:
             raise WorkbenchError(f"{what} did not restore the weights exactly")
+
+
+IN_USE = ".in-use"  # every open session holds a shared lock on it: a workspace in use is never removed
+_OPEN: "weakref.WeakSet[Workbench]" = weakref.WeakSet()
+
+
+def _hold_in_use(workspace: Path):
+    """An open file holding a shared lock on the workspace's in-use marker for this session's life."""
+    import fcntl
+    try:
+        f = open(workspace / IN_USE, "a")
+    except OSError:  # a read-only workspace is still readable; nothing can remove it either
+        return None
+    fcntl.flock(f, fcntl.LOCK_SH)
+    return f
+
+
+def unused(workspace: Path) -> bool:
+    """Whether no session (in any process) has `workspace` open right now."""
+    import fcntl
+    try:
+        with open(Path(workspace) / IN_USE, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True  # the lock goes with the file
+    except OSError:
+        return False
 
 
 @dataclass
