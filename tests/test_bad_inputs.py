@@ -141,6 +141,11 @@ CASES = [
         lambda wb, d: wb.apply_bundle(d / "other.wbbundle"), {"other.wbbundle": "__OTHER_BUNDLE__"}),
     _ws("bundle-without-manifest", ["apply-bundle", "{d}/empty.wbbundle"], r"empty\.wbbundle|manifest",
         lambda wb, d: wb.apply_bundle(d / "empty.wbbundle"), {"empty.wbbundle": "__EMPTY_ZIP__"}),
+    _ws("bundle-manifest-a-list", ["apply-bundle", "{d}/list.wbbundle"], r"list\.wbbundle.*manifest is a JSON list",
+        lambda wb, d: wb.apply_bundle(d / "list.wbbundle"), {"list.wbbundle": "__MANIFEST__[]__"}),
+    _ws("bundle-manifest-duplicate-key", ["apply-bundle", "{d}/dup.wbbundle"], r"dup\.wbbundle.*format.*twice",
+        lambda wb, d: wb.apply_bundle(d / "dup.wbbundle"),
+        {"dup.wbbundle": '__MANIFEST__{"format": "a", "format": "b"}__'}),
     _ws("model-folder-missing", ["log", "--model", "{d}/no-model"], r"no-model",
         lambda wb, d: _open_other(d / "no-model", wb)),
     _ws("model-folder-without-config", ["log", "--model", "{d}/m"], r"config\.json",
@@ -207,6 +212,9 @@ def _special(path: Path, marker: str, ws: Path) -> None:
                 out.writestr(item, data)
     elif marker == "__EMPTY_ZIP__":
         zipfile.ZipFile(path, "w").close()
+    elif marker.startswith("__MANIFEST__"):  # a zip whose manifest.json holds the rest of the marker
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("manifest.json", marker[len("__MANIFEST__"):-len("__")])
 
 
 def _materialize(case: Case, d: Path, ws: Path) -> None:

@@ -49,6 +49,13 @@ def _check_file(path: Path) -> None:
         raise InputError("file not found", file=path)
 
 
+def loads(text: str, path: str | Path, line: int | None = None) -> Any:
+    """One JSON document from `text` read out of `path` (e.g. a member of a zip): refused as in
+    `read_json` — duplicate keys, too deep — naming the file; syntax errors raise JSONDecodeError."""
+    with _guard(Path(path), line):
+        return _DECODER.decode(text)
+
+
 def read_json(path: str | Path) -> Any:
     """Read one JSON document; a syntax error names the file and line."""
     path = Path(path)

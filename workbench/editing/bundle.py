@@ -49,11 +49,15 @@ def read_manifest(path) -> tuple[zipfile.ZipFile, dict]:
     path = Path(path)
     if not path.is_file():
         raise InputError("bundle not found", file=path)
+    from workbench.core.jsonio import loads
     try:
         z = zipfile.ZipFile(path)
-        manifest = json.loads(z.read("manifest.json"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as e:
+        manifest = loads(z.read("manifest.json").decode("utf-8"), path)
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"not a workbench bundle: {e}", file=path) from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"not a workbench bundle: its manifest is a JSON {type(manifest).__name__}, not an object",
+                         file=path)
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise InputError(f"not a {FORMAT} version {VERSION}", file=path, field="format")
     return z, manifest
