@@ -192,13 +192,10 @@ class Workbench:
                 self.live.revert(a.patch)
             raise
 
-    def _attempt(self, editor: str, requests: list, params: dict | None, *, seed: int,
-                 gate_list: list[Gate] = (), before: tuple | None = None) -> "_Attempt":
-        """Check, measure, apply and measure again: the model is left edited for the caller to
-        commit or revert (it is reverted here if anything fails). `before`: (reference,
-        evaluation) of these requests on the current model, when the caller measured them."""
-        from workbench.core.progress import step
-        from workbench.editing.contract import EditContext, context_length
+    def _checked(self, editor: str, requests: list, params: dict | None):
+        """The editor's instance and its checked Batch: every refusal (stale model, an editor that
+        cannot stack on earlier edits, requests, hyper-parameters) before anything changes."""
+        from workbench.editing.contract import context_length
         from workbench.editing.registry import get_editor
         cls = get_editor(editor)
         self._check_fresh()
@@ -206,7 +203,17 @@ class Workbench:
             raise InputError(f"editor {cls.name!r} cannot be applied on top of earlier edits (not sequential); "
                              f"roll back first", field="editor")
         batch = cls.check(requests, self.tok, self.adapter, context=context_length(self.model))  # the one check
-        instance = cls(cls.prepare(self.adapter, params))
+        return cls(cls.prepare(self.adapter, params)), batch
+
+    def _attempt(self, editor: str, requests: list, params: dict | None, *, seed: int,
+                 gate_list: list[Gate] = (), before: tuple | None = None, checked: tuple | None = None) -> "_Attempt":
+        """Check, measure, apply and measure again: the model is left edited for the caller to
+        commit or revert (it is reverted here if anything fails). `before`: (reference,
+        evaluation) of these requests on the current model, when the caller measured them;
+        `checked`: `_checked`'s result, when the caller checked them."""
+        from workbench.core.progress import step
+        from workbench.editing.contract import EditContext
+        instance, batch = checked or self._checked(editor, requests, params)
         if before is None:
             before = self._measure(batch.requests, None, f"measuring {len(batch)} request(s) before the edit")
         ref, ev_before = before
@@ -235,22 +242,11 @@ class Workbench:
         checked before the first runs; the requests are measured before once. Returns one dict a
         candidate: editor, hparams, metrics and intervals before and after, seconds, the locality
         probes it changed."""
-        from workbench.editing.contract import context_length
-        from workbench.editing.registry import get_editor
-        self._check_fresh()
-        for editor, params in candidates:  # a bad one is refused before any runs
-            cls = get_editor(editor)
-            if self.active() and not cls.capabilities.sequential:
-                raise InputError(f"editor {cls.name!r} cannot be applied on top of earlier edits (not sequential); "
-                                 f"roll back first", field="editor")
-            cls.prepare(self.adapter, params)
-            cls.check(requests, self.tok, self.adapter, context=context_length(self.model))
-        before = self._measure(get_editor(candidates[0][0]).check(
-            requests, self.tok, self.adapter, context=context_length(self.model)).requests, None,
-            f"measuring {len(requests)} request(s) on the current model")
+        checked = [self._checked(editor, requests, params) for editor, params in candidates]  # all, before any runs
+        before = self._measure(checked[0][1].requests, None, f"measuring {len(requests)} request(s) on the current model")
         out = []
-        for editor, params in candidates:
-            a = self._attempt(editor, requests, params, seed=seed, before=before)
+        for (editor, params), one in zip(candidates, checked):
+            a = self._attempt(editor, requests, params, seed=seed, before=before, checked=one)
             try:
                 self.live.revert(a.patch)
                 self._expect_hash(a.h_before, f"reverting the trial of {editor}")
