@@ -37,6 +37,16 @@ def shown_errors(what: str):
 DERIVED = "(derived from the model)"
 
 
+def editors_for(kind: str) -> list[str]:
+    """The registered editors a page offers: "edit" (edit requests; not the ones that compose
+    recorded adapters, which the Merge page drives) or "forget"."""
+    from workbench.editing.registry import describe_editor, editor_names
+    caps = {n: describe_editor(n)["capabilities"] for n in editor_names()}
+    if kind == "forget":
+        return [n for n, c in caps.items() if c["forget"]]
+    return [n for n, c in caps.items() if not c["forget"] and not c["composes"]]
+
+
 def hparam_widgets(editor: str, *, key: str) -> dict:
     """One widget per field of the editor's hyperparameter dataclass, its help as tooltip.
 

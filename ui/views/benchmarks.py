@@ -63,18 +63,15 @@ if wb is None:
     st.stop()
 st.caption(f"on this session's base model (`{wb.model_dir.name}`), in scratch workspaces: the session's own "
            "history is not touched. The full runs take minutes to half an hour; use the command line for those.")
-from workbench.editing.registry import describe_editor, editor_names  # noqa: E402
 
 kind = st.radio("bench", ["lifelong", "unlearn", "merge"], horizontal=True, key="bench_run_kind")
-caps = {n: describe_editor(n)["capabilities"] for n in editor_names()}
 c = st.columns(3)
 if kind == "lifelong":
-    editors = c[0].multiselect("editors", [n for n in caps if not caps[n]["forget"] and not caps[n]["composes"]],
-                               default=["grace"], key="bench_run_editors")
+    editors = c[0].multiselect("editors", common.editors_for("edit"), default=["grace"], key="bench_run_editors")
     ts = c[1].text_input("T values (comma-separated)", "1,4", key="bench_run_T")
     repeats = c[2].number_input("timed forward passes per checkpoint", 1, 20, 3, key="bench_run_repeats")
 elif kind == "unlearn":
-    editors = c[0].multiselect("editors", [n for n in caps if caps[n]["forget"]], default=["ga"],
+    editors = c[0].multiselect("editors", common.editors_for("forget"), default=["ga"],
                                key="bench_run_unlearn_editors")
     sets = c[1].multiselect("forget sets", list(unlearn.SETS), default=["quotes"], key="bench_run_sets")
     limit = c[2].number_input("requests per set (and held-out texts, utility items)", 1, 1000, 2,

@@ -13,7 +13,7 @@ wb = get_workbench()
 if wb is None:
     st.stop()
 
-from workbench.editing.registry import describe_editor, editor_names  # noqa: E402  (after the early stop)
+from workbench.editing.registry import describe_editor  # noqa: E402  (after the early stop)
 from workbench.eval.metrics import metric_names  # noqa: E402
 
 st.subheader("1. Requests")
@@ -23,8 +23,7 @@ if reqs:
     common.requests_table(reqs)
 
 st.subheader("2. Editors")
-names = [n for n in editor_names()
-         if not describe_editor(n)["capabilities"]["forget"] and not describe_editor(n)["capabilities"]["composes"]]
+names = common.editors_for("edit")
 default = [n for n in ("grace", "ft", "memoir") if n in names]  # three that run in seconds
 chosen = st.multiselect("editors (2 to 4)", names, default=default, max_selections=4, key="compare_editors")
 params = {}

@@ -10,7 +10,7 @@ wb = get_workbench()
 if wb is None:
     st.stop()
 
-from workbench.editing.registry import describe_editor, editor_names  # noqa: E402  (after the early stop)
+from workbench.editing.registry import describe_editor  # noqa: E402  (after the early stop)
 
 # ------------------------------------------------------------------ requests
 st.subheader("1. Requests")
@@ -21,8 +21,7 @@ if reqs:
 
 # ------------------------------------------------------------------ editor
 st.subheader("2. Editor")
-names = [n for n in editor_names()
-         if not describe_editor(n)["capabilities"]["forget"] and not describe_editor(n)["capabilities"]["composes"]]
+names = common.editors_for("edit")
 editor = st.selectbox("editor", names, index=names.index("grace") if "grace" in names else 0, key="edit_editor")
 st.caption(describe_editor(editor)["doc"])
 with st.expander("hyperparameters", expanded=True):

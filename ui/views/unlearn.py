@@ -11,7 +11,7 @@ wb = get_workbench()
 if wb is None:
     st.stop()
 
-from workbench.editing.registry import describe_editor, editor_names  # noqa: E402
+from workbench.editing.registry import describe_editor  # noqa: E402
 from workbench.eval.requests import ForgetRequest  # noqa: E402
 from workbench.eval.requests.types import with_retain  # noqa: E402
 
@@ -45,7 +45,7 @@ if reqs:
     common.requests_table(reqs)
 
 st.subheader("2. Editor")
-names = [n for n in editor_names() if describe_editor(n)["capabilities"]["forget"]]
+names = common.editors_for("forget")
 editor = st.selectbox("editor", names, index=names.index("prune") if "prune" in names else 0, key="unlearn_editor")
 st.caption(describe_editor(editor)["doc"])
 with st.expander("hyperparameters", expanded=True):
