@@ -138,16 +138,11 @@ def load_rows(paths) -> list[dict]:
     editor (and, from several files, the file it came from, so ablation runs of one editor stay
     apart); anything else is refused with the file, row and field named."""
     from pathlib import Path
-    from workbench.core.jsonio import read_json
+    from workbench.bench.rows import read_rows
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     out = []
     for p in paths:
-        rows = read_json(p)  # a missing file or bad JSON: named with its line
-        if not isinstance(rows, list) or not rows:
-            raise InputError("expected a non-empty list of rows from `workbench bench lifelong --json`", file=p)
-        for i, r in enumerate(rows):
-            if not isinstance(r, dict) or not isinstance(r.get("editor"), str):
-                raise InputError(f"row {i}: expected a string", file=p, field="editor")
+        for i, r in enumerate(read_rows(p, "lifelong", ("editor",))):
             if not isinstance(r.get("T"), int) or isinstance(r.get("T"), bool) or r["T"] < 1:
                 raise InputError(f"row {i}: expected a positive integer", file=p, field="T")
             if "skipped" not in r:

@@ -108,14 +108,10 @@ def load_rows(path) -> list[dict]:
     """The rows a `workbench bench merge --json` run wrote; anything else is refused with the file,
     the row and the field named."""
     from pathlib import Path
-    from workbench.core.jsonio import read_json
+    from workbench.bench.rows import read_rows
     p = Path(path)
-    rows = read_json(p)  # a missing file or bad JSON: named with its line
-    if not isinstance(rows, list) or not rows:
-        raise InputError("expected a non-empty list of rows from `workbench bench merge --json`", file=p)
+    rows = read_rows(p, "merge", ("method",))
     for i, r in enumerate(rows):
-        if not isinstance(r, dict) or not isinstance(r.get("method"), str):
-            raise InputError(f"row {i}: expected a string", file=p, field="method")
         for k in (*SCORED, "bytes", "seconds"):
             if not isinstance(r.get(k), (int, float)) or isinstance(r.get(k), bool):
                 raise InputError(f"row {i}: expected a number", file=p, field=k)

@@ -300,15 +300,10 @@ def load_rows(path) -> list[dict]:
     """The rows a `workbench bench unlearn --json` run wrote; anything else is refused with the
     file and the first bad row named."""
     from pathlib import Path
-    from workbench.core.jsonio import read_json
+    from workbench.bench.rows import read_rows
     p = Path(path)
-    rows = read_json(p)  # a missing file or bad JSON: named with its line
-    if not isinstance(rows, list) or not rows:
-        raise InputError("expected a non-empty list of rows from `workbench bench unlearn --json`", file=p)
+    rows = read_rows(p, "unlearn", ("editor", "set"))
     for i, r in enumerate(rows):
-        for key in ("editor", "set"):
-            if not isinstance(r, dict) or not isinstance(r.get(key), str):
-                raise InputError(f"row {i}: expected a string", file=p, field=key)
         if "skipped" not in r and not (isinstance(r.get("before"), dict) and isinstance(r.get("after"), dict)):
             raise InputError(f"row {i}: expected before and after measurements", file=p, field="after")
         for side in ("before", "after"):
