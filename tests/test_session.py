@@ -430,3 +430,18 @@ def test_an_open_session_marks_its_workspace_in_use(tmp_path):
     Workbench.close_all()
     assert unused(tmp_path / "ws")
     a.close()  # closing twice is harmless
+
+
+def test_closing_a_commands_sessions_leaves_other_threads_sessions_open(tmp_path):
+    # a UI opens its sessions on threads of their own; a command ending on this thread must not
+    # close them (SQLite refuses a connection used from another thread)
+    import threading
+    from workbench.editing.session import unused
+    other = []
+    t = threading.Thread(target=lambda: other.append(Workbench(None, tmp_path / "ui-ws")))
+    t.start()
+    t.join()
+    mine = Workbench(None, tmp_path / "cli-ws")
+    Workbench.close_all()
+    assert unused(tmp_path / "cli-ws") and not unused(tmp_path / "ui-ws")
+    mine.close()

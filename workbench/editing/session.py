@@ -14,6 +14,7 @@ import contextlib
 import getpass
 import json
 import os
+import threading
 import time
 import weakref
 from collections import OrderedDict
@@ -59,6 +60,7 @@ class Workbench:
         self._restore()
         self._seq = self.ledger.last_seq()  # the event the in-memory model is at
         self._in_use = _hold_in_use(self.workspace)
+        self._thread = threading.get_ident()  # its SQLite connection works on this thread only
         _OPEN.add(self)
 
     # The live model's parts, for readers (the UI generates with them); changes go through `live`.
@@ -634,8 +636,10 @@ class Workbench:
 
     @staticmethod
     def close_all() -> None:
-        """Close every Workbench this process opened (a command that is ending)."""
-        for wb in list(_OPEN):
+        """Close every Workbench this thread opened (a command that is ending); sessions of other
+        threads (a UI's) are theirs to close."""
+        me = threading.get_ident()
+        for wb in [w for w in _OPEN if w._thread == me]:
             wb.close()
 
     def _check_writable(self) -> None:
