@@ -24,7 +24,7 @@ from workbench.eval.requests import EditRequest, load_requests
 
 from .conftest import REPO, assert_patch_round_trips, model_left_unchanged
 
-N_SINGLE, N_BATCH = 5, 10
+N_SINGLE, N_BATCH, N_GPTJ = 5, 10, 4
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -64,6 +64,7 @@ def _memit(model, tok, adapter, requests, **params) -> Patch:
     return MEMITEditor(MEMITHParams(**params).derive(adapter)).edit(EditContext(model, tok, adapter), requests)
 
 
+@pytest.mark.slow  # 27 s; ROME's quality on a trained model stays in the default run on the GPT-J model below
 def test_single_rome_edits_are_reliable_and_local(base, record_property):
     model, tok, adapter, requests = base
     requests = requests[:N_SINGLE]
@@ -80,6 +81,32 @@ def test_single_rome_edits_are_reliable_and_local(base, record_property):
     record_property("rome_single", mean)  # generality is reported, not gated
     print("rome single edits:", mean)
     assert mean["reliability"] >= 0.9, mean
+    assert mean["locality"] >= 0.9, mean
+
+
+def test_rome_edits_the_shipped_gptj_model_reliably(stats_dir, record_property):
+    # GPT-J is the family the ROME paper edits: attention and MLP read the same block input. On tiny
+    # random GPT-J models ROME moved the target only as far as on tiny Llamas (test_editor_grid); a
+    # GPT-J trained on the world, which recalls facts through the subject (the paper's premise), is
+    # edited with the paper's settings to reliability 1.0.
+    from workbench.core.model import load_model
+    from workbench.core.paths import COUNTERFACTUAL, GPTJ_MODEL
+    model, tok = load_model(GPTJ_MODEL)
+    adapter = get_adapter(model)
+    assert adapter.parallel_blocks and type(model).__name__ == "GPTJForCausalLM"
+    requests = load_requests(COUNTERFACTUAL)[:N_GPTJ]
+    ref = reference(model, tok, requests)
+    assert evaluate_edits(model, tok, requests)["mean"]["reliability"] <= 0.5  # new targets, not known ones
+    h0, rows = weights_hash(model), []
+    for i, req in enumerate(requests):
+        patch = _rome(model, tok, adapter, [req])
+        assert [w.name for w in patch.weights] == [f"transformer.h.{patch.meta['layer']}.mlp.fc_out.weight"]
+        rows.append(evaluate_edits(model, tok, [req], type(ref)(locality={0: ref.locality[i]}))["per_request"][0])
+        patch.revert(model, adapter)
+        assert weights_hash(model) == h0
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("reliability", "generality", "locality")}
+    record_property("rome_gptj", mean)
+    assert all(r["reliability"] == 1.0 for r in rows), rows
     assert mean["locality"] >= 0.9, mean
 
 

@@ -37,6 +37,17 @@ def test_tiny_training_writes_a_plain_hf_folder_and_is_reproducible(tiny_world, 
     assert json.loads((tmp_path / "m1" / "training.json").read_text())["best"]["step"] in (3, 6)
 
 
+def test_gptj_training_writes_a_gptj_folder_the_editors_read(tiny_world, tmp_path):
+    from transformers import AutoModelForCausalLM
+    from workbench.core.arch import get_adapter
+    train(tiny_world, tmp_path / "j", TrainConfig(seed=5, arch="gptj", **TINY), progress=False, log=lambda *a, **k: None)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "j", local_files_only=True)
+    assert model.config.model_type == "gptj" and not model.config.tie_word_embeddings
+    assert get_adapter(model).parallel_blocks
+    cfg = json.loads((tmp_path / "j" / "training.json").read_text())["config"]
+    assert cfg["arch"] == "gptj"
+
+
 def test_compiled_training_is_reproducible_bit_for_bit(tiny_world, tmp_path):
     """torch.compile's CPU kernels vary from run to run unless deterministic algorithms are on;
     training turns them on for the run and restores the caller's setting."""
@@ -66,7 +77,7 @@ def test_existing_output_and_missing_world_are_refused(tiny_world, tmp_path):
 
 @pytest.mark.parametrize("bad, field", [
     (dict(vocab_size=10), "vocab_size"), (dict(hidden_size=30, num_heads=4), "num_heads"),
-    (dict(lr=5.0), "lr"), (dict(max_steps=0), "max_steps"),
+    (dict(lr=5.0), "lr"), (dict(max_steps=0), "max_steps"), (dict(arch="mistral"), "arch"),
 ])
 def test_bad_hyperparameters_name_the_field(bad, field):
     with pytest.raises(InputError) as e:

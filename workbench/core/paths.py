@@ -16,6 +16,7 @@ WORLD = DATA / "world"                      # the generated world (world.json, p
 MODELS = DATA / "models"
 DEFAULT_MODEL = MODELS / "world-llama"      # the small model trained on the world
 MODELS_V1 = MODELS / "world-llama-v1"       # the model of world version 1, for workspaces made on it
+GPTJ_MODEL = MODELS / "world-gptj"          # the same world and recipe in GPT-J's family (ROME's and MEMIT's)
 ORACLE_MODEL = MODELS / "world-llama-oracle"  # the default model's recipe without every benchmark forget set
 BENCHMARKS = DATA / "benchmarks"            # request sets written by `workbench world requests`
 COUNTERFACTUAL = BENCHMARKS / "edits_counterfactual.jsonl"

@@ -102,6 +102,9 @@ def print_measurements(result: dict) -> None:
     Console().print(table)
 
 
+_FAMILY = {"llama": "Llama", "gptj": "GPT-J"}
+
+
 def _markdown(result: dict, training: dict, model_dir: Path) -> str:
     cfg = training["config"]
     v2 = "reading" in result
@@ -116,14 +119,17 @@ def _markdown(result: dict, training: dict, model_dir: Path) -> str:
     lines = [
         f"# {model_dir.name}: {role}",
         "",
-        f"A small Llama-architecture causal LM trained from scratch, on CPU, on the generated world",
+        f"A small {_FAMILY[cfg.get('arch', 'llama')]}-architecture causal LM trained from scratch, on CPU, on the "
+        "generated world",
         f"in `data/world/` ({what}). Because the world is generated, every fact it should know and",
         "every string it memorized is known exactly, which makes it a testbed for editing and",
         "unlearning. Not a general language model.",
         "",
         "## Architecture and training",
         f"- {training['parameters']:,} parameters; {cfg['num_layers']} layers, width {cfg['hidden_size']}, "
-        f"MLP width {cfg['intermediate_size']}, {cfg['num_heads']} heads, tied embeddings.",
+        f"MLP width {cfg['intermediate_size']}, {cfg['num_heads']} heads, "
+        + ("tied embeddings." if cfg.get("arch", "llama") == "llama"
+           else "attention and MLP in parallel on each block's input, untied output head."),
         f"- Byte-level BPE tokenizer ({cfg['vocab_size']} entries) built with `tokenizers` on the world's text.",
         f"- Trained with seed {cfg['seed']} on world seed {training['world_seed']}: AdamW, peak lr {cfg['lr']}, "
         f"{cfg['batch_size']}x{cfg['block_size']} tokens a step; the checkpoint kept is the one with the best "
@@ -186,7 +192,7 @@ def write_card(model_dir: str | Path, world_dir: str | Path) -> dict:
     model_dir = Path(model_dir)
     result = measure(model_dir, world_dir)
     training = json.loads((model_dir / "training.json").read_text())
-    card = {"model": model_dir.name, "architecture": "llama", "parameters": training["parameters"],
+    card = {"model": model_dir.name, "architecture": training["config"].get("arch", "llama"), "parameters": training["parameters"],
             "training": {k: training[k] for k in ("config", "best", "train_seconds", "world_seed", "torch", "threads",
                                                   "compiled", "epochs", "occurrences_by_level", "without") if k in training},
             "measured": result, "measure_command": "workbench world measure --model " + _shown(model_dir)

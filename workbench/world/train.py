@@ -18,12 +18,16 @@ from workbench.world.schema import World
 
 
 PRECISIONS = ("bf16", "fp32")
+# llama: the default model (sequential blocks, gated MLP, tied embeddings). gptj: the family the ROME
+# and MEMIT papers edit (attention and MLP read the same block input; plain GELU MLP; untied head).
+ARCHS = ("llama", "gptj")
 
 
 @dataclass
 class TrainConfig:
     """Hyperparameters of `workbench world train`; each field documents itself."""
     seed: int = field(default=0, metadata={"help": "seed for initialisation and data order"})
+    arch: str = field(default="llama", metadata={"help": f"model family: {' or '.join(ARCHS)}"})
     vocab_size: int = field(default=1536, metadata={"help": "BPE vocabulary size (256..32000)"})
     hidden_size: int = field(default=256, metadata={"help": "model width"})
     intermediate_size: int = field(default=768, metadata={"help": "MLP width (neurons per layer)"})
@@ -65,6 +69,8 @@ class TrainConfig:
         if self.hidden_size % self.num_heads:
             raise InputError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}",
                              field="num_heads")
+        if self.arch not in ARCHS:
+            raise InputError(f"must be one of {', '.join(ARCHS)}; got {self.arch!r}", field="arch")
         if self.precision not in PRECISIONS:
             raise InputError(f"must be one of {', '.join(PRECISIONS)}; got {self.precision!r}", field="precision")
         if self.compile not in (0, 1):
@@ -89,6 +95,14 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def _make_model(cfg: TrainConfig, tok):
+    if cfg.arch == "gptj":
+        from transformers import GPTJConfig, GPTJForCausalLM
+        # rotary on every head dimension, as Llama does, so the two families differ only in the block
+        mcfg = GPTJConfig(vocab_size=len(tok), n_embd=cfg.hidden_size, n_inner=cfg.intermediate_size,
+                          n_layer=cfg.num_layers, n_head=cfg.num_heads, rotary_dim=cfg.hidden_size // cfg.num_heads,
+                          n_positions=256, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
+                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        return GPTJForCausalLM(mcfg)
     from transformers import LlamaConfig, LlamaForCausalLM
     mcfg = LlamaConfig(vocab_size=len(tok), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
                        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
