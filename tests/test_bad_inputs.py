@@ -338,3 +338,58 @@ def test_a_refused_command_leaves_no_new_workspace_and_skipped_records_are_repor
     assert "skipped: " in err and "r.jsonl:2:" in err and "Warning" not in err
     doc = json.loads(out.read_text())
     assert len(doc["events"]) == 1 and "r.jsonl:2:" in doc["skipped"][0]
+
+
+_IN_READ_ONLY_MOUNT = r"""
+import contextlib, io, json, sys
+from workbench.cli.main import main
+out = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv)
+    out.append([code, err.getvalue()])
+print(json.dumps(out))
+"""
+
+
+def _files(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_workspace_on_a_read_only_file_system_refuses_and_stays_byte_identical(tmp_path):
+    # A real read-only mount: in a private user and mount namespace (unshare -rm), the folder is
+    # bind-mounted onto itself read-only, so even root gets EROFS, and nothing outside the namespace
+    # sees the mount. Every command that writes must refuse in one line, exit 2, and leave every
+    # byte as it was; one that only reads still works.
+    import subprocess
+    import sys
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("no unshare: user and mount namespaces are not available here")
+    from workbench.editing.session import Workbench
+    ro = tmp_path / "ro"
+    ws = ro / "ws"
+    req = tmp_path / "r.jsonl"
+    req.write_text(GOOD)
+    wb = Workbench(None, ws)
+    wb.edit("ft", load_requests(req), FAST)
+    wb.close()
+    before = _files(ro)
+    edit = ["edit", "--editor", "ft", "--requests", str(req), "--param", "steps=3", "--workspace"]
+    argvs = [edit + [str(ws)], ["undo", "--workspace", str(ws)], ["tag", "v1", "--workspace", str(ws)],
+             edit + [str(ro / "new-ws")], ["log", "--workspace", str(ws)]]
+    script = (f"mount --bind {ro} {ro} && mount -o remount,ro,bind {ro} && "
+              f"{sys.executable} -c \"$0\" \"$1\"")
+    run = subprocess.run(["unshare", "-rm", "sh", "-c", script, _IN_READ_ONLY_MOUNT, json.dumps(argvs)],
+                         capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    for argv, (code, err) in zip(argvs[:4], results[:4]):
+        assert code == 2, (argv, code, err)
+        assert err.startswith("error:") and len(err.strip().splitlines()) == 1, (argv, err)
+        assert "(Read-only file system)" in err, (argv, err)
+    assert all("cannot be written (Read-only file system); nothing was changed" in e for _, e in results[:3])
+    assert "cannot create the workspace here" in results[3][1]
+    assert results[4][0] == 0, results[4]  # reading the history needs no write
+    assert _files(ro) == before and not (ro / "new-ws").exists()
