@@ -294,7 +294,13 @@ def mlp_adds_to_residual(model, tok, adapter, layer: int, req) -> bool:
     change of the block's output compared with it.
     """
     ids, i = encode_at_subject(tok, "{}", req.prompt, check_subject(req))
-    ids_t, mask = _pad_batch([ids], pad_id(tok), _device(model))
+    return mlp_adds_to_residual_at(model, adapter, layer, ids, i, pad_id(tok))
+
+
+@torch.no_grad()
+def mlp_adds_to_residual_at(model, adapter, layer: int, ids: list[int], i: int, pad: int = 0) -> bool:
+    """`mlp_adds_to_residual` probed at position `i` of the token ids `ids`."""
+    ids_t, mask = _pad_batch([ids], pad, _device(model))
     block = _AddAt(adapter.layer(layer), tuple(ids_t.shape), [i], None)
     try:
         model(input_ids=ids_t, attention_mask=mask)

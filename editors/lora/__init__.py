@@ -8,7 +8,8 @@ original modules go back in place, bit for bit, with their `requires_grad` flags
 factors become a `LoRAAdd` attachment (see `store.py`): hooks apply them, the ledger records
 them in peft's key format with the LoraConfig, reverting removes them exactly, and the
 `merge` editor (`editors/lora/merge.py`) combines recorded adapters with peft's
-`add_weighted_adapter`.
+`add_weighted_adapter`, and `lora-retrieve` (`editors/lora/retrieve.py`) routes each input to
+the adapter that holds it, from the prompts each adapter records.
 
 Every adapter trained after others is trained *on top of* them (they stay enabled during
 training), as sequential edits are.
@@ -81,6 +82,13 @@ def target_modules(adapter, targets: str, layers) -> list[str]:
     return [adapter.module_name(m) for m in mods]
 
 
+def training_prompts(batch) -> list[dict]:
+    """What an adapter records of its edits, for retrieval's keys (`retrieve.py`): each prompt, its
+    subject (None when the request names none) and its new target."""
+    return [{"prompt": r.prompt, "subject": getattr(r, "subject", None) or None, "target": r.target_new}
+            for r in batch]
+
+
 def config_json(cfg) -> dict:
     """The LoraConfig fields a peft adapter_config.json carries, JSON-safe."""
     return {"peft_type": "LORA", "r": cfg.r, "lora_alpha": cfg.lora_alpha,
@@ -115,7 +123,7 @@ class LoRAEditor(Editor):
         cfg = LoraConfig(r=hp.r, lora_alpha=hp.alpha, target_modules=names, lora_dropout=0.0, bias="none",
                          fan_in_fan_out=conv)
         factors, stats = _train_with_peft(ctx, cfg, names, chunks(batch, hp.batch_size), hp)
-        att = LoRAAdd(name, config_json(cfg), factors)
+        att = LoRAAdd(name, config_json(cfg), factors, training_prompts(batch))
         att.attach(ctx.model, ctx.adapter)
         return Patch([], [att], {"adapter": name, **stats})
 

@@ -122,7 +122,8 @@ class MergeEditor(Editor):
                 "merged_rank": int(next(iter(factors.values()))[0].shape[0])}
         if hp.fold:
             return _fold(ctx, factors, switch, meta)
-        att = LoRAAdd(new, cfg, factors)
+        held = [store.prompts.get(n) for n in names]  # the merged adapter holds every source's edits
+        att = LoRAAdd(new, cfg, factors, [p for ps in held for p in ps] if all(ps is not None for ps in held) else None)
         att.attach(model, ctx.adapter)
         ctx.on_error(lambda: att.detach(model, ctx.adapter))
         switch.attach(model, ctx.adapter)

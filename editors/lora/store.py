@@ -14,7 +14,12 @@ what peft's `lora.Linear` computes without dropout.
 
 Adapter tensors are stored under peft's own keys ("<module>.lora_A.weight",
 "<module>.lora_B.weight", as `get_peft_model_state_dict` writes them) with the LoraConfig as
-JSON, so a patch file's adapter is a peft adapter.
+JSON, so a patch file's adapter is a peft adapter. Each adapter also records the prompts it was
+trained on (with their subjects), which adapter retrieval (`retrieve.py`) reads its keys from.
+
+While a retrieval is in force (`store.retrieval`, the top of a stack of `Router`s that
+`lora-retrieve` edits push and their reverts pop), the adapters it names are applied only to the
+rows routed to them, whatever their `enabled` flags; the other adapters keep their flags.
 """
 from __future__ import annotations
 
@@ -74,7 +79,15 @@ class LoRAStore(nn.Module):
         super().__init__()
         self.adapters = nn.ModuleDict()
         self.configs: dict[str, dict] = {}  # adapter name -> LoraConfig as JSON
+        self.prompts: dict[str, list | None] = {}  # adapter name -> [{prompt, subject, target}, ...]
+        self.routers = nn.ModuleList()  # retrieval stack: the last one is in force
         self._handles: dict[str, object] = {}
+
+    @property
+    def retrieval(self):
+        """The `Router` in force, or None (no retrieval, or the last retrieval edit switched it off)."""
+        top = self.routers[-1] if len(self.routers) else None
+        return top if top is not None and top.on else None
 
     def sync_hooks(self, model: nn.Module) -> None:
         """One hook per module some adapter targets; none elsewhere."""
@@ -87,8 +100,13 @@ class LoRAStore(nn.Module):
     def _hook(self, name: str):
         def add_adapters(_mod, args, out):
             x = args[0]  # (..., in)
-            for ad in self.adapters.values():
-                if name in ad.targets and bool(ad.enabled):
+            router = self.retrieval
+            for ad_name, ad in self.adapters.items():
+                if name not in ad.targets:
+                    continue
+                if router is not None and ad_name in router.names:
+                    out = router.add_routed(ad_name, ad, name, x, out)
+                elif bool(ad.enabled):
                     out = out + ad.delta(name, x).to(out.dtype)
             return out
         return add_adapters
@@ -129,8 +147,10 @@ class LoRAAdd(Attachment):
     """Adds one named adapter (created enabled); detaching removes it."""
     kind = "lora"
 
-    def __init__(self, name: str, lora_config: dict, factors: dict[str, tuple[torch.Tensor, torch.Tensor, float]]):
+    def __init__(self, name: str, lora_config: dict, factors: dict[str, tuple[torch.Tensor, torch.Tensor, float]],
+                 prompts: list | None = None):
         self.name, self.lora_config, self.factors = name, dict(lora_config), factors
+        self.prompts = [dict(p) for p in prompts] if prompts is not None else None  # [{prompt, subject, target}]
 
     def attach(self, model, adapter=None) -> None:
         store = find_store(model)
@@ -142,6 +162,7 @@ class LoRAAdd(Attachment):
         device = next(model.parameters()).device
         store.adapters[self.name] = LoRAAdapter(self.factors).to(device)
         store.configs[self.name] = self.lora_config
+        store.prompts[self.name] = self.prompts
         store.sync_hooks(model)
 
     def detach(self, model, adapter=None) -> None:
@@ -150,8 +171,9 @@ class LoRAAdd(Attachment):
             raise InputError(f"no LoRA adapter named {self.name!r} to remove", field="name")
         del store.adapters[self.name]
         store.configs.pop(self.name, None)
+        store.prompts.pop(self.name, None)
         store.sync_hooks(model)
-        if not len(store.adapters):
+        if not len(store.adapters) and not len(store.routers):
             store.remove_hooks()
             delattr(model, STORE)
 
@@ -164,7 +186,8 @@ class LoRAAdd(Attachment):
 
     def config(self) -> dict:
         return {"name": self.name, "lora_config": self.lora_config,
-                "scaling": {n: s for n, (_, _, s) in self.factors.items()}}
+                "scaling": {n: s for n, (_, _, s) in self.factors.items()},
+                **({"prompts": self.prompts} if self.prompts is not None else {})}
 
     def describe(self, model) -> dict | None:
         store = find_store(model)
@@ -179,7 +202,7 @@ class LoRAAdd(Attachment):
         for name, s in config["scaling"].items():
             ka, kb = peft_keys(name)
             factors[name] = (state[ka], state[kb], float(s))
-        return cls(config["name"], config["lora_config"], factors)
+        return cls(config["name"], config["lora_config"], factors, config.get("prompts"))
 
 
 @register_attachment

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from editors.common.text import scramble
 from editors.common.frozen import logits_only_at, lower_blocks_cached, swapped_forward
 from workbench.editing.contract import trainable_only
 from workbench.eval.scoring import encode_pairs, pad_id, right_pad
@@ -75,25 +76,6 @@ def irrelevant_pool(path: str | None) -> list[str]:
             return list(DEFAULT_IRRELEVANT)
     lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
     return lines or list(DEFAULT_IRRELEVANT)
-
-
-def scramble(subject: str, rng: random.Random) -> str:
-    """The subject with each word's letters shuffled (a fake name of the same shape).
-
-    Example:
-        >>> len(scramble("Ada Lovelace", random.Random(0)))
-        12
-    """
-    words = []
-    for w in subject.split(" "):
-        chars = list(w.lower())
-        for _ in range(5):
-            rng.shuffle(chars)
-            if "".join(chars) != w.lower() or len(set(chars)) < 2:
-                break
-        s = "".join(chars)
-        words.append(s[:1].upper() + s[1:] if w[:1].isupper() else s)
-    return " ".join(words)
 
 
 PREFIX_STARTS = ("I", "You", "Because", "Yes", "Q: ")  # EasyEdit's get_context_templates
