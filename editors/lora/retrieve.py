@@ -88,7 +88,8 @@ class Router(nn.Module):
 
     def __init__(self, names: list[str], key_layer: int, refine_layer: int | None, on: bool = True,
                  keys: torch.Tensor | None = None, owner: torch.Tensor | None = None,
-                 own_keys: torch.Tensor | None = None, threshold: float = 1.0):
+                 own_keys: torch.Tensor | None = None, threshold: float = 1.0,
+                 late_keys: torch.Tensor | None = None, late_threshold: float = 1.0):
         super().__init__()
         self.names, self.on = list(names), bool(on)
         self.index = {n: i for i, n in enumerate(self.names)}
@@ -97,15 +98,19 @@ class Router(nn.Module):
         self.register_buffer("owner", owner if owner is not None else torch.zeros(0, dtype=torch.long))
         self.register_buffer("own_keys", own_keys if own_keys is not None else torch.zeros(0, 0))
         self.register_buffer("threshold", torch.tensor(float(threshold)))
+        self.register_buffer("late_keys", late_keys if late_keys is not None else torch.zeros(0, 0))
+        self.register_buffer("late_threshold", torch.tensor(float(late_threshold)))
         self.force: int | None = None       # while keys are computed: every row reads adapter `force`
         self.record: list | None = None     # while calibrating: each row's best first-stage score
+        self.record_late: list | None = None  # ... and its best score against the late keys
+        self.trace: list | None = None      # when a list: (first choice, final choice) of every fresh call
         self._handles: list = []
         self.__dict__["_store"] = None  # the LoRAStore this router is on (set by install)
         self._refine_targets: set[str] = set()
         self._reset()
 
     def _reset(self):
-        self._mask, self._cache, self._fresh, self._choice, self._x = None, None, True, None, {}
+        self._mask, self._cache, self._fresh, self._choice, self._first, self._x = None, None, True, None, None, {}
 
     # -- hooks -------------------------------------------------------------------------
     def install(self, model, adapter, store: LoRAStore) -> None:
@@ -115,6 +120,7 @@ class Router(nn.Module):
         if self.refine_layer is not None:
             self._refine_targets = {adapter.module_name(adapter.mlp_out(self.refine_layer))}
         self._handles = [model.register_forward_pre_hook(self._see_inputs, with_kwargs=True),
+                         model.register_forward_hook(self._done),
                          adapter.layer(self.key_layer).register_forward_pre_hook(self._route, with_kwargs=True)]
         if self.refine_layer is not None:
             self._handles.append(adapter.layer(self.refine_layer).register_forward_hook(self._refine))
@@ -162,8 +168,13 @@ class Router(nn.Module):
             self.record.append(best.detach().cpu())
             which = torch.full_like(which, NONE)
         self._choice = torch.where(best >= self.threshold.to(best.device), which, torch.full_like(which, NONE))
+        self._first = self._choice
         self._keep()
         return None
+
+    def _done(self, _model, _args, _out):
+        if self.trace is not None and self._fresh and self._first is not None:
+            self.trace.append((self._first.cpu(), self._choice.cpu()))
 
     def _keep(self):
         if self._cache is not None:
@@ -187,22 +198,30 @@ class Router(nn.Module):
         return out.index_add(0, sel, ad.delta(target, x[sel]).to(out.dtype))
 
     def _refine(self, _block, _args, output):
-        if not self._active() or not self._fresh or self.force is not None or self._choice is None \
-                or self.record is not None:
+        if not self._active() or not self._fresh or self.force is not None or self._choice is None:
             return None
         h = output[0] if isinstance(output, tuple) else output  # (batch, seq, d)
-        routed = (self._choice >= 0).nonzero().squeeze(1)
-        if not len(routed):
-            return None
         mask = self._row_mask(h)
-        scores = row_scores(h[routed], None if mask is None else mask[routed], self.own_keys, self.owner,
-                            len(self.names))  # (r, n)
-        new = scores.argmax(1)
-        old = self._choice[routed]
-        moved = new != old
-        if not moved.any():
+        choice, new, n = self._choice, self._choice.clone(), len(self.names)
+
+        def scores(rows, keys):  # (r, n) the rows' best similarity to each adapter's keys
+            return row_scores(h[rows], None if mask is None else mask[rows], keys, self.owner, n)
+        idle = (choice < 0).nonzero().squeeze(1)
+        if len(idle) and self.late_keys.numel():
+            # rows no adapter took at block K, scored again on block L's output (no adapter acted):
+            # later features tell edits apart better; a second threshold still guards locality
+            best, which = scores(idle, self.late_keys).max(1)
+            if self.record_late is not None:
+                self.record_late.append(best.detach().cpu())
+                return None
+            new[idle] = torch.where(best >= self.late_threshold.to(best.device), which, torch.full_like(which, NONE))
+        routed = (choice >= 0).nonzero().squeeze(1)
+        if len(routed):  # MOS: re-score with the chosen adapter's own features, keep the best match
+            new[routed] = scores(routed, self.own_keys).argmax(1)
+        rows = (new != choice).nonzero().squeeze(1)
+        if not len(rows):
             return None
-        rows, old, new = routed[moved], old[moved], new[moved]
+        old, new = choice[rows], new[rows]
         corr = torch.zeros_like(h[rows])  # (m, seq, d): swap block L's update from the old adapter to the new
         adapters = self._store.adapters
         for target in self._refine_targets:
@@ -211,7 +230,7 @@ class Router(nn.Module):
                 continue
             x = x.reshape(h.shape[0], h.shape[1], -1)[rows]  # (m, seq, in)
             for sign, chosen in ((-1.0, old), (1.0, new)):
-                for a in chosen.unique().tolist():
+                for a in [a for a in chosen.unique().tolist() if a >= 0]:
                     ad = adapters[self.names[a]]
                     if target in ad.targets:
                         pick = chosen == a
@@ -243,13 +262,14 @@ class LoRARetrieval(Attachment):
 
     @classmethod
     def of(cls, router: Router) -> "LoRARetrieval":
-        return cls({**router.config(), "threshold": float(router.threshold)},
-                   {k: v.detach().clone() for k, v in router.state_dict().items() if k != "threshold"})
+        return cls({**router.config(), "threshold": float(router.threshold),
+                    "late_threshold": float(router.late_threshold)},
+                   {k: v.detach().clone() for k, v in router.state_dict().items() if "threshold" not in k})
 
     def build(self) -> Router:
         c, s = self._config, self._state
         return Router(c["names"], c["key_layer"], c["refine_layer"], c["on"], s.get("keys"), s.get("owner"),
-                      s.get("own_keys"), c["threshold"])
+                      s.get("own_keys"), c["threshold"], s.get("late_keys"), c.get("late_threshold", 1.0))
 
     def attach(self, model, adapter=None) -> None:
         from workbench.core.arch import get_adapter
@@ -369,19 +389,20 @@ class LoRARetrieveEditor(Editor):
         store.routers.append(router)
         router.install(model, adapter, store)
         try:
-            keys, owner, own = _keys(ctx, store, router, names, refine_layer)
+            keys, owner, own, late = _keys(ctx, store, router, names, refine_layer)
             router.keys, router.owner = keys, owner
             if own is not None:
-                router.own_keys = own
-            threshold, calib = (hp.threshold, None) if hp.threshold is not None else _calibrate(ctx, store, router, names, hp)
+                router.own_keys, router.late_keys = own, late
+            threshold, late_threshold, calib = _calibrate(ctx, store, router, names, hp)
             router.threshold.fill_(threshold)
+            router.late_threshold.fill_(late_threshold)
         finally:
             router.uninstall()
             del store.routers[len(store.routers) - 1]
         att = LoRARetrieval.of(router)
         att.attach(model, adapter)
         meta = {"adapters": names, "key_layer": key_layer, "refine_layer": refine_layer, "threshold": threshold,
-                "keys": int(keys.shape[0])}
+                "late_threshold": late_threshold if refine_layer is not None else None, "keys": int(keys.shape[0])}
         if calib is not None:
             meta["calibration"] = calib
         return Patch([], [att], meta)
@@ -436,15 +457,16 @@ def _last_states(ctx, prompts: list[str], layer: int, output: bool) -> torch.Ten
 
 
 def _keys(ctx, store, router: Router, names: list[str], refine_layer):
-    """Unit keys (k, d) at block K's input, owners (k,), and (with refinement) the unit own-feature
-    keys (k, d) at block L's output, each computed with its adapter alone applied."""
-    keys, owner, own = [], [], []
+    """Unit keys (k, d) at block K's input, owners (k,), and with refinement the unit keys (k, d) at
+    block L's output computed with each adapter alone applied (own features) and with none (late)."""
+    keys, owner, own, late = [], [], [], []
     for i, n in enumerate(names):
         prompts = [p["prompt"] for p in store.prompts[n]]
         router.force = None  # block K's input does not depend on the set's adapters
         keys.append(F.normalize(_last_states(ctx, prompts, router.key_layer, output=False), dim=-1))
         owner.append(torch.full((len(prompts),), i, dtype=torch.long))
         if refine_layer is not None:
+            late.append(F.normalize(_last_states(ctx, prompts, refine_layer, output=True), dim=-1))
             router.force = i
             try:
                 own.append(F.normalize(_last_states(ctx, prompts, refine_layer, output=True), dim=-1))
@@ -452,13 +474,16 @@ def _keys(ctx, store, router: Router, names: list[str], refine_layer):
                 router.force = None
     device = router.threshold.device
     return (torch.cat(keys).to(device), torch.cat(owner).to(device),
-            torch.cat(own).to(device) if own else None)
+            torch.cat(own).to(device) if own else None, torch.cat(late).to(device) if late else None)
 
 
 @torch.no_grad()
-def _calibrate(ctx, store, router: Router, names: list[str], hp: RetrieveHParams) -> tuple[float, dict]:
-    """The `quantile` of the best first-stage scores of every recorded prompt with its subject's letters
-    shuffled, followed by its target (rows shaped like the edits, about no one the model knows)."""
+def _calibrate(ctx, store, router: Router, names: list[str], hp: RetrieveHParams) -> tuple[float, float, dict | None]:
+    """The two thresholds (block K, and block L's late keys): the given one, else the `quantile` of the
+    best scores of every recorded prompt with its subject's letters shuffled, followed by its target
+    (rows shaped like the edits, about no one the model knows)."""
+    if hp.threshold is not None:
+        return hp.threshold, hp.threshold, None
     rng = random.Random(hp.seed)
     rows = [(p["prompt"].replace(p["subject"], scramble(p["subject"], rng)), p["target"])
             for n in names for p in store.prompts[n] if p.get("subject") and p["subject"] in p["prompt"]]
@@ -467,13 +492,42 @@ def _calibrate(ctx, store, router: Router, names: list[str], hp: RetrieveHParams
                          "(threshold=0.95, say)", field="threshold")
     pairs = encode_pairs(ctx.tokenizer, [r[0] for r in rows], [r[1] for r in rows])
     device = next(ctx.model.parameters()).device
-    router.record = []
+    router.record, router.record_late = [], []
     try:
         for s in range(0, len(pairs), BATCH):
             x, mask = right_pad([p + a for p, a in pairs[s:s + BATCH]], pad_id(ctx.tokenizer))
             ctx.model(input_ids=x.to(device), attention_mask=mask.to(device), use_cache=False)
-        best = torch.cat(router.record)
+        first = torch.cat(router.record)
+        late = torch.cat(router.record_late) if router.record_late else None
     finally:
-        router.record = None
-    thr = float(torch.quantile(best.double(), hp.quantile))
-    return min(thr, 1.0), {"negatives": len(rows), "quantile": hp.quantile}
+        router.record = router.record_late = None
+
+    def quantile(v):
+        return min(float(torch.quantile(v.double(), hp.quantile)), 1.0)
+    return (quantile(first), quantile(late) if late is not None else 1.0,
+            {"negatives": len(rows), "quantile": hp.quantile})
+
+
+@torch.no_grad()
+def routes(model, tok, prompts: list[str], answers: list[str], batch_size: int = BATCH) -> list[tuple]:
+    """Where each row (prompt + answer, as the evaluator scores it) is sent: (first choice, final
+    choice), each an adapter name or None, in input order. Needs a retrieval in force."""
+    store = find_store(model)
+    router = store.retrieval if store is not None else None
+    if router is None:
+        raise InputError("no adapter retrieval is in force", field="adapters")
+    pairs = encode_pairs(tok, prompts, answers)
+    device = next(model.parameters()).device
+    out: list[tuple] = []
+    router.trace = []
+    try:
+        for s in range(0, len(pairs), batch_size):
+            x, mask = right_pad([p + a for p, a in pairs[s:s + batch_size]], pad_id(tok))
+            n = len(router.trace)
+            model(input_ids=x.to(device), attention_mask=mask.to(device), use_cache=False)
+            first, final = router.trace[n]
+            name = (lambda i: None if i < 0 else router.names[i])
+            out += [(name(int(a)), name(int(b))) for a, b in zip(first, final)]
+    finally:
+        router.trace = None
+    return out
