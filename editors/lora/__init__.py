@@ -34,7 +34,7 @@ from workbench.editing.contract import (Batch, Capabilities, EditContext, Editor
 from workbench.editing.registry import register_editor
 from workbench.eval.scoring import pad_id
 
-from .store import LoRAAdd, adapter_names, next_name
+from .store import LoRAAdd, adapter_names, lora_adapter, next_name
 
 TARGETS = ("mlp_out", "mlp_in", "mlp", "attn_out")
 TRAIN_NAME = "wb_training"  # the adapter's name inside peft while it trains
@@ -53,6 +53,13 @@ class LoRAHParams(HParams):
     steps: int = field(default=60, metadata={"help": "passes over the requests (1..10000)"})
     early_stop_loss: float = field(default=0.02, metadata={"help": "stop once the mean loss is below this (>= 0)"})
     batch_size: int = field(default=0, metadata={"help": "requests per optimizer step (0 = all)"})
+    mos_momentum: float = field(default=0.0, metadata={
+        "help": "MOS-style training: after every step the new adapter's factors move this share toward the "
+                "mean of the earlier adapters' (MOS uses 0.1), so adapters trained apart stay compatible; "
+                "0 = off; in [0, 1)"})
+    mos_adapters: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "the earlier adapters it stays close to (default: every recorded adapter with the same "
+                "targets and rank; used when mos_momentum > 0)"})
 
     def __post_init__(self):
         check_number(self.r, "r", "an integer in 1..1024", lambda v: 1 <= v <= 1024, integer=True)
@@ -61,6 +68,11 @@ class LoRAHParams(HParams):
         check_number(self.steps, "steps", "an integer in 1..10000", lambda v: 1 <= v <= 10000, integer=True)
         check_number(self.early_stop_loss, "early_stop_loss", ">= 0", lambda v: v >= 0)
         check_number(self.batch_size, "batch_size", "an integer >= 0", lambda v: v >= 0, integer=True)
+        check_number(self.mos_momentum, "mos_momentum", "in [0, 1)", lambda v: 0 <= v < 1)
+        if isinstance(self.mos_adapters, str):
+            self.mos_adapters = tuple(self.mos_adapters.split(","))
+        if self.mos_adapters is not None:
+            self.mos_adapters = tuple(a.strip() for a in self.mos_adapters if a.strip())
         check_choice(self.targets, "targets", TARGETS)
         if self.name is not None and (not self.name or "." in self.name or not self.name.isprintable()):
             raise InputError(f"must be a non-empty name without dots, got {self.name!r}", field="name")
@@ -109,8 +121,15 @@ class LoRAEditor(Editor):
     hparams_class = LoRAHParams
 
     def effective_hparams(self, ctx: EditContext, hp: LoRAHParams) -> LoRAHParams:
-        """The adapter's name: the one given, else the next free loraN."""
-        return dataclasses.replace(hp, name=hp.name or next_name(ctx.model))
+        """The adapter's name: the one given, else the next free loraN; with MOS training, the earlier
+        adapters it stays close to."""
+        hp = dataclasses.replace(hp, name=hp.name or next_name(ctx.model))
+        if hp.mos_momentum > 0 and hp.mos_adapters is None:
+            names = target_modules(ctx.adapter, hp.targets, hp.layers)
+            hp = dataclasses.replace(hp, mos_adapters=tuple(
+                n for n in adapter_names(ctx.model)
+                if lora_adapter(ctx.model, n).targets == sorted(names) and lora_adapter(ctx.model, n).rank == hp.r))
+        return hp
 
     def run(self, ctx: EditContext, batch: Batch, hp: LoRAHParams) -> Patch:
         from peft import LoraConfig
@@ -122,15 +141,31 @@ class LoRAEditor(Editor):
         conv = ctx.adapter.orientation(ctx.model.get_submodule(names[0])) == "in_out"
         cfg = LoraConfig(r=hp.r, lora_alpha=hp.alpha, target_modules=names, lora_dropout=0.0, bias="none",
                          fan_in_fan_out=conv)
-        factors, stats = _train_with_peft(ctx, cfg, names, chunks(batch, hp.batch_size), hp)
+        factors, stats = _train_with_peft(ctx, cfg, names, chunks(batch, hp.batch_size), hp, _mos_mean(ctx, names, hp))
         att = LoRAAdd(name, config_json(cfg), factors, training_prompts(batch))
         att.attach(ctx.model, ctx.adapter)
         return Patch([], [att], {"adapter": name, **stats})
 
 
-def _train_with_peft(ctx: EditContext, cfg, names: list[str], batches, hp: LoRAHParams):
+def _mos_mean(ctx: EditContext, names: list[str], hp: LoRAHParams) -> dict | None:
+    """Per target: the mean A (r, in) and B (out, r) of the earlier adapters MOS training pulls toward
+    (None when off or when there is no earlier adapter)."""
+    if hp.mos_momentum == 0 or not hp.mos_adapters:
+        return None
+    sources = [lora_adapter(ctx.model, n) for n in hp.mos_adapters]  # unknown names fail here
+    for n, src in zip(hp.mos_adapters, sources):
+        if src.targets != sorted(names) or src.rank != hp.r:
+            raise InputError(f"MOS training averages factors, so {n!r} must adapt the same modules with the same "
+                             f"rank (it has rank {src.rank} on {len(src.targets)} module(s))", field="mos_adapters")
+    return {t: (torch.stack([s.factors()[t][0] for s in sources]).mean(0),   # (r, in)
+                torch.stack([s.factors()[t][1] for s in sources]).mean(0))   # (out, r)
+            for t in names}
+
+
+def _train_with_peft(ctx: EditContext, cfg, names: list[str], batches, hp: LoRAHParams, mos_mean=None):
     """Inject, train, read out the factors, un-inject. The model ends exactly as it began
-    (the template puts back `requires_grad` flags and the training mode)."""
+    (the template puts back `requires_grad` flags and the training mode). With `mos_mean`, every
+    step is followed by MOS's adapter merging: factors ← (1 − m)·factors + m·mean of the earlier ones."""
     from peft import inject_adapter_in_model
     model = ctx.model
     had_config = "peft_config" in vars(model)
@@ -141,8 +176,19 @@ def _train_with_peft(ctx: EditContext, cfg, names: list[str], batches, hp: LoRAH
         inject_adapter_in_model(cfg, model, adapter_name=TRAIN_NAME)  # kaiming init of A: the template's seeded RNG
         params = [p for n, p in model.named_parameters() if f".{TRAIN_NAME}." in n]
         opt = torch.optim.Adam(params, lr=hp.lr)
+        after = None
+        if mos_mean is not None:
+            m = hp.mos_momentum
+
+            @torch.no_grad()
+            def after():
+                for n in names:
+                    layer = model.get_submodule(n)
+                    for w, mean in ((layer.lora_A[TRAIN_NAME].weight, mos_mean[n][0]),
+                                    (layer.lora_B[TRAIN_NAME].weight, mos_mean[n][1])):
+                        w.mul_(1 - m).add_(mean.to(w.device, w.dtype), alpha=m)
         losses = fit(model, opt, batches, "target", pad_id(ctx.tokenizer), params[0].device, hp.steps,
-                     hp.early_stop_loss)
+                     hp.early_stop_loss, after_step=after)
         factors = {}
         for n in names:
             layer = model.get_submodule(n)

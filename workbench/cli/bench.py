@@ -70,6 +70,9 @@ def add_parser(sub) -> None:
     mg.add_argument("--density", type=float, default=0.5, help="density of the pruning combination types")
     mg.add_argument("--lora", action="append", default=[], metavar="K=V", help="lora hyperparameter (repeatable)")
     mg.add_argument("--no-wise", action="store_true", help="skip the WISE comparison row")
+    mg.add_argument("--no-retrieval", action="store_true", help="skip the adapter retrieval rows")
+    mg.add_argument("--mos-momentum", type=float, default=0.1,
+                    help="MOS training's pull toward the earlier adapters for the MOS rows (0: no MOS rows)")
     mg.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
     mg.add_argument("--json", type=Path, default=None, help="write the rows as JSON here")
     mg.set_defaults(func=_cmd_bench_merge)
@@ -149,7 +152,7 @@ def _cmd_bench_merge(args) -> int:
     lora = parse_params(args.lora, flag="--lora")
     rows = run(batches=args.batches, size=args.size, types=names(args.types) if args.types else ALL_TYPES,
                lora_params=lora, weight=args.weight, density=args.density, wise=not args.no_wise,
-               model_dir=args.model)
+               retrieval=not args.no_retrieval, mos_momentum=args.mos_momentum, model_dir=args.model)
     return _print_rows(rows, table, args.json)
 
 
