@@ -40,6 +40,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass, field
 
@@ -75,7 +76,7 @@ def row_scores(h: torch.Tensor, mask: torch.Tensor | None, keys: torch.Tensor, o
     """
     sims = F.normalize(h.float(), dim=-1) @ keys.T.to(h.device)  # (batch, seq, k)
     if mask is not None:
-        sims = sims.masked_fill(mask[:, :, None].to(sims.device) == 0, -2.0)
+        sims.masked_fill_(mask[:, :, None].to(sims.device) == 0, -2.0)
     per_key = sims.amax(1)  # (batch, k)
     out = per_key.new_full((h.shape[0], n), -2.0)
     return out.scatter_reduce(1, owner.to(h.device).expand(h.shape[0], -1), per_key, "amax")
@@ -103,7 +104,7 @@ class Router(nn.Module):
         self.force: int | None = None       # while keys are computed: every row reads adapter `force`
         self.record: list | None = None     # while calibrating: each row's best first-stage score
         self.record_late: list | None = None  # ... and its best score against the late keys
-        self.trace: list | None = None      # when a list: (first choice, final choice) of every fresh call
+        self.trace: list | None = None      # when a list: each fresh call's rows' (first, final) choices
         self._handles: list = []
         self.__dict__["_store"] = None  # the LoRAStore this router is on (set by install)
         self._refine_targets: set[str] = set()
@@ -152,15 +153,19 @@ class Router(nn.Module):
         if not self._active():
             return None
         h = args[0] if args else kwargs["hidden_states"]  # (batch, seq, d)
+
+        def every(i):
+            return torch.full((h.shape[0],), i, dtype=torch.long, device=h.device)
         if self.force is not None:
-            self._choice = torch.full((h.shape[0],), self.force, dtype=torch.long, device=h.device)
-            return None
-        if not self.keys.numel():  # keys still being computed: nothing is routed
-            self._choice = torch.full((h.shape[0],), NONE, dtype=torch.long, device=h.device)
+            self._choice = every(self.force)
             return None
         kept = getattr(self._cache, CACHE_ATTR, None) if not self._fresh else None
-        if kept is not None and kept.shape[0] == h.shape[0]:
+        if kept is not None and kept.shape[0] == h.shape[0]:  # a continuation reads what its prompt chose
             self._choice = kept.to(h.device)
+            return None
+        if not self.keys.numel() or self.post_hoc:
+            # keys still being computed, or the choice is made on block L's output: nothing before it
+            self._choice = every(NONE)
             return None
         scores = row_scores(h, self._row_mask(h), self.keys, self.owner, len(self.names))  # (batch, n)
         best, which = scores.max(1)
@@ -174,7 +179,22 @@ class Router(nn.Module):
 
     def _done(self, _model, _args, _out):
         if self.trace is not None and self._fresh and self._first is not None:
-            self.trace.append((self._first.cpu(), self._choice.cpu()))
+            def name(i):
+                return None if i < 0 else self.names[i]
+            self.trace.append([(name(int(a)), name(int(b))) for a, b in zip(self._first.cpu(), self._choice.cpu())])
+
+    # -- the routing protocol `workbench.eval.routing` reads (no editor is imported there) --
+    def in_force(self) -> bool:
+        return self._active()
+
+    @contextlib.contextmanager
+    def tracing(self):
+        """Within: every fresh forward call appends its rows' (first, final) choices (names or None)."""
+        self.trace = []
+        try:
+            yield self.trace
+        finally:
+            self.trace = None
 
     def _keep(self):
         if self._cache is not None:
@@ -197,32 +217,53 @@ class Router(nn.Module):
             return out
         return out.index_add(0, sel, ad.delta(target, x[sel]).to(out.dtype))
 
+    @property
+    def post_hoc(self) -> bool:
+        """Refining with one adapted block: the choice is made once on block L's output (where edits
+        are told apart best) and the chosen adapter's update added there, so one scoring serves."""
+        return self.refine_layer is not None and self.refine_layer == self.key_layer
+
     def _refine(self, _block, _args, output):
         if not self._active() or not self._fresh or self.force is not None or self._choice is None:
             return None
         h = output[0] if isinstance(output, tuple) else output  # (batch, seq, d)
         mask = self._row_mask(h)
-        choice, new, n = self._choice, self._choice.clone(), len(self.names)
+        choice, n = self._choice, len(self.names)
 
-        def scores(rows, keys):  # (r, n) the rows' best similarity to each adapter's keys
-            return row_scores(h[rows], None if mask is None else mask[rows], keys, self.owner, n)
+        def scores(hs, rows, keys):  # (r, n) the rows' best similarity to each adapter's keys
+            return row_scores(hs[rows], None if mask is None else mask[rows], keys, self.owner, n)
+        new = choice.clone()
         idle = (choice < 0).nonzero().squeeze(1)
         if len(idle) and self.late_keys.numel():
-            # rows no adapter took at block K, scored again on block L's output (no adapter acted):
+            # rows no adapter took at block K, scored on block L's output (no adapter acted there):
             # later features tell edits apart better; a second threshold still guards locality
-            best, which = scores(idle, self.late_keys).max(1)
+            best, which = scores(h, idle, self.late_keys).max(1)
             if self.record_late is not None:
                 self.record_late.append(best.detach().cpu())
                 return None
             new[idle] = torch.where(best >= self.late_threshold.to(best.device), which, torch.full_like(which, NONE))
-        routed = (choice >= 0).nonzero().squeeze(1)
+            h = self._swap(h, choice, new)
+            if self.post_hoc:
+                self._first = new.clone()
+        routed = (new >= 0).nonzero().squeeze(1)
+        final = new.clone()
         if len(routed):  # MOS: re-score with the chosen adapter's own features, keep the best match
-            new[routed] = scores(routed, self.own_keys).argmax(1)
-        rows = (new != choice).nonzero().squeeze(1)
-        if not len(rows):
+            final[routed] = scores(h, routed, self.own_keys).argmax(1)
+            h = self._swap(h, new, final)
+        self._choice = final
+        self._keep()
+        if torch.equal(final, choice):
             return None
-        old, new = choice[rows], new[rows]
-        corr = torch.zeros_like(h[rows])  # (m, seq, d): swap block L's update from the old adapter to the new
+        return (h, *output[1:]) if isinstance(output, tuple) else h
+
+    def _swap(self, h: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """h (batch, seq, d) with block L's update of the rows whose choice moved from `old` to `new`
+        (adapter indices, -1 = none) taken from the old adapter and given to the new one."""
+        rows = (new != old).nonzero().squeeze(1)
+        if not len(rows):
+            return h
+        old, new = old[rows], new[rows]
+        corr = torch.zeros_like(h[rows], dtype=torch.float32)  # (m, seq, d)
         adapters = self._store.adapters
         for target in self._refine_targets:
             x = self._x.get(target)
@@ -234,12 +275,8 @@ class Router(nn.Module):
                     ad = adapters[self.names[a]]
                     if target in ad.targets:
                         pick = chosen == a
-                        corr[pick] += sign * ad.delta(target, x[pick]).to(corr.dtype)
-        self._choice = self._choice.clone()
-        self._choice[rows] = new
-        self._keep()
-        h = h.index_add(0, rows, corr.to(h.dtype))
-        return (h, *output[1:]) if isinstance(output, tuple) else h
+                        corr[pick] += sign * ad.delta(target, x[pick]).float()
+        return h.index_add(0, rows, corr.to(h.dtype))
 
     def config(self) -> dict:
         return {"names": self.names, "key_layer": self.key_layer, "refine_layer": self.refine_layer, "on": self.on}
@@ -497,8 +534,8 @@ def _calibrate(ctx, store, router: Router, names: list[str], hp: RetrieveHParams
         for s in range(0, len(pairs), BATCH):
             x, mask = right_pad([p + a for p, a in pairs[s:s + BATCH]], pad_id(ctx.tokenizer))
             ctx.model(input_ids=x.to(device), attention_mask=mask.to(device), use_cache=False)
-        first = torch.cat(router.record)
         late = torch.cat(router.record_late) if router.record_late else None
+        first = torch.cat(router.record) if router.record else late  # post hoc: block L's choice only
     finally:
         router.record = router.record_late = None
 
@@ -506,28 +543,3 @@ def _calibrate(ctx, store, router: Router, names: list[str], hp: RetrieveHParams
         return min(float(torch.quantile(v.double(), hp.quantile)), 1.0)
     return (quantile(first), quantile(late) if late is not None else 1.0,
             {"negatives": len(rows), "quantile": hp.quantile})
-
-
-@torch.no_grad()
-def routes(model, tok, prompts: list[str], answers: list[str], batch_size: int = BATCH) -> list[tuple]:
-    """Where each row (prompt + answer, as the evaluator scores it) is sent: (first choice, final
-    choice), each an adapter name or None, in input order. Needs a retrieval in force."""
-    store = find_store(model)
-    router = store.retrieval if store is not None else None
-    if router is None:
-        raise InputError("no adapter retrieval is in force", field="adapters")
-    pairs = encode_pairs(tok, prompts, answers)
-    device = next(model.parameters()).device
-    out: list[tuple] = []
-    router.trace = []
-    try:
-        for s in range(0, len(pairs), batch_size):
-            x, mask = right_pad([p + a for p, a in pairs[s:s + batch_size]], pad_id(tok))
-            n = len(router.trace)
-            model(input_ids=x.to(device), attention_mask=mask.to(device), use_cache=False)
-            first, final = router.trace[n]
-            name = (lambda i: None if i < 0 else router.names[i])
-            out += [(name(int(a)), name(int(b))) for a, b in zip(first, final)]
-    finally:
-        router.trace = None
-    return out

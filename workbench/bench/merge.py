@@ -139,7 +139,7 @@ def _merge_rows(wb, reqs, ref, names, sizes, train_s, types, weight, density, ad
 def _retrieval_row(wb, reqs, ref, names, sizes, size: int, refine: bool, probes, base_s: float, advance,
                    label: str = "") -> dict:
     """`lora-retrieve` over the adapters: scores, routing and inference overhead; undone after."""
-    from editors.lora.retrieve import routes  # the bench drives editors by name; this reads their routes
+    from workbench.eval.routing import routes
     event = wb.edit("lora-retrieve", reqs, {"adapters": ",".join(names), "refine": str(refine).lower()})
     advance(1)
     patch = wb.patch(event.id)
@@ -162,15 +162,15 @@ def _routing(model, tok, reqs, names: list[str], size: int, routes) -> dict:
                              [h for r, h in zip(reqs, holder) for _ in r.rephrase_prompts]),
              "locality": ([q.prompt for r in reqs for q in r.locality], [q.answer for r in reqs for q in r.locality],
                           [None for r in reqs for _ in r.locality])}
+    from workbench.eval.routing import confusion
     labels = [*names, "none"]
-    counts = [[0] * len(labels) for _ in labels]
-    out = {}
+    out, got_all, want_all = {}, [], []
     for kind, (prompts, answers, want) in kinds.items():
         got = [final for _, final in routes(model, tok, prompts, answers)]
         out[f"{kind}_right"] = round(sum(g == w for g, w in zip(got, want)) / max(1, len(got)), 4)
-        for g, w in zip(got, want):
-            counts[labels.index(w or "none")][labels.index(g or "none")] += 1
-    out["confusion"] = {"labels": labels, "counts": counts}
+        got_all += got
+        want_all += want
+    out["confusion"] = {"labels": labels, "counts": confusion(got_all, want_all, labels)}
     return out
 
 
