@@ -80,16 +80,22 @@ def test_each_edit_reads_its_adapter_and_locality_reads_none(base):
         assert sum(final is None for _, final in loc) / len(loc) >= 0.9
         mean = evaluate_edits(model, tok, REQS, ref)["mean"]
         assert mean["reliability"] >= 0.95 and mean["locality"] >= 0.95, mean
-        # the same adapters simply switched on keep the edits but lose locality: routing is what keeps it
-        patches[-1].revert(model, adapter)
-        for n in ("lora0", "lora1"):
-            lora_adapter(model, n).enabled.fill_(True)
-        stacked = evaluate_edits(model, tok, REQS, ref)["mean"]
-        for n in ("lora0", "lora1"):
-            lora_adapter(model, n).enabled.fill_(False)
-        patches.pop()
-        assert weights_hash(model) == h_off
-        assert stacked["locality"] < mean["locality"] - 0.1, (stacked, mean)
+        # a row routed to none is computed exactly as with every adapter off
+        from workbench.eval.scoring import encode_pairs
+        none_rows = [i for i, (_, final) in enumerate(loc) if final is None][:4]
+        probes = [(q.prompt, q.answer) for r in REQS for q in r.locality]
+        router = getattr(model, STORE).routers[-1]
+        for i in none_rows:
+            p, a = encode_pairs(tok, [probes[i][0]], [probes[i][1]])[0]
+            x = torch.tensor([p + a])
+            with torch.no_grad():
+                routed = model(input_ids=x).logits
+                router.on = False  # the flags rule: both adapters are off
+                try:
+                    off = model(input_ids=x).logits
+                finally:
+                    router.on = True
+            assert torch.equal(routed, off)
     finally:
         _undo(model, adapter, patches)
 
@@ -116,7 +122,7 @@ def test_the_choice_is_the_same_one_at_a_time_or_batched_and_held_through_genera
         _undo(model, adapter, patches)
 
 
-def test_refinement_moves_rows_the_first_stage_missed_and_its_choices_are_routed(base):
+def test_refined_choices_are_what_the_model_computes(base):
     model, tok, adapter = base
     patches = _two_adapters(model, tok, adapter)
     try:
@@ -225,11 +231,11 @@ def test_mos_training_pulls_a_new_adapter_toward_the_earlier_ones(base):
         a0, b0, _ = lora_adapter(model, "first").factors()[target]
         dist = {}
         for m in (0.0, 0.3):
-            hp = LoRAHParams(**LAST, name=f"m{m}", mos_momentum=m)
+            hp = LoRAHParams(**LAST, name=f"m{int(m * 10)}", mos_momentum=m)
             p = LoRAEditor(hp).edit(EditContext(model, tok, adapter, seed=1), REQS[8:])
             if m:
-                assert p.meta["editor"] == "lora" and list(p.meta.get("mos_adapters", ["first"])) == ["first"]
-            a, b, _ = lora_adapter(model, f"m{m}").factors()[target]
+                assert list(p.meta["mos_adapters"]) == ["first"]  # the default: every earlier adapter alike
+            a, b, _ = lora_adapter(model, f"m{int(m * 10)}").factors()[target]
             dist[m] = float((a - a0).norm() + (b - b0).norm())
             p.revert(model, adapter)
         assert dist[0.3] < 0.8 * dist[0.0], dist
