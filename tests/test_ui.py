@@ -401,6 +401,29 @@ def test_merge_page_merges_two_adapters(app):
     assert dict(zip(shown["adapter"], shown["switched"])) == {"lora0": "off", "lora1": "off", "lora2": "on"}
 
 
+def test_merge_page_turns_retrieval_on_and_shows_where_each_probe_went(app):
+    at = app()
+    goto(at, "merge")
+    for _ in range(2):  # on the last block by default: retrieval routes there
+        at.number_input(key="merge_steps").set_value(40)
+        at.button(key="merge_train").click().run()
+        assert not errors(at), errors(at)
+    wb = at.session_state["wb"]
+    assert [e.hparams["layers"] for e in wb.log()] == [[3], [3]]
+    at.button(key="retrieve_on").click().run()
+    assert not errors(at), errors(at)
+    event = wb.log()[-1]
+    assert event.editor == "lora-retrieve" and event.kind == "edit" and event.hparams["adapters"] == ["lora0", "lora1"]
+    assert any("retrieval on over lora0, lora1" in s.value for s in at.success)
+    heat = [t for t in traces(at) if t["type"] == "heatmap"]
+    # each adapter's 2 requests: the prompt, 2 rephrasings and 2 locality probes, counted once each
+    assert len(heat) == 1 and heat[0]["x"] == ["lora0", "lora1", "none"] and sum(map(sum, heat[0]["z"])) == 20
+    assert heat[0]["z"][0][0] >= 2 and heat[0]["z"][1][1] >= 2  # each edit prompt reads its own adapter
+    at.button(key="retrieve_off").click().run()
+    assert not errors(at), errors(at)
+    assert wb.log()[-1].hparams["enabled"] is False and at.button(key="retrieve_on") is not None
+
+
 def test_benchmarks_page_shows_unlearning_results_and_refuses_a_bad_file(app, tmp_path):
     rows = [{"editor": "ga", "set": "canaries", "n": 2, "seconds": 1.0,
              "before": {"by_repeats": {"1": 1.0, "8": 1.0}, "utility": {"reading": 0.9}},

@@ -194,7 +194,7 @@ class LoRAAdd(Attachment):
         if store is None or self.name not in store.adapters:
             return None  # taken out since (an undo of a later merge does not remove it, a revert does)
         return {"adapter": self.name, "enabled": bool(store.adapters[self.name].enabled),
-                "rank": store.adapters[self.name].rank}
+                "rank": store.adapters[self.name].rank, "retrievable": bool(self.prompts)}
 
     @classmethod
     def from_saved(cls, config: dict, state: dict[str, torch.Tensor]) -> "LoRAAdd":

@@ -22,15 +22,18 @@ NEEDS_DENSITY = set(MERGE["density"]["applies_when"]["combination_type"])
 if "merge_start_next" in st.session_state:  # after training: the next adapter starts where this one ended
     st.session_state["merge_start"] = st.session_state.pop("merge_start_next")
 with st.expander("Train a LoRA adapter on world edits", expanded=False):
-    c = st.columns(3)
+    c = st.columns(4)
     start = c[0].number_input("first request (index)", 0, 999, 0, key="merge_start")
     count = c[1].number_input("how many", 1, 50, 2, key="merge_count")
     steps = c[2].number_input("steps", 1, 1000, 30, key="merge_steps",
                               help="passes over the requests (the lora editor's `steps`)")
+    layers = c[3].text_input("layers", str(wb.adapter.num_layers - 1), key="merge_layers",
+                             help="blocks to adapt (comma-separated; the lora editor's `layers`). Retrieval "
+                                  "below needs adapters after block 0; the last block routes best")
     if st.button("Train adapter", key="merge_train"):
         with common.shown_errors("the adapter was not trained"), st.status("training a LoRA adapter…") as status:
             event = wb.edit("lora", common.world_set("edits_counterfactual.jsonl", int(start), int(count)),
-                             {"steps": str(int(steps))})
+                             {"steps": str(int(steps)), "layers": layers})
             status.update(label=f"{event.id}: {event.kind}", state="complete")
             st.session_state["merge_start_next"] = int(start) + int(count)
             st.rerun()  # the index box and the adapter table below predate this adapter
@@ -108,3 +111,64 @@ if "last_merge" in st.session_state:
     common.before_after_chart(event, key="merge_chart")
     with st.expander("all metrics"):
         common.metrics_table(event)
+
+# ------------------------------------------------------------------ retrieval
+st.subheader("Retrieval")
+st.caption("Instead of merging: each input reads the adapter whose edits it matches, or none (MOS-style "
+           "retrieval, `lora-retrieve`). The threshold is calibrated on the adapters' own prompts with the "
+           "subject's letters shuffled; refinement re-scores each choice with the chosen adapter's features.")
+retrieval = None  # how the last retrieval edit in force left things
+for eid in wb.active():
+    for a in common.patch_of(wb, events[eid]).attachments:
+        if (r := a.describe(wb.model)) and "retrieval" in r:
+            retrieval = (events[eid], r)
+retrievable = [n for n, (_, row) in adapters.items() if row.get("retrievable")]
+if retrieval is not None and retrieval[1]["retrieval"] == "on":
+    event, r = retrieval
+    st.success(f"{event.id}: retrieval on over {', '.join(r['adapters'])} (threshold {r['threshold']:.3f}); "
+               "while it is on, these adapters act only on the inputs routed to them")
+    if st.button("Turn retrieval off", key="retrieve_off"):
+        with common.shown_errors("retrieval was not switched off"):
+            wb.edit("lora-retrieve", common.requests_of([adapters[n][0] for n in r["adapters"]]),
+                    {"enabled": "false"})
+            st.rerun()
+    # Which adapter each probe of the adapters' own requests went to: their prompts and rephrasings
+    # should read their own adapter, their locality probes none.
+    from workbench.bench.plots import routing_confusion  # noqa: E402
+    from workbench.eval.routing import confusion, routes  # noqa: E402
+    prompts, answers, want = [], [], []
+    for n in r["adapters"]:
+        for q in common.requests_of([adapters[n][0]]):
+            for p in (q.prompt, *q.rephrase_prompts):
+                prompts.append(p)
+                answers.append(q.target_new)
+                want.append(n)
+            for probe in q.locality:
+                prompts.append(probe.prompt)
+                answers.append(probe.answer)
+                want.append(None)
+    got = [final for _, final in routes(wb.model, wb.tok, prompts, answers)]
+    labels = [*r["adapters"], "none"]
+    right = sum(g == w for g, w in zip(got, want))
+    st.plotly_chart(routing_confusion({"labels": labels, "counts": confusion(got, want, labels)},
+                                      f"Where each probe went: {right} of {len(got)} to the right place"),
+                    key="retrieve_chart")
+elif not retrievable:
+    st.info("No adapter in force recorded the prompts it was trained on (adapters recorded before retrieval "
+            "existed did not); train adapters above to route among them.")
+else:
+    chosen_r = st.multiselect("adapters to route among", retrievable, default=retrievable,
+                              key="retrieve_adapters_" + "+".join(retrievable))
+    c = st.columns(3)
+    refine = c[0].checkbox("refine (MOS)", value=True, key="retrieve_refine")
+    calibrate = c[1].checkbox("calibrate the threshold", value=True, key="retrieve_calibrate")
+    threshold = c[2].number_input("threshold (cosine)", -1.0, 1.0, 0.95, 0.01, key="retrieve_threshold",
+                                  disabled=calibrate)
+    if st.button("Turn retrieval on", type="primary", key="retrieve_on", disabled=not chosen_r):
+        params = {"adapters": ",".join(chosen_r), "refine": str(refine).lower()}
+        if not calibrate:
+            params["threshold"] = str(threshold)
+        with common.shown_errors("retrieval was not switched on"):
+            with st.status(f"computing the keys of {len(chosen_r)} adapter(s)…"):
+                wb.edit("lora-retrieve", common.requests_of([adapters[n][0] for n in chosen_r]), params)
+            st.rerun()

@@ -162,6 +162,29 @@ def merge_methods(rows: list[dict]):
     return fig
 
 
+def routing_confusion(confusion: dict, title: str = "Where each probe went"):
+    """Heatmap of the routing counts: rows = the adapter holding the probe's edit ("none" for locality
+    probes), columns = the adapter the probe read; each cell annotated with its count."""
+    import plotly.graph_objects as go
+    labels, counts = confusion["labels"], confusion["counts"]
+    fig = go.Figure(go.Heatmap(z=counts, x=labels, y=labels, colorscale="Blues", text=counts,
+                               texttemplate="%{text}", hovertemplate="held by %{y}, read %{x}: %{z}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="adapter read", yaxis_title="adapter holding the edit",
+                      yaxis_autorange="reversed", height=max(320, 40 * len(labels) + 160))
+    return fig
+
+
+def merge_routing(rows: list[dict]):
+    """The routing confusion of the retrieval row with refinement (else the first retrieval row);
+    None without one."""
+    routed = [r for r in rows if isinstance(r.get("routing"), dict)]
+    if not routed:
+        return None
+    row = next((r for r in routed if r["method"] == "retrieval + refinement"), routed[0])
+    return routing_confusion(row["routing"]["confusion"], f"{row['method']}: where each probe went "
+                             "(rows: the adapter holding its edit, none for locality probes)")
+
+
 COLOURS = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#ff97ff",
            "#fecb52")  # plotly's default sequence: one colour a method in every subplot
 
@@ -177,7 +200,7 @@ def figures(rows: list[dict]) -> dict:
     """{file suffix: figure} of every figure these rows can draw."""
     out = {"recitation_by_repeats": recitation_by_repeats(rows), "utility_vs_k": utility_vs_k(rows),
            "lifelong_vs_T": lifelong_vs_T(rows), "before_after": unlearning_before_after(rows),
-           "merge_methods": merge_methods(rows)}
+           "merge_methods": merge_methods(rows), "merge_routing": merge_routing(rows)}
     return {k: v for k, v in out.items() if v is not None}
 
 
