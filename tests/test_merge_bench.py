@@ -27,6 +27,9 @@ def test_merge_rows_cat_is_exact_retrieval_routes_and_wise_is_compared():
         assert conf["labels"] == ["lora0", "lora1", "none"]
         assert sum(map(sum, conf["counts"])) == 6 * (1 + 2 + 2)  # each edit, its 2 rephrasings and 2 locality probes
         assert isinstance(r["overhead"], float) and r["bytes"] > src["bytes"]
+    from workbench.bench.plots import figures
+    heat = figures(rows)["merge_routing"].data[0]
+    assert heat.type == "heatmap" and list(heat.x) == ["lora0", "lora1", "none"]
     text = table(rows)
     assert "| cat | " in text and "| retrieval + refinement | 1.000 |" in text
     assert len(text.splitlines()) == 2 + len(rows) + 1 + 2 + 3
