@@ -236,3 +236,36 @@ def test_cli_passes_placement(saved, tmp_path):
                         str(requests), "--device-map", "auto", "--max-memory", "cpu=lots"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "error:" in r.stderr and "lots" in r.stderr, r.stderr
+
+
+def test_retrieval_on_split_model(saved):
+    """Two adapters on the last block and `lora-retrieve` over them (refined where the block allows):
+    the split model computes the same keys, routes the same rows and gives the same logits as the
+    whole one, and reverts exactly."""
+    from workbench.eval.requests import EditRequest
+    from workbench.eval.routing import routes
+    whole, split, tok = _load_pair(saved)
+    h0 = weights_hash(split)
+    other = EditRequest("The home city of Bo", "Paris", subject="Bo")
+    out = {}
+    for model in (whole, split):
+        adapter = get_adapter(model)
+        mine = []
+        for name, req in (("a", EDIT), ("b", other)):
+            cls = _editor_class("lora")
+            hp = cls.hparams_class.from_strings({"name": name, "steps": "5", "layers": str(adapter.num_layers - 1)})
+            mine.append(cls(hp.derive(adapter)).edit(EditContext(model, tok, adapter, seed=0), [req]))
+        cls = _editor_class("lora-retrieve")
+        mine.append(cls(cls.hparams_class.from_strings({"threshold": "0.9"}).derive(adapter)).edit(
+            EditContext(model, tok, adapter), [EDIT, other]))
+        probe = torch.tensor([tok(EDIT.prompt)["input_ids"]])  # (1, seq)
+        with torch.no_grad():
+            out[id(model)] = (routes(model, tok, [EDIT.prompt, other.prompt], ["Rome", "Paris"]),
+                              model(probe).logits, mine[-1].attachments[0].state())
+        for p in reversed(mine):
+            p.revert(model, adapter)
+    (r_w, y_w, s_w), (r_s, y_s, s_s) = out[id(whole)], out[id(split)]
+    assert r_w == r_s and [final for _, final in r_w] == ["a", "b"]
+    assert torch.equal(y_w, y_s)
+    assert s_w.keys() == s_s.keys() and all(torch.equal(s_w[k], s_s[k]) for k in s_w)
+    assert weights_hash(split) == weights_hash(whole) == h0
