@@ -210,6 +210,14 @@ def test_refusals_name_the_field_and_change_nothing(base):
         assert e.value.field == "refine"
     finally:
         p1.revert(model, adapter)
+    # refinement swaps adapters at the last adapted block: one that does not adapt it is refused
+    p2 = [LoRAEditor(LoRAHParams(layers=(i,), steps=3, name=f"at{i}")).edit(ctx, REQS[:2]) for i in (2, 3)]
+    try:
+        with pytest.raises(InputError, match="'at2' does not adapt its MLP output") as e:
+            LoRARetrieveEditor(RetrieveHParams(adapters=("at2", "at3"))).edit(ctx, REQS)
+        assert e.value.field == "refine"
+    finally:
+        _undo(model, adapter, p2)
     # an adapter recorded without its prompts (before retrieval existed)
     old = LoRAAdd("old", {"r": 2}, {adapter.module_name(adapter.mlp_out(3)): (
         torch.zeros(2, adapter.num_neurons(3)), torch.zeros(adapter.hidden_size, 2), 1.0)})

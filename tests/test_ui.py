@@ -421,7 +421,9 @@ def test_merge_page_turns_retrieval_on_and_shows_where_each_probe_went(app):
     assert heat[0]["z"][0][0] >= 2 and heat[0]["z"][1][1] >= 2  # each edit prompt reads its own adapter
     at.button(key="retrieve_off").click().run()
     assert not errors(at), errors(at)
-    assert wb.log()[-1].hparams["enabled"] is False and at.button(key="retrieve_on") is not None
+    assert wb.log()[-1].hparams["enabled"] is False
+    assert not any("retrieval on over" in s.value for s in at.success) and not traces(at)
+    assert at.multiselect(key="retrieve_adapters_lora0+lora1").value == ["lora0", "lora1"]  # ready to switch on
 
 
 def test_benchmarks_page_shows_unlearning_results_and_refuses_a_bad_file(app, tmp_path):

@@ -17,13 +17,15 @@ edits:
   score, so a batch routes as its rows do one at a time.
 - **Self-refinement** (MOS's second step): at block L's output, a routed row is scored again,
   now with its features under the chosen adapter, against every adapter's own features; if
-  another adapter matches better, block L's contribution is swapped to that adapter's (exact
-  when only block L is adapted: its MLP output enters the residual unchanged, probed when the
-  edit runs; with several adapted blocks the earlier ones keep the first choice).
+  another adapter matches better, block L's contribution is swapped to that adapter's (the same
+  output up to float rounding when only block L is adapted: its MLP output enters the residual
+  unchanged, probed when the edit runs; with several adapted blocks the earlier ones keep the first
+  choice). Every adapter of a refined set must adapt block L's MLP output.
 - **Threshold.** Given, or calibrated without any data the edits are measured on: every
   adapter's prompts with the subject's letters shuffled (a same-shaped person the model never
-  saw), each followed by its target, scored like any input; the threshold is the `quantile` of
-  their best scores (0.99: about one such near-miss in a hundred is routed).
+  saw), each followed by its target, scored like any input; the threshold is set so that a share
+  `quantile` of them reads no adapter (0.99: about one such near-miss in a hundred is routed; with
+  two stages each stage lets through half of that, `_calibrate`).
 - **Cached decoding.** The decision is made on the first call of a generation (the prompt) and
   kept on the cache object for the tokens that follow, so a continuation reads one adapter.
 
@@ -139,7 +141,12 @@ class Router(nn.Module):
         mask = kwargs.get("attention_mask")
         self._mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
         cache = kwargs.get("past_key_values")
-        past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+        if cache is not None and hasattr(cache, "get_seq_length"):
+            past = cache.get_seq_length()
+        elif isinstance(cache, (tuple, list)) and cache and cache[0] is not None:
+            past = cache[0][0].shape[-2]  # legacy ((key, value), ...) per layer: key (batch, heads, past, dim)
+        else:
+            past = 0
         self._cache, self._fresh = cache, int(past) == 0
 
     def _row_mask(self, h: torch.Tensor) -> torch.Tensor | None:
@@ -160,8 +167,8 @@ class Router(nn.Module):
             self._choice = every(self.force)
             return None
         kept = getattr(self._cache, CACHE_ATTR, None) if not self._fresh else None
-        if kept is not None and kept.shape[0] == h.shape[0]:  # a continuation reads what its prompt chose
-            self._choice = kept.to(h.device)
+        if kept is not None and kept[0] == id(self) and kept[1].shape[0] == h.shape[0]:
+            self._choice = kept[1].to(h.device)  # a continuation reads what its prompt chose
             return None
         if not self.keys.numel() or self.post_hoc:
             # keys still being computed, or the choice is made on block L's output: nothing before it
@@ -182,6 +189,7 @@ class Router(nn.Module):
             def name(i):
                 return None if i < 0 else self.names[i]
             self.trace.append([(name(int(a)), name(int(b))) for a, b in zip(self._first.cpu(), self._choice.cpu())])
+        self._cache, self._x = None, {}  # hold neither the KV cache nor activations past the call
 
     # -- the routing protocol `workbench.eval.routing` reads (no editor is imported there) --
     def in_force(self) -> bool:
@@ -199,7 +207,7 @@ class Router(nn.Module):
     def _keep(self):
         if self._cache is not None:
             try:
-                setattr(self._cache, CACHE_ATTR, self._choice)
+                setattr(self._cache, CACHE_ATTR, (id(self), self._choice))  # another router ignores it
             except AttributeError:  # a legacy tuple cache: each call decides on its own tokens
                 pass
 
@@ -209,7 +217,7 @@ class Router(nn.Module):
             self._x[target] = x
         if self._choice is None:
             return out
-        rows = self._choice == self.index[ad_name]  # (batch,)
+        rows = (self._choice == self.index[ad_name]).to(x.device)  # (batch,) on this block's device
         if x.shape[0] != rows.shape[0]:  # tokens flattened to (batch*seq, in) (OPT)
             rows = rows.repeat_interleave(x.shape[0] // rows.shape[0])
         sel = rows.nonzero().squeeze(1)
@@ -228,7 +236,7 @@ class Router(nn.Module):
             return None
         h = output[0] if isinstance(output, tuple) else output  # (batch, seq, d)
         mask = self._row_mask(h)
-        choice, n = self._choice, len(self.names)
+        choice, n = self._choice.to(h.device), len(self.names)
 
         def scores(hs, rows, keys):  # (r, n) the rows' best similarity to each adapter's keys
             return row_scores(hs[rows], None if mask is None else mask[rows], keys, self.owner, n)
@@ -438,6 +446,7 @@ class LoRARetrieveEditor(Editor):
             del store.routers[len(store.routers) - 1]
         att = LoRARetrieval.of(router)
         att.attach(model, adapter)
+        ctx.on_error(lambda: att.detach(model, adapter))
         meta = {"adapters": names, "key_layer": key_layer, "refine_layer": refine_layer, "threshold": threshold,
                 "late_threshold": late_threshold if refine_layer is not None else None, "keys": int(keys.shape[0])}
         if calib is not None:
@@ -451,6 +460,10 @@ def _check_refinable(ctx, store, names, layers, refine_layer) -> None:
     mlp_out = ctx.adapter.module_name(ctx.adapter.mlp_out(refine_layer))
     for n in names:
         at_l = [t for t, i in layers[n].items() if i == refine_layer]
+        if mlp_out not in at_l:  # a switch to it would take the old update away and add nothing
+            raise InputError(f"refine swaps adapters at block {refine_layer}, the last adapted one; {n!r} does not "
+                             f"adapt its MLP output; train every adapter of the set on it, or pass refine=false",
+                             field="refine")
         if any(t != mlp_out for t in at_l):
             raise InputError(f"refine needs adapters on the MLP output only in block {refine_layer}; {n!r} also "
                              f"adapts {[t for t in at_l if t != mlp_out]}; pass refine=false", field="refine")
@@ -516,9 +529,12 @@ def _keys(ctx, store, router: Router, names: list[str], refine_layer):
 
 @torch.no_grad()
 def _calibrate(ctx, store, router: Router, names: list[str], hp: RetrieveHParams) -> tuple[float, float, dict | None]:
-    """The two thresholds (block K, and block L's late keys): the given one, else the `quantile` of the
-    best scores of every recorded prompt with its subject's letters shuffled, followed by its target
-    (rows shaped like the edits, about no one the model knows)."""
+    """The two thresholds (block K's keys, block L's late keys): the given one for both, else from
+    every recorded prompt with its subject's letters shuffled, followed by its target (rows shaped
+    like the edits, about no one the model knows). With one stage (no refinement, or post hoc) its
+    threshold is the `quantile` of their best scores; with two, each stage keeps half of what is left
+    over (the first stage's quantile 1 − (1 − q)/2 of all, the late stage's the same of the rows the
+    first left), so about 1 − q of them are routed in all."""
     if hp.threshold is not None:
         return hp.threshold, hp.threshold, None
     rng = random.Random(hp.seed)
@@ -534,12 +550,18 @@ def _calibrate(ctx, store, router: Router, names: list[str], hp: RetrieveHParams
         for s in range(0, len(pairs), BATCH):
             x, mask = right_pad([p + a for p, a in pairs[s:s + BATCH]], pad_id(ctx.tokenizer))
             ctx.model(input_ids=x.to(device), attention_mask=mask.to(device), use_cache=False)
-        late = torch.cat(router.record_late) if router.record_late else None
-        first = torch.cat(router.record) if router.record else late  # post hoc: block L's choice only
+        first = torch.cat(router.record).double() if router.record else None
+        late = torch.cat(router.record_late).double() if router.record_late else None
     finally:
         router.record = router.record_late = None
 
-    def quantile(v):
-        return min(float(torch.quantile(v.double(), hp.quantile)), 1.0)
-    return (quantile(first), quantile(late) if late is not None else 1.0,
-            {"negatives": len(rows), "quantile": hp.quantile})
+    def quantile(v, q):
+        return min(float(torch.quantile(v, q)), 1.0)
+    calib = {"negatives": len(rows), "quantile": hp.quantile}
+    if first is None or late is None:  # one stage: block K's keys alone, or post hoc on block L's
+        thr = quantile(first if first is not None else late, hp.quantile)
+        return thr, thr, calib
+    q = 1 - (1 - hp.quantile) / 2
+    thr = quantile(first, q)
+    left = late[first < thr]
+    return thr, quantile(left, q) if len(left) else 1.0, calib

@@ -73,7 +73,8 @@ def run(*, batches: int = 10, size: int = 50, types=ALL_TYPES, lora_params: dict
     reqs = reqs[:batches * size]
     mos = mos_momentum > 0
     group = 2 * batches + 1 + len(types)
-    steps = group + (2 * 2 if retrieval else 0) + (group + 2 if mos else 0) + (len(reqs) if wise else 0)
+    steps = group + (2 * 2 if retrieval else 0) + (group + (2 if retrieval else 0) if mos else 0) + \
+        (len(reqs) if wise else 0)
     rows = []
     with scratch_session(model_dir) as wb, progress_bar("adapter merging", steps, enabled=progress) as advance:
         ref = reference(wb.model, wb.tok, reqs)
