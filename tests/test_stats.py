@@ -19,6 +19,13 @@ def test_wilson_matches_the_formula():
     assert str(iv) == "0.950 [0.76, 0.99]"
 
 
+def test_a_printed_interval_always_holds_its_printed_value():
+    # bounds are rounded to 2 digits, the value to 3: a bound within 0.005 of the value rounded past it
+    assert stats.fmt(0.999, {"lo": 0.9966, "hi": 1.0}) == "0.999 [0.99, 1.00]"
+    assert stats.fmt(0.001, {"lo": 0.0, "hi": 0.0034}) == "0.001 [0.00, 0.01]"
+    assert stats.fmt(0.5, {"lo": 0.4, "hi": 0.6}) == "0.500 [0.40, 0.60]"
+
+
 def test_bounds_at_none_and_all_are_exact():
     assert stats.wilson(0, 7).lo == 0.0 and stats.wilson(7, 7).hi == 1.0
     assert stats.wilson(0, 7).hi == pytest.approx(1.959963984540054 ** 2 / (7 + 1.959963984540054 ** 2))

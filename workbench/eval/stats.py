@@ -58,12 +58,20 @@ def fmt(value, interval: dict | None = None, *, digits: int = 3, bound_digits: i
     Example:
         >>> fmt(0.95, {"lo": 0.7639, "hi": 0.9911}), fmt(0.5), fmt(None)
         ('0.950 [0.76, 0.99]', '0.500', '—')
+        >>> fmt(0.999, {"lo": 0.997, "hi": 1.0})
+        '0.999 [0.99, 1.00]'
     """
     if value is None:
         return "—"
     text = f"{value:.{digits}f}"
     if interval:
-        text += f" [{interval['lo']:.{bound_digits}f}, {interval['hi']:.{bound_digits}f}]"
+        scale = 10 ** bound_digits
+        lo, hi = round(interval["lo"], bound_digits), round(interval["hi"], bound_digits)
+        # a bound rounded past the value it bounds would print an interval without its value in it
+        # ("0.999 [1.00, 1.00]"): round that bound away from the value instead
+        lo = min(lo, math.floor(value * scale) / scale)
+        hi = max(hi, math.ceil(value * scale) / scale)
+        text += f" [{lo:.{bound_digits}f}, {hi:.{bound_digits}f}]"
     return text
 
 
