@@ -147,7 +147,12 @@ if retrieval is not None and retrieval[1]["retrieval"] == "on":
                 prompts.append(probe.prompt)
                 answers.append(probe.answer)
                 want.append(None)
-    got = [final for _, final in routes(wb.model, wb.tok, prompts, answers)]
+    # computed once per state of the history: a rerun of the page (any widget) reuses it
+    cache_key = (str(wb.workspace), tuple(wb.active()))
+    if st.session_state.get("merge_routes_key") != cache_key:
+        st.session_state["merge_routes"] = [final for _, final in routes(wb.model, wb.tok, prompts, answers)]
+        st.session_state["merge_routes_key"] = cache_key
+    got = st.session_state["merge_routes"]
     labels = [*r["adapters"], "none"]
     right = sum(g == w for g, w in zip(got, want))
     st.plotly_chart(routing_confusion({"labels": labels, "counts": confusion(got, want, labels)},
