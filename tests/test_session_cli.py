@@ -85,27 +85,30 @@ def test_edit_log_undo_rollback_verify_export_bundle(tmp_path, capsys, monkeypat
     assert r.returncode == 0, r.stdout
 
 
-def test_bad_inputs_change_nothing(tmp_path):
+def test_bad_inputs_change_nothing(tmp_path, capsys):
+    # in this process: refusals need no Python start and torch import each (the console script
+    # itself is exercised by test_edit_log_undo_rollback_verify_export_bundle)
+    run = _runner(capsys)
     ws = ["--workspace", tmp_path / "ws"]
     lines = EDITS.read_text().splitlines()[:3]
     bad = json.loads(lines[1])
     bad["target_new"] = " "
     f = tmp_path / "batch.jsonl"
     f.write_text("\n".join([lines[0], json.dumps(bad), lines[2]]) + "\n")
-    r = _wb("edit", "--editor", "ft", "--requests", f, *ws, cwd=tmp_path)
+    r = run("edit", "--editor", "ft", "--requests", f, *ws, cwd=tmp_path)
     assert r.returncode == 2 and "batch.jsonl:2" in r.stderr and "target_new" in r.stderr
     assert not (tmp_path / "ws").exists()
-    r = _wb("edit", "--editor", "fx", "--requests", f, *ws, cwd=tmp_path)
+    r = run("edit", "--editor", "fx", "--requests", f, *ws, cwd=tmp_path)
     assert r.returncode == 2 and "did you mean 'ft'" in r.stderr
     good = tmp_path / "good.jsonl"
     good.write_text(lines[0] + "\n")
-    r = _wb("edit", "--editor", "ft", "--requests", good, "--param", "lr=-1", *ws, cwd=tmp_path)
+    r = run("edit", "--editor", "ft", "--requests", good, "--param", "lr=-1", *ws, cwd=tmp_path)
     assert r.returncode == 2 and "lr" in r.stderr
-    r = _wb("edit", "--editor", "ft", "--requests", good, "--gate", "reliability=>0.9", *ws, cwd=tmp_path)
+    r = run("edit", "--editor", "ft", "--requests", good, "--gate", "reliability=>0.9", *ws, cwd=tmp_path)
     assert r.returncode == 2 and "gate" in r.stderr
-    r = _wb("log", *ws, cwd=tmp_path)
+    r = run("log", *ws, cwd=tmp_path)
     assert r.returncode == 0 and "e0001" not in r.stdout
-    r = _wb("undo", *ws, cwd=tmp_path)
+    r = run("undo", *ws, cwd=tmp_path)
     assert r.returncode == 2 and "nothing to undo" in r.stderr
 
 
