@@ -34,7 +34,7 @@ from workbench.editing.contract import (Batch, Capabilities, EditContext, Editor
 from workbench.editing.registry import register_editor
 from workbench.eval.scoring import pad_id
 
-from .store import LoRAAdd, adapter_names, lora_adapter, next_name
+from .store import LoRAAdd, adapter_list, adapter_names, lora_adapter, next_name
 
 TARGETS = ("mlp_out", "mlp_in", "mlp", "attn_out")
 TRAIN_NAME = "wb_training"  # the adapter's name inside peft while it trains
@@ -69,10 +69,8 @@ class LoRAHParams(HParams):
         check_number(self.early_stop_loss, "early_stop_loss", ">= 0", lambda v: v >= 0)
         check_number(self.batch_size, "batch_size", "an integer >= 0", lambda v: v >= 0, integer=True)
         check_number(self.mos_momentum, "mos_momentum", "in [0, 1)", lambda v: 0 <= v < 1)
-        if isinstance(self.mos_adapters, str):
-            self.mos_adapters = tuple(self.mos_adapters.split(","))
         if self.mos_adapters is not None:
-            self.mos_adapters = tuple(a.strip() for a in self.mos_adapters if a.strip())
+            self.mos_adapters = adapter_list(self.mos_adapters, "mos_adapters")
         check_choice(self.targets, "targets", TARGETS)
         if self.name is not None and (not self.name or "." in self.name or not self.name.isprintable()):
             raise InputError(f"must be a non-empty name without dots, got {self.name!r}", field="name")

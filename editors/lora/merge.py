@@ -31,7 +31,7 @@ from workbench.core.patch import Patch
 from workbench.editing.registry import register_editor
 
 from . import config_json, lora_config
-from .store import LoRAAdd, LoRASwitch, adapter_names, find_store, lora_adapter, next_name
+from .store import LoRAAdd, LoRASwitch, adapter_list, adapter_names, find_store, lora_adapter, next_name
 
 COMBINATIONS = ("linear", "cat", "svd", "ties", "ties_svd", "dare_ties", "dare_linear", "dare_ties_svd",
                 "dare_linear_svd", "magnitude_prune", "magnitude_prune_svd")
@@ -60,11 +60,7 @@ class MergeHParams(HParams):
     seed: int = field(default=0, metadata={"help": "random seed of the dare_* drops"})
 
     def __post_init__(self):
-        if isinstance(self.adapters, str):
-            self.adapters = tuple(self.adapters.split(","))
-        self.adapters = tuple(a.strip() for a in self.adapters if a.strip())
-        if len(set(self.adapters)) != len(self.adapters):
-            raise InputError(f"an adapter is named twice: {list(self.adapters)}", field="adapters")
+        self.adapters = adapter_list(self.adapters)
         check_choice(self.combination_type, "combination_type", COMBINATIONS)
         if self.density is not None and not 0 < self.density <= 1:
             raise InputError(f"must be in (0, 1], got {self.density}", field="density")

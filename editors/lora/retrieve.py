@@ -57,7 +57,7 @@ from workbench.editing.contract import (Batch, Capabilities, EditContext, Editor
 from workbench.editing.registry import register_editor
 from workbench.eval.scoring import encode_pairs, pad_id, right_pad
 
-from .store import LoRAStore, STORE, adapter_names, find_store, lora_adapter
+from .store import LoRAStore, adapter_list, adapter_names, find_store, lora_adapter
 
 CACHE_ATTR = "_wb_lora_route"  # where a generation's cache keeps its rows' choice
 NONE = -1
@@ -332,9 +332,7 @@ class LoRARetrieval(Attachment):
         router = store.routers[-1]
         router.uninstall()
         del store.routers[len(store.routers) - 1]
-        if not len(store.adapters) and not len(store.routers):
-            store.remove_hooks()
-            delattr(model, STORE)
+        store.remove_if_empty(model)
 
     def state(self) -> dict[str, torch.Tensor]:
         return self._state
@@ -365,11 +363,7 @@ class RetrieveHParams(HParams):
     seed: int = field(default=0, metadata={"help": "seed of the subject shuffling"})
 
     def __post_init__(self):
-        if isinstance(self.adapters, str):
-            self.adapters = tuple(self.adapters.split(","))
-        self.adapters = tuple(a.strip() for a in self.adapters if a.strip())
-        if len(set(self.adapters)) != len(self.adapters):
-            raise InputError(f"an adapter is named twice: {list(self.adapters)}", field="adapters")
+        self.adapters = adapter_list(self.adapters)
         if self.threshold is not None:
             check_number(self.threshold, "threshold", "in [-1, 1]", lambda v: -1 <= v <= 1)
         check_number(self.quantile, "quantile", "in (0, 1]", lambda v: 0 < v <= 1)

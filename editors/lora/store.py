@@ -111,10 +111,31 @@ class LoRAStore(nn.Module):
             return out
         return add_adapters
 
+    def remove_if_empty(self, model) -> None:
+        """With no adapter and no retrieval left, take the store and its hooks off the model, so its
+        state dict is the base model's again."""
+        if not len(self.adapters) and not len(self.routers):
+            self.remove_hooks()
+            delattr(model, STORE)
+
     def remove_hooks(self) -> None:
         for h in self._handles.values():
             h.remove()
         self._handles = {}
+
+
+def adapter_list(value, field: str = "adapters") -> tuple[str, ...]:
+    """Adapter names from a hyper-parameter: a comma-separated string or a sequence, stripped,
+    blanks dropped; a name given twice is refused.
+
+    Example:
+        >>> adapter_list("lora0, lora1,")
+        ('lora0', 'lora1')
+    """
+    names = tuple(a.strip() for a in (value.split(",") if isinstance(value, str) else value) if a.strip())
+    if len(set(names)) != len(names):
+        raise InputError(f"an adapter is named twice: {list(names)}", field=field)
+    return names
 
 
 def find_store(model) -> LoRAStore | None:
@@ -173,9 +194,7 @@ class LoRAAdd(Attachment):
         store.configs.pop(self.name, None)
         store.prompts.pop(self.name, None)
         store.sync_hooks(model)
-        if not len(store.adapters) and not len(store.routers):
-            store.remove_hooks()
-            delattr(model, STORE)
+        store.remove_if_empty(model)
 
     def state(self) -> dict[str, torch.Tensor]:
         out = {}

@@ -15,7 +15,7 @@ from workbench.core.errors import InputError
 from workbench.core.patch import Patch
 from workbench.editing.registry import register_editor
 
-from .store import LoRASwitch, lora_adapter
+from .store import LoRASwitch, adapter_list, lora_adapter
 
 
 @dataclass
@@ -24,9 +24,7 @@ class SwitchHParams(HParams):
     enabled: bool = field(default=False, metadata={"help": "true: switch on; false: switch off"})
 
     def __post_init__(self):
-        self.adapters = tuple(a.strip() for a in self.adapters if a.strip())
-        if len(set(self.adapters)) != len(self.adapters):
-            raise InputError(f"an adapter is named twice: {list(self.adapters)}", field="adapters")
+        self.adapters = adapter_list(self.adapters)
 
 
 @register_editor
