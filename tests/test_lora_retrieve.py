@@ -57,6 +57,22 @@ def _undo(model, adapter, patches):
         p.revert(model, adapter)
 
 
+@torch.no_grad()
+def _logits_with_only(model, x, name):
+    """Logits of ids `x` with the retrieval in force set aside (the adapters' flags rule, all off
+    here) and only adapter `name` switched on (None: no adapter)."""
+    router = getattr(model, STORE).routers[-1]
+    router.on = False
+    try:
+        if name is not None:
+            lora_adapter(model, name).enabled.fill_(True)
+        return model(input_ids=x).logits
+    finally:
+        router.on = True
+        if name is not None:
+            lora_adapter(model, name).enabled.fill_(False)
+
+
 def _probes(reqs):
     prompts = [r.prompt for r in reqs] + [p for r in reqs for p in r.rephrase_prompts] + \
         [q.prompt for r in reqs for q in r.locality]
@@ -84,18 +100,12 @@ def test_each_edit_reads_its_adapter_and_locality_reads_none(base):
         from workbench.eval.scoring import encode_pairs
         none_rows = [i for i, (_, final) in enumerate(loc) if final is None][:4]
         probes = [(q.prompt, q.answer) for r in REQS for q in r.locality]
-        router = getattr(model, STORE).routers[-1]
         for i in none_rows:
             p, a = encode_pairs(tok, [probes[i][0]], [probes[i][1]])[0]
             x = torch.tensor([p + a])
             with torch.no_grad():
                 routed = model(input_ids=x).logits
-                router.on = False  # the flags rule: both adapters are off
-                try:
-                    off = model(input_ids=x).logits
-                finally:
-                    router.on = True
-            assert torch.equal(routed, off)
+            assert torch.equal(routed, _logits_with_only(model, x, None))  # both adapters off
     finally:
         _undo(model, adapter, patches)
 
@@ -142,19 +152,7 @@ def test_refined_choices_are_what_the_model_computes(base):
             x = torch.tensor([pi + ai])
             with torch.no_grad():
                 routed = model(input_ids=x).logits
-            store = getattr(model, STORE)
-            router = store.routers[-1]
-            router.on = False  # the flags rule: switch on the named adapter alone
-            try:
-                if final is not None:
-                    lora_adapter(model, final).enabled.fill_(True)
-                with torch.no_grad():
-                    alone = model(input_ids=x).logits
-            finally:
-                router.on = True
-                if final is not None:
-                    lora_adapter(model, final).enabled.fill_(False)
-            torch.testing.assert_close(routed, alone, atol=2e-5, rtol=1e-4)
+            torch.testing.assert_close(routed, _logits_with_only(model, x, final), atol=2e-5, rtol=1e-4)
     finally:
         _undo(model, adapter, patches)
 
