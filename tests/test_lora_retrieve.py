@@ -17,7 +17,7 @@ from workbench.core.patch import weights_hash
 from workbench.editing.contract import EditContext
 from workbench.eval.evaluate import evaluate_edits, reference
 from workbench.eval.requests import load_requests
-from workbench.eval.routing import routes
+from workbench.eval.routing import all_probes, routes
 
 from .conftest import REPO, model_left_unchanged
 
@@ -73,14 +73,6 @@ def _logits_with_only(model, x, name):
             lora_adapter(model, name).enabled.fill_(False)
 
 
-def _probes(reqs):
-    prompts = [r.prompt for r in reqs] + [p for r in reqs for p in r.rephrase_prompts] + \
-        [q.prompt for r in reqs for q in r.locality]
-    answers = [r.target_new for r in reqs] + [r.target_new for r in reqs for _ in r.rephrase_prompts] + \
-        [q.answer for r in reqs for q in r.locality]
-    return prompts, answers
-
-
 def test_each_edit_reads_its_adapter_and_locality_reads_none(base):
     model, tok, adapter = base
     ref = reference(model, tok, REQS)
@@ -115,7 +107,7 @@ def test_the_choice_is_the_same_one_at_a_time_or_batched_and_held_through_genera
     patches = _two_adapters(model, tok, adapter)
     try:
         patches.append(_retrieve(model, tok, adapter))
-        prompts, answers = _probes(REQS)
+        prompts, answers, _ = all_probes(REQS, [None] * len(REQS))
         batched = routes(model, tok, prompts, answers, batch_size=32)
         assert routes(model, tok, prompts, answers, batch_size=1) == batched
         assert len({final for _, final in batched}) == 3  # lora0, lora1 and none all occur
@@ -140,7 +132,7 @@ def test_refined_choices_are_what_the_model_computes(base):
         patches.append(p)
         assert p.meta["refine_layer"] == 3 and p.meta["key_layer"] == 3
         assert -1 <= p.meta["late_threshold"] <= 1 and p.meta["calibration"]["negatives"] == 16
-        prompts, answers = _probes(REQS)
+        prompts, answers, _ = all_probes(REQS, [None] * len(REQS))
         got = routes(model, tok, prompts, answers)
         # the edits themselves match their own keys exactly at the first stage
         assert [first for first, _ in got[:16]] == ["lora0"] * 8 + ["lora1"] * 8

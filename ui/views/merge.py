@@ -135,18 +135,9 @@ if retrieval is not None and retrieval[1]["retrieval"] == "on":
     # Which adapter each probe of the adapters' own requests went to: their prompts and rephrasings
     # should read their own adapter, their locality probes none.
     from workbench.bench.plots import routing_confusion  # noqa: E402
-    from workbench.eval.routing import confusion, routes  # noqa: E402
-    prompts, answers, want = [], [], []
-    for n in r["adapters"]:
-        for q in common.requests_of([adapters[n][0]]):
-            for p in (q.prompt, *q.rephrase_prompts):
-                prompts.append(p)
-                answers.append(q.target_new)
-                want.append(n)
-            for probe in q.locality:
-                prompts.append(probe.prompt)
-                answers.append(probe.answer)
-                want.append(None)
+    from workbench.eval.routing import all_probes, confusion, routes  # noqa: E402
+    held = [(q, n) for n in r["adapters"] for q in common.requests_of([adapters[n][0]])]
+    prompts, answers, want = all_probes([q for q, _ in held], [n for _, n in held])
     # computed once per state of the history: a rerun of the page (any widget) reuses it
     cache_key = (str(wb.workspace), tuple(wb.active()))
     if st.session_state.get("merge_routes_key") != cache_key:

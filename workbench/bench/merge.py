@@ -156,14 +156,8 @@ def _retrieval_row(wb, reqs, ref, names, sizes, size: int, refine: bool, probes,
 
 def _routing(model, tok, reqs, names: list[str], size: int, routes) -> dict:
     """Where every probe went: shares and the confusion counts (holder × adapter read; 'none' last)."""
-    holder = [names[i // size] for i in range(len(reqs))]
-    kinds = {"edits": ([r.prompt for r in reqs], [r.target_new for r in reqs], holder),
-             "rephrasings": ([p for r in reqs for p in r.rephrase_prompts],
-                             [r.target_new for r in reqs for _ in r.rephrase_prompts],
-                             [h for r, h in zip(reqs, holder) for _ in r.rephrase_prompts]),
-             "locality": ([q.prompt for r in reqs for q in r.locality], [q.answer for r in reqs for q in r.locality],
-                          [None for r in reqs for _ in r.locality])}
-    from workbench.eval.routing import confusion
+    from workbench.eval.routing import confusion, probes
+    kinds = probes(reqs, [names[i // size] for i in range(len(reqs))])
     labels = [*names, "none"]
     out, got_all, want_all = {}, [], []
     for kind, (prompts, answers, want) in kinds.items():
@@ -177,11 +171,9 @@ def _routing(model, tok, reqs, names: list[str], size: int, routes) -> dict:
 
 def _probe_batches(tok, reqs) -> list:
     """Every probe of the requests (edit, rephrasings, locality with its answer) as padded batches."""
+    from workbench.eval.routing import all_probes
     from workbench.eval.scoring import encode_pairs, pad_id, right_pad
-    prompts = [r.prompt for r in reqs] + [p for r in reqs for p in r.rephrase_prompts] + \
-        [q.prompt for r in reqs for q in r.locality]
-    answers = [r.target_new for r in reqs] + [r.target_new for r in reqs for _ in r.rephrase_prompts] + \
-        [q.answer for r in reqs for q in r.locality]
+    prompts, answers, _ = all_probes(reqs, [None] * len(reqs))
     pairs = encode_pairs(tok, prompts, answers)
     return [right_pad([p + a for p, a in pairs[s:s + 32]], pad_id(tok)) for s in range(0, len(pairs), 32)]
 

@@ -43,6 +43,33 @@ def routes(model, tok, prompts: list[str], answers: list[str], batch_size: int =
     return out
 
 
+KINDS = ("edits", "rephrasings", "locality")
+
+
+def probes(requests, holders: list) -> dict[str, tuple[list, list, list]]:
+    """{kind: (prompts, answers, where each should go)} of edit requests: each edit prompt and its
+    rephrasings should reach `holders[i]` (the adapter holding request i) with the new target; each
+    locality probe, with its own answer, should reach none.
+
+    Example:
+        >>> from workbench.eval.requests import EditRequest
+        >>> probes([EditRequest("Ada lives in", "Rome", locality=[("Bo lives in", "Oslo")])], ["a"])["locality"]
+        (['Bo lives in'], ['Oslo'], [None])
+    """
+    return {"edits": ([r.prompt for r in requests], [r.target_new for r in requests], list(holders)),
+            "rephrasings": ([p for r in requests for p in r.rephrase_prompts],
+                            [r.target_new for r in requests for _ in r.rephrase_prompts],
+                            [h for r, h in zip(requests, holders) for _ in r.rephrase_prompts]),
+            "locality": ([q.prompt for r in requests for q in r.locality],
+                         [q.answer for r in requests for q in r.locality], [None for r in requests for _ in r.locality])}
+
+
+def all_probes(requests, holders: list) -> tuple[list, list, list]:
+    """`probes` of every kind in one list each: (prompts, answers, where each should go)."""
+    kinds = probes(requests, holders)
+    return tuple([x for k in KINDS for x in kinds[k][i]] for i in range(3))
+
+
 def confusion(got: list, want: list, labels: list[str]) -> list[list[int]]:
     """Counts[i][j]: rows whose holder is labels[i] that read labels[j] (None counts as "none").
 
