@@ -55,7 +55,7 @@ from workbench.core.errors import InputError
 from workbench.core.patch import Attachment, Patch, register_attachment
 from workbench.editing.contract import (Batch, Capabilities, EditContext, Editor, HParams, check_number)
 from workbench.editing.registry import register_editor
-from workbench.eval.scoring import encode_pairs, pad_id, right_pad
+from workbench.eval.scoring import answer_rows, pad_id, right_pad
 
 from .store import LoRAStore, adapter_list, adapter_names, find_store, lora_adapter
 
@@ -537,12 +537,10 @@ def _calibrate(ctx, store, router: Router, names: list[str], hp: RetrieveHParams
     if not rows:
         raise InputError("no recorded prompt names its subject, so no threshold can be calibrated; give one "
                          "(threshold=0.95, say)", field="threshold")
-    pairs = encode_pairs(ctx.tokenizer, [r[0] for r in rows], [r[1] for r in rows])
     device = next(ctx.model.parameters()).device
     router.record, router.record_late = [], []
     try:
-        for s in range(0, len(pairs), BATCH):
-            x, mask = right_pad([p + a for p, a in pairs[s:s + BATCH]], pad_id(ctx.tokenizer))
+        for x, mask in answer_rows(ctx.tokenizer, [r[0] for r in rows], [r[1] for r in rows], BATCH):
             ctx.model(input_ids=x.to(device), attention_mask=mask.to(device), use_cache=False)
         first = torch.cat(router.record).double() if router.record else None
         late = torch.cat(router.record_late).double() if router.record_late else None

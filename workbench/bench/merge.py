@@ -172,10 +172,9 @@ def _routing(model, tok, reqs, names: list[str], size: int, routes) -> dict:
 def _probe_batches(tok, reqs) -> list:
     """Every probe of the requests (edit, rephrasings, locality with its answer) as padded batches."""
     from workbench.eval.routing import all_probes
-    from workbench.eval.scoring import encode_pairs, pad_id, right_pad
+    from workbench.eval.scoring import answer_rows
     prompts, answers, _ = all_probes(reqs, [None] * len(reqs))
-    pairs = encode_pairs(tok, prompts, answers)
-    return [right_pad([p + a for p, a in pairs[s:s + 32]], pad_id(tok)) for s in range(0, len(pairs), 32)]
+    return list(answer_rows(tok, prompts, answers))
 
 
 def _forward_seconds(model, batches, repeats: int = 3) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from workbench.core.errors import InputError
-from workbench.eval.scoring import encode_pairs, pad_id, right_pad
+from workbench.eval.scoring import answer_rows
 
 
 def router_in_force(model):
@@ -31,12 +31,10 @@ def routes(model, tok, prompts: list[str], answers: list[str], batch_size: int =
     router = router_in_force(model)
     if router is None:
         raise InputError("no edit that routes inputs (such as lora-retrieve) is in force", field="routing")
-    pairs = encode_pairs(tok, prompts, answers)
     device = next(model.parameters()).device
     out: list[tuple] = []
     with router.tracing() as trace:
-        for s in range(0, len(pairs), batch_size):
-            x, mask = right_pad([p + a for p, a in pairs[s:s + batch_size]], pad_id(tok))
+        for x, mask in answer_rows(tok, prompts, answers, batch_size):
             n = len(trace)
             model(input_ids=x.to(device), attention_mask=mask.to(device), use_cache=False)
             out += trace[n]

@@ -42,6 +42,14 @@ def encode_pairs(tokenizer, prompts: list[str], answers: list[str]) -> list[tupl
     return list(zip(p_ids, a_ids))
 
 
+def answer_rows(tokenizer, prompts: list[str], answers: list[str], batch_size: int = 32):
+    """Each prompt followed by its answer (tokenized as `encode_pairs`), right-padded in batches of
+    `batch_size` in input order: yields (ids, attention_mask), each (batch, seq)."""
+    pairs = encode_pairs(tokenizer, prompts, answers)
+    for s in range(0, len(pairs), batch_size):
+        yield right_pad([p + a for p, a in pairs[s:s + batch_size]], pad_id(tokenizer))
+
+
 def pad_id(tokenizer) -> int:
     """The id that fills padded positions: the tokenizer's pad token, else its end of text, else 0.
     Which one does not change a score: padding sits after real tokens and is masked."""
